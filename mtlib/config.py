@@ -1,0 +1,354 @@
+"""Run configuration: YAML files and named presets into frozen dataclasses.
+
+A run is described by one `RunConfig` (model, inputs, generation, trace). It comes from a
+preset name (`tiny`, `multitalk-480`, `multitalk-720`), a YAML file, or a YAML file that
+starts from a preset (`base: tiny`), plus `key.path=value` overrides. Every value is
+checked on load: an unknown key, a wrong type or an impossible value raises one
+`ConfigError` naming the key path, what is allowed, and what was given. Shape rules that
+depend on the inputs (4n+1 frame counts, audio length) are the shape plan's job
+(`mtlib.shapes`), not this module's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from mtlib.io import project_root
+
+
+class ConfigError(ValueError):
+    """A config value that mtlib refuses: names the key path, the rule and the value."""
+
+
+def _positive(v):  # noqa: D103
+    return None if v >= 1 else "must be >= 1"
+
+
+def _non_negative(v):
+    return None if v >= 0 else "must be >= 0"
+
+
+def _unit_interval(v):
+    return None if 0.0 <= v <= 1.0 else "must be between 0 and 1"
+
+
+def _frame_num(v):
+    if v == "auto":
+        return None
+    return None if v >= 1 else "must be 'auto' or a positive integer (4n+1, e.g. 81)"
+
+
+def _check(fn, help_: str = ""):
+    return {"check": fn, "help": help_}
+
+
+@dataclass(frozen=True)
+class WeightsConfig:
+    # Directories of the three published checkpoints (None: the hub cache, see mtlib.weights).
+    wan_dir: str | None = None  # Wan-AI/Wan2.1-I2V-14B-480P
+    multitalk_dir: str | None = None  # MeiGen-AI/MeiGen-MultiTalk
+    wav2vec_dir: str | None = None  # TencentGameMate/chinese-wav2vec2-base
+    # Tiny random checkpoints (model "tiny"): written here on first use, in the real formats.
+    tiny_dir: str | None = None
+    tiny_seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: Literal["tiny", "multitalk-14b"] = "tiny"
+    # Size key of the reference: picks the bucket table and the default sample shift.
+    size: Literal["multitalk-480", "multitalk-720"] = "multitalk-480"
+    # Bucket tables: "official" (ASPECT_RATIO_627 / _960) or "tiny" (48..112 px, for CPU).
+    buckets: Literal["official", "tiny"] = "official"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # fp32: everything float32 (CPU, golden parity). reference: the official dtype policy
+    # (bf16 DiT with fp32 islands, fp16 CLIP, bf16 T5, fp32 VAE and wav2vec2).
+    precision: Literal["fp32", "reference"] = "reference"
+    attention: Literal["sdpa", "math"] = "sdpa"
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
+
+
+@dataclass(frozen=True)
+class InputsConfig:
+    image: str = "data/portrait.png"
+    audio: tuple[str, ...] = ("data/speech_1p79s.wav",)
+    # Two speakers: "para" (simultaneous) or "add" (one after the other).
+    audio_type: Literal["para", "add"] = "para"
+    # Per person [row_min, col_min, row_max, col_max] in source pixels (the reference's order).
+    bbox: tuple[tuple[int, int, int, int], ...] | None = None
+    prompt: str = "A person is talking to the camera, close-up shot, natural light."
+    negative_prompt: str | None = None  # None: the reference's default negative prompt
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    mode: Literal["clip", "streaming"] = "clip"
+    # Pixel frames per clip; 'auto' derives it from the audio (see short_audio).
+    frame_num: int | Literal["auto"] = field(default="auto", metadata=_check(_frame_num))
+    # Audio too short for frame_num: pad it with silence (then trim the video back), snap
+    # frame_num down to the largest valid 4n+1, or refuse.
+    short_audio: Literal["pad", "snap", "error"] = "pad"
+    motion_frame: int = field(default=25, metadata=_check(_positive))
+    max_frames_num: int = field(default=1000, metadata=_check(_positive))
+    sampling_steps: int = field(default=40, metadata=_check(_positive))
+    text_guide_scale: float = 5.0
+    audio_guide_scale: float = 4.0
+    shift: float | Literal["auto"] = "auto"  # auto: 7 at multitalk-480, 11 at multitalk-720
+    seed: int = field(default=42, metadata=_check(_non_negative))
+    color_correction_strength: float = field(default=1.0, metadata=_check(_unit_interval))
+    use_apg: bool = False
+    apg_momentum: float = -0.75
+    apg_norm_threshold: float = 55.0
+    teacache: bool = False
+    teacache_thresh: float = field(default=0.2, metadata=_check(_non_negative))
+    face_scale: float = field(default=0.05, metadata=_check(_unit_interval))
+    fps: int = field(default=25, metadata=_check(_positive))
+
+    def resolved_shift(self, size: str) -> float:
+        if self.shift != "auto":
+            return float(self.shift)
+        return 11.0 if size == "multitalk-720" else 7.0
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    # off: nothing recorded; stats: shape/dtype/mean/std/absmax/NaN/hash of every point;
+    # full: stats + the tensors of the points matching `full` (glob patterns).
+    level: Literal["off", "stats", "full"] = "stats"
+    full: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    inputs: InputsConfig = field(default_factory=InputsConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    trace: TraceConfig = field(default_factory=TraceConfig)
+
+    def replace(self, **overrides: Any) -> RunConfig:
+        """A copy with dotted-path overrides applied: `cfg.replace(**{"generation.seed": 1})`."""
+        return from_dict(apply_overrides(to_dict(self), overrides))
+
+
+# ------------------------------------------------------------------------------ presets
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU, random tiny weights written in the real formats, tiny buckets: seconds end to end.
+    "tiny": {
+        "name": "tiny",
+        "model": {"name": "tiny", "buckets": "tiny", "device": "cpu", "precision": "fp32"},
+        "generation": {"sampling_steps": 4},
+        "trace": {"level": "stats"},
+    },
+    # Real weights on a GPU with the reference's CLI defaults.
+    "multitalk-480": {
+        "name": "multitalk-480",
+        "model": {"name": "multitalk-14b", "size": "multitalk-480", "device": "cuda"},
+        "generation": {"frame_num": 81, "sampling_steps": 40, "shift": 7.0},
+        "trace": {"level": "stats"},
+    },
+    "multitalk-720": {
+        "name": "multitalk-720",
+        "model": {"name": "multitalk-14b", "size": "multitalk-720", "device": "cuda"},
+        "generation": {"frame_num": 81, "sampling_steps": 40, "shift": 11.0},
+        "trace": {"level": "stats"},
+    },
+}
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def load_config(
+    source: str | Path | dict | RunConfig | None = "tiny",
+    overrides: dict[str, Any] | list[str] | None = None,
+) -> RunConfig:
+    """A RunConfig from a preset name, a YAML path, a dict or a RunConfig, plus overrides.
+
+    overrides: {"generation.seed": 3} or ["generation.seed=3", ...] (values parsed as YAML).
+    A YAML file may start from a preset with `base: <preset>`.
+    """
+    where = "config"
+    if source is None:
+        source = "tiny"
+    if isinstance(source, RunConfig):
+        data = to_dict(source)
+    elif isinstance(source, dict):
+        data = dict(source)
+    elif isinstance(source, str) and source in PRESETS:
+        data = _merge(to_dict(RunConfig()), PRESETS[source])
+        where = f"preset {source!r}"
+    else:
+        path = Path(source)
+        if not path.exists() and not path.is_absolute() and (project_root() / path).exists():
+            path = project_root() / path
+        if not path.exists():
+            raise ConfigError(
+                f"config {str(source)!r}: no such file and no preset of that name. "
+                f"Presets: {', '.join(PRESETS)}."
+            )
+        where = str(source)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{where}: not valid YAML ({e}).") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{where}: the top level must be a mapping of keys to values.")
+        data = loaded
+    base = data.pop("base", None) if isinstance(data, dict) else None
+    if base is not None:
+        if base not in PRESETS:
+            raise ConfigError(f"{where}: base: {base!r} is not a preset; allowed: {', '.join(PRESETS)}.")
+        data = _merge(_merge(to_dict(RunConfig()), PRESETS[base]), data)
+    if overrides:
+        data = apply_overrides(data, overrides)
+    try:
+        return from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def apply_overrides(data: dict, overrides: dict[str, Any] | list[str]) -> dict:
+    if isinstance(overrides, list | tuple):
+        parsed = {}
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r}: expected key.path=value, e.g. generation.seed=3.")
+            key, value = item.split("=", 1)
+            parsed[key.strip()] = yaml.safe_load(value)
+        overrides = parsed
+    out = _merge({}, data)
+    for key, value in overrides.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain dict/list form of a config (tuples become lists), for YAML and JSON."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, tuple | list):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def from_dict(data: dict, cls: type = RunConfig, path: str = "") -> Any:
+    """Build (and validate) a config dataclass from plain data."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {_show(data)}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"{_join(path, key)}: unknown key.{hint} Allowed keys here: {', '.join(fields)}."
+            )
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        key_path = _join(path, name)
+        value = _coerce(data[name], hints[name], key_path)
+        check = f.metadata.get("check")
+        if check is not None and value is not None:
+            problem = check(value)
+            if problem:
+                raise ConfigError(f"{key_path}: {problem}, got {_show(data[name])}.")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _show(v: Any) -> str:
+    return f"{v!r} ({type(v).__name__})"
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "a list"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check `value` against the type hint `tp`; return it in canonical form."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arm in typing.get_args(tp):
+            try:
+                return _coerce(value, arm, path)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{path}: expected {_describe(tp)}, got {_show(value)}.")
+    if origin is Literal:
+        if value in typing.get_args(tp) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected {_describe(tp)}, got {_show(value)}.")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{path}: expected a list, got {_show(value)}.")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{path}: expected a list of {len(args)} values, got {_show(value)}.")
+        return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if dataclasses.is_dataclass(tp):
+        return from_dict(value, tp, path)
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{path}: expected {_describe(tp)}, got {_show(value)}.")
