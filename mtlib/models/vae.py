@@ -107,7 +107,9 @@ class VAEConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(f"VAEConfig.from_official: unknown keys {unknown}; known: {sorted(known)}")
+            raise ConfigError(
+                f"VAEConfig.from_official: unknown keys {unknown}; known: {sorted(known)}"
+            )
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**kw)
 
@@ -264,10 +266,14 @@ class Resample(nn.Module):
         self.mode = mode
         if mode in ("upsample2d", "upsample3d"):
             # the upsampler halves the channels: [C] -> [C/2]
-            self.resample = nn.Sequential(_NearestUpsample2x(), nn.Conv2d(dim, dim // 2, 3, padding=1))
+            self.resample = nn.Sequential(
+                _NearestUpsample2x(), nn.Conv2d(dim, dim // 2, 3, padding=1)
+            )
         elif mode in ("downsample2d", "downsample3d"):
             # pad right/bottom only, then stride 2: H -> H/2 for even H
-            self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2))
+            self.resample = nn.Sequential(
+                nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2)
+            )
         else:
             raise ValueError(f"Resample: unknown mode {mode!r}")
         if mode == "upsample3d":
@@ -323,7 +329,7 @@ class Encoder3d(nn.Module):
         dims = [cfg.dim * m for m in (1, *cfg.dim_mult)]  # 96, 96, 192, 384, 384
         self.conv1 = CausalConv3d(3, dims[0], 3, padding=1)
         blocks: list[nn.Module] = []
-        for level, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
+        for level, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
             for _ in range(cfg.num_res_blocks):
                 blocks.append(ResidualBlock(in_dim, out_dim, cfg.dropout))
                 in_dim = out_dim
@@ -505,7 +511,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     `.safetensors` file, on the CPU."""
     p = resolve_local(path)
     if not p.is_file():
-        raise InputError(f"VAE checkpoint {str(path)!r}: file not found. Fix: pass the path of Wan2.1_VAE.pth.")
+        raise InputError(
+            f"VAE checkpoint {str(path)!r}: file not found. Fix: pass the path of Wan2.1_VAE.pth."
+        )
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
