@@ -105,6 +105,12 @@ def test_vae_autocast_bf16():
     assert lat.dtype == torch.float32 and lat.shape == (1, 16, 2, 2, 3)
     assert out.dtype == torch.float32 and out.shape == (1, 3, 5, 16, 24)
     assert (lat - ref).abs().max() <= 0.05 * ref.abs().max()
+    bf16 = CausalVAE(CONFIGS["tiny"]).eval()
+    bf16.load_state_dict(model.state_dict())
+    bf16.to(torch.bfloat16)
+    lat = bf16.encode(video)  # fp32 pixels into bf16 weights
+    assert lat.dtype == torch.float32 and (lat - ref).abs().max() <= 0.05 * ref.abs().max()
+    assert bf16.decode(lat).dtype == torch.float32
 
 
 # ------------------------------------------------------------------------------------------

@@ -423,6 +423,7 @@ class CausalVAE(nn.Module):
             trace.point("vae.encode.in", video)
         z = self.config.z_dim
         mu = torch.empty(b, z, num_latents, h // stride, w // stride, device=video.device)
+        video = video.to(self.conv1.weight.dtype)  # e.g. fp32 pixels into bf16 weights
         cache = CausalCache()
         for k in range(num_latents):
             # chunk k: frame 0 alone, then frames [1 + 4(k-1), 1 + 4k)
@@ -449,7 +450,8 @@ class CausalVAE(nn.Module):
         b, _, num_latents, h, w = self.check_latent(latent)
         stride = self.config.spatial_stride
         mean, inv_std = self._latent_stats(latent.device)
-        x = self.conv2(latent.float() / inv_std + mean)  # [B, z, T, h, w]
+        latent = latent.float() / inv_std + mean  # [B, z, T, h, w], un-normalised
+        x = self.conv2(latent.to(self.conv2.weight.dtype))  # [B, z, T, h, w]
         num_frames = 1 + FRAMES_PER_LATENT * (num_latents - 1)
         video = torch.empty(b, 3, num_frames, h * stride, w * stride, device=latent.device)
         cache = CausalCache()
