@@ -356,3 +356,33 @@ def test_from_official_refuses_other_architectures():
     with pytest.raises(ValueError, match=r"unknown keys \['bogus'\]"):
         T5Config.from_official({"bogus": 1})
     assert json.loads(json.dumps(T5Config().__dict__))["num_layers"] == 24
+
+
+def test_hf_tokenizer_pads_truncates_and_appends_eos(tmp_path):
+    """The AutoTokenizer wrapper on a small local tokenizer with umT5's conventions
+    (<pad> = 0, </s> = 1 appended): right padding to text_len, truncation keeps EOS."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from mtlib.models.t5 import HFTokenizer
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, "a": 3, "b": 4, "c": 5}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", 1)]
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    ).save_pretrained(tmp_path)
+    encoder = T5TextEncoder(None, HFTokenizer(tmp_path, text_len=6))
+    ids, mask = encoder.tokenize(["  a &amp;amp;\n b zz ", "a b c a b c a b"])
+    assert ids.tolist() == [[3, 2, 4, 2, 1, 0], [3, 4, 5, 3, 4, 1]]
+    assert mask.tolist() == [[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]]
+
+
+def test_hf_tokenizer_missing_dir(tmp_path):
+    from mtlib.models.t5 import HFTokenizer
+
+    with pytest.raises(InputError, match="T5 tokenizer .*: directory not found"):
+        HFTokenizer(tmp_path / "google" / "umt5-xxl")

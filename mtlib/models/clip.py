@@ -295,10 +295,6 @@ class XLMRobertaCLIP(nn.Module):
             self.textual = TextTower(cfg)
             self.log_scale = nn.Parameter(torch.zeros([]))
         self.precision = "fp32"
-        self.register_buffer(
-            "pixel_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False
-        )
-        self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
     def set_precision(self, precision: str) -> XLMRobertaCLIP:
         """Cast the parameters for `precision` (see class docstring); returns self."""
@@ -329,10 +325,14 @@ class XLMRobertaCLIP(nn.Module):
                 f"CLIP input cond: dtype {cond.dtype} is not floating point. Fix: scale u8 to [-1, 1]."
             )
         s = self.config.image_size
-        x = cond[:, :, -1].to(self.pixel_mean.device, torch.float32)  # [B, 3, H, W]
+        device = self.visual.patch_embedding.weight.device
+        x = cond[:, :, -1].to(device, torch.float32)  # [B, 3, H, W]
         x = F.interpolate(x, size=(s, s), mode="bicubic", align_corners=False)
         x = x * 0.5 + 0.5  # back to [0, 1] before the CLIP statistics
-        return (x - self.pixel_mean) / self.pixel_std  # [B, 3, S, S]
+        # statistics stay fp32 (not buffers, which a half-precision .to() would round)
+        mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
+        return (x - mean) / std  # [B, 3, S, S]
 
     @torch.no_grad()
     def encode_image(self, cond: torch.Tensor) -> torch.Tensor:
@@ -455,9 +455,6 @@ def load_clip(
     keep = (lambda k: k.startswith("visual.")) if visual_only else None
     sd = read_state_dict(path, "CLIP", keep)
     assign_state_dict(model, sd, "CLIP", repr(str(path)), _config_name(cfg, CONFIGS))
-    # non-persistent buffers were built on meta: rebuild them for real
-    model.pixel_mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    model.pixel_std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     dev = torch.device(device)
     dtype = torch.float16 if precision == "reference" and dev.type == "cuda" else torch.float32
     model = (
