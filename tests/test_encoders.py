@@ -386,3 +386,52 @@ def test_hf_tokenizer_missing_dir(tmp_path):
 
     with pytest.raises(InputError, match="T5 tokenizer .*: directory not found"):
         HFTokenizer(tmp_path / "google" / "umt5-xxl")
+
+
+def test_t5_matches_transformers_umt5_encoder():
+    """An independent implementation (transformers' UMT5EncoderModel, key map of facts §6)
+    gives the same output at every position, padding included."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(0)
+    model = T5Encoder("tiny").eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.3)
+    c = model.config
+    hf = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=c.vocab_size,
+            d_model=c.dim,
+            d_kv=c.dim_attn // c.num_heads,
+            d_ff=c.dim_ffn,
+            num_layers=c.num_layers,
+            num_heads=c.num_heads,
+            relative_attention_num_buckets=c.num_buckets,
+            relative_attention_max_distance=c.max_distance,
+            feed_forward_proj="gated-gelu",
+            layer_norm_epsilon=c.eps,
+            dropout_rate=0.0,
+        )
+    ).eval()
+    sd = {
+        "shared.weight": model.token_embedding.weight,
+        "encoder.embed_tokens.weight": model.token_embedding.weight,
+        "encoder.final_layer_norm.weight": model.norm.weight,
+    }
+    for i, b in enumerate(model.blocks):
+        p = f"encoder.block.{i}.layer."
+        for x in "qkvo":
+            sd[p + f"0.SelfAttention.{x}.weight"] = getattr(b.attn, x).weight
+        sd[p + "0.SelfAttention.relative_attention_bias.weight"] = b.pos_embedding.embedding.weight
+        sd[p + "0.layer_norm.weight"] = b.norm1.weight
+        sd[p + "1.layer_norm.weight"] = b.norm2.weight
+        sd[p + "1.DenseReluDense.wi_0.weight"] = b.ffn.gate[0].weight
+        sd[p + "1.DenseReluDense.wi_1.weight"] = b.ffn.fc1.weight
+        sd[p + "1.DenseReluDense.wo.weight"] = b.ffn.fc2.weight
+    hf.load_state_dict(sd, strict=True)
+    ids, mask = StandInTokenizer(c.vocab_size, c.text_len)(
+        ["a b c d e f g", " ".join(map(str, range(300)))]
+    )
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert_close(model(ids, mask), expected, "umt5 vs transformers", 1e-5)
