@@ -426,7 +426,7 @@ def assign_state_dict(
     model.load_state_dict(sd, strict=True, assign=True)
 
 
-def _config_name(cfg, configs: dict) -> str:
+def config_label(cfg, configs: dict) -> str:
     for name, c in configs.items():
         if c == cfg:
             return repr(name)
@@ -454,7 +454,7 @@ def load_clip(
         model = XLMRobertaCLIP(cfg, with_text_tower=not visual_only)
     keep = (lambda k: k.startswith("visual.")) if visual_only else None
     sd = read_state_dict(path, "CLIP", keep)
-    assign_state_dict(model, sd, "CLIP", repr(str(path)), _config_name(cfg, CONFIGS))
+    assign_state_dict(model, sd, "CLIP", repr(str(path)), config_label(cfg, CONFIGS))
     dev = torch.device(device)
     dtype = torch.float16 if precision == "reference" and dev.type == "cuda" else torch.float32
     model = (

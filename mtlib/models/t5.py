@@ -33,7 +33,7 @@ from torch import nn
 
 from mtlib import trace
 from mtlib.io import InputError
-from mtlib.models.clip import _config_name, assign_state_dict, read_state_dict
+from mtlib.models.clip import assign_state_dict, config_label, read_state_dict
 
 PRECISIONS = ("fp32", "reference")
 
@@ -390,7 +390,7 @@ def load_t5(
     with torch.device("meta"):
         model = T5Encoder(cfg)
     sd = read_state_dict(path, "T5")
-    assign_state_dict(model, sd, "T5", repr(str(path)), _config_name(cfg, CONFIGS))
+    assign_state_dict(model, sd, "T5", repr(str(path)), config_label(cfg, CONFIGS))
     dtype = torch.bfloat16 if precision == "reference" else torch.float32
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
