@@ -1,0 +1,413 @@
+"""umT5-XXL text encoder: prompt and negative prompt -> DiT text context.
+
+Where it sits: at the start of generate() the prompt and the negative prompt are encoded
+together as a batch of two; each output row is trimmed to its true token count (EOS
+included) and becomes `context` / `context_null` [L_i, 4096] for the DiT's text
+cross-attention (the DiT re-pads them with zeros to 512).
+
+The network (multitalk-facts §6, golden README §2.4) is the encoder half of umT5 in the
+official `T5Encoder` key layout (`models_t5_umt5-xxl-enc-bf16.pth`): token embedding, pre-norm
+blocks with a per-layer relative position bias (32 buckets, bidirectional, max distance 128),
+attention WITHOUT 1/sqrt(d) scaling, padded keys filled with the dtype minimum before an fp32
+softmax, gated-GELU(tanh) FFN, T5 RMSNorm (fp32 statistics, eps 1e-6), final RMSNorm.
+
+Tokenisation: `HFTokenizer` wraps transformers' AutoTokenizer for google/umt5-xxl (pad to
+512, truncate, EOS appended). `StandInTokenizer` reproduces the golden set's offline stand-in
+(whitespace words -> 2 + crc32(word) % (vocab - 2), then EOS) so the tiny model runs end to
+end without the real tokenizer. Both see the text after the official cleaning (`clean_text`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import math
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtlib import trace
+from mtlib.io import InputError
+from mtlib.models.clip import assign_state_dict, config_label, read_state_dict
+
+PRECISIONS = ("fp32", "reference")
+
+# The reference's `sample_neg_prompt` (wan_multitalk_14B config), used whenever the user
+# gives no negative prompt. 392 characters, 28 items joined by ", "; recovered byte for byte
+# (its stand-in token ids match e2e.t5.call0.ids row 1 of every golden e2e case).
+DEFAULT_NEGATIVE_PROMPT = (
+    "bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, "
+    "images, static, overall gray, worst quality, low quality, JPEG compression residue, ugly, "
+    "incomplete, extra fingers, poorly drawn hands, poorly drawn faces, deformed, disfigured, "
+    "misshapen limbs, fused fingers, still picture, messy background, three legs, many people "
+    "in the background, walking backwards"
+)
+
+
+@dataclass(frozen=True)
+class T5Config:
+    vocab_size: int = 256384  # umT5 sentencepiece vocabulary
+    dim: int = 4096  # residual width = context channels given to the DiT
+    dim_attn: int = 4096  # q/k/v width (num_heads * 64)
+    dim_ffn: int = 10240  # gated FFN hidden width
+    num_heads: int = 64
+    num_layers: int = 24  # encoder blocks
+    num_buckets: int = 32  # relative-position buckets (half per direction)
+    max_distance: int = 128  # distances beyond this share the last bucket
+    shared_pos: bool = False  # umT5: every block owns its bias table (T5 v1 shares one)
+    text_len: int = 512  # tokens per padded sequence
+    pad_id: int = 0
+    eos_id: int = 1
+    eps: float = 1e-6  # T5 RMSNorm
+
+    def __post_init__(self) -> None:
+        if self.dim_attn % self.num_heads:
+            raise ValueError(
+                f"T5Config: dim_attn {self.dim_attn} must be divisible by num_heads {self.num_heads}"
+            )
+        if self.num_buckets % 4:
+            raise ValueError(f"T5Config: num_buckets {self.num_buckets} must be a multiple of 4")
+
+    @classmethod
+    def from_official(cls, d: dict, **overrides) -> T5Config:
+        """From the official `umt5_xxl` kwargs (encoder_layers -> num_layers; decoder_layers
+        and dropout are ignored) or the tiny_configs.json["t5"] entry; `overrides` (e.g.
+        text_len) win."""
+        d = dict(d)
+        if "encoder_layers" in d:
+            d["num_layers"] = d.pop("encoder_layers")
+        for key in ("decoder_layers", "dropout"):
+            d.pop(key, None)
+        d.update(overrides)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"T5Config.from_official: unknown keys {unknown}")
+        return cls(**d)
+
+
+# mtlib's own copies (the golden tiny_configs.json is only read by tests).
+CONFIGS: dict[str, T5Config] = {
+    "tiny": T5Config(vocab_size=384, dim=32, dim_attn=32, dim_ffn=48, num_heads=4, num_layers=2),
+    "multitalk-14b": T5Config(),
+}
+
+
+def get_config(config: T5Config | str | None) -> T5Config:
+    if config is None:
+        return CONFIGS["multitalk-14b"]
+    if isinstance(config, str):
+        if config not in CONFIGS:
+            raise ValueError(f"unknown T5 config {config!r}; known: {sorted(CONFIGS)}")
+        return CONFIGS[config]
+    return config
+
+
+# ------------------------------------------------------------------------------ network
+
+
+def relative_position_buckets(
+    length: int, num_buckets: int, max_distance: int, device=None
+) -> torch.Tensor:
+    """Bidirectional T5 bucket of (key - query) for a square [length, length] grid.
+
+    Half the buckets hold keys after the query. Within a half, distances below a quarter of
+    num_buckets map one to one, larger ones logarithmically up to max_distance, then clamp.
+    """
+    rel = (
+        torch.arange(length, device=device)[None, :] - torch.arange(length, device=device)[:, None]
+    )  # [Lq, Lk]
+    half = num_buckets // 2
+    exact = half // 2
+    bucket = (rel > 0).long() * half
+    dist = rel.abs()
+    # float32 log exactly as the reference computes it, so bucket edges agree
+    far = (
+        exact
+        + (torch.log(dist.float() / exact) / math.log(max_distance / exact) * (half - exact)).long()
+    )
+    far = far.clamp(max=half - 1)
+    return bucket + torch.where(dist < exact, dist, far)
+
+
+class RelativePositionBias(nn.Module):
+    def __init__(self, num_buckets: int, num_heads: int, max_distance: int):
+        super().__init__()
+        self.num_buckets, self.max_distance = num_buckets, max_distance
+        self.embedding = nn.Embedding(num_buckets, num_heads)
+
+    def forward(self, length: int) -> torch.Tensor:
+        buckets = relative_position_buckets(
+            length, self.num_buckets, self.max_distance, self.embedding.weight.device
+        )
+        return self.embedding(buckets).permute(2, 0, 1).unsqueeze(0)  # [1, n, Lq, Lk]
+
+
+class RMSNorm(nn.Module):
+    """T5 LayerNorm: no mean, no bias; statistics in fp32, cast to a half weight dtype
+    before the gain."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        if self.weight.dtype in (torch.float16, torch.bfloat16):
+            x = x.to(self.weight.dtype)
+        return self.weight * x
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, dim_attn: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim_attn, bias=False)
+        self.k = nn.Linear(dim, dim_attn, bias=False)
+        self.v = nn.Linear(dim, dim_attn, bias=False)
+        self.o = nn.Linear(dim_attn, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape  # [B, L, C]
+        n = self.num_heads
+        q, k, v = (
+            proj(x).view(b, s, n, -1).transpose(1, 2) for proj in (self.q, self.k, self.v)
+        )  # [B, n, L, d]
+        # T5 folds the 1/sqrt(d) into its init, hence scale=1; `bias` carries positions + padding
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+        return self.o(x.transpose(1, 2).reshape(b, s, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, dim_ffn: int):
+        super().__init__()
+        # `gate` is a Sequential in the official layout (key gate.0); its activation is applied here
+        self.gate = nn.Sequential(nn.Linear(dim, dim_ffn, bias=False))
+        self.fc1 = nn.Linear(dim, dim_ffn, bias=False)
+        self.fc2 = nn.Linear(dim_ffn, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.fc1(x) * F.gelu(self.gate(x), approximate="tanh"))
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, cfg: T5Config):
+        super().__init__()
+        self.norm1 = RMSNorm(cfg.dim, cfg.eps)
+        self.attn = Attention(cfg.dim, cfg.dim_attn, cfg.num_heads)
+        self.norm2 = RMSNorm(cfg.dim, cfg.eps)
+        self.ffn = FeedForward(cfg.dim, cfg.dim_ffn)
+        if not cfg.shared_pos:
+            self.pos_embedding = RelativePositionBias(
+                cfg.num_buckets, cfg.num_heads, cfg.max_distance
+            )
+
+    def forward(
+        self, x: torch.Tensor, pad: torch.Tensor, shared_bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        pos = (
+            shared_bias if shared_bias is not None else self.pos_embedding(x.shape[1])
+        )  # [1, n, L, L]
+        bias = (
+            pos.to(x.dtype)
+            .expand(x.shape[0], -1, -1, -1)
+            .masked_fill(pad, torch.finfo(x.dtype).min)
+        )
+        x = x + self.attn(self.norm1(x), bias)
+        return x + self.ffn(self.norm2(x))
+
+
+class T5Encoder(nn.Module):
+    """umT5 encoder in the official key layout. forward(ids, mask) -> [B, L, dim] at every
+    position, padding included (callers trim with the mask)."""
+
+    def __init__(self, config: T5Config | str | None = None):
+        super().__init__()
+        self.config = cfg = get_config(config)
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.dim)
+        if cfg.shared_pos:
+            self.pos_embedding = RelativePositionBias(
+                cfg.num_buckets, cfg.num_heads, cfg.max_distance
+            )
+        self.blocks = nn.ModuleList([EncoderBlock(cfg) for _ in range(cfg.num_layers)])
+        self.norm = RMSNorm(cfg.dim, cfg.eps)
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """ids [B, L] int, mask [B, L] (1 = token, 0 = padding) -> [B, L, dim]."""
+        if ids.ndim != 2 or ids.shape != mask.shape:
+            raise InputError(
+                f"T5 input: ids {tuple(ids.shape)} and mask {tuple(mask.shape)} must both be [B, L]. "
+                "Fix: tokenize with padding to text_len."
+            )
+        device = self.token_embedding.weight.device
+        ids, mask = ids.to(device), mask.to(device)
+        x = self.token_embedding(ids)  # [B, L, C]
+        pad = (mask == 0)[:, None, None, :]  # [B, 1, 1, Lk]: padded keys are never attended
+        shared = self.pos_embedding(ids.shape[1]) if self.config.shared_pos else None
+        for block in self.blocks:
+            x = block(x, pad, shared)
+        x = self.norm(x)
+        if trace.active():
+            trace.point("t5.out_full", x)
+        return x
+
+
+# --------------------------------------------------------------------------- tokenizers
+
+
+def clean_text(text: str) -> str:
+    """The reference's 'whitespace' cleaning: ftfy.fix_text (when ftfy is installed),
+    HTML-unescape twice, strip, collapse whitespace runs to one space."""
+    try:
+        import ftfy
+    except ImportError:  # optional: it only repairs mojibake, which ordinary prompts lack
+        ftfy = None
+    if ftfy is not None:
+        text = ftfy.fix_text(text)
+    text = html.unescape(html.unescape(text)).strip()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _pad_batch(
+    rows: list[list[int]], text_len: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.full((len(rows), text_len), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), text_len), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+class StandInTokenizer:
+    """The golden set's offline tokenizer for the tiny model: each whitespace-separated word
+    becomes 2 + crc32(utf-8 word) % (vocab_size - 2) (ids 0 and 1 stay pad and EOS), then
+    EOS; truncated to text_len (EOS kept) and right-padded with pad_id. Not a real
+    tokenizer: only for tiny random weights."""
+
+    def __init__(self, vocab_size: int, text_len: int = 512, pad_id: int = 0, eos_id: int = 1):
+        self.vocab_size, self.text_len, self.pad_id, self.eos_id = (
+            vocab_size,
+            text_len,
+            pad_id,
+            eos_id,
+        )
+
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = []
+        for text in texts:
+            words = [
+                2 + zlib.crc32(w.encode("utf-8")) % (self.vocab_size - 2) for w in text.split()
+            ]
+            rows.append(words[: self.text_len - 1] + [self.eos_id])
+        return _pad_batch(rows, self.text_len, self.pad_id)
+
+
+class HFTokenizer:
+    """google/umt5-xxl through transformers.AutoTokenizer (`<wan_dir>/google/umt5-xxl`):
+    padding to text_len, truncation, special tokens (EOS) added."""
+
+    def __init__(self, path, text_len: int = 512):
+        from transformers import AutoTokenizer
+
+        p = Path(path)
+        if not p.is_dir():
+            raise InputError(
+                f"T5 tokenizer {str(p)!r}: directory not found. Fix: pass <wan_dir>/google/umt5-xxl "
+                "(or the stand-in tokenizer for tiny weights)."
+            )
+        self.text_len = text_len
+        self.tokenizer = AutoTokenizer.from_pretrained(str(p))
+
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.tokenizer(
+            texts,
+            padding="max_length",
+            truncation=True,
+            max_length=self.text_len,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
+        return out.input_ids.long(), out.attention_mask.long()
+
+
+class T5TextEncoder:
+    """Texts -> list of trimmed contexts [L_i, dim] (L_i = token count incl. EOS).
+
+    Trace points: t5.ids, t5.mask, t5.out_full, t5.context.<i>.
+    """
+
+    def __init__(self, model: T5Encoder, tokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(texts, str):
+            texts = [texts]
+        return self.tokenizer([clean_text(t) for t in texts])
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str] | str) -> list[torch.Tensor]:
+        ids, mask = self.tokenize(texts)  # [B, text_len] each
+        if trace.active():
+            trace.point("t5.ids", ids)
+            trace.point("t5.mask", mask)
+        out = self.model(ids, mask)  # [B, text_len, dim]
+        seq_lens = mask.gt(0).sum(dim=1).tolist()
+        context = [out[i, :n] for i, n in enumerate(seq_lens)]
+        if trace.active():
+            for i, c in enumerate(context):
+                trace.point(f"t5.context.{i}", c)
+        return context
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def load_t5(
+    path,
+    config: T5Config | str | None = None,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+) -> T5Encoder:
+    """Build the encoder on the meta device and load `path` strictly.
+
+    path: the official `models_t5_umt5-xxl-enc-bf16.pth` or a .safetensors with its keys.
+    config: a T5Config or CONFIGS name (default umT5-XXL). precision: "fp32", or
+    "reference" = bf16 weights as the reference runs them (any device).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"T5 precision {precision!r}: expected one of {PRECISIONS}")
+    cfg = get_config(config)
+    with torch.device("meta"):
+        model = T5Encoder(cfg)
+    sd = read_state_dict(path, "T5")
+    assign_state_dict(model, sd, "T5", repr(str(path)), config_label(cfg, CONFIGS))
+    dtype = torch.bfloat16 if precision == "reference" else torch.float32
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def build_text_encoder(
+    checkpoint,
+    tokenizer: str,
+    config: T5Config | str | None = None,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+) -> T5TextEncoder:
+    """load_t5 + a tokenizer: a path to the umt5-xxl tokenizer directory, or "stand-in"
+    (the golden stand-in; only meaningful with tiny random weights)."""
+    model = load_t5(checkpoint, config, device, precision)
+    cfg = model.config
+    if tokenizer == "stand-in":
+        tok = StandInTokenizer(cfg.vocab_size, cfg.text_len, cfg.pad_id, cfg.eos_id)
+    else:
+        tok = HFTokenizer(tokenizer, cfg.text_len)
+    return T5TextEncoder(model, tok)
