@@ -1,0 +1,255 @@
+"""`mtlib bench`: real-size MultiTalk networks with random weights on a GPU.
+
+Speed does not depend on the weights' values, so the benchmark builds the real 14B DiT and
+the real VAE on the meta device, materialises them directly on the GPU with random bf16 (DiT)
+/ fp32 (VAE) weights, warms up, and reports per-stage times, the time of one denoising step
+(3 DiT passes: cond, drop_text, uncond), achieved TFLOP/s and the fraction of the matmul-rate
+bound, and peak memory. `--json` writes the record (benchmarks/results/ keeps them).
+
+FLOPs are counted from the shapes (`dit_flops_per_pass`): every Linear (2·m·n·k), the
+attention products (4·L_q·L_k·dim), the reference-attention map (2·L·S·dim). Element-wise
+work is not counted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+MATMUL_BOUND_TFLOPS = {"H100": 776.0, "H200": 790.0}  # bf16 8192³ matmul measured there
+
+
+@dataclass
+class DitShape:
+    frames: int = 81
+    height: int = 448
+    width: int = 896
+    persons: int = 1
+    text_tokens: int = 512  # the DiT always pads the context to text_len
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return (self.frames - 1) // 4 + 1, self.height // 16, self.width // 16
+
+    @property
+    def seq_len(self) -> int:
+        t, h, w = self.grid
+        return t * h * w
+
+
+def dit_flops_per_pass(cfg, shape: DitShape, persons: int | None = None) -> dict[str, float]:
+    """FLOPs of one DiT forward, split into linear and attention work."""
+    P = shape.persons if persons is None else persons
+    T, Nh, Nw = shape.grid
+    L, S, D, F = T * Nh * Nw, Nh * Nw, cfg.dim, cfg.ffn_dim
+    ctx_img, ctx_txt = 257, cfg.text_len
+    audio_tokens = cfg.context_tokens * P
+    lin = (
+        2 * L * D * D * 4  # self-attn q k v o
+        + 2 * L * D * D * 2 + 2 * (ctx_txt + ctx_img) * D * D * 2  # cross-attn q o, k v (+img)
+        + 2 * L * D * F * 2  # FFN
+        + 2 * L * D * D * 2 + 2 * T * audio_tokens * cfg.output_dim * 2 * D  # audio q/proj, kv
+    )
+    attn = 4 * L * L * D + 4 * L * (ctx_txt + ctx_img) * D + 4 * L * audio_tokens * D + 2 * L * S * D
+    n = cfg.num_layers
+    return {"linear": lin * n, "attention": attn * n, "total": (lin + attn) * n}
+
+
+@dataclass
+class BenchResult:
+    device: str
+    torch: str
+    config: str
+    shape: dict
+    results: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+
+def _sync():
+    import torch
+
+    torch.cuda.synchronize()
+
+
+def _timed(fn, repeat: int = 1) -> tuple[float, object]:
+    _sync()
+    t0 = time.perf_counter()
+    out = None
+    for _ in range(repeat):
+        out = fn()
+    _sync()
+    return (time.perf_counter() - t0) / repeat, out
+
+
+def random_init_(module, seed: int = 0) -> None:
+    """Fill every parameter with sane random values in place (N(0, 1/fan_in) for matrices,
+    ~1 for norm gains, small biases): keeps bf16 activations finite at real size."""
+    import torch
+
+    g = torch.Generator(device=next(module.parameters()).device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim >= 2:
+                fan_in = math.prod(p.shape[1:])
+                p.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=g)
+            elif name.endswith(("weight", "gamma")):
+                p.normal_(1.0, 0.05, generator=g)
+            else:
+                p.normal_(0.0, 0.02, generator=g)
+
+
+def dit_inputs(cfg, shape: DitShape, device, dtype):
+    import torch
+
+    g = torch.Generator("cpu").manual_seed(0)
+    T, Nh, Nw = shape.grid
+    h, w = Nh * 2, Nw * 2
+
+    def rnd(*s, dt=dtype):
+        return torch.randn(*s, generator=g).to(device, dt)
+
+    audio = rnd(shape.persons, shape.frames, cfg.audio_window, cfg.audio_layers, cfg.audio_width)
+    return {
+        "latent": rnd(16, T, h, w, dt=torch.float32),
+        "t": torch.tensor([996.0], device=device),
+        "context": rnd(24, cfg.text_dim),
+        "context_null": rnd(60, cfg.text_dim),
+        "clip_fea": rnd(1, 257, cfg.clip_dim),
+        "y": rnd(1, 20, T, h, w),
+        "audio": audio,
+        "audio_null": torch.zeros_like(audio[-1:]),
+        "ref_target_masks": torch.ones(3, h, w, device=device),
+        "seq_len": shape.seq_len,
+    }
+
+
+def denoise_step(model, inp) -> object:
+    """The three guidance passes of one step, as the reference runs them."""
+    common = dict(clip_fea=inp["clip_fea"], y=inp["y"], ref_target_masks=inp["ref_target_masks"],
+                  seq_len=inp["seq_len"])
+    cond = model(inp["latent"], inp["t"], context=inp["context"], audio=inp["audio"], **common)
+    drop_text = model(inp["latent"], inp["t"], context=inp["context_null"], audio=inp["audio"], **common)
+    uncond = model(inp["latent"], inp["t"], context=inp["context_null"], audio=inp["audio_null"], **common)
+    return uncond + 5.0 * (cond - drop_text) + 4.0 * (drop_text - uncond)
+
+
+def bench_dit(shape: DitShape, steps: int = 2, config: str = "multitalk-14b", offload: bool = False,
+              compile_blocks: bool = False) -> dict:
+    import torch
+
+    from mtlib.models.dit import CONFIGS, build_dit
+
+    cfg = CONFIGS[config]
+    dev = torch.device("cuda")
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    model = build_dit(cfg, device="meta", dtype=torch.bfloat16)
+    if offload:
+        from mtlib.offload import enable_block_offload
+
+        model.to_empty(device="cpu")
+        random_init_(model)
+        enable_block_offload(model, dev)
+    else:
+        model.to_empty(device=dev)
+        random_init_(model)
+    model.eval().requires_grad_(False)
+    if compile_blocks:
+        from mtlib.models.dit import compile_blocks as _compile
+
+        _compile(model)
+    build_s = time.perf_counter() - t0
+    inp = dit_inputs(cfg, shape, dev, torch.bfloat16)
+    flops = dit_flops_per_pass(cfg, shape)
+    flops_null = dit_flops_per_pass(cfg, shape, persons=1)
+    step_flops = 2 * flops["total"] + flops_null["total"]
+    with torch.inference_mode():
+        warm_s, out = _timed(lambda: denoise_step(model, inp))
+        torch.cuda.reset_peak_memory_stats()
+        step_s, out = _timed(lambda: denoise_step(model, inp), repeat=steps)
+    finite = bool(torch.isfinite(out).all())
+    peak = torch.cuda.max_memory_allocated() / 1e9
+    name = torch.cuda.get_device_name()
+    bound = next((v for k, v in MATMUL_BOUND_TFLOPS.items() if k in name), 776.0)
+    tflops = step_flops / step_s / 1e12
+    return {
+        "seq_len": shape.seq_len, "build_s": round(build_s, 2), "warmup_step_s": round(warm_s, 3),
+        "step_s": round(step_s, 3), "pass_s": round(step_s / 3, 3),
+        "step_pflop": round(step_flops / 1e15, 3),
+        "linear_pflop_per_pass": round(flops["linear"] / 1e15, 3),
+        "attention_pflop_per_pass": round(flops["attention"] / 1e15, 3),
+        "achieved_tflops": round(tflops, 1), "matmul_bound_tflops": bound,
+        "bound_step_s": round(step_flops / bound / 1e12, 3),
+        "fraction_of_bound": round(tflops / bound, 3), "peak_gb": round(peak, 2),
+        "output_finite": finite, "offload": offload, "compiled": compile_blocks,
+    }
+
+
+def bench_vae(frames: int = 81, height: int = 448, width: int = 896, config: str = "multitalk-14b") -> dict:
+    import torch
+
+    from mtlib.models.vae import CONFIGS, CausalVAE
+
+    dev = torch.device("cuda")
+    with torch.device("meta"):
+        vae = CausalVAE(CONFIGS[config])
+    vae.to_empty(device=dev)
+    random_init_(vae)
+    vae.eval().requires_grad_(False)
+    g = torch.Generator("cpu").manual_seed(0)
+    video = torch.zeros(1, 3, frames, height, width)
+    video[:, :, :1] = torch.rand(1, 3, 1, height, width, generator=g) * 2 - 1
+    video = video.to(dev)
+    with torch.inference_mode():
+        _timed(lambda: vae.encode(video[:, :, :5]))  # warm-up (cuDNN autotune)
+        torch.cuda.reset_peak_memory_stats()
+        enc_s, z = _timed(lambda: vae.encode(video))
+        enc_peak = torch.cuda.max_memory_allocated() / 1e9
+        torch.cuda.reset_peak_memory_stats()
+        dec_s, out = _timed(lambda: vae.decode(z))
+        dec_peak = torch.cuda.max_memory_allocated() / 1e9
+    return {"frames": frames, "size": [height, width], "latent": list(z.shape),
+            "encode_s": round(enc_s, 3), "decode_s": round(dec_s, 3),
+            "encode_peak_gb": round(enc_peak, 2), "decode_peak_gb": round(dec_peak, 2),
+            "output": list(out.shape)}
+
+
+def add_arguments_bench(parser) -> None:
+    parser.add_argument("--what", default="dit,vae", help="comma list of: dit, dit-offload, dit-compiled, vae")
+    parser.add_argument("--frames", type=int, default=81)
+    parser.add_argument("--size", default="448x896", help="HxW in pixels (a bucket size)")
+    parser.add_argument("--persons", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=2, help="timed denoising steps after one warm-up")
+    parser.add_argument("--config", default="multitalk-14b")
+    parser.add_argument("--json", help="write the result record here")
+
+
+def run_bench(args) -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        print("mtlib bench: needs a CUDA GPU (the real 14B model does not fit a CPU benchmark).")
+        return 2
+    h, w = (int(v) for v in args.size.lower().split("x"))
+    shape = DitShape(args.frames, h, w, args.persons)
+    rec = BenchResult(torch.cuda.get_device_name(), torch.__version__, args.config, asdict(shape))
+    for what in [s.strip() for s in args.what.split(",") if s.strip()]:
+        if what == "vae":
+            rec.results[what] = bench_vae(args.frames, h, w, args.config)
+        elif what in ("dit", "dit-offload", "dit-compiled"):
+            rec.results[what] = bench_dit(shape, args.steps, args.config, offload=what == "dit-offload",
+                                          compile_blocks=what == "dit-compiled")
+        else:
+            print(f"mtlib bench: unknown --what entry {what!r}")
+            return 2
+        print(what, json.dumps(rec.results[what]), flush=True)
+        torch.cuda.empty_cache()  # between benchmarks, never inside a loop
+    if args.json:
+        from mtlib.io import atomic_write
+
+        atomic_write(args.json, rec.to_json())
+    return 0
