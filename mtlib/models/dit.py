@@ -663,8 +663,8 @@ class MultiTalkDiT(nn.Module):
             if not ok:
                 raise InputError(f"DiT input {name}: {msg}")
 
-        def shape(x) -> tuple:
-            return tuple(x.shape)
+        def shape(x) -> list:
+            return list(x.shape)
 
         need(latent.dim() == 4 and latent.shape[0] == cfg.out_dim, "latent",
              f"expected [{cfg.out_dim}, T, h, w], got {shape(latent)}")  # fmt: skip
@@ -677,16 +677,16 @@ class MultiTalkDiT(nn.Module):
         need(t.numel() == 1, "t", f"expected one timestep (shape [1]), got {shape(t)}")
         need(context.dim() == 2 and context.shape[1] == cfg.text_dim and context.shape[0] <= cfg.text_len, "context",
              f"expected [L_txt <= {cfg.text_len}, {cfg.text_dim}], got {shape(context)}")  # fmt: skip
-        need(shape(clip_fea) == (1, IMAGE_TOKENS, cfg.clip_dim), "clip_fea",
+        need(shape(clip_fea) == [1, IMAGE_TOKENS, cfg.clip_dim], "clip_fea",
              f"expected [1, {IMAGE_TOKENS}, {cfg.clip_dim}], got {shape(clip_fea)}")  # fmt: skip
-        need(shape(y) == (1, cfg.y_dim, T, h, w), "y",
+        need(shape(y) == [1, cfg.y_dim, T, h, w], "y",
              f"expected [1, {cfg.y_dim}, {T}, {h}, {w}] (mask + image latent on the latent's grid), got {shape(y)}")  # fmt: skip
         frames = 1 + cfg.vae_scale * (grid[0] - 1)
         need(audio.dim() == 5 and audio.shape[0] in (1, 2)
-             and shape(audio)[1:] == (frames, cfg.audio_window, cfg.audio_layers, cfg.audio_width), "audio",
+             and shape(audio)[1:] == [frames, cfg.audio_window, cfg.audio_layers, cfg.audio_width], "audio",
              f"expected [persons (1 or 2), {frames} = 1 + {cfg.vae_scale}*(T_lat-1) video frames, {cfg.audio_window}, "
              f"{cfg.audio_layers}, {cfg.audio_width}], got {shape(audio)}")  # fmt: skip
-        need(shape(ref_target_masks) == (3, h, w), "ref_target_masks",
+        need(shape(ref_target_masks) == [3, h, w], "ref_target_masks",
              f"expected [3, {h}, {w}] (person 1, person 2, background at latent size), got {shape(ref_target_masks)}")  # fmt: skip
         L = math.prod(grid)
         need(int(seq_len) == L, "seq_len",
