@@ -3,8 +3,6 @@ input checks, reference precision and TeaCache."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -35,7 +33,10 @@ def _golden_model(golden, precision="fp32") -> MultiTalkDiT:
 
 
 def _run(model, case, recorder=None):
-    args = [case[INPUT_PREFIX + n] for n in ("x", "t", "context", "clip_fea", "y", "audio", "ref_target_masks")]
+    args = [
+        case[INPUT_PREFIX + n]
+        for n in ("x", "t", "context", "clip_fea", "y", "audio", "ref_target_masks")
+    ]
     with torch.no_grad():
         if recorder is None:
             return model(*args, seq_len=case.params["seq_len"])
@@ -111,8 +112,13 @@ def _is_audio(k: str) -> bool:
 def _write_split(state, wan_dir, mt_dir):
     wan_dir.mkdir(exist_ok=True)
     mt_dir.mkdir(exist_ok=True)
-    save_file({k: v for k, v in state.items() if not _is_audio(k)}, str(wan_dir / "diffusion_pytorch_model.safetensors"))
-    save_file({k: v for k, v in state.items() if _is_audio(k)}, str(mt_dir / "multitalk.safetensors"))
+    save_file(
+        {k: v for k, v in state.items() if not _is_audio(k)},
+        str(wan_dir / "diffusion_pytorch_model.safetensors"),
+    )
+    save_file(
+        {k: v for k, v in state.items() if _is_audio(k)}, str(mt_dir / "multitalk.safetensors")
+    )
 
 
 def test_load_dit_two_dirs_union(tmp_path, tiny_state):
@@ -128,7 +134,10 @@ def test_load_dit_two_dirs_union(tmp_path, tiny_state):
 
 def test_load_dit_file_list_reference_precision(tmp_path, tiny_state):
     _write_split(tiny_state, tmp_path / "wan", tmp_path / "mt")
-    files = [tmp_path / "mt" / "multitalk.safetensors", tmp_path / "wan" / "diffusion_pytorch_model.safetensors"]
+    files = [
+        tmp_path / "mt" / "multitalk.safetensors",
+        tmp_path / "wan" / "diffusion_pytorch_model.safetensors",
+    ]
     model = load_dit(files, config=CONFIGS["tiny"], precision="reference")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert torch.equal(model.head.modulation, tiny_state["head.modulation"].bfloat16())
@@ -155,7 +164,9 @@ def _expect_error(tmp_path, state, message, config="tiny"):
 
 def test_load_dit_missing_key(tmp_path, tiny_state):
     state = {k: v for k, v in tiny_state.items() if k != "blocks.1.norm3.bias"}
-    _expect_error(tmp_path, state, "DiT checkpoint does not match the config: 1 missing: blocks.1.norm3.bias")
+    _expect_error(
+        tmp_path, state, "DiT checkpoint does not match the config: 1 missing: blocks.1.norm3.bias"
+    )
 
 
 def test_load_dit_many_missing_and_unexpected(tmp_path, tiny_state):
@@ -172,13 +183,17 @@ def test_load_dit_many_missing_and_unexpected(tmp_path, tiny_state):
 
 def test_load_dit_unexpected_key(tmp_path, tiny_state):
     state = dict(tiny_state, **{"pos_embedding": torch.zeros(3)})
-    _expect_error(tmp_path, state, "DiT checkpoint does not match the config: 1 unexpected: pos_embedding")
+    _expect_error(
+        tmp_path, state, "DiT checkpoint does not match the config: 1 unexpected: pos_embedding"
+    )
 
 
 def test_load_dit_wrong_shape(tmp_path, tiny_state):
     state = dict(tiny_state, **{"head.head.bias": torch.zeros(63)})
     _expect_error(
-        tmp_path, state, "DiT checkpoint does not match the config: 1 mis-shaped: head.head.bias: checkpoint [63] vs model [64]"
+        tmp_path,
+        state,
+        "DiT checkpoint does not match the config: 1 mis-shaped: head.head.bias: checkpoint [63] vs model [64]",
     )
 
 
@@ -210,9 +225,23 @@ def test_load_dit_config_json_ignores_text_dim(tmp_path, tiny_state):
 
     d = tmp_path / "ckpt"
     d.mkdir()
-    cfg = {"_class_name": "WanModel", "dim": 64, "eps": 1e-6, "ffn_dim": 96, "freq_dim": 256, "in_dim": 36,
-           "model_type": "i2v", "num_heads": 4, "num_layers": 2, "out_dim": 16, "text_len": 512, "text_dim": 32,
-           "intermediate_dim": 24, "output_dim": 40, "context_tokens": 6}  # fmt: skip
+    cfg = {
+        "_class_name": "WanModel",
+        "dim": 64,
+        "eps": 1e-6,
+        "ffn_dim": 96,
+        "freq_dim": 256,
+        "in_dim": 36,
+        "model_type": "i2v",
+        "num_heads": 4,
+        "num_layers": 2,
+        "out_dim": 16,
+        "text_len": 512,
+        "text_dim": 32,
+        "intermediate_dim": 24,
+        "output_dim": 40,
+        "context_tokens": 6,
+    }
     (d / "config.json").write_text(json.dumps(cfg))
     save_file(tiny_state, str(d / "diffusion_pytorch_model.safetensors"))
     with pytest.raises(CheckpointError) as err:
@@ -231,7 +260,9 @@ def test_load_dit_empty_dir(tmp_path):
 
 
 def test_config_validation_messages():
-    with pytest.raises(ValueError, match=r"^DiTConfig.dim \(64\) must be divisible by num_heads \(5\)$"):
+    with pytest.raises(
+        ValueError, match=r"^DiTConfig.dim \(64\) must be divisible by num_heads \(5\)$"
+    ):
         DiTConfig(dim=64, num_heads=5)
     with pytest.raises(ValueError, match="head_dim = dim / num_heads = 4 must be even and >= 6"):
         DiTConfig(dim=64, num_heads=16)
@@ -255,7 +286,9 @@ def _tiny_inputs(T=3, h=4, w=6, persons=2, gen=None):
         context=torch.randn(7, cfg.text_dim, generator=gen),
         clip_fea=torch.randn(1, 257, cfg.clip_dim, generator=gen),
         y=torch.randn(1, 20, T, h, w, generator=gen),
-        audio=torch.randn(persons, frames, cfg.audio_window, cfg.audio_layers, cfg.audio_width, generator=gen),
+        audio=torch.randn(
+            persons, frames, cfg.audio_window, cfg.audio_layers, cfg.audio_width, generator=gen
+        ),
         ref_target_masks=masks,
         seq_len=T * (h // 2) * (w // 2),
     )
@@ -271,14 +304,23 @@ def tiny_model(tiny_state) -> MultiTalkDiT:
 def test_forward_input_errors(tiny_model):
     good = _tiny_inputs()
     cases = {
-        "seq_len": (dict(seq_len=19), "DiT input seq_len: must equal the number of video tokens T*N_h*N_w = 18, got 19 "
-            "(padding is not supported: the audio attention groups tokens per latent frame)"),
+        "seq_len": (
+            dict(seq_len=19),
+            "DiT input seq_len: must equal the number of video tokens T*N_h*N_w = 18, got 19 "
+            "(padding is not supported: the audio attention groups tokens per latent frame)",
+        ),
         "audio": (
             dict(audio=good["audio"][:, :8]),
             "DiT input audio: expected [persons (1 or 2), 9 = 1 + 4*(T_lat-1) video frames, 5, 3, 48], got [2, 8, 5, 3, 48]",
         ),
-        "latent": (dict(latent=good["latent"][..., :5]), "DiT input latent: T, h, w = 3, 4, 5 must be divisible by the patch size (1, 2, 2)"),
-        "clip_fea": (dict(clip_fea=good["clip_fea"][:, :256]), "DiT input clip_fea: expected [1, 257, 80], got [1, 256, 80]"),
+        "latent": (
+            dict(latent=good["latent"][..., :5]),
+            "DiT input latent: T, h, w = 3, 4, 5 must be divisible by the patch size (1, 2, 2)",
+        ),
+        "clip_fea": (
+            dict(clip_fea=good["clip_fea"][:, :256]),
+            "DiT input clip_fea: expected [1, 257, 80], got [1, 256, 80]",
+        ),
     }
     for name, (change, message) in cases.items():
         with pytest.raises(InputError) as err:

@@ -114,16 +114,32 @@ class DiTConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
         positive = [
-            "dim", "ffn_dim", "freq_dim", "num_heads", "num_layers", "in_dim", "out_dim",
-            "text_len", "audio_window", "intermediate_dim", "output_dim", "context_tokens",
-            "vae_scale", "text_dim", "clip_dim", "audio_layers", "audio_width",
-        ]  # fmt: skip
+            "dim",
+            "ffn_dim",
+            "freq_dim",
+            "num_heads",
+            "num_layers",
+            "in_dim",
+            "out_dim",
+            "text_len",
+            "audio_window",
+            "intermediate_dim",
+            "output_dim",
+            "context_tokens",
+            "vae_scale",
+            "text_dim",
+            "clip_dim",
+            "audio_layers",
+            "audio_width",
+        ]
         for name in positive:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"DiTConfig.{name} must be a positive integer, got {v!r}")
         if len(self.patch_size) != 3 or min(self.patch_size) <= 0:
-            raise ValueError(f"DiTConfig.patch_size must be 3 positive integers, got {self.patch_size}")
+            raise ValueError(
+                f"DiTConfig.patch_size must be 3 positive integers, got {self.patch_size}"
+            )
         if self.dim % self.num_heads:
             raise ValueError(
                 f"DiTConfig.dim ({self.dim}) must be divisible by num_heads ({self.num_heads})"
@@ -134,7 +150,9 @@ class DiTConfig:
                 "(3-D RoPE splits it into t/h/w pairs)"
             )
         if self.freq_dim % 2:
-            raise ValueError(f"DiTConfig.freq_dim must be even (cos and sin halves), got {self.freq_dim}")
+            raise ValueError(
+                f"DiTConfig.freq_dim must be even (cos and sin halves), got {self.freq_dim}"
+            )
         if self.in_dim <= self.out_dim:
             raise ValueError(
                 f"DiTConfig.in_dim ({self.in_dim}) must exceed out_dim ({self.out_dim}): "
@@ -175,12 +193,17 @@ class DiTConfig:
             raise ValueError(f"MultiTalk needs model_type 'i2v', got {model_type!r}")
         window = tuple(cfg.pop("window_size", (-1, -1)))
         if window != (-1, -1):
-            raise ValueError(f"only full attention (window_size (-1, -1)) is supported, got {window}")
+            raise ValueError(
+                f"only full attention (window_size (-1, -1)) is supported, got {window}"
+            )
         names = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in cfg.items() if k in names}
         if hardcoded:
-            renames = {"img_emb_in_dim": "clip_dim", "audio_proj_blocks": "audio_layers",
-                       "audio_proj_channels": "audio_width"}  # fmt: skip
+            renames = {
+                "img_emb_in_dim": "clip_dim",
+                "audio_proj_blocks": "audio_layers",
+                "audio_proj_channels": "audio_width",
+            }
             for k, v in hardcoded.items():
                 if k in renames:
                     kwargs[renames[k]] = v
@@ -202,10 +225,22 @@ class DiTConfig:
 # mtlib's own copies (library code never reads the golden directory).
 CONFIGS: dict[str, DiTConfig] = {
     "tiny": DiTConfig(
-        dim=64, ffn_dim=96, freq_dim=256, num_heads=4, num_layers=2, in_dim=36, out_dim=16,
-        text_len=512, intermediate_dim=24, output_dim=40, context_tokens=6,
-        text_dim=32, clip_dim=80, audio_layers=3, audio_width=48,
-    ),  # fmt: skip
+        dim=64,
+        ffn_dim=96,
+        freq_dim=256,
+        num_heads=4,
+        num_layers=2,
+        in_dim=36,
+        out_dim=16,
+        text_len=512,
+        intermediate_dim=24,
+        output_dim=40,
+        context_tokens=6,
+        text_dim=32,
+        clip_dim=80,
+        audio_layers=3,
+        audio_width=48,
+    ),
     "multitalk-14b": DiTConfig(),
 }
 
@@ -224,7 +259,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        return (xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)).type_as(
+            x
+        ) * self.weight
 
 
 class LayerNormF32(nn.Module):
@@ -257,14 +294,20 @@ def sinusoid_cos_sin(freq_dim: int, t: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
-def rope3d_table(cfg: DiTConfig, grid: tuple[int, int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
+def rope3d_table(
+    cfg: DiTConfig, grid: tuple[int, int, int], device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin [L, 1, head_dim/2] float64 for tokens in (t, h, w) row-major order."""
     T, Nh, Nw = grid
     parts = []
-    for n_pairs, n_pos, axis in zip(cfg.rope_pairs, grid, range(3)):
+    for n_pairs, n_pos, axis in zip(cfg.rope_pairs, grid, range(3), strict=True):
         k = 2 * n_pairs  # real dims of this axis
-        inv_freq = 1.0 / torch.pow(ROPE_THETA, torch.arange(0, k, 2, dtype=torch.float64, device=device).div(k))
-        ang = torch.outer(torch.arange(n_pos, dtype=torch.float64, device=device), inv_freq)  # [n, pairs]
+        inv_freq = 1.0 / torch.pow(
+            ROPE_THETA, torch.arange(0, k, 2, dtype=torch.float64, device=device).div(k)
+        )
+        ang = torch.outer(
+            torch.arange(n_pos, dtype=torch.float64, device=device), inv_freq
+        )  # [n, pairs]
         shape = [1, 1, 1, n_pairs]
         shape[axis] = n_pos
         parts.append(ang.view(shape).expand(T, Nh, Nw, n_pairs))
@@ -332,23 +375,33 @@ class SelfAttention(nn.Module):
         return out, ref_map
 
 
-def x_ref_attn_map(q: torch.Tensor, k: torch.Tensor, token_masks: torch.Tensor, frame_tokens: int) -> torch.Tensor:
+def x_ref_attn_map(
+    q: torch.Tensor, k: torch.Tensor, token_masks: torch.Tensor, frame_tokens: int
+) -> torch.Tensor:
     """How much each token attends to each class region of latent frame 0.
 
     q, k [1, H, L, d] post-RoPE; token_masks [3, S] (0/1) over frame 0's S tokens.
     Per head: softmax(q k_ref^T / sqrt(d)) over the S reference keys, summed over each
-    mask's keys and divided by the mask size; that is attention with the masks as values,
-    so no [L, S] map is materialised. Heads are averaged per chunk, chunks averaged (the
-    official 2-chunk split; a last odd head is dropped as there). -> [3, L].
+    mask's keys and divided by the mask size. That is attention with the masks as values,
+    so no [H, L, S] map is materialised; the values are zero-padded to the head dim because
+    fused GPU kernels (flash, cuDNN) need equal q/k/v head dims (zero columns change nothing).
+    Heads are averaged per chunk, chunks averaged (the official 2-chunk split; a last odd
+    head is dropped as there). -> [3, L].
     """
     B, H, L, d = q.shape
+    n_cls = token_masks.shape[0]
     chunk = H // REF_MAP_HEAD_CHUNKS
     used = chunk * REF_MAP_HEAD_CHUNKS
     masks = token_masks.to(q.dtype)  # [3, S]
-    values = masks.t().expand(B, used, frame_tokens, masks.shape[0])  # [B, H, S, 3]
-    r = F.scaled_dot_product_attention(q[:, :used], k[:, :used, :frame_tokens], values)  # [B, H, L, 3]
+    values = F.pad(masks.t(), (0, max(d - n_cls, 0)))  # [S, d]: mask c in column c
+    values = values.expand(B, used, frame_tokens, values.shape[-1])  # [B, H, S, d]
+    r = F.scaled_dot_product_attention(q[:, :used], k[:, :used, :frame_tokens], values)[
+        ..., :n_cls
+    ]  # [B, H, L, 3]
     r = r / masks.sum(-1)  # masked mean over the reference tokens
-    r = r.view(B, REF_MAP_HEAD_CHUNKS, chunk, L, -1).mean(2).sum(1) / REF_MAP_HEAD_CHUNKS  # [B, L, 3]
+    r = (
+        r.view(B, REF_MAP_HEAD_CHUNKS, chunk, L, n_cls).mean(2).sum(1) / REF_MAP_HEAD_CHUNKS
+    )  # [B, L, 3]
     return r[0].t()  # [3, L]
 
 
@@ -380,7 +433,7 @@ class CrossAttention(nn.Module):
         q = heads(self.norm_q(self.q(x)))
         txt = attention(q, heads(self.norm_k(self.k(ctx_txt))), heads(self.v(ctx_txt)))
         img = attention(q, heads(self.norm_k_img(self.k_img(ctx_img))), heads(self.v_img(ctx_img)))
-        out = (txt.transpose(1, 2).reshape(B, L, H * d) + img.transpose(1, 2).reshape(B, L, H * d))
+        out = txt.transpose(1, 2).reshape(B, L, H * d) + img.transpose(1, 2).reshape(B, L, H * d)
         return self.o(out)
 
 
@@ -421,59 +474,15 @@ def lrope_positions(ref_map: torch.Tensor) -> torch.Tensor:
     reference mode, which quantises them as the official does): person rows min-max
     normalised to [0, 4] and [20, 24], background 12, picked by the argmax class."""
     lo, hi = ref_map.amin(dim=1), ref_map.amax(dim=1)  # [3]
-    p1 = (ref_map[0] - lo[0]) / (hi[0] - lo[0] + 1e-8) * (PERSON1_RANGE[1] - PERSON1_RANGE[0]) + PERSON1_RANGE[0]
-    p2 = (ref_map[1] - lo[1]) / (hi[1] - lo[1] + 1e-8) * (PERSON2_RANGE[1] - PERSON2_RANGE[0]) + PERSON2_RANGE[0]
+    p1 = (ref_map[0] - lo[0]) / (hi[0] - lo[0] + 1e-8) * (
+        PERSON1_RANGE[1] - PERSON1_RANGE[0]
+    ) + PERSON1_RANGE[0]
+    p2 = (ref_map[1] - lo[1]) / (hi[1] - lo[1] + 1e-8) * (
+        PERSON2_RANGE[1] - PERSON2_RANGE[0]
+    ) + PERSON2_RANGE[0]
     cls = ref_map.argmax(dim=0)  # [L]
     back = torch.full_like(p1, BACKGROUND_POS)
     return torch.where(cls == 0, p1, torch.where(cls == 1, p2, back))
-
-
-class Block(nn.Module):
-    """WanAttentionBlock with the audio cross-attention between cross-attention and FFN."""
-
-    def __init__(self, cfg: DiTConfig):
-        super().__init__()
-        dim = cfg.dim
-        self.norm1 = LayerNormF32(dim, cfg.eps, affine=False)
-        self.self_attn = SelfAttention(cfg)
-        self.norm3 = LayerNormF32(dim, cfg.eps, affine=True) if cfg.cross_attn_norm else nn.Identity()
-        self.cross_attn = CrossAttention(cfg)
-        self.norm2 = LayerNormF32(dim, cfg.eps, affine=False)
-        self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
-        self.modulation = nn.Parameter(torch.zeros(1, 6, dim))
-        self.audio_cross_attn = AudioCrossAttention(cfg)
-        self.norm_x = LayerNormF32(dim, cfg.eps, affine=True) if cfg.norm_input_visual else nn.Identity()
-
-    def forward(self, x, e0, index: int, ctx: _BlockInputs):
-        """x [1, L, C] (activation dtype), e0 [1, 6, C] fp32 -> [1, L, C]."""
-        dtype = x.dtype
-        # adaLN table (shift, scale, gate) x (attention, FFN); fp32 whatever the params are
-        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (self.modulation + e0).chunk(6, dim=1)
-        tracing = trace.active()
-
-        y, ref_map = self.self_attn(
-            (self.norm1(x).float() * (1 + scale_a) + shift_a).to(dtype), ctx.rope, ctx.token_masks, ctx.frame_tokens
-        )
-        if tracing:
-            trace.point(f"dit.block{index}.self_attn", y)
-            trace.point(f"dit.block{index}.self_attn.x_ref_attn_map", ref_map)
-        x = (x + y * gate_a).to(dtype)
-
-        y = self.cross_attn(self.norm3(x), ctx.context)
-        if tracing:
-            trace.point(f"dit.block{index}.cross_attn", y)
-        x = x + y
-
-        y = self.audio_cross_attn(self.norm_x(x), ctx.audio_embedding, ctx.grid, ref_map, ctx.human_num)
-        if tracing:
-            trace.point(f"dit.block{index}.audio_cross_attn", y)
-        x = x + y
-
-        y = self.ffn((self.norm2(x).float() * (1 + scale_f) + shift_f).to(dtype))
-        x = (x + y * gate_f).to(dtype)
-        if tracing:
-            trace.point(f"dit.block{index}.out", x)
-        return x
 
 
 @dataclass
@@ -487,6 +496,65 @@ class _BlockInputs:
     context: torch.Tensor  # [1, 257 + text_len, C]
     audio_embedding: torch.Tensor  # [1, T, context_tokens * persons, output_dim]
     human_num: int  # persons in the audio (1 or 2)
+
+
+class Block(nn.Module):
+    """WanAttentionBlock with the audio cross-attention between cross-attention and FFN."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        dim = cfg.dim
+        self.norm1 = LayerNormF32(dim, cfg.eps, affine=False)
+        self.self_attn = SelfAttention(cfg)
+        self.norm3 = (
+            LayerNormF32(dim, cfg.eps, affine=True) if cfg.cross_attn_norm else nn.Identity()
+        )
+        self.cross_attn = CrossAttention(cfg)
+        self.norm2 = LayerNormF32(dim, cfg.eps, affine=False)
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim)
+        )
+        self.modulation = nn.Parameter(torch.zeros(1, 6, dim))
+        self.audio_cross_attn = AudioCrossAttention(cfg)
+        self.norm_x = (
+            LayerNormF32(dim, cfg.eps, affine=True) if cfg.norm_input_visual else nn.Identity()
+        )
+
+    def forward(self, x, e0, index: int, ctx: _BlockInputs):
+        """x [1, L, C] (activation dtype), e0 [1, 6, C] fp32 -> [1, L, C]."""
+        dtype = x.dtype
+        # adaLN table (shift, scale, gate) x (attention, FFN); fp32 whatever the params are
+        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (self.modulation + e0).chunk(6, dim=1)
+        tracing = trace.active()
+
+        y, ref_map = self.self_attn(
+            (self.norm1(x).float() * (1 + scale_a) + shift_a).to(dtype),
+            ctx.rope,
+            ctx.token_masks,
+            ctx.frame_tokens,
+        )
+        if tracing:
+            trace.point(f"dit.block{index}.self_attn", y)
+            trace.point(f"dit.block{index}.self_attn.x_ref_attn_map", ref_map)
+        x = (x + y * gate_a).to(dtype)
+
+        y = self.cross_attn(self.norm3(x), ctx.context)
+        if tracing:
+            trace.point(f"dit.block{index}.cross_attn", y)
+        x = x + y
+
+        y = self.audio_cross_attn(
+            self.norm_x(x), ctx.audio_embedding, ctx.grid, ref_map, ctx.human_num
+        )
+        if tracing:
+            trace.point(f"dit.block{index}.audio_cross_attn", y)
+        x = x + y
+
+        y = self.ffn((self.norm2(x).float() * (1 + scale_f) + shift_f).to(dtype))
+        x = (x + y * gate_f).to(dtype)
+        if tracing:
+            trace.point(f"dit.block{index}.out", x)
+        return x
 
 
 class Head(nn.Module):
@@ -508,7 +576,11 @@ class MLPProj(nn.Module):
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
         self.proj = nn.Sequential(
-            nn.LayerNorm(in_dim), nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, out_dim), nn.LayerNorm(out_dim)
+            nn.LayerNorm(in_dim),
+            nn.Linear(in_dim, in_dim),
+            nn.GELU(),
+            nn.Linear(in_dim, out_dim),
+            nn.LayerNorm(out_dim),
         )
 
     def forward(self, clip_fea):
@@ -531,7 +603,9 @@ class AudioProjModel(nn.Module):
     def forward(self, first, later):
         """first [P, 1, 5, layers, width], later [P, T-1, 8, layers, width] -> [P, T, tokens, C_a]."""
         P = first.shape[0]
-        h_first = torch.relu(self.proj1(first.reshape(P, first.shape[1], -1)))  # (window, layer, channel) flatten
+        h_first = torch.relu(
+            self.proj1(first.reshape(P, first.shape[1], -1))
+        )  # (window, layer, channel) flatten
         h_later = torch.relu(self.proj1_vf(later.reshape(P, later.shape[1], -1)))
         h = torch.relu(self.proj2(torch.cat([h_first, h_later], dim=1)))  # [P, T, I]
         tokens = self.proj3(h).unflatten(-1, (self.context_tokens, self.output_dim))
@@ -545,7 +619,9 @@ def group_audio_windows(audio: torch.Tensor, cfg: DiTConfig) -> tuple[torch.Tens
     P, Fr = audio.shape[:2]
     mid = cfg.audio_window // 2
     first = audio[:, :1]
-    later = audio[:, 1:].unflatten(1, ((Fr - 1) // cfg.vae_scale, cfg.vae_scale))  # [P, n, vs, w, ...]
+    later = audio[:, 1:].unflatten(
+        1, ((Fr - 1) // cfg.vae_scale, cfg.vae_scale)
+    )  # [P, n, vs, w, ...]
     head = later[:, :, 0, : mid + 1]
     middle = later[:, :, 1:-1, mid]
     tail = later[:, :, -1, mid:]
@@ -585,8 +661,12 @@ class TeaCacheState:
     @classmethod
     def for_size(cls, size: str, sample_steps: int, thresh: float = 0.2) -> TeaCacheState:
         if size not in TEACACHE_COEFFICIENTS:
-            raise ValueError(f"TeaCache size must be one of {sorted(TEACACHE_COEFFICIENTS)}, got {size!r}")
-        return cls(sample_steps=sample_steps, coefficients=TEACACHE_COEFFICIENTS[size], thresh=thresh)
+            raise ValueError(
+                f"TeaCache size must be one of {sorted(TEACACHE_COEFFICIENTS)}, got {size!r}"
+            )
+        return cls(
+            sample_steps=sample_steps, coefficients=TEACACHE_COEFFICIENTS[size], thresh=thresh
+        )
 
     @property
     def cutoff(self) -> int:
@@ -600,8 +680,9 @@ class TeaCacheState:
             self.accumulated[branch] = 0.0
         else:
             rel = ((e0 - prev).abs().mean() / prev.abs().mean()).item()  # host sync, as official
-            acc = self.accumulated[branch] + sum(c * rel ** (len(self.coefficients) - 1 - i)
-                                                 for i, c in enumerate(self.coefficients))  # fmt: skip
+            acc = self.accumulated[branch] + sum(
+                c * rel ** (len(self.coefficients) - 1 - i) for i, c in enumerate(self.coefficients)
+            )
             compute = acc >= self.thresh
             self.accumulated[branch] = 0.0 if compute else acc
         self.previous_e0[branch] = e0.detach().clone()
@@ -624,9 +705,15 @@ class MultiTalkDiT(nn.Module):
         super().__init__()
         cfg = self.config = config
         dim = cfg.dim
-        self.patch_embedding = nn.Conv3d(cfg.in_dim, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
-        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
-        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.patch_embedding = nn.Conv3d(
+            cfg.in_dim, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size
+        )
+        self.text_embedding = nn.Sequential(
+            nn.Linear(cfg.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
+        )
+        self.time_embedding = nn.Sequential(
+            nn.Linear(cfg.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim)
+        )
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.num_layers)])
         self.head = Head(cfg)
@@ -644,7 +731,9 @@ class MultiTalkDiT(nn.Module):
         """fp32: all parameters float32. reference: all parameters bf16 (norms, modulation and
         audio_proj included, as the official), fp32 islands computed in forward."""
         if precision not in PRECISION_DTYPES:
-            raise ValueError(f"precision must be one of {sorted(PRECISION_DTYPES)}, got {precision!r}")
+            raise ValueError(
+                f"precision must be one of {sorted(PRECISION_DTYPES)}, got {precision!r}"
+            )
         return self.to(PRECISION_DTYPES[precision])
 
     def rope_table(self, grid: tuple[int, int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -654,7 +743,9 @@ class MultiTalkDiT(nn.Module):
         return self._rope_cache[key]
 
     # ---------------------------------------------------------------------- checks
-    def check_inputs(self, latent, t, context, clip_fea, y, audio, ref_target_masks, seq_len) -> tuple[int, int, int]:
+    def check_inputs(
+        self, latent, t, context, clip_fea, y, audio, ref_target_masks, seq_len
+    ) -> tuple[int, int, int]:
         """Shape rules of one forward call, checked before any compute; returns (T, N_h, N_w)."""
         cfg = self.config
         pt, ph, pw = cfg.patch_size
@@ -666,32 +757,62 @@ class MultiTalkDiT(nn.Module):
         def shape(x) -> list:
             return list(x.shape)
 
-        need(latent.dim() == 4 and latent.shape[0] == cfg.out_dim, "latent",
-             f"expected [{cfg.out_dim}, T, h, w], got {shape(latent)}")  # fmt: skip
+        need(
+            latent.dim() == 4 and latent.shape[0] == cfg.out_dim,
+            "latent",
+            f"expected [{cfg.out_dim}, T, h, w], got {shape(latent)}",
+        )
         _, T, h, w = latent.shape
-        need(T % pt == 0 and h % ph == 0 and w % pw == 0, "latent",
-             f"T, h, w = {T}, {h}, {w} must be divisible by the patch size {cfg.patch_size}")  # fmt: skip
+        need(
+            T % pt == 0 and h % ph == 0 and w % pw == 0,
+            "latent",
+            f"T, h, w = {T}, {h}, {w} must be divisible by the patch size {cfg.patch_size}",
+        )
         grid = (T // pt, h // ph, w // pw)
-        need(max(grid) <= ROPE_MAX_POSITIONS, "latent",
-             f"token grid {grid} exceeds the 3-D RoPE table of {ROPE_MAX_POSITIONS} positions per axis")  # fmt: skip
+        need(
+            max(grid) <= ROPE_MAX_POSITIONS,
+            "latent",
+            f"token grid {grid} exceeds the 3-D RoPE table of {ROPE_MAX_POSITIONS} positions per axis",
+        )
         need(t.numel() == 1, "t", f"expected one timestep (shape [1]), got {shape(t)}")
-        need(context.dim() == 2 and context.shape[1] == cfg.text_dim and context.shape[0] <= cfg.text_len, "context",
-             f"expected [L_txt <= {cfg.text_len}, {cfg.text_dim}], got {shape(context)}")  # fmt: skip
-        need(shape(clip_fea) == [1, IMAGE_TOKENS, cfg.clip_dim], "clip_fea",
-             f"expected [1, {IMAGE_TOKENS}, {cfg.clip_dim}], got {shape(clip_fea)}")  # fmt: skip
-        need(shape(y) == [1, cfg.y_dim, T, h, w], "y",
-             f"expected [1, {cfg.y_dim}, {T}, {h}, {w}] (mask + image latent on the latent's grid), got {shape(y)}")  # fmt: skip
+        need(
+            context.dim() == 2
+            and context.shape[1] == cfg.text_dim
+            and context.shape[0] <= cfg.text_len,
+            "context",
+            f"expected [L_txt <= {cfg.text_len}, {cfg.text_dim}], got {shape(context)}",
+        )
+        need(
+            shape(clip_fea) == [1, IMAGE_TOKENS, cfg.clip_dim],
+            "clip_fea",
+            f"expected [1, {IMAGE_TOKENS}, {cfg.clip_dim}], got {shape(clip_fea)}",
+        )
+        need(
+            shape(y) == [1, cfg.y_dim, T, h, w],
+            "y",
+            f"expected [1, {cfg.y_dim}, {T}, {h}, {w}] (mask + image latent on the latent's grid), got {shape(y)}",
+        )
         frames = 1 + cfg.vae_scale * (grid[0] - 1)
-        need(audio.dim() == 5 and audio.shape[0] in (1, 2)
-             and shape(audio)[1:] == [frames, cfg.audio_window, cfg.audio_layers, cfg.audio_width], "audio",
-             f"expected [persons (1 or 2), {frames} = 1 + {cfg.vae_scale}*(T_lat-1) video frames, {cfg.audio_window}, "
-             f"{cfg.audio_layers}, {cfg.audio_width}], got {shape(audio)}")  # fmt: skip
-        need(shape(ref_target_masks) == [3, h, w], "ref_target_masks",
-             f"expected [3, {h}, {w}] (person 1, person 2, background at latent size), got {shape(ref_target_masks)}")  # fmt: skip
+        need(
+            audio.dim() == 5
+            and audio.shape[0] in (1, 2)
+            and shape(audio)[1:] == [frames, cfg.audio_window, cfg.audio_layers, cfg.audio_width],
+            "audio",
+            f"expected [persons (1 or 2), {frames} = 1 + {cfg.vae_scale}*(T_lat-1) video frames, {cfg.audio_window}, "
+            f"{cfg.audio_layers}, {cfg.audio_width}], got {shape(audio)}",
+        )
+        need(
+            shape(ref_target_masks) == [3, h, w],
+            "ref_target_masks",
+            f"expected [3, {h}, {w}] (person 1, person 2, background at latent size), got {shape(ref_target_masks)}",
+        )
         L = math.prod(grid)
-        need(int(seq_len) == L, "seq_len",
-             f"must equal the number of video tokens T*N_h*N_w = {L}, got {seq_len} "
-             "(padding is not supported: the audio attention groups tokens per latent frame)")  # fmt: skip
+        need(
+            int(seq_len) == L,
+            "seq_len",
+            f"must equal the number of video tokens T*N_h*N_w = {L}, got {seq_len} "
+            "(padding is not supported: the audio attention groups tokens per latent frame)",
+        )
         return grid
 
     # ---------------------------------------------------------------------- forward
@@ -733,7 +854,9 @@ class MultiTalkDiT(nn.Module):
 
         # time embedding: float64 sinusoid, fp32 MLPs (official autocast(float32))
         s = sinusoid_cos_sin(cfg.freq_dim, t).float()
-        e = linear_fp32(self.time_embedding[2], F.silu(linear_fp32(self.time_embedding[0], s)))  # [1, C]
+        e = linear_fp32(
+            self.time_embedding[2], F.silu(linear_fp32(self.time_embedding[0], s))
+        )  # [1, C]
         e0 = linear_fp32(self.time_projection[1], F.silu(e))  # [1, 6C]
         if tracing:
             trace.point("dit.e", e)
@@ -742,7 +865,9 @@ class MultiTalkDiT(nn.Module):
 
         # text: zero rows up to text_len go through the MLP too (no mask downstream)
         ctx = context.to(act)
-        ctx = torch.cat([ctx, ctx.new_zeros(cfg.text_len - ctx.shape[0], ctx.shape[1])]).unsqueeze(0)
+        ctx = torch.cat([ctx, ctx.new_zeros(cfg.text_len - ctx.shape[0], ctx.shape[1])]).unsqueeze(
+            0
+        )
         ctx = self.text_embedding(ctx)  # [1, text_len, C]
         img = self.img_emb(clip_fea.to(act))  # [1, 257, C]
         if tracing:
@@ -760,12 +885,16 @@ class MultiTalkDiT(nn.Module):
             trace.point("dit.audio_embedding", audio_embedding)
 
         # person masks on the token grid
-        masks = F.interpolate(ref_target_masks.to(x.device, torch.float32).unsqueeze(0), size=(Nh, Nw), mode="nearest")
+        masks = F.interpolate(
+            ref_target_masks.to(x.device, torch.float32).unsqueeze(0), size=(Nh, Nw), mode="nearest"
+        )
         token_masks = (masks[0] > 0).view(masks.shape[1], -1).to(act)  # [3, S]
         if tracing:
             trace.point("dit.token_ref_target_masks", token_masks)
 
-        inputs = _BlockInputs(self.rope_table(grid, x.device), token_masks, S, grid, ctx, audio_embedding, human_num)
+        inputs = _BlockInputs(
+            self.rope_table(grid, x.device), token_masks, S, grid, ctx, audio_embedding, human_num
+        )
         if teacache is not None and not teacache.should_compute(e0):
             x = x + teacache.previous_residual[teacache.calls % 3]
             teacache.skipped += 1
@@ -785,7 +914,9 @@ class MultiTalkDiT(nn.Module):
         # unpatchify: each token is (p, q, r, c) with c fastest
         pt, ph, pw = cfg.patch_size
         out = out[0].view(T, Nh, Nw, pt, ph, pw, cfg.out_dim)
-        out = out.permute(6, 0, 3, 1, 4, 2, 5).reshape(cfg.out_dim, T * pt, Nh * ph, Nw * pw).float()
+        out = (
+            out.permute(6, 0, 3, 1, 4, 2, 5).reshape(cfg.out_dim, T * pt, Nh * ph, Nw * pw).float()
+        )
         if tracing:
             trace.point("dit.out", out)
         return out
@@ -795,8 +926,11 @@ class MultiTalkDiT(nn.Module):
 # Building and loading
 
 
-def build_dit(config: DiTConfig | str = "multitalk-14b", device: str | torch.device = "meta",
-              dtype: torch.dtype = torch.float32) -> MultiTalkDiT:  # fmt: skip
+def build_dit(
+    config: DiTConfig | str = "multitalk-14b",
+    device: str | torch.device = "meta",
+    dtype: torch.dtype = torch.float32,
+) -> MultiTalkDiT:
     """An uninitialised model (meta device by default: no memory until weights are assigned)."""
     cfg = CONFIGS[config] if isinstance(config, str) else config
     with torch.device(device):
@@ -833,7 +967,9 @@ def _collect_sources(sources) -> tuple[list[Path], dict | None]:
         elif p.is_file() and p.suffix == ".safetensors":
             (adapters if p.name == MULTITALK_FILE else shards).append(p)
         else:
-            raise CheckpointError(f"DiT checkpoint source {p}: not a directory or an existing .safetensors file")
+            raise CheckpointError(
+                f"DiT checkpoint source {p}: not a directory or an existing .safetensors file"
+            )
     return shards + adapters, config_json
 
 
@@ -846,7 +982,9 @@ def _names(items: list[str], limit: int = 5) -> str:
     return shown + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")
 
 
-def check_checkpoint_keys(expected: dict[str, tuple], found: dict[str, tuple], cfg: DiTConfig) -> None:
+def check_checkpoint_keys(
+    expected: dict[str, tuple], found: dict[str, tuple], cfg: DiTConfig
+) -> None:
     """Raise one CheckpointError naming missing / unexpected / mis-shaped keys (or the wrong
     model) before any tensor is read."""
     pe = found.get("patch_embedding.weight")
@@ -858,8 +996,11 @@ def check_checkpoint_keys(expected: dict[str, tuple], found: dict[str, tuple], c
         )
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
-    misshaped = [f"{k}: checkpoint {list(found[k])} vs model {list(s)}"
-                 for k, s in expected.items() if k in found and tuple(found[k]) != tuple(s)]  # fmt: skip
+    misshaped = [
+        f"{k}: checkpoint {list(found[k])} vs model {list(s)}"
+        for k, s in expected.items()
+        if k in found and tuple(found[k]) != tuple(s)
+    ]
     audio_expected = [k for k in expected if _is_audio_key(k)]
     if audio_expected and set(audio_expected) <= set(missing) and len(missing) < len(expected):
         raise CheckpointError(
@@ -899,7 +1040,9 @@ def load_dit(
     files, config_json = _collect_sources(sources)
     if config is None:
         if config_json is None:
-            raise CheckpointError("no config.json among the DiT sources: pass config= (a DiTConfig or a CONFIGS name)")
+            raise CheckpointError(
+                "no config.json among the DiT sources: pass config= (a DiTConfig or a CONFIGS name)"
+            )
         config = DiTConfig.from_config_json(config_json)
     elif isinstance(config, str):
         config = CONFIGS[config]
