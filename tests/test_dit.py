@@ -95,6 +95,15 @@ def test_golden_dit_reference_precision_close(golden):
     assert cos > 0.99, cos
 
 
+@pytest.mark.golden
+def test_golden_dit_fp32_rope_within_tolerance(golden):
+    """The float32 3-D RoPE rotation (a GPU speed option) still meets the golden tolerance."""
+    case = get_case(golden, golden_cases("dit")[0])
+    model = _golden_model(golden)
+    model.rope_dtype = torch.float32
+    assert_close(_run(model, case), case["dit.out"], "dit.out", SINGLE_STAGE_TOL)
+
+
 # ------------------------------------------------------------------------------ loader
 
 
