@@ -381,3 +381,15 @@ def test_teacache_skips_when_e0_is_unchanged(tiny_model):
     assert cache.calls == 0  # wrapped after 3 * sample_steps calls
     with pytest.raises(ValueError, match="TeaCache size must be one of"):
         TeaCacheState.for_size("multitalk-1080", sample_steps=7)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "reference"])
+def test_forward_on_meta_device(precision):
+    """Every tensor made inside forward follows the model's device (meta refuses CPU
+    operands like CUDA does), and CPU inputs are moved to the model's device."""
+    model = build_dit("tiny", device="meta").set_precision(precision)
+    inputs = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in _tiny_inputs().items()}
+    out = model(**inputs)
+    assert out.device.type == "meta" and out.dtype == torch.float32 and out.shape == (16, 3, 4, 6)
+    out = model(**_tiny_inputs(persons=1))
+    assert out.device.type == "meta"

@@ -842,10 +842,14 @@ class MultiTalkDiT(nn.Module):
         F = 1 + vae_scale * (T - 1); ref_target_masks [3, h, w] (person 1, person 2,
         background); seq_len = T * h/2 * w/2. Returns the prediction [16, T, h, w] float32.
         """
-        t = torch.as_tensor(t, device=latent.device).reshape(-1)
+        t = torch.as_tensor(t).reshape(-1)
         grid = self.check_inputs(latent, t, context, clip_fea, y, audio, ref_target_masks, seq_len)
         cfg = self.config
         act = self.patch_embedding.weight.dtype  # activation dtype = parameter dtype
+        dev = self.patch_embedding.weight.device
+        latent, t, context, clip_fea, y, audio, ref_target_masks = (
+            u.to(dev) for u in (latent, t, context, clip_fea, y, audio, ref_target_masks)
+        )
         T, Nh, Nw = grid
         S = Nh * Nw
         tracing = trace.active()
