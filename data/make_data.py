@@ -31,40 +31,90 @@ SR = 16000  # wav2vec2 rate: the files need no resampling
 # images
 
 
-def vertical_gradient(w: int, h: int, top: tuple[int, int, int], bottom: tuple[int, int, int]) -> Image.Image:
+def vertical_gradient(
+    w: int, h: int, top: tuple[int, int, int], bottom: tuple[int, int, int]
+) -> Image.Image:
     t = np.linspace(0.0, 1.0, h)[:, None, None]
     rows = (1 - t) * np.array(top, float) + t * np.array(bottom, float)  # [h, 1, 3]
     return Image.fromarray(np.repeat(rows, w, axis=1).round().astype(np.uint8))
 
 
-def draw_person(d: ImageDraw.ImageDraw, cx: int, top: int, head_w: int, skin, hair, shirt, bottom: int) -> None:
+def draw_person(
+    d: ImageDraw.ImageDraw, cx: int, top: int, head_w: int, skin, hair, shirt, bottom: int
+) -> None:
     """A face-ish figure: shoulders, neck, head, hair, eyes, nose, mouth (centre cx)."""
     head_h = int(head_w * 1.3)
     # shoulders and shirt down to the bottom edge
-    d.ellipse([cx - int(1.6 * head_w), top + int(1.45 * head_h), cx + int(1.6 * head_w), bottom + head_h], fill=shirt)
-    d.rectangle([cx - head_w // 5, top + int(0.85 * head_h), cx + head_w // 5, top + int(1.55 * head_h)], fill=skin)
+    d.ellipse(
+        [cx - int(1.6 * head_w), top + int(1.45 * head_h), cx + int(1.6 * head_w), bottom + head_h],
+        fill=shirt,
+    )
+    d.rectangle(
+        [cx - head_w // 5, top + int(0.85 * head_h), cx + head_w // 5, top + int(1.55 * head_h)],
+        fill=skin,
+    )
     # hair behind the head, then the head
-    d.ellipse([cx - int(0.56 * head_w), top - int(0.08 * head_h), cx + int(0.56 * head_w), top + int(0.75 * head_h)], fill=hair)
+    d.ellipse(
+        [
+            cx - int(0.56 * head_w),
+            top - int(0.08 * head_h),
+            cx + int(0.56 * head_w),
+            top + int(0.75 * head_h),
+        ],
+        fill=hair,
+    )
     d.ellipse([cx - head_w // 2, top, cx + head_w // 2, top + head_h], fill=skin)
-    d.chord([cx - int(0.52 * head_w), top - int(0.06 * head_h), cx + int(0.52 * head_w), top + int(0.5 * head_h)], 180, 360, fill=hair)
+    d.chord(
+        [
+            cx - int(0.52 * head_w),
+            top - int(0.06 * head_h),
+            cx + int(0.52 * head_w),
+            top + int(0.5 * head_h),
+        ],
+        180,
+        360,
+        fill=hair,
+    )
     # eyes
     ey = top + int(0.45 * head_h)
     for sx in (-1, 1):
         ex = cx + sx * int(0.2 * head_w)
-        d.ellipse([ex - head_w // 10, ey - head_w // 18, ex + head_w // 10, ey + head_w // 18], fill=(250, 250, 250))
-        d.ellipse([ex - head_w // 28, ey - head_w // 28, ex + head_w // 28, ey + head_w // 28], fill=(40, 30, 30))
-        d.line([ex - head_w // 8, ey - head_w // 7, ex + head_w // 8, ey - head_w // 7 - 2], fill=hair, width=max(2, head_w // 40))
+        d.ellipse(
+            [ex - head_w // 10, ey - head_w // 18, ex + head_w // 10, ey + head_w // 18],
+            fill=(250, 250, 250),
+        )
+        d.ellipse(
+            [ex - head_w // 28, ey - head_w // 28, ex + head_w // 28, ey + head_w // 28],
+            fill=(40, 30, 30),
+        )
+        d.line(
+            [ex - head_w // 8, ey - head_w // 7, ex + head_w // 8, ey - head_w // 7 - 2],
+            fill=hair,
+            width=max(2, head_w // 40),
+        )
     # nose and mouth
     ny = top + int(0.62 * head_h)
-    d.line([cx, ey + head_w // 12, cx - head_w // 24, ny, cx + head_w // 24, ny], fill=(170, 110, 90), width=max(2, head_w // 60))
+    d.line(
+        [cx, ey + head_w // 12, cx - head_w // 24, ny, cx + head_w // 24, ny],
+        fill=(170, 110, 90),
+        width=max(2, head_w // 60),
+    )
     my = top + int(0.76 * head_h)
-    d.arc([cx - head_w // 6, my - head_w // 14, cx + head_w // 6, my + head_w // 14], 10, 170, fill=(150, 60, 60), width=max(2, head_w // 40))
+    d.arc(
+        [cx - head_w // 6, my - head_w // 14, cx + head_w // 6, my + head_w // 14],
+        10,
+        170,
+        fill=(150, 60, 60),
+        width=max(2, head_w // 40),
+    )
 
 
 def make_portrait() -> Image.Image:
     w, h = 480, 832
     im = vertical_gradient(w, h, (70, 110, 160), (200, 215, 230))
-    draw_person(ImageDraw.Draw(im), w // 2, 190, 220, (230, 190, 160), (60, 40, 30), (40, 70, 110), h)
+    draw_person(
+        ImageDraw.Draw(im), w // 2, 190, 220, (230, 190, 160), (60, 40, 30), (40, 70, 110), h
+    )
     return im
 
 
@@ -73,8 +123,22 @@ def make_landscape() -> Image.Image:
     im = vertical_gradient(w, h, (120, 170, 230), (235, 225, 200))
     d = ImageDraw.Draw(im)
     d.ellipse([470, 50, 540, 120], fill=(255, 220, 120))
-    d.polygon([(0, 250), (120, 150), (260, 240), (380, 130), (520, 230), (640, 170), (640, 360), (0, 360)], fill=(90, 120, 90))
-    d.polygon([(0, 300), (200, 250), (420, 290), (640, 260), (640, 360), (0, 360)], fill=(60, 100, 60))
+    d.polygon(
+        [
+            (0, 250),
+            (120, 150),
+            (260, 240),
+            (380, 130),
+            (520, 230),
+            (640, 170),
+            (640, 360),
+            (0, 360),
+        ],
+        fill=(90, 120, 90),
+    )
+    d.polygon(
+        [(0, 300), (200, 250), (420, 290), (640, 260), (640, 360), (0, 360)], fill=(60, 100, 60)
+    )
     d.rectangle([90, 270, 110, 320], fill=(90, 60, 40))
     d.ellipse([60, 220, 140, 290], fill=(40, 90, 50))
     return im
@@ -96,7 +160,9 @@ def make_two_person() -> Image.Image:
 def espeak(text: str, voice: str, speed: int) -> tuple[np.ndarray, int]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "tts.wav"
-        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(out), text], check=True)
+        subprocess.run(
+            ["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(out), text], check=True
+        )
         x, sr = sf.read(out, dtype="float32")
     return x, sr
 

@@ -149,7 +149,11 @@ def decode_audio(data: bytes, src: str = "audio", what: str = "audio") -> tuple[
             f"{what} {src!r}: the container has no audio track. Fix: pass a file with speech audio."
         ) from None
     except Exception as e:
-        kind = "a text file, not audio" if _looks_like_text(data) else f"corrupt ({type(e).__name__}: {e})"
+        kind = (
+            "a text file, not audio"
+            if _looks_like_text(data)
+            else f"corrupt ({type(e).__name__}: {e})"
+        )
         raise AudioInputError(
             f"{what} {src!r}: cannot be decoded as audio: it is {kind}. "
             "Fix: pass a valid wav, flac, ogg, mp3, m4a or video file."
@@ -240,7 +244,9 @@ def loudness_norm(
     return out
 
 
-def prepare_speech(src: str | os.PathLike, sr: int = SAMPLE_RATE, what: str = "audio") -> np.ndarray:
+def prepare_speech(
+    src: str | os.PathLike, sr: int = SAMPLE_RATE, what: str = "audio"
+) -> np.ndarray:
     """One speaker's file -> loudness-normalised float32 waveform (reference
     `audio_prepare_single`).
 
@@ -288,7 +294,9 @@ def combine_speakers(
     None for one speaker stands for the reference's 'None' path: zeros of the other's length.
     """
     if a is None and b is None:
-        raise AudioInputError("combine_speakers: both speakers are None. Fix: pass at least one track.")
+        raise AudioInputError(
+            "combine_speakers: both speakers are None. Fix: pass at least one track."
+        )
     if a is None:
         a = np.zeros(b.shape[0])
     if b is None:
@@ -302,7 +310,9 @@ def combine_speakers(
         p1 = np.concatenate([a, np.zeros(b.shape[0])])
         p2 = np.concatenate([np.zeros(a.shape[0]), b])
     else:
-        raise AudioInputError(f"audio_type {mode!r}: allowed 'para' (simultaneous) or 'add' (turns).")
+        raise AudioInputError(
+            f"audio_type {mode!r}: allowed 'para' (simultaneous) or 'add' (turns)."
+        )
     tracks = SpeakerTracks(p1, p2, p1 + p2, real)
     if trace.active():
         trace.point("audio.person1", _as_tensor(tracks.person1))
@@ -381,12 +391,18 @@ def embed_audio(
     frames, model); the write is atomic, and a hit skips wav2vec2 entirely.
     """
     if sr != SAMPLE_RATE:
-        raise AudioInputError(f"embed_audio: sample rate {sr} Hz; wav2vec2 needs {SAMPLE_RATE}. Fix: load_audio(..., sr=16000).")
+        raise AudioInputError(
+            f"embed_audio: sample rate {sr} Hz; wav2vec2 needs {SAMPLE_RATE}. Fix: load_audio(..., sr=16000)."
+        )
     x = np.asarray(waveform)
     if x.ndim != 1 or x.shape[0] == 0:
-        raise AudioInputError(f"embed_audio: waveform shape {x.shape}; expected a non-empty 1-D array.")
+        raise AudioInputError(
+            f"embed_audio: waveform shape {x.shape}; expected a non-empty 1-D array."
+        )
     if not np.isfinite(x).all():
-        raise AudioInputError("embed_audio: waveform contains NaN or infinite samples. Fix: check the input file.")
+        raise AudioInputError(
+            "embed_audio: waveform contains NaN or infinite samples. Fix: check the input file."
+        )
     frames = audio_frames(x.shape[0], sr)
     if frames < 1:
         raise AudioInputError(
@@ -430,3 +446,77 @@ def _as_tensor(x: Any):
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(x))
+
+
+# ---------------------------------------------------------------------------------------
+# plots (for notebook 01)
+
+
+def _pyplot():
+    """matplotlib.pyplot, on the Agg backend when there is no display and no notebook."""
+    import sys
+
+    import matplotlib
+
+    if (
+        "ipykernel" not in sys.modules
+        and not os.environ.get("DISPLAY")
+        and not os.environ.get("MPLBACKEND")
+    ):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_loudness(raw: np.ndarray, normed: np.ndarray, sr: int = SAMPLE_RATE):
+    """Figure: waveform and spectrogram before / after loudness normalisation (2x2),
+    titled with the integrated loudness of each. Returns a matplotlib Figure."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(12, 6), sharex="col")
+    for col, (x, label) in enumerate(((raw, "raw 16 kHz"), (normed, "loudness-normalised"))):
+        x = np.asarray(x, dtype=np.float32)
+        t = np.arange(len(x)) / sr
+        try:
+            lufs = f"{integrated_loudness(x, sr):.2f} LUFS"
+        except AudioInputError:
+            lufs = "too short for BS.1770"
+        axes[0, col].plot(t, x, lw=0.5)
+        axes[0, col].set_title(f"{label}: {lufs}, peak {np.abs(x).max():.3f}")
+        axes[0, col].set_ylabel("amplitude")
+        with np.errstate(divide="ignore"):  # exact digital silence has -inf dB
+            axes[1, col].specgram(x, NFFT=512, Fs=sr, noverlap=384, cmap="magma")
+        axes[1, col].set_ylabel("Hz")
+        axes[1, col].set_xlabel("s")
+    top = max(np.abs(np.asarray(raw)).max(), np.abs(np.asarray(normed)).max(), 1e-6)
+    for ax in axes[0]:
+        ax.set_ylim(-top, top)  # same scale so the gain is visible
+    fig.tight_layout()
+    return fig
+
+
+def plot_embedding(audio_embedding, title: str = "audio_embedding"):
+    """Figure: L2 norm over channels of audio_embedding [T, layers, hidden] as a layers x
+    frames heatmap, plus the channels of the last layer over time. Returns a Figure."""
+    plt = _pyplot()
+    emb = np.asarray(
+        audio_embedding.detach().cpu() if hasattr(audio_embedding, "detach") else audio_embedding,
+        dtype=np.float32,
+    )
+    T, L, C = emb.shape
+    fig, axes = plt.subplots(2, 1, figsize=(12, 6))
+    im = axes[0].imshow(
+        np.linalg.norm(emb, axis=2).T, aspect="auto", origin="lower", interpolation="nearest"
+    )
+    axes[0].set_title(f"{title} [{T}, {L}, {C}]: per-frame L2 norm by layer")
+    axes[0].set_ylabel("layer")
+    fig.colorbar(im, ax=axes[0])
+    im = axes[1].imshow(
+        emb[:, -1, :].T, aspect="auto", origin="lower", interpolation="nearest", cmap="coolwarm"
+    )
+    axes[1].set_title(f"layer {L - 1}: channels over frames (25 fps)")
+    axes[1].set_ylabel("channel")
+    axes[1].set_xlabel("frame")
+    fig.colorbar(im, ax=axes[1])
+    fig.tight_layout()
+    return fig

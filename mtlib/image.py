@@ -36,7 +36,9 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image as PILImage
 
-MIN_SIDE = 16  # smallest source side accepted (1 latent pixel is 8 image pixels; 16 = one DiT patch)
+MIN_SIDE = (
+    16  # smallest source side accepted (1 latent pixel is 8 image pixels; 16 = one DiT patch)
+)
 LARGEST_BUCKET_SIDE = 2048  # multitalk-720's widest bucket (448 x 2048)
 HUGE_SIDE = 4 * LARGEST_BUCKET_SIDE  # above this, reduce before resizing (memory)
 MAX_PIXELS = 20000 * 20000  # decompression-bomb guard: refuse before decoding
@@ -64,10 +66,10 @@ def _to_rgb(im: PILImage.Image) -> PILImage.Image:
     if im.mode.startswith("I;16") or im.mode == "I":
         arr = np.asarray(im).astype(np.int64)
         arr = (np.clip(arr, 0, 65535) >> 8).astype(np.uint8)
-        return Image.fromarray(arr, mode="L").convert("RGB")
+        return Image.fromarray(arr).convert("RGB")
     if im.mode == "F":
         arr = np.clip(np.asarray(im), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, mode="L").convert("RGB")
+        return Image.fromarray(arr).convert("RGB")
     return im.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
@@ -96,7 +98,9 @@ def load_image(src: Any, what: str = "image") -> PILImage.Image:
         name = str(src) if not isinstance(src, bytes | bytearray) else "<bytes>"
         data = bytes(src) if isinstance(src, bytes | bytearray) else io.read_bytes(src, what=what)
         if not data:
-            raise ImageInputError(f"{what} {name!r}: the file is empty (0 bytes). Fix: pass a PNG/JPEG/WebP picture.")
+            raise ImageInputError(
+                f"{what} {name!r}: the file is empty (0 bytes). Fix: pass a PNG/JPEG/WebP picture."
+            )
         try:
             im = Image.open(_stdio.BytesIO(data))
         except Image.DecompressionBombError:
@@ -157,7 +161,9 @@ def normalize_u8(crop_u8: np.ndarray) -> torch.Tensor:
     exactly as the reference (this order is what makes the result bit-exact)."""
     import torch
 
-    x = torch.from_numpy(np.array(crop_u8, dtype=np.uint8)).permute(2, 0, 1)[None]  # [1, 3, H, W] uint8
+    x = torch.from_numpy(np.array(crop_u8, dtype=np.uint8)).permute(2, 0, 1)[
+        None
+    ]  # [1, 3, H, W] uint8
     x = x / 255
     x = (x - 0.5) * 2
     return x[:, :, None].contiguous()  # [1, 3, 1, H, W]
@@ -223,7 +229,9 @@ def _check_bbox(bbox, num_persons: int, src_h: int, src_w: int) -> list[tuple[in
     out = []
     for i, box in enumerate(boxes):
         if len(box) != 4:
-            raise ImageInputError(f"bbox of person {i + 1}: {box!r} has {len(box)} numbers; expected 4.")
+            raise ImageInputError(
+                f"bbox of person {i + 1}: {box!r} has {len(box)} numbers; expected 4."
+            )
         r0, c0, r1, c1 = (int(v) for v in box)
         if not (0 <= r0 < r1 <= src_h and 0 <= c0 < c1 <= src_w):
             raise ImageInputError(
@@ -305,10 +313,16 @@ def ref_target_masks(
 def plot_crop(src: Any, prepared: PreparedImage, masks: torch.Tensor | None = None):
     """Figure: the source with the crop rectangle (in source pixels), the conditioning crop,
     and optionally the person masks [3, H, W] over the crop. Returns a matplotlib Figure."""
+    import sys
+
     import matplotlib
 
-    if not os.environ.get("DISPLAY") and "inline" not in matplotlib.get_backend().lower():
-        matplotlib.use("Agg")
+    if (
+        "ipykernel" not in sys.modules
+        and not os.environ.get("DISPLAY")
+        and not os.environ.get("MPLBACKEND")
+    ):
+        matplotlib.use("Agg")  # headless
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
@@ -319,7 +333,14 @@ def plot_crop(src: Any, prepared: PreparedImage, masks: torch.Tensor | None = No
     fig, axes = plt.subplots(1, ncols, figsize=(4 * ncols, 4))
     axes[0].imshow(im)
     axes[0].add_patch(
-        Rectangle((g.left * sx, g.top * sy), g.target_w * sx, g.target_h * sy, fill=False, color="red", lw=2)
+        Rectangle(
+            (g.left * sx, g.top * sy),
+            g.target_w * sx,
+            g.target_h * sy,
+            fill=False,
+            color="red",
+            lw=2,
+        )
     )
     axes[0].set_title(f"source {g.src_w}x{g.src_h}, bucket {prepared.bucket}")
     axes[1].imshow(prepared.crop_u8)
@@ -331,7 +352,12 @@ def plot_crop(src: Any, prepared: PreparedImage, masks: torch.Tensor | None = No
         overlay[..., 2] = m[1] if m.shape[0] > 2 else 0
         overlay[..., 3] = 0.35 * np.clip(m[0] + (m[1] if m.shape[0] > 2 else 0), 0, 1)
         axes[2].imshow(prepared.crop_u8)
-        axes[2].imshow(overlay, interpolation="nearest")
+        # masks may be at latent resolution: stretch them over the crop
+        axes[2].imshow(
+            overlay,
+            interpolation="nearest",
+            extent=(-0.5, g.target_w - 0.5, g.target_h - 0.5, -0.5),
+        )
         axes[2].set_title("person 1 (red), person 2 (blue)")
     for ax in axes:
         ax.axis("off")

@@ -94,7 +94,9 @@ def _speech_like(sr: int, seconds: float, channels: int = 1, seed: int = 0) -> n
     rng = np.random.default_rng(seed)
     t = np.arange(int(sr * seconds)) / sr
     envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)
-    mono = (0.3 * envelope * np.sin(2 * np.pi * 220 * t) + 0.01 * rng.standard_normal(t.shape)).astype(np.float32)
+    mono = (
+        0.3 * envelope * np.sin(2 * np.pi * 220 * t) + 0.01 * rng.standard_normal(t.shape)
+    ).astype(np.float32)
     if channels == 1:
         return mono
     return np.stack([mono, 0.8 * mono], axis=1)  # [N, C]
@@ -123,7 +125,9 @@ def _encode_pyav(path, container_fmt, codec, sr, x):
         for i in range(0, len(x), frame_len):
             chunk = x[i : i + frame_len][None]
             frame = av.AudioFrame.from_ndarray(
-                chunk.astype(np.float32) if fmt.startswith("flt") else (chunk * 32767).astype(np.int16),
+                chunk.astype(np.float32)
+                if fmt.startswith("flt")
+                else (chunk * 32767).astype(np.int16),
                 format="fltp" if fmt == "fltp" else ("flt" if fmt == "flt" else "s16"),
                 layout="mono",
             )
@@ -135,7 +139,13 @@ def _encode_pyav(path, container_fmt, codec, sr, x):
 
 
 @pytest.mark.parametrize(
-    "ext,container,codec", [("mp3", "mp3", "mp3"), ("m4a", "ipod", "aac"), ("mp4", "mp4", "aac"), ("webm", "webm", "libopus")]
+    "ext,container,codec",
+    [
+        ("mp3", "mp3", "mp3"),
+        ("m4a", "ipod", "aac"),
+        ("mp4", "mp4", "aac"),
+        ("webm", "webm", "libopus"),
+    ],
 )
 def test_pyav_formats(tmp_path, ext, container, codec):
     sr = 48000 if codec == "libopus" else 16000
@@ -174,7 +184,10 @@ def test_zero_samples(tmp_path):
     p = _wav(tmp_path, "zero.wav", np.zeros(0, np.float32))
     with pytest.raises(audio.AudioInputError) as e:
         audio.prepare_speech(p)
-    assert str(e.value) == f"audio {str(p)!r}: the file decodes to zero samples. Fix: pass a recording with speech."
+    assert (
+        str(e.value)
+        == f"audio {str(p)!r}: the file decodes to zero samples. Fix: pass a recording with speech."
+    )
 
 
 def test_digital_silence_refused(tmp_path):
@@ -276,7 +289,10 @@ def test_golden_nothing_written_on_error(tmp_path, golden):
     bad[5] = np.inf
     with pytest.raises(audio.AudioInputError) as e:
         audio.embed_audio(bad, encoder, cache_dir=cache)
-    assert str(e.value) == "embed_audio: waveform contains NaN or infinite samples. Fix: check the input file."
+    assert (
+        str(e.value)
+        == "embed_audio: waveform contains NaN or infinite samples. Fix: check the input file."
+    )
     p = _wav(tmp_path, "silence.wav", np.zeros(16000, np.float32))
     with pytest.raises(audio.AudioInputError):
         audio.embed_audio(audio.prepare_speech(p), encoder, cache_dir=cache)
@@ -355,3 +371,15 @@ def test_golden_embedding_cache_hit_and_metadata(tmp_path, golden):
     # another waveform is another key
     with pytest.raises(AssertionError, match="cache miss"):
         audio.embed_audio(x * 0.5, encoder, cache_dir=tmp_path)
+
+
+def test_plot_loudness_and_embedding_figures():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    x = _speech_like(16000, 1.0)
+    fig = audio.plot_loudness(x, audio.loudness_norm(x))
+    assert len(fig.axes) == 4
+    assert fig.axes[1].get_title().startswith("loudness-normalised: -23.00 LUFS")
+    fig = audio.plot_embedding(torch.zeros(25, 3, 48) + 1.0)
+    assert fig.axes[0].get_title() == "audio_embedding [25, 3, 48]: per-frame L2 norm by layer"

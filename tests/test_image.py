@@ -27,7 +27,11 @@ def test_golden_image(golden, case_name):
         p = case.params.get(size)
         if p is None:
             continue
-        table = buckets.table_from_json(golden.tiny_configs["buckets_tiny"][size]) if p["tiny_table"] else "official"
+        table = (
+            buckets.table_from_json(golden.tiny_configs["buckets_tiny"][size])
+            if p["tiny_table"]
+            else "official"
+        )
         rec = trace.MemoryRecorder(["image.*"])
         with trace.recording(rec):
             prepared = image.prepare_image(src, size, table)
@@ -59,8 +63,15 @@ def test_golden_ref_target_masks(golden, case_name):
     num_persons = case.tensor_index["e2e.clip0.audio"]["shape"][0]
     assert num_persons == clip0["HUMAN_NUMBER"]
     masks = image.ref_target_masks(
-        src["height"], src["width"], clip0["target_h"], clip0["target_w"], clip0["lat_h"], clip0["lat_w"],
-        num_persons, bbox=refs.get("bbox"), face_scale=case.params["generate_kwargs"]["face_scale"],
+        src["height"],
+        src["width"],
+        clip0["target_h"],
+        clip0["target_w"],
+        clip0["lat_h"],
+        clip0["lat_w"],
+        num_persons,
+        bbox=refs.get("bbox"),
+        face_scale=case.params["generate_kwargs"]["face_scale"],
     )
     expected = case["e2e.clip0.ref_target_masks"]
     assert masks.dtype == expected.dtype
@@ -84,7 +95,9 @@ def test_default_two_person_masks_at_source_size():
 
 
 def test_bbox_rows_then_columns():
-    m = image.source_person_masks(10, 20, 2, bbox={"person1": [1, 2, 4, 8], "person2": [5, 10, 9, 19]})
+    m = image.source_person_masks(
+        10, 20, 2, bbox={"person1": [1, 2, 4, 8], "person2": [5, 10, 9, 19]}
+    )
     assert m[0, 1:4, 2:8].all() and m[0].sum() == 3 * 6
     assert m[1, 5:9, 10:19].all() and m[1].sum() == 4 * 9
     assert m[2].sum() == 200 - 18 - 36
@@ -195,7 +208,9 @@ def test_too_small(tmp_path):
 
 
 def test_truncated_png(tmp_path):
-    data = _png_bytes(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)))
+    data = _png_bytes(
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
+    )
     p = tmp_path / "cut.png"
     p.write_bytes(data[: len(data) // 2])
     with pytest.raises(image.ImageInputError) as e:
@@ -220,7 +235,10 @@ def test_empty_image_file(tmp_path):
     p.write_bytes(b"")
     with pytest.raises(image.ImageInputError) as e:
         image.load_image(p)
-    assert str(e.value) == f"image {str(p)!r}: the file is empty (0 bytes). Fix: pass a PNG/JPEG/WebP picture."
+    assert (
+        str(e.value)
+        == f"image {str(p)!r}: the file is empty (0 bytes). Fix: pass a PNG/JPEG/WebP picture."
+    )
 
 
 def test_unreadable_url():
@@ -243,4 +261,22 @@ def test_decompression_bomb_guard():
 def test_unknown_bucket_size():
     with pytest.raises(image.ImageInputError) as e:
         image.prepare_image(Image.new("RGB", (32, 32)), size="multitalk-1080")
-    assert str(e.value) == "image size bucket: size 'multitalk-1080': allowed multitalk-480, multitalk-720."
+    assert (
+        str(e.value)
+        == "image size bucket: size 'multitalk-1080': allowed multitalk-480, multitalk-720."
+    )
+
+
+def test_plot_crop_figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    src = Image.new("RGB", (130, 70), (200, 100, 50))
+    prepared = image.prepare_image(src, "multitalk-480", "tiny")
+    masks = image.ref_target_masks(70, 130, *prepared.target_hw, 6, 12, 2)
+    fig = image.plot_crop(src, prepared, masks)
+    assert [ax.get_title() for ax in fig.axes] == [
+        "source 130x70, bucket 0.50",
+        "cond 96x48 (resized 96x52)",
+        "person 1 (red), person 2 (blue)",
+    ]

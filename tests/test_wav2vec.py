@@ -15,7 +15,9 @@ from mtlib.models.wav2vec import REAL_GEOMETRY, Wav2VecError, Wav2VecGeometry, l
 def _config_dir(tmp_path, layers, hidden):
     d = tmp_path / "wav2vec2-large"
     d.mkdir()
-    (d / "config.json").write_text(json.dumps({"model_type": "wav2vec2", "num_hidden_layers": layers, "hidden_size": hidden}))
+    (d / "config.json").write_text(
+        json.dumps({"model_type": "wav2vec2", "num_hidden_layers": layers, "hidden_size": hidden})
+    )
     return d
 
 
@@ -33,7 +35,9 @@ def test_refuses_large_model_before_loading(tmp_path):
 def test_refuses_other_model_type(tmp_path):
     d = tmp_path / "hubert"
     d.mkdir()
-    (d / "config.json").write_text(json.dumps({"model_type": "hubert", "num_hidden_layers": 12, "hidden_size": 768}))
+    (d / "config.json").write_text(
+        json.dumps({"model_type": "hubert", "num_hidden_layers": 12, "hidden_size": 768})
+    )
     with pytest.raises(Wav2VecError) as e:
         load_wav2vec(d)
     assert str(e.value) == (
@@ -70,7 +74,10 @@ def test_golden_tiny_loads_with_its_geometry(golden):
     assert (enc.num_layers, enc.hidden_size) == (cfg["num_hidden_layers"], cfg["hidden_size"])
     x = np.sin(np.arange(28640) / 16000 * 2 * np.pi * 200).astype(np.float32)
     emb = enc.embed(x)
-    assert emb.shape == (44, cfg["num_hidden_layers"], cfg["hidden_size"]) and emb.dtype == torch.float32
+    assert (
+        emb.shape == (44, cfg["num_hidden_layers"], cfg["hidden_size"])
+        and emb.dtype == torch.float32
+    )
     # the same tiny model is refused where the real DiT geometry is required
     with pytest.raises(Wav2VecError, match=r"needs 12 x 768"):
         load_wav2vec(golden.weights / "wav2vec2", expected=REAL_GEOMETRY)

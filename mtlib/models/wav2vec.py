@@ -140,7 +140,9 @@ class AudioEncoder:
         model_dir = resolve_model_dir(path_or_repo)
         cfg_path = model_dir / "config.json"
         if not cfg_path.exists():
-            raise Wav2VecError(f"wav2vec2 model {str(path_or_repo)!r}: {cfg_path} missing. Fix: pass a complete model directory.")
+            raise Wav2VecError(
+                f"wav2vec2 model {str(path_or_repo)!r}: {cfg_path} missing. Fix: pass a complete model directory."
+            )
         config = json.loads(cfg_path.read_text())
         if expected is not None:
             check_geometry(config, expected, str(path_or_repo))
@@ -170,7 +172,9 @@ class AudioEncoder:
 
     def input_values(self, waveform: np.ndarray) -> torch.Tensor:
         """Waveform [N] -> extractor output [N] float32 (normalised if do_normalize)."""
-        values = np.squeeze(self.feature_extractor(waveform, sampling_rate=SAMPLE_RATE).input_values)
+        values = np.squeeze(
+            self.feature_extractor(waveform, sampling_rate=SAMPLE_RATE).input_values
+        )
         x = torch.from_numpy(np.asarray(values)).float()
         if trace.active():
             trace.point("audio.input_values", x)
@@ -186,7 +190,9 @@ class AudioEncoder:
         if trace.active():
             trace.point("audio.w2v.conv_features", conv)
         # resample the 50 Hz conv frames to the video frame rate
-        feats = F.interpolate(conv, size=seq_len, mode="linear", align_corners=True).transpose(1, 2)  # [1, T, C]
+        feats = F.interpolate(conv, size=seq_len, mode="linear", align_corners=True).transpose(
+            1, 2
+        )  # [1, T, C]
         if trace.active():
             trace.point("audio.w2v.interp_features", feats)
         hidden, _ = m.feature_projection(feats)  # [1, T, hidden]
@@ -201,7 +207,9 @@ class AudioEncoder:
         seq_len = int(len(waveform) / SAMPLE_RATE * VIDEO_FPS)
         x = self.input_values(waveform)
         hidden_states = self.forward(x[None], seq_len)
-        emb = torch.stack(hidden_states[1:], dim=1)[0].transpose(0, 1).contiguous()  # [T, layers, hidden]
+        emb = (
+            torch.stack(hidden_states[1:], dim=1)[0].transpose(0, 1).contiguous()
+        )  # [T, layers, hidden]
         emb = emb.float().cpu()
         if trace.active():
             trace.point("audio.embedding", emb)
@@ -214,4 +222,3 @@ def load_wav2vec(
     device: str | torch.device = "cpu",
 ) -> AudioEncoder:
     return AudioEncoder.from_pretrained(path_or_repo, expected, device)
-
