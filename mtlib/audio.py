@@ -10,7 +10,10 @@ Fidelity: decoding + downmix + resampling reproduce `librosa.load(path, sr=16000
 bit (soundfile float32 read, mean of the channels, soxr 'HQ', length ceil(n * sr / sr_in))
 without importing librosa; loudness is pyloudnorm's BS.1770 meter, as in the reference.
 Containers that libsndfile cannot read (mp3, m4a/aac, mp4/mov/webm audio tracks) are
-decoded with PyAV, which ships its own FFmpeg: no system ffmpeg is needed.
+decoded with PyAV, which ships its own FFmpeg: no system ffmpeg is needed. (For video
+files the reference first runs `ffmpeg -ar 16000 -ac 2` to a wav, i.e. FFmpeg's resampler;
+mtlib decodes at the native rate and resamples with soxr like every other input, so
+embeddings of video inputs differ slightly from the reference's.)
 
 Every bad input raises `AudioInputError` (an `io.InputError`) naming the input, the rule
 and the fix, before anything is computed or written.
@@ -345,6 +348,8 @@ def pad_waveform_for_frames(
     `margin_frames` of extra silence keeps float truncation from landing one frame short.
     The shape plan decides frames_needed (the reference wants STRICTLY more audio frames
     than frame_num, so it asks for frame_num + 1). Unchanged when already long enough.
+    Apply it after `loudness_norm` (the gain is measured on the real speech) and before
+    `embed_audio`; trim the video to `real_samples` and mux the unpadded audio afterwards.
     """
     n = int(x.shape[0])
     if audio_frames(n, sr, fps) >= frames_needed:

@@ -383,3 +383,49 @@ def test_plot_loudness_and_embedding_figures():
     assert fig.axes[1].get_title().startswith("loudness-normalised: -23.00 LUFS")
     fig = audio.plot_embedding(torch.zeros(25, 3, 48) + 1.0)
     assert fig.axes[0].get_title() == "audio_embedding [25, 3, 48]: per-frame L2 norm by layer"
+
+
+def _encode_video(path, with_audio: bool, seconds: float = 1.0):
+    import av
+
+    sr = 16000
+    x = _speech_like(sr, seconds)
+    with av.open(str(path), "w", format="mp4") as out:
+        v = out.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        a = out.add_stream("aac", rate=sr) if with_audio else None
+        if a is not None:
+            a.layout = "mono"
+        for i in range(int(25 * seconds)):
+            img = np.full((48, 64, 3), (i * 9) % 255, np.uint8)
+            for packet in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in v.encode(None):
+            out.mux(packet)
+        if a is not None:
+            for i in range(0, len(x), 1024):
+                frame = av.AudioFrame.from_ndarray(
+                    x[i : i + 1024][None], format="fltp", layout="mono"
+                )
+                frame.sample_rate = sr
+                for packet in a.encode(frame):
+                    out.mux(packet)
+            for packet in a.encode(None):
+                out.mux(packet)
+
+
+def test_audio_track_of_video(tmp_path):
+    p = tmp_path / "talk.mp4"
+    _encode_video(p, with_audio=True)
+    got = audio.load_audio(p)
+    assert abs(len(got) - 16000) < 1600 and np.abs(got).max() > 0.05
+
+
+def test_video_without_audio_track(tmp_path):
+    p = tmp_path / "mute.mp4"
+    _encode_video(p, with_audio=False)
+    with pytest.raises(audio.AudioInputError) as e:
+        audio.load_audio(p)
+    assert str(e.value) == (
+        f"audio {str(p)!r}: the container has no audio track. Fix: pass a file with speech audio."
+    )
