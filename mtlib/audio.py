@@ -139,7 +139,13 @@ def decode_audio(data: bytes, src: str = "audio", what: str = "audio") -> tuple[
         try:
             return _decode_soundfile(data)
         except Exception as e:
-            if ext:  # a .wav/.flac/.ogg that libsndfile cannot parse is broken, not exotic
+            if ext:  # a .wav/.flac/.ogg that neither libsndfile nor FFmpeg parses is broken
+                try:  # e.g. an mp3 or A-law payload in a WAVE container
+                    y, sr = _decode_pyav(data)
+                    if y.shape[-1] > 0:
+                        return y, sr
+                except Exception:
+                    pass
                 kind = "a text file, not audio" if _looks_like_text(data) else f"corrupt ({e})"
                 raise AudioInputError(
                     f"{what} {src!r}: cannot be decoded as {ext[1:]}: it is {kind}. "

@@ -429,3 +429,11 @@ def test_video_without_audio_track(tmp_path):
     assert str(e.value) == (
         f"audio {str(p)!r}: the container has no audio track. Fix: pass a file with speech audio."
     )
+
+
+def test_misnamed_mp3_as_wav_falls_back_to_ffmpeg(tmp_path):
+    mp3 = tmp_path / "a.mp3"
+    _encode_pyav(mp3, "mp3", "mp3", 16000, _speech_like(16000, 1.0))
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(mp3.read_bytes())
+    np.testing.assert_array_equal(audio.load_audio(wav), audio.load_audio(mp3))
