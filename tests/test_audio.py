@@ -431,9 +431,10 @@ def test_video_without_audio_track(tmp_path):
     )
 
 
-def test_misnamed_mp3_as_wav_falls_back_to_ffmpeg(tmp_path):
+def test_misnamed_mp3_as_wav_still_decodes(tmp_path):
     mp3 = tmp_path / "a.mp3"
     _encode_pyav(mp3, "mp3", "mp3", 16000, _speech_like(16000, 1.0))
     wav = tmp_path / "a.wav"
     wav.write_bytes(mp3.read_bytes())
-    np.testing.assert_array_equal(audio.load_audio(wav), audio.load_audio(mp3))
+    # libsndfile (mpg123) or FFmpeg decode it; the two mp3 decoders agree to float rounding
+    np.testing.assert_allclose(audio.load_audio(wav), audio.load_audio(mp3), rtol=0, atol=1e-5)
