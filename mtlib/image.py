@@ -289,16 +289,19 @@ def ref_target_masks(
     src_w: int,
     H: int,
     W: int,
-    lat_h: int,
-    lat_w: int,
     num_persons: int,
     bbox=None,
     face_scale: float = 0.05,
+    lat_h: int | None = None,
+    lat_w: int | None = None,
 ) -> torch.Tensor:
-    """[3, lat_h, lat_w] float32 0/1: person_masks nearest-resized to the latent grid, > 0."""
+    """[3, lat_h, lat_w] float32 0/1: person_masks nearest-resized to the latent grid, > 0.
+    lat_h, lat_w default to H // 8, W // 8 (the VAE stride), as the pipeline derives them."""
     import torch.nn.functional as F
 
     masks = person_masks(src_h, src_w, H, W, num_persons, bbox, face_scale)
+    lat_h = H // 8 if lat_h is None else lat_h
+    lat_w = W // 8 if lat_w is None else lat_w
     lat = F.interpolate(masks[None], size=(lat_h, lat_w), mode="nearest")[0]
     out = (lat > 0).float()
     if trace.active():

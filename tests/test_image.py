@@ -67,11 +67,11 @@ def test_golden_ref_target_masks(golden, case_name):
         src["width"],
         clip0["target_h"],
         clip0["target_w"],
-        clip0["lat_h"],
-        clip0["lat_w"],
         num_persons,
         bbox=refs.get("bbox"),
         face_scale=case.params["generate_kwargs"]["face_scale"],
+        lat_h=clip0["lat_h"],
+        lat_w=clip0["lat_w"],
     )
     expected = case["e2e.clip0.ref_target_masks"]
     assert masks.dtype == expected.dtype
@@ -104,7 +104,7 @@ def test_bbox_rows_then_columns():
 
 
 def test_one_person_masks_are_ones():
-    m = image.ref_target_masks(80, 110, 48, 64, 6, 8, 1)
+    m = image.ref_target_masks(80, 110, 48, 64, 1)  # lat 6 x 8 by default
     assert torch.equal(m, torch.ones(3, 6, 8))
 
 
@@ -273,7 +273,7 @@ def test_plot_crop_figure():
     matplotlib.use("Agg")
     src = Image.new("RGB", (130, 70), (200, 100, 50))
     prepared = image.prepare_image(src, "multitalk-480", "tiny")
-    masks = image.ref_target_masks(70, 130, *prepared.target_hw, 6, 12, 2)
+    masks = image.ref_target_masks(70, 130, *prepared.target_hw, 2, lat_h=6, lat_w=12)
     fig = image.plot_crop(src, prepared, masks)
     assert [ax.get_title() for ax in fig.axes] == [
         "source 130x70, bucket 0.50",
