@@ -1072,7 +1072,7 @@ def _print_rich(p: ShapePlan) -> None:
     except ImportError:  # rich is a dependency, but the plain table is always enough
         print(plan_table(p))
         return
-    con = Console()
+    con = Console(soft_wrap=True)  # long messages stay on one line (copyable, greppable)
     text = plan_table(p).split("\n\n")[0]
     con.print(text, markup=False, highlight=False)
     if p.tensors:
