@@ -395,12 +395,12 @@ def _check_inputs(inputs: PlanInputs) -> None:
     if inputs.image_size is not None:
         if not isinstance(inputs.image_size, tuple | list) or len(inputs.image_size) != 2:
             raise PlanError(f"image_size: expected (width, height), got {inputs.image_size!r}.")
-        for v, n in zip(inputs.image_size, ("width", "height")):
+        for v, n in zip(inputs.image_size, ("width", "height"), strict=True):
             _pos_int(v, f"image {n}")
     if inputs.target_size is not None:
         if not isinstance(inputs.target_size, tuple | list) or len(inputs.target_size) != 2:
             raise PlanError(f"target_size: expected (H, W), got {inputs.target_size!r}.")
-        for v, n in zip(inputs.target_size, ("H", "W")):
+        for v, n in zip(inputs.target_size, ("H", "W"), strict=True):
             _pos_int(v, f"target {n}")
     for i, n in enumerate(inputs.audio_samples_16k):
         _pos_int(n, f"audio {i + 1} samples", allow_zero=True)
@@ -621,6 +621,29 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
     _tensors(p, m, H, W, F, T, lat_h, lat_w, P, raw, tracks, pad_to, eff, inputs, g)
     _costs(p, m, P)
     return p
+
+
+def plan_for(config: Any = "tiny", image: str | None = None, audio: list[str] | str | None = None,
+             **generation: Any) -> ShapePlan:
+    """plan() from file paths / URLs and generation overrides, e.g. in a notebook:
+    plan_for("tiny", image="data/portrait.png", audio=["data/a.wav"], frame_num="auto").
+    Relative local paths resolve against the project root (notebooks run from notebooks/)."""
+    from mtlib.config import ConfigError, load_config
+    from mtlib.io import is_remote, resolve_local
+
+    def where(path: str) -> str:
+        return path if is_remote(path) else str(resolve_local(path))
+
+    overrides: dict[str, Any] = {f"generation.{k}": v for k, v in generation.items()}
+    if image is not None:
+        overrides["inputs.image"] = where(str(image))
+    if audio is not None:
+        overrides["inputs.audio"] = [where(str(a)) for a in ([audio] if isinstance(audio, str) else audio)]
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as e:
+        raise PlanError(str(e)) from None
+    return plan(cfg)
 
 
 def _snap_ok(F: int, g) -> bool:
@@ -960,16 +983,14 @@ def plan_table(plan: ShapePlan, max_rows: int | None = None) -> str:
         )
     tail = ["VALID" if plan.valid else f"INVALID: {len(plan.violations)} violation(s)"]
     tail += [explain(v) for v in plan.violations]
-    return "\n".join(head + [""] + body + [""] + tail)
+    sections = [head, body, tail]
+    return "\n\n".join("\n".join(x) for x in sections if x)
 
 
 def plot_frame_grouping(frame_num: int = 13, audio_start: int = 0, audio_frames: int | None = None, ax=None):
     """A matplotlib figure: pixel frames -> latent frames (frame 0 repeated x4, then groups of
     4) and the audio frames feeding each latent frame (latent 0: 5 window slots; latent k >= 1:
     8 slots = audio frames 4k-5 .. 4k+2, clamped to the track)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
@@ -996,7 +1017,7 @@ def plot_frame_grouping(frame_num: int = 13, audio_start: int = 0, audio_frames:
         else:
             idx = [audio_start + 4 * k - 5 + j for j in range(8)]
         idx = [max(0, i if last is None else min(i, last)) for i in idx]
-        x0 = 4 * k + (2 - len(idx) / 2) * 0.5
+        x0 = 4 * k + 2 - len(idx) * 0.25  # centred under the latent frame's 4 mask slots
         for j, a in enumerate(idx):
             ax.add_patch(Rectangle((x0 + j * 0.5, 0.6), 0.45, 0.8, color=colors(k % 10), alpha=0.35))
             ax.text(x0 + j * 0.5 + 0.22, 1.0, str(a), ha="center", va="center", fontsize=6, rotation=90)

@@ -192,7 +192,7 @@ def test_golden_e2e_bookkeeping(golden, case):
     assert p.valid, plan_table(p)
     clips = c.params["clips"]
     assert len(p.clips) == len(clips)
-    for mine, ref in zip(p.clips, clips):
+    for mine, ref in zip(p.clips, clips, strict=True):
         for key in ("audio_start_idx", "audio_end_idx", "max_seq_len", "lat_h", "lat_w",
                     "cur_motion_frames_num", "is_first_clip", "frame_num"):
             assert getattr(mine, key) == ref[key], (ref["clip"], key)
