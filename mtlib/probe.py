@@ -82,7 +82,14 @@ def _open_binary(src: str):
         try:
             import fsspec
 
-            return fsspec.open(src, "rb").open()
+            return fsspec.open(src, "rb").open()  # lazy range reads: only the header is fetched
+        except ImportError:
+            if src.startswith(("http://", "https://")):
+                return _http_bytes(src)  # fsspec's http backend (aiohttp) is optional
+            raise InputError(
+                f"{src!r}: no fsspec backend for this URL scheme is installed. Fix: pip install "
+                "s3fs / gcsfs, or download the file and pass a local path."
+            ) from None
         except Exception as e:
             raise InputError(
                 f"{src!r}: cannot be opened ({type(e).__name__}: {e}). Fix: check the URL and "
@@ -94,6 +101,20 @@ def _open_binary(src: str):
     if p.is_dir():
         raise InputError(f"{src!r}: is a directory, not a file.")
     return open(p, "rb")
+
+
+def _http_bytes(url: str) -> _io.BytesIO:
+    """The whole body of an http(s) URL, when fsspec cannot read ranges (no aiohttp)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r:
+            return _io.BytesIO(r.read())
+    except Exception as e:
+        raise InputError(
+            f"{url!r}: cannot be read ({type(e).__name__}: {e}). Fix: check the URL and your "
+            "network, or download the file and pass a local path."
+        ) from None
 
 
 def probe_image(src: str | os.PathLike) -> ImageInfo:

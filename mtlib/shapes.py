@@ -27,6 +27,7 @@ import fnmatch
 import json
 import math
 from dataclasses import dataclass, field
+from os import PathLike
 from typing import Any
 
 from mtlib.buckets import bucket_table, choose_bucket
@@ -36,6 +37,7 @@ from mtlib.probe import AUDIO_SR, VIDEO_FPS, embedding_frames
 CLIP_FRAMES = 81  # the clip length the model was trained on (frame_num default of the reference)
 LOUDNESS_BLOCK_S = 0.4  # pyloudnorm's gating block: shorter audio cannot be measured
 ROPE_POSITIONS = 1024  # rows of the reference's 3-D RoPE tables (per axis)
+MAX_CLIPS = 100_000  # a plan longer than this is a typo (about 60 days of 25 fps video)
 AUDIO_ASSERT = "AssertionError: Aduio file not exists or length not satisfies frame nums."  # (sic)
 
 
@@ -272,6 +274,7 @@ class ClipPlan:
     max_seq_len: int
     kept_frames: int  # frames this clip adds to the video (first clip: all)
     audio_len: tuple[int, ...]  # per person embedding length seen by this clip (after padding)
+    audio_index_range: tuple[int, int]  # first / last audio frame the +-2 windows read (clamped)
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -376,6 +379,8 @@ def _config(config: Any):
 
     if isinstance(config, RunConfig):
         return config
+    if config is not None and not isinstance(config, str | dict | PathLike):
+        raise PlanError(f"config: expected a preset name, a YAML path, a dict or a RunConfig, got {type(config).__name__}.")
     try:
         return load_config(config if config is not None else "tiny")
     except ConfigError as e:
@@ -412,6 +417,18 @@ def _check_inputs(inputs: PlanInputs) -> None:
     if inputs.text_tokens is not None:
         for n in inputs.text_tokens:
             _pos_int(n, "text tokens")
+    _check_bbox(inputs.bbox)
+
+
+def _check_bbox(bbox: Any) -> None:
+    if bbox is None:
+        return
+    ok = isinstance(bbox, tuple | list) and all(
+        isinstance(b, tuple | list) and len(b) == 4 and all(isinstance(x, int) and not isinstance(x, bool) for x in b)
+        for b in bbox
+    )
+    if not ok:
+        raise PlanError(f"bbox: expected one [row_min, col_min, row_max, col_max] of integers per speaker, got {bbox!r}.")
 
 
 def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | ModelSizes | None = None) -> ShapePlan:
@@ -433,6 +450,7 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
     if audio_type not in ("para", "add"):
         raise PlanError(f"audio_type {audio_type!r}: allowed 'para' or 'add'.")
     bbox = inputs.bbox if inputs.bbox is not None else cfg.inputs.bbox
+    _check_bbox(bbox)
     if g.short_audio not in ("pad", "snap", "error"):
         raise PlanError(f"short_audio {g.short_audio!r}: allowed pad, snap or error.")
     if g.mode not in ("clip", "streaming"):
@@ -731,12 +749,22 @@ def _schedule(p: ShapePlan, g, F: int, eff: list[int], lat_h: int, lat_w: int, m
     L = list(eff)
     P = len(L)
     seq = latent_frames(F) * lat_h * lat_w // (m.patch[1] * m.patch[2])
+    if max_frames > F:  # streaming: refuse schedules no machine would run (and loops that long)
+        horizon = min(max_frames, L[0])
+        n_clips = 2 + max(0, horizon - 2 * F + motion) // (F - motion)
+        if n_clips > MAX_CLIPS:
+            raise PlanError(
+                f"streaming would need about {n_clips} clips of {F} frames ({horizon} audio frames, "
+                f"max_frames_num {max_frames}); mtlib plans at most {MAX_CLIPS}. Fix: lower "
+                "generation.max_frames_num or split the audio."
+            )
     start, end, cur, first, last = 0, F, 1, True, False
     miss = [0] * P
     total = 0
     while True:
         kept = F if first else F - cur
-        p.clips.append(ClipPlan(len(p.clips), first, cur, start, end, F, lat_h, lat_w, seq, kept, tuple(L)))
+        window = (max(0, start - m.audio_window // 2), min(L[0] - 1, end - 1 + m.audio_window // 2))
+        p.clips.append(ClipPlan(len(p.clips), first, cur, start, end, F, lat_h, lat_w, seq, kept, tuple(L), window))
         total += kept
         if last:
             break
@@ -847,7 +875,6 @@ def _tensors(p, m, H, W, F, T, lat_h, lat_w, P, raw, tracks, pad_to, eff, inputs
     # one DiT call (golden stage "dit"); P is the number of persons of the cond pass
     D, nh, nw = m.dim, lat_h // m.patch[1], lat_w // m.patch[2]
     L, S, hd = p.seq_len, nh * nw, m.head_dim
-    ctx = m.clip_tokens + m.text_len
     add("dit.in.x", lat, "lat")
     add("dit.in.t", (1,), "lat")
     add("dit.in.clip_fea", (1, m.clip_tokens, m.clip_dim), "clip")
@@ -869,7 +896,8 @@ def _tensors(p, m, H, W, F, T, lat_h, lat_w, P, raw, tracks, pad_to, eff, inputs
     add("dit.block*.self_attn", (1, L, D), "dit")
     add("dit.block*.self_attn.x_ref_attn_map", (3, L), "dit", f"softmax over the {S} reference-frame keys")
     add("dit.block*.cross_attn.q", (1, m.num_heads, L, hd), "dit")
-    add("dit.block*.cross_attn.k", (1, m.num_heads, ctx, hd), "dit", f"{m.clip_tokens} image + {m.text_len} text rows, two attentions")
+    add("dit.block*.cross_attn.k", (1, m.num_heads, m.text_len, hd), "dit", "text keys (v alike); summed with the image attention")
+    add("dit.block*.cross_attn.k_img", (1, m.num_heads, m.clip_tokens, hd), "dit", "CLIP image keys (v_img alike)")
     add("dit.block*.cross_attn", (1, L, D), "dit")
     add("dit.block*.audio_cross_attn.q", (T, m.num_heads, S, hd), "dit", "one batch item per latent frame")
     add("dit.block*.audio_cross_attn.kv", (T, m.num_heads, m.context_tokens * P, hd), "dit")

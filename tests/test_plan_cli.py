@@ -109,3 +109,52 @@ def test_module_entry_point(files):
     )
     assert r.returncode == 2
     assert json.loads(r.stdout)["reference_error"] == USER_ERROR
+
+
+@pytest.fixture
+def http_root(files):
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(files))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_urls_are_probed(http_root, capsys):
+    a = probe_audio(f"{http_root}/speech.wav")
+    assert (a.sample_rate, a.frames, a.samples_16k) == (44100, 78939, 28640)
+    assert (probe_image(f"{http_root}/wide.png").width, probe_image(f"{http_root}/wide.png").height) == (1280, 720)
+    code, out, _ = _run(capsys, "--config", "multitalk-480", "--image", f"{http_root}/wide.png",
+                        "--audio", f"{http_root}/speech.wav", "--frame-num", "43", "--json")
+    assert code == 2 and json.loads(out)["reference_error"] == USER_ERROR
+    code, _, err = _run(capsys, "--image", f"{http_root}/nope.png", "--audio", f"{http_root}/speech.wav")
+    assert code == 2 and "nope.png" in err
+
+
+def test_compressed_audio_from_container_metadata(tmp_path):
+    import av
+
+    path = tmp_path / "speech.m4a"
+    sr, seconds = 44100, 2.0
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("aac", rate=sr)
+        st.layout = "mono"
+        samples = (0.1 * np.sin(np.arange(int(sr * seconds)) * 0.05)).astype(np.float32)
+        for i in range(0, len(samples), 1024):
+            frame = av.AudioFrame.from_ndarray(samples[None, i:i + 1024], format="fltp", layout="mono")
+            frame.sample_rate = sr
+            for pkt in st.encode(frame):
+                out.mux(pkt)
+        for pkt in st.encode(None):
+            out.mux(pkt)
+    a = probe_audio(path)
+    assert a.sample_rate == sr and a.channels == 1 and not a.exact
+    assert a.duration_s == pytest.approx(seconds, abs=0.05)
+    assert a.embedding_frames in (49, 50, 51)

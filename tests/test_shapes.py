@@ -333,6 +333,22 @@ def test_bad_metadata_raises_plan_error(bad):
         plan(load_config("tiny"), PlanInputs(**bad))
 
 
+def test_bad_bbox_and_config_types_raise_plan_error():
+    with pytest.raises(PlanError):
+        plan(load_config("tiny"), PlanInputs(image_size=(10, 10), audio_samples_16k=(9000, 9000), bbox=((1, 2, 3),)))
+    with pytest.raises(PlanError):
+        plan(123, PlanInputs(image_size=(10, 10), audio_samples_16k=(9000,)))
+    with pytest.raises(PlanError, match="clips"):
+        plan(_cfg(mode="streaming", max_frames_num=10**9), PlanInputs(image_size=(10, 10), audio_frames=(10**8,)))
+
+
+def test_clip_audio_windows():
+    p = plan(_cfg(mode="streaming", frame_num=81), PlanInputs(image_size=(1280, 720), audio_frames=(138,)))
+    # windows read audio_start-2 .. audio_end+1, clamped to the (reflection-padded) track
+    assert [c.audio_index_range for c in p.clips] == [(0, 82), (54, 137), (110, 194)]
+    assert p.clips[-1].audio_len == (138 + 58,)
+
+
 def test_bad_config_raises_plan_error():
     with pytest.raises(PlanError):
         plan({"generation": {"frame_num": 0}}, PlanInputs(image_size=(10, 10), audio_samples_16k=(1000,)))
@@ -438,12 +454,14 @@ def test_plan_accepts_exactly_the_rules(w, h, table_kind, size, secs, equal, aud
     fn=st.one_of(st.just("auto"), st.integers(-3, 5000), st.just("x")),
     mode=st.sampled_from(["clip", "streaming", "loop"]),
     motion=st.integers(-2, 100),
+    max_frames=st.integers(-1, 10**9),
+    bbox=st.one_of(st.none(), st.just([[0, 0, 5, 5]]), st.just([[0, 0, 5]]), st.just(3)),
 )
-def test_plan_raises_only_plan_error(size, target, samples, frames, fn, mode, motion):
+def test_plan_raises_only_plan_error(size, target, samples, frames, fn, mode, motion, max_frames, bbox):
     cfg = {"model": {"name": "multitalk-14b"},
-           "generation": {"frame_num": fn, "mode": mode, "motion_frame": motion}}
+           "generation": {"frame_num": fn, "mode": mode, "motion_frame": motion, "max_frames_num": max_frames}}
     inputs = PlanInputs(image_size=size, target_size=target, audio_samples_16k=tuple(samples),
-                        audio_frames=None if frames is None else tuple(frames))
+                        audio_frames=None if frames is None else tuple(frames), bbox=bbox)
     try:
         p = plan(cfg, inputs)
     except PlanError:
