@@ -169,6 +169,14 @@ def frames_needed(frame_num: int) -> int:
     return frame_num + 1
 
 
+def audio_padding(samples_16k: int, frame_num: int) -> tuple[int, int]:
+    """(pad_to_samples, samples_to_append) so that a 16 kHz track of `samples_16k` samples
+    feeds a clip of frame_num: silence appended up to the first length whose embedding has
+    frame_num + 1 frames. (0 appended when it is long enough already.)"""
+    target = max(samples_16k, samples_for_frames(frames_needed(frame_num)))
+    return target, target - samples_16k
+
+
 def latent_frames(frame_num: int) -> int:
     return (frame_num - 1) // 4 + 1
 
@@ -189,6 +197,7 @@ class PlanInputs:
     bbox: tuple[tuple[int, int, int, int], ...] | None = None  # None: config.inputs.bbox
     target_size: tuple[int, int] | None = None  # (H, W) bypassing the buckets (wrappers do this)
     text_tokens: tuple[int, int] | None = None  # T5 lengths of (prompt, negative prompt) if known
+    image_stored_size: tuple[int, int] | None = None  # (width, height) before EXIF rotation, if rotated
     image_src: str | None = None  # where the metadata came from (display only)
     audio_src: tuple[str, ...] = ()
 
@@ -210,13 +219,15 @@ class PlanInputs:
 
         if isinstance(audio, str):
             audio = [audio]
-        size = None
+        size = stored = None
         if image:
             info = probe_image(image)
             size = (info.width, info.height)
+            if info.rotated:
+                stored = (info.stored_width, info.stored_height)
         samples = tuple(probe_audio(a).samples_16k for a in audio)
         return cls(
-            image_size=size, audio_samples_16k=samples, image_src=image,
+            image_size=size, audio_samples_16k=samples, image_src=image, image_stored_size=stored,
             audio_src=tuple(str(a) for a in audio), **kw,
         )
 
@@ -481,6 +492,13 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
         p.bucket_key, (H, W) = choose_bucket(src_h, src_w, bucket_table(cfg.model.size, cfg.model.buckets))
     if inputs.image_size is not None:
         p.src_hw = (int(inputs.image_size[1]), int(inputs.image_size[0]))
+    if inputs.image_stored_size is not None and inputs.target_size is None:
+        sw_, sh_ = inputs.image_stored_size
+        key, (rh, rw) = choose_bucket(sh_, sw_, bucket_table(cfg.model.size, cfg.model.buckets))
+        p.notes.append(
+            f"the image carries an EXIF rotation: planned upright (bucket {p.bucket_key}, {H}x{W}); the reference "
+            f"opens it without applying EXIF and would see a {sw_}x{sh_} (w x h) image: bucket {key}, {rh}x{rw}"
+        )
     p.target_hw = (H, W)
     sh, sw = m.vae_stride[1], m.vae_stride[2]
     lat_h, lat_w = H // sh, W // sw
@@ -909,7 +927,14 @@ def _tensors(p, m, H, W, F, T, lat_h, lat_w, P, raw, tracks, pad_to, eff, inputs
 
 
 def _pass_flops(m: ModelSizes, T: int, S: int, persons: int) -> dict[str, float]:
-    """FLOPs of one DiT forward (2 per multiply-add)."""
+    """FLOPs of one DiT forward, 2 per multiply-add. With L = T*S tokens, D width, F_ffn,
+    C = 257 + 512 context rows, A = 32*P audio tokens per latent frame, per block:
+      linear          2*L*D*(8*D + 2*F_ffn)        self q,k,v,o + cross q,o + audio q,proj + FFN
+                    + 2*C*D*2*D + 2*T*A*768*2*D    cross k,v (text + image), audio kv
+      self_attention  4*L^2*D                      Q.K^T and A.V over all L keys
+      other_attention 2*L*S*D + 4*L*C*D + 4*L*A*D  reference-frame map, cross, audio
+    times num_layers, plus patch embedding, head and text embedding (embed_head).
+    14B, 448x896, 81 frames (L = 32,928): 0.929 + 0.888 + 0.043 PFLOP per pass."""
     D, Fd, nl = m.dim, m.ffn_dim, m.num_layers
     L = T * S
     ctx = m.clip_tokens + m.text_len

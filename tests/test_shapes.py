@@ -469,3 +469,10 @@ def test_plan_raises_only_plan_error(size, target, samples, frames, fn, mode, mo
     assert p.valid or p.violations
     plan_table(p)
     p.to_json()
+
+
+def test_audio_padding_helper():
+    from mtlib.shapes import audio_padding
+
+    assert audio_padding(28640, 45) == (29440, 800)  # 1.79 s -> 1.84 s for 45 frames
+    assert audio_padding(60000, 45) == (60000, 0)
