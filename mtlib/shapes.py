@@ -646,7 +646,7 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
     p.token_grid = (T, nh, nw)
     p.seq_len = T * nh * nw
     _schedule(p, g, F, eff, lat_h, lat_w, m)
-    if any(x is not None for x in pad_to):
+    if any(a.policy == "short_audio=pad" for a in p.policy_actions):
         p.output_frames = min(p.video_frames, want)
     else:
         p.output_frames = p.video_frames

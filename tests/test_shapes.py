@@ -476,3 +476,8 @@ def test_audio_padding_helper():
 
     assert audio_padding(28640, 45) == (29440, 800)  # 1.79 s -> 1.84 s for 45 frames
     assert audio_padding(60000, 45) == (60000, 0)
+
+
+def test_pad_with_embedding_frames_only():
+    p = plan(_cfg(frame_num=81), PlanInputs(image_size=(1280, 720), audio_frames=(44,)))
+    assert p.valid and p.padded_audio_frames == (82,) and p.output_frames == 44 and p.video_frames == 81
