@@ -9,8 +9,8 @@ in plain words and concrete fixes. It runs in well under a millisecond per call,
 any model is loaded; `mtlib plan` is its command line (`add_arguments_plan`, `run_plan`).
 
 Rules (multitalk-facts §10.5), in the order the reference would trip over them:
-  persons_1_or_2, bbox_count, para_equal_length, audio_min_duration,
-  audio_longer_than_frame_num, frame_num_4n_plus_1, frame_num_min, motion_frame_below_frame_num,
+  persons_1_or_2, audio_min_duration, para_equal_length, audio_longer_than_frame_num,
+  frame_num_4n_plus_1, frame_num_min, bbox_count, motion_frame_below_frame_num,
   motion_frame_4n_plus_1, size_multiple_of_16, rope_positions.
 Policies (config.generation): frame_num 'auto' | int, short_audio 'pad' | 'snap' | 'error'.
 
@@ -514,12 +514,6 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
             ("pass one speech track per visible speaker (1 or 2 files)",),
         ))
         return p
-    if bbox is not None and len(bbox) != P:
-        v.append(Violation(
-            "bbox_count", {"bbox": len(bbox), "persons": P}, "AssertionError",
-            f"{len(bbox)} bounding boxes for {P} speakers: the reference asserts one box per audio track.",
-            (f"give exactly {P} boxes, or none (default: left / right halves of the image)",),
-        ))
     if inputs.audio_frames is not None:
         tracks: list[int | None] = [None] * P
         frames = [int(x) for x in inputs.audio_frames]
@@ -531,15 +525,6 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
         else:
             tracks = list(raw)
         frames = [embedding_frames(n) for n in tracks]
-        if P == 2 and audio_type == "para" and raw[0] != raw[1]:
-            v.append(Violation(
-                "para_equal_length", {"samples_16k": raw},
-                f"ValueError: operands could not be broadcast together with shapes ({raw[0]},) ({raw[1]},) ",
-                "audio_type 'para' (both speak at once) sums the two tracks sample by sample for the "
-                f"soundtrack, so they must be equally long; they have {raw[0]} and {raw[1]} samples at 16 kHz.",
-                ("trim or pad the two recordings to the same length",
-                 "or use audio_type 'add' if they speak one after the other"),
-            ))
         for i, n in enumerate(raw):
             if n < LOUDNESS_BLOCK_S * AUDIO_SR:
                 v.append(Violation(
@@ -549,6 +534,15 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
                     f"(BS.1770) needs at least one {LOUDNESS_BLOCK_S} s block.",
                     (f"use at least {LOUDNESS_BLOCK_S} s of speech",),
                 ))
+        if P == 2 and audio_type == "para" and raw[0] != raw[1]:
+            v.append(Violation(
+                "para_equal_length", {"samples_16k": raw},
+                f"ValueError: operands could not be broadcast together with shapes ({raw[0]},) ({raw[1]},) ",
+                "audio_type 'para' (both speak at once) sums the two tracks sample by sample for the "
+                f"soundtrack, so they must be equally long; they have {raw[0]} and {raw[1]} samples at 16 kHz.",
+                ("trim or pad the two recordings to the same length",
+                 "or use audio_type 'add' if they speak one after the other"),
+            ))
     p.audio_samples_16k = tuple(n for n in tracks if n is not None)
     p.audio_frames = tuple(frames)
     L_min = min(frames)
@@ -604,6 +598,13 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
     p.padded_audio_frames = tuple(eff)
     if not frame_ok:
         v.append(_frame_violation(F, lat_h, lat_w, L_min, tracks, want))
+    # the person masks (and their bbox assertion) are built per clip, after the frame mask
+    if bbox is not None and len(bbox) != P:
+        v.append(Violation(
+            "bbox_count", {"bbox": len(bbox), "persons": P}, "AssertionError",
+            f"{len(bbox)} bounding boxes for {P} speakers: the reference asserts one box per audio track.",
+            (f"give exactly {P} boxes, or none (default: left / right halves of the image)",),
+        ))
     if g.mode == "streaming" and frame_ok:
         if g.motion_frame >= F:
             v.append(Violation(

@@ -481,3 +481,15 @@ def test_audio_padding_helper():
 def test_pad_with_embedding_frames_only():
     p = plan(_cfg(frame_num=81), PlanInputs(image_size=(1280, 720), audio_frames=(44,)))
     assert p.valid and p.padded_audio_frames == (82,) and p.output_frames == 44 and p.video_frames == 81
+
+
+def test_reference_error_order():
+    # loudness (preprocessing) before the para sum, both before generate()'s assertion
+    p = plan(_cfg(frame_num=81, short_audio="error"),
+             PlanInputs(image_size=(1280, 720), audio_samples_16k=(3000, 5000)))
+    assert [v.rule for v in p.violations][:3] == ["audio_min_duration", "audio_min_duration", "para_equal_length"]
+    assert p.reference_error == "ValueError: Audio must have length greater than the block size."
+    # the frame mask view fails before the per-clip person masks check the boxes
+    p = plan(_cfg(frame_num=43), PlanInputs(image_size=(1280, 720), audio_frames=(44, 44), bbox=((0, 0, 5, 5),)))
+    assert [v.rule for v in p.violations] == ["frame_num_4n_plus_1", "bbox_count"]
+    assert p.reference_error == USER_ERROR
