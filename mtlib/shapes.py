@@ -908,7 +908,7 @@ def _tensors(p, m, H, W, F, T, lat_h, lat_w, P, raw, tracks, pad_to, eff, inputs
     add("dit.audio_proj", (P, T, m.context_tokens, m.output_dim), "dit")
     add("dit.audio_embedding", (1, T, m.context_tokens * P, m.output_dim), "dit")
     add("dit.token_ref_target_masks", (3, S), "dit")
-    add("dit.seq_len", (L,), "int64", f"seq_len = T*N_h*N_w = {T}*{nh}*{nw}")
+    add("dit.seq_len", (), "int64", f"a Python int, not a tensor: seq_len = T*N_h*N_w = {T}*{nh}*{nw} = {L}")
     add("dit.block*.self_attn.q", (1, m.num_heads, L, hd), "lat", "q, k after RoPE (fp32); v alike")
     add("dit.block*.self_attn.k", (1, m.num_heads, L, hd), "lat")
     add("dit.block*.self_attn.v", (1, m.num_heads, L, hd), "dit")
@@ -1024,9 +1024,11 @@ def plan_table(plan: ShapePlan, max_rows: int | None = None) -> str:
         body += [f"{a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows]
     if plan.clips and plan.mode == "streaming":
         body.append("")
-        body.append("clip  audio [start, end)  motion  kept")
+        body.append(f"{'clip':>4}  {'audio [start, end)':<20}  {'windows read':<14}  {'motion':>6}  {'kept':>4}")
         for c in plan.clips:
-            body.append(f"{c.clip:>4}  [{c.audio_start_idx}, {c.audio_end_idx}){'':>8}  {c.cur_motion_frames_num:>6}  {c.kept_frames:>4}")
+            rng = f"[{c.audio_start_idx}, {c.audio_end_idx})"
+            win = f"{c.audio_index_range[0]}..{c.audio_index_range[1]}"
+            body.append(f"{c.clip:>4}  {rng:<20}  {win:<14}  {c.cur_motion_frames_num:>6}  {c.kept_frames:>4}")
         body.append(f"reflection padding (miss) per person: {list(plan.miss)}")
     if plan.valid and plan.flops_per_step:
         body.append("")
