@@ -73,6 +73,9 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     suffix = target.suffix if suffix is None else suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{suffix}", dir=target.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; artefacts get the usual permissions
     tmp_path = Path(tmp)
     try:
         yield tmp_path
