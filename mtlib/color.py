@@ -52,7 +52,9 @@ def match_and_blend_colors(
             if std_src == 0:
                 corrected[:, :, c] = ref_mean[c]
             else:
-                corrected[:, :, c] = (corrected[:, :, c] - mean_src) * (ref_std[c] / std_src) + ref_mean[c]
+                corrected[:, :, c] = (corrected[:, :, c] - mean_src) * (
+                    ref_std[c] / std_src
+                ) + ref_mean[c]
         rgb = np.clip(color.lab2rgb(corrected), 0.0, 1.0)
         out.append((1 - strength) * frame + strength * rgb)
     video = np.stack(out, axis=0) * 2.0 - 1.0  # [F, H, W, 3] in [-1, 1]

@@ -118,7 +118,9 @@ class GenerationSettings:
         return self.frame_num if self.mode == "clip" else self.max_frames_num
 
     @classmethod
-    def from_config(cls, generation: Any, size: str = "multitalk-480", **overrides) -> GenerationSettings:
+    def from_config(
+        cls, generation: Any, size: str = "multitalk-480", **overrides
+    ) -> GenerationSettings:
         """From a `mtlib.config.GenerationConfig` whose frame_num is already resolved."""
         g = generation
         if g.frame_num == "auto":
@@ -218,7 +220,9 @@ class InjectedNoise:
 # --------------------------------------------------------------------------------------------
 
 
-def encode_prompts(text_encoder: Any, prompt: str, negative_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts(
+    text_encoder: Any, prompt: str, negative_prompt: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """context, context_null = T5([prompt, negative prompt]) (one batch, like the reference).
 
     `text_encoder.encode(list[str])` returns the trimmed contexts, either as a list or as an
@@ -425,13 +429,18 @@ def generate(
                         trace.point("out", add_latent)
                     latent[:, :t_m] = add_latent
 
-                shared = dict(clip_fea=clip_fea, y=y, ref_target_masks=ref_target_masks, seq_len=seq_len)
+                shared = dict(
+                    clip_fea=clip_fea, y=y, ref_target_masks=ref_target_masks, seq_len=seq_len
+                )
                 if s.use_apg:  # fresh momentum per clip, as the reference
                     text_buffer = sampling.MomentumBuffer(s.apg_momentum)
                     audio_buffer = sampling.MomentumBuffer(s.apg_momentum)
 
                 step_bar = tqdm(
-                    range(s.sampling_steps), desc=f"clip {c} steps", leave=False, disable=not s.progress
+                    range(s.sampling_steps),
+                    desc=f"clip {c} steps",
+                    leave=False,
+                    disable=not s.progress,
                 )
                 for i in step_bar:
                     with trace.scope(f"step{i}"):
@@ -439,13 +448,17 @@ def generate(
                         latent_in = trace.point("latent_in", latent)
                         x = latent_in.to(device, torch.float32)
 
-                        noise_pred_cond = models.dit(x=x, t=t, context=context, audio=audio, **shared)
+                        noise_pred_cond = models.dit(
+                            x=x, t=t, context=context, audio=audio, **shared
+                        )
                         noise_pred_cond = trace.point("cond", noise_pred_cond.float())
                         if not text_scale_one:
                             noise_pred_drop_text = models.dit(
                                 x=x, t=t, context=context_null, audio=audio, **shared
                             )
-                            noise_pred_drop_text = trace.point("drop_text", noise_pred_drop_text.float())
+                            noise_pred_drop_text = trace.point(
+                                "drop_text", noise_pred_drop_text.float()
+                            )
                             noise_pred_uncond = models.dit(
                                 x=x, t=t, context=context_null, audio=audio_null, **shared
                             )
@@ -465,7 +478,9 @@ def generate(
                             noise_pred_drop_audio = models.dit(
                                 x=x, t=t, context=context, audio=audio_null, **shared
                             )
-                            noise_pred_drop_audio = trace.point("drop_audio", noise_pred_drop_audio.float())
+                            noise_pred_drop_audio = trace.point(
+                                "drop_audio", noise_pred_drop_audio.float()
+                            )
                             if s.use_apg:
                                 velocity = sampling.guide_apg_text_one(
                                     noise_pred_cond, noise_pred_drop_audio, s.audio_guide_scale,
@@ -478,7 +493,9 @@ def generate(
                         # the reference steps along the negated velocity
                         noise_pred = -velocity
 
-                        latent = sampling.euler_step(latent, noise_pred, timesteps[i : i + 1], timesteps[i + 1 : i + 2])
+                        latent = sampling.euler_step(
+                            latent, noise_pred, timesteps[i : i + 1], timesteps[i + 1 : i + 2]
+                        )
                         if not is_first_clip:
                             trace.point("latent_updated", latent)
                         trace.point("noise_pred", noise_pred)
@@ -492,7 +509,9 @@ def generate(
                         with trace.scope(f"add_noise_step{i}"):
                             trace.point("t", timesteps[i + 1 : i + 2])
                             add_latent = sampling.renoise_motion(
-                                latent_motion_frames, timesteps[i + 1 : i + 2], motion_noise.to(device)
+                                latent_motion_frames,
+                                timesteps[i + 1 : i + 2],
+                                motion_noise.to(device),
                             )
                             trace.point("out", add_latent)
                         latent[:, :t_m] = add_latent
@@ -504,7 +523,9 @@ def generate(
                 videos = trace.point("decoded", videos.detach().cpu().float())  # [1, 3, F, H, W]
                 if s.color_correction_strength > 0:
                     trace.point("color_ref", color_reference)
-                    videos = match_and_blend_colors(videos, color_reference, s.color_correction_strength)
+                    videos = match_and_blend_colors(
+                        videos, color_reference, s.color_correction_strength
+                    )
                     trace.point("color_corrected", videos)
 
                 # 8. keep the new frames: all of clip 0, later clips without their motion frames
@@ -547,5 +568,8 @@ def generate(
         video = trace.point("video", video[0].float())  # [3, N, H, W]
 
     return GenerationResult(
-        video=video, clips=clips, miss_lengths=miss_lengths, seed=getattr(noise_source, "seed", None)
+        video=video,
+        clips=clips,
+        miss_lengths=miss_lengths,
+        seed=getattr(noise_source, "seed", None),
     )

@@ -165,7 +165,9 @@ def guide_apg(
     audio_term = apg(
         noise_pred_drop_text - noise_pred_uncond, noise_pred_cond, audio_buffer, norm_threshold
     )
-    return noise_pred_cond + (text_guide_scale - 1) * text_term + (audio_guide_scale - 1) * audio_term
+    return (
+        noise_pred_cond + (text_guide_scale - 1) * text_term + (audio_guide_scale - 1) * audio_term
+    )
 
 
 def guide_apg_text_one(

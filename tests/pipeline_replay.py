@@ -36,7 +36,10 @@ class ReplayDiT:
         passes = case.params["dit_passes_per_step"]
         steps = case.params["generate_kwargs"]["sampling_steps"]
         self.expected = [
-            f"e2e.clip{c}.step{i}.{p}" for c in range(n_clips(case)) for i in range(steps) for p in passes
+            f"e2e.clip{c}.step{i}.{p}"
+            for c in range(n_clips(case))
+            for i in range(steps)
+            for p in passes
         ]
 
     def __call__(self, x, t, context, clip_fea, y, audio, ref_target_masks, seq_len):
@@ -54,11 +57,13 @@ class ReplayDiT:
             assert_close(audio, g[f"{clip}.audio"], f"{name}: audio", E2E_TOL)
         else:
             shape = (1,) + tuple(g[f"{clip}.audio"].shape[1:])
-            assert tuple(audio.shape) == shape and not audio.any(), f"{name}: expected one silent person"
+            assert tuple(audio.shape) == shape and not audio.any(), (
+                f"{name}: expected one silent person"
+            )
         assert_close(clip_fea, g[f"{clip}.clip_fea"], f"{name}: clip_fea", E2E_TOL)
         assert_close(y, g[f"{clip}.y"], f"{name}: y", E2E_TOL)
         assert torch.equal(ref_target_masks, g[f"{clip}.ref_target_masks"])
-        assert seq_len == g.params["clips"][int(clip[len("e2e.clip"):])]["max_seq_len"]
+        assert seq_len == g.params["clips"][int(clip[len("e2e.clip") :])]["max_seq_len"]
         return g[name].clone()
 
 

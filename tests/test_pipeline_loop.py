@@ -162,7 +162,9 @@ def test_streaming_lengths_match_reference_bookkeeping(audio_len, n_frames, n_cl
     """facts §9.4: F = 81, motion 25 -> output length L_a − 3 and the listed clip counts."""
     s = GenerationSettings(mode="streaming", frame_num=81, motion_frame=25)
     assert len(plan_clips([audio_len], s)) == n_clips
-    result, *_ = run_fake([audio_len], mode="streaming", frame_num=81, motion_frame=25, sampling_steps=1)
+    result, *_ = run_fake(
+        [audio_len], mode="streaming", frame_num=81, motion_frame=25, sampling_steps=1
+    )
     assert result.video.shape == (3, n_frames, 16, 32)
     assert len(result.clips) == n_clips
     assert result.miss_lengths == [81 + 56 * (n_clips - 1) - audio_len + 3]
@@ -190,13 +192,17 @@ def test_two_persons_null_audio_is_one_silent_person():
 def test_text_scale_one_uses_two_passes_with_drop_audio():
     recorder = trace.MemoryRecorder(["*step0.*"])
     with trace.recording(recorder):
-        result, dit, ctx, neg = run_fake([30], frame_num=13, text_guide_scale=1.0, audio_guide_scale=2.0)
+        result, dit, ctx, neg = run_fake(
+            [30], frame_num=13, text_guide_scale=1.0, audio_guide_scale=2.0
+        )
     assert len(dit.calls) == 2 * 2
     cond, drop_audio = dit.calls[:2]
     assert torch.equal(drop_audio["context"], ctx) and not drop_audio["audio"].any()
     assert "e2e.clip0.step0.drop_audio" in recorder and "e2e.clip0.step0.drop_text" not in recorder
     p = "e2e.clip0.step0."
-    expected = -(recorder[p + "drop_audio"] + 2.0 * (recorder[p + "cond"] - recorder[p + "drop_audio"]))
+    expected = -(
+        recorder[p + "drop_audio"] + 2.0 * (recorder[p + "cond"] - recorder[p + "drop_audio"])
+    )
     assert torch.equal(recorder[p + "noise_pred"], expected)
 
 
@@ -219,7 +225,9 @@ def test_injected_noise_refuses_missing_name_and_wrong_shape():
     noise = InjectedNoise({"e2e.clip0.rand.noise": torch.zeros(16, 4, 2, 4)})
     with pytest.raises(InputError, match=r"no tensor named 'e2e.clip1.rand.noise'"):
         noise.draw("e2e.clip1.rand.noise", (16, 4, 2, 4))
-    with pytest.raises(InputError, match=r"shape \[16, 4, 2, 4\] but this run needs \[16, 4, 6, 8\]"):
+    with pytest.raises(
+        InputError, match=r"shape \[16, 4, 2, 4\] but this run needs \[16, 4, 6, 8\]"
+    ):
         noise.draw("e2e.clip0.rand.noise", (16, 4, 6, 8))
 
 
@@ -227,7 +235,9 @@ def test_frame_num_not_4n_plus_1_fails_before_compute():
     cond, embs, ctx, neg, masks = fake_inputs([60])
     dit = LinearDiT()
     s = GenerationSettings(frame_num=43, progress=False)
-    with pytest.raises(ValueError, match=r"frame_num = 43 is not of the form 4n\+1.*Fix: use 41 or 45"):
+    with pytest.raises(
+        ValueError, match=r"frame_num = 43 is not of the form 4n\+1.*Fix: use 41 or 45"
+    ):
         generate(Models(dit, MeanVAE(), ZeroCLIP()), cond, embs, ctx, neg, masks, s)
     assert dit.calls == []
 
@@ -236,7 +246,9 @@ def test_frame_num_not_4n_plus_1_fails_before_compute():
 def test_audio_not_longer_than_frame_num_is_refused(audio_len):
     cond, embs, ctx, neg, masks = fake_inputs([audio_len])
     s = GenerationSettings(frame_num=45, progress=False)
-    with pytest.raises(InputError, match=rf"audio_embs\[0\] has {audio_len} frames but frame_num = 45"):
+    with pytest.raises(
+        InputError, match=rf"audio_embs\[0\] has {audio_len} frames but frame_num = 45"
+    ):
         generate(Models(LinearDiT(), MeanVAE(), ZeroCLIP()), cond, embs, ctx, neg, masks, s)
 
 
@@ -244,4 +256,6 @@ def test_bad_mask_shape_is_refused():
     cond, embs, ctx, neg, _ = fake_inputs([30])
     s = GenerationSettings(frame_num=13, progress=False)
     with pytest.raises(InputError, match=r"ref_target_masks must be \[3, 2, 4\]"):
-        generate(Models(LinearDiT(), MeanVAE(), ZeroCLIP()), cond, embs, ctx, neg, torch.ones(3, 4, 4), s)
+        generate(
+            Models(LinearDiT(), MeanVAE(), ZeroCLIP()), cond, embs, ctx, neg, torch.ones(3, 4, 4), s
+        )
