@@ -350,6 +350,8 @@ def generate(
     seq_len = lat_t * lat_h * lat_w // (PATCH_SIZE[1] * PATCH_SIZE[2])
     max_frames = s.frames_cap
     text_scale_one = math.isclose(s.text_guide_scale, 1.0)
+    # the same shifted schedule for every clip: [steps + 1], from 1000 down to 0
+    timesteps = sampling.timesteps(s.sampling_steps, s.shift).to(device)
 
     from tqdm.auto import tqdm
 
@@ -400,27 +402,13 @@ def generate(
                 trace.point("vae_latent", vae_latent)  # [1, 16, T, h, w]
                 latent_motion_frames = vae_latent[:, :, : 1 + (n_cond - 1) // 4][0].float()
 
+                # 6. streaming: the motion latents enter at the first noise level
                 if not is_first_clip:
                     t_m = latent_motion_frames.shape[1]
                     motion_noise = noise_source.draw(
                         f"e2e.clip{c}.rand.motion_init", tuple(latent_motion_frames.shape)
                     )
                     trace.point("rand.motion_init", motion_noise)
-
-                timesteps = sampling.timesteps(s.sampling_steps, s.shift).to(device)  # [steps+1]
-                trace.point("timesteps", timesteps)
-                y = torch.cat([msk, vae_latent.to(msk.dtype)], dim=1).to(dit_dtype)
-                trace.point("mask", msk)
-                trace.point("y", y)  # [1, 20, T, h, w]
-                trace.point("audio", audio)
-                trace.point("ref_target_masks", ref_target_masks)
-                trace.point("context", context)
-                trace.point("context_null", context_null)
-                trace.point("cond_image", cond_image)
-
-                # 6. streaming: the motion latents enter at the first noise level
-                if not is_first_clip:
-                    trace.point("latent_motion_frames", latent_motion_frames)
                     with trace.scope("add_noise_init"):
                         trace.point("t", timesteps[0:1])
                         add_latent = sampling.renoise_motion(
@@ -428,6 +416,18 @@ def generate(
                         )
                         trace.point("out", add_latent)
                     latent[:, :t_m] = add_latent
+
+                y = torch.cat([msk, vae_latent.to(msk.dtype)], dim=1).to(dit_dtype)
+                trace.point("timesteps", timesteps)
+                trace.point("mask", msk)
+                trace.point("y", y)  # [1, 20, T, h, w]
+                trace.point("audio", audio)
+                trace.point("ref_target_masks", ref_target_masks)
+                trace.point("context", context)
+                trace.point("context_null", context_null)
+                trace.point("cond_image", cond_image)
+                if not is_first_clip:
+                    trace.point("latent_motion_frames", latent_motion_frames)
 
                 shared = dict(
                     clip_fea=clip_fea, y=y, ref_target_masks=ref_target_masks, seq_len=seq_len

@@ -13,6 +13,7 @@ from mtlib.pipeline import (
     InjectedNoise,
     Models,
     SeededNoise,
+    encode_prompts,
     generate,
     plan_clips,
 )
@@ -75,6 +76,16 @@ def test_golden_e2e_loop_replay(golden, case_name):
     for name in expected:
         assert_close(recorder[name], case[name], name, E2E_TOL)
     assert_close(result.video, case["e2e.video"], "e2e.video", E2E_TOL)
+    # same order of trace points as the reference (context_null aside: the reference records
+    # it at its first use, inside the first drop_text pass)
+    golden_order = [
+        k
+        for k in case.params["trace_order"]
+        if not k.startswith("e2e.t5.") and "context_null" not in k
+    ]
+    golden_order += [k for k in ["e2e.video"] if k not in golden_order]  # the return value
+    ours = [k for k in recorder.order if k in case.tensors and "context_null" not in k]
+    assert ours == golden_order
     # the loop's own names for its draws match the golden draw order
     drawn = [k for k in recorder.order if ".rand." in k]
     assert drawn == [d["name"] for d in case.params["random_draws_in_order"]]
@@ -259,3 +270,45 @@ def test_bad_mask_shape_is_refused():
         generate(
             Models(LinearDiT(), MeanVAE(), ZeroCLIP()), cond, embs, ctx, neg, torch.ones(3, 4, 4), s
         )
+
+
+def test_settings_from_config():
+    from mtlib.config import load_config
+
+    cfg = load_config("tiny", {"generation.frame_num": 13, "generation.mode": "streaming"})
+    s = GenerationSettings.from_config(cfg.generation, cfg.model.size, progress=False)
+    assert (s.mode, s.frame_num, s.shift, s.sampling_steps, s.progress) == (
+        "streaming",
+        13,
+        7.0,
+        cfg.generation.sampling_steps,
+        False,
+    )
+    assert s.frames_cap == cfg.generation.max_frames_num
+    with pytest.raises(ValueError, match="frame_num is 'auto'"):
+        GenerationSettings.from_config(load_config("tiny").generation)
+
+
+def test_encode_prompts_batches_prompt_and_negative_and_records_t5_points():
+    class Encoded:
+        def __init__(self, texts):
+            self.contexts = [torch.full((len(t), 4), float(i)) for i, t in enumerate(texts)]
+            self.ids = torch.tensor([[len(t) for t in texts]])
+            self.mask = torch.ones(1, 2)
+            self.out = torch.zeros(2, 3, 4)
+
+    class FakeT5:
+        def __init__(self):
+            self.calls = []
+
+        def encode(self, texts):
+            self.calls.append(texts)
+            return Encoded(texts)
+
+    t5 = FakeT5()
+    recorder = trace.MemoryRecorder()
+    with trace.recording(recorder):
+        context, context_null = encode_prompts(t5, "hello", "bad things")
+    assert t5.calls == [["hello", "bad things"]]  # ONE batch, prompt first
+    assert context.shape == (5, 4) and not context.any() and (context_null == 1).all()
+    assert recorder.order == ["e2e.t5.call0.ids", "e2e.t5.call0.mask", "e2e.t5.call0.out"]
