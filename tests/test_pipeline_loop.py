@@ -312,3 +312,62 @@ def test_encode_prompts_batches_prompt_and_negative_and_records_t5_points():
     assert t5.calls == [["hello", "bad things"]]  # ONE batch, prompt first
     assert context.shape == (5, 4) and not context.any() and (context_null == 1).all()
     assert recorder.order == ["e2e.t5.call0.ids", "e2e.t5.call0.mask", "e2e.t5.call0.out"]
+
+
+class TypedDiT(torch.nn.Module):
+    """An nn.Module DiT whose parameter sets device and dtype; it checks what it is given."""
+
+    def __init__(self, dtype, device="cpu"):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.full((1,), 0.5, dtype=dtype, device=device))
+        self.seen = []
+
+    def forward(self, x, t, context, clip_fea, y, audio, ref_target_masks, seq_len):
+        dtype, device = self.scale.dtype, self.scale.device
+        self.seen.append({k: (v.dtype, v.device.type) for k, v in dict(
+            x=x, t=t, context=context, clip_fea=clip_fea, y=y, audio=audio, masks=ref_target_masks
+        ).items()})  # fmt: skip
+        assert x.device == device and context.device == device and audio.device == device
+        out = self.scale * x.to(dtype) + (context.mean() + audio.mean() + 0.1 * y[0, 4:].mean())
+        return (out + 1e-3 * t.to(dtype)).to(dtype)
+
+
+class DeviceVAE(MeanVAE):
+    def encode(self, video):
+        return super().encode(video.float())
+
+    def decode(self, z):
+        return super().decode(z.float())
+
+
+def typed_run(dtype, device, mode="streaming"):
+    cond, embs, ctx, neg, masks = fake_inputs([40])
+    dit = TypedDiT(dtype, device)
+    s = GenerationSettings(
+        mode=mode, frame_num=13, motion_frame=5, sampling_steps=2, progress=False, seed=3,
+        color_correction_strength=1.0,
+    )  # fmt: skip
+    return generate(Models(dit, DeviceVAE(), ZeroCLIP()), cond, embs, ctx, neg, masks, s), dit
+
+
+def test_dit_dtype_conditioning_in_dit_dtype_latent_in_float32():
+    result, dit = typed_run(torch.bfloat16, "cpu")
+    seen = dit.seen[0]
+    assert seen["x"] == (torch.float32, "cpu") and seen["t"] == (torch.float32, "cpu")
+    for key in ("context", "clip_fea", "y", "audio"):
+        assert seen[key][0] == torch.bfloat16, key
+    assert seen["masks"][0] == torch.float32
+    assert result.video.dtype == torch.float32 and result.video.device.type == "cpu"
+    assert torch.isfinite(result.video).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_run_matches_cpu_run():
+    """Noise is drawn on the CPU, so a GPU run starts from the same tensors as a CPU run."""
+    cpu, _ = typed_run(torch.float32, "cpu")
+    gpu, dit = typed_run(torch.float32, "cuda")
+    assert dit.seen[0]["x"] == (torch.float32, "cuda")
+    assert gpu.video.device.type == "cpu" and gpu.video.shape == cpu.video.shape
+    assert (gpu.video - cpu.video).abs().max() < 1e-3
+    bf16, _ = typed_run(torch.bfloat16, "cuda")
+    assert torch.isfinite(bf16.video).all() and bf16.video.shape == cpu.video.shape
