@@ -400,7 +400,10 @@ def generate(
                 zeros = cond_image.new_zeros(1, 3, F - cond_image.shape[2], H, W)
                 vae_latent = models.vae.encode(torch.cat([cond_image, zeros], dim=2))
                 trace.point("vae_latent", vae_latent)  # [1, 16, T, h, w]
-                latent_motion_frames = vae_latent[:, :, : 1 + (n_cond - 1) // 4][0].float()
+                # the reference slices the motion latents from y AFTER its cast to the DiT dtype
+                # (bf16 on GPU), so they carry that rounding into the re-noising
+                vae_latent_dit = vae_latent.to(dit_dtype)
+                latent_motion_frames = vae_latent_dit[:, :, : 1 + (n_cond - 1) // 4][0].float()
 
                 # 6. streaming: the motion latents enter at the first noise level
                 if not is_first_clip:
@@ -417,7 +420,7 @@ def generate(
                         trace.point("out", add_latent)
                     latent[:, :t_m] = add_latent
 
-                y = torch.cat([msk, vae_latent.to(msk.dtype)], dim=1).to(dit_dtype)
+                y = torch.cat([msk.to(dit_dtype), vae_latent_dit], dim=1)  # [1, 4 + 16, T, h, w]
                 trace.point("timesteps", timesteps)
                 trace.point("mask", msk)
                 trace.point("y", y)  # [1, 20, T, h, w]
