@@ -1,0 +1,578 @@
+"""generate(): the MultiTalk clip / streaming loop around the networks.
+
+Where it sits: the preprocessing (mtlib.audio, mtlib.image) has produced the conditioning
+image [1, 3, 1, H, W], one wav2vec2 embedding [L_a, layers, width] per person, the person masks
+on the latent grid and the trimmed T5 contexts. `generate` turns them into the video
+[3, N, H, W] in [-1, 1], following `MultiTalkPipeline.generate` of the reference step by step
+(facts §9, golden README §2.7):
+
+    per clip:  audio windows -> noise -> frame mask -> CLIP(last cond frame) -> VAE encode of
+               cond frames + zeros -> y = [mask, latent] -> (streaming: motion re-noising)
+               -> for each step: DiT x 3 (cond / drop_text / uncond) or x 2 (text scale 1)
+                  -> guidance -> Euler -> (streaming: motion re-noising)
+               -> VAE decode -> colour correction -> keep frames -> next cond frames
+
+The loop is written out in full (diffusers style) so that it can be read against the
+reference and debugged with the trace: every intermediate is offered to `mtlib.trace` under
+the golden names (`e2e.clip<c>.step<i>.noise_pred`, ...). The networks are duck-typed
+(`Models`), so the golden replay test drives this same loop with recorded predictions.
+
+Randomness is explicit: a `NoiseSource` hands out every random tensor by its trace name,
+either drawn from one seeded CPU generator in the reference's order (`SeededNoise`) or taken
+from a recorded trace (`InjectedNoise`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import torch
+
+from mtlib import sampling, trace
+from mtlib.color import match_and_blend_colors
+from mtlib.io import InputError
+
+VAE_STRIDE = (4, 8, 8)  # pixel frames / rows / columns per latent cell
+PATCH_SIZE = (1, 2, 2)  # DiT patchify of the latent (t, h, w)
+LATENT_CHANNELS = 16
+
+
+# --------------------------------------------------------------------------------------------
+# The networks, as generate() sees them
+# --------------------------------------------------------------------------------------------
+
+
+class DiT(Protocol):
+    def __call__(
+        self,
+        x: torch.Tensor,  # [16, T, h, w] float32 noisy latent
+        t: torch.Tensor,  # [1] float32 timestep in [0, 1000]
+        context: torch.Tensor,  # [L, text_dim] trimmed T5 output
+        clip_fea: torch.Tensor,  # [1, 257, clip_dim]
+        y: torch.Tensor,  # [1, 4 + 16, T, h, w] mask + VAE latent of the cond frames
+        audio: torch.Tensor,  # [P, F, 5, layers, width] audio windows
+        ref_target_masks: torch.Tensor,  # [3, h, w] float32 person masks
+        seq_len: int,
+    ) -> torch.Tensor: ...  # [16, T, h, w] velocity prediction
+
+
+class VAE(Protocol):
+    def encode(self, video: torch.Tensor) -> torch.Tensor: ...  # [1,3,F,H,W] -> [1,16,T,h,w]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor: ...  # [1,16,T,h,w] -> [1,3,F,H,W]
+
+
+class CLIP(Protocol):
+    def encode_image(self, cond: torch.Tensor) -> torch.Tensor: ...  # [1,3,1,H,W] -> [1,257,C]
+
+
+@dataclass
+class Models:
+    """The three networks the loop calls (the text encoder runs before, see encode_prompts)."""
+
+    dit: Any  # DiT protocol; an nn.Module whose parameters give device and dtype
+    vae: Any  # VAE protocol
+    clip: Any  # CLIP protocol
+
+
+def _device_dtype(module: Any) -> tuple[torch.device, torch.dtype]:
+    """Where and in which dtype a network computes: its first parameter, else cpu / float32."""
+    params = getattr(module, "parameters", None)
+    if callable(params):
+        for p in params():
+            return p.device, p.dtype
+    device = getattr(module, "device", torch.device("cpu"))
+    dtype = getattr(module, "dtype", torch.float32)
+    return torch.device(device), dtype
+
+
+# --------------------------------------------------------------------------------------------
+# Settings and result
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    # clip: one clip of frame_num frames. streaming: clips chained through motion frames
+    # until the audio (or max_frames_num) is used up.
+    mode: Literal["clip", "streaming"] = "clip"
+    frame_num: int = 81  # pixel frames per clip, 4n+1
+    motion_frame: int = 25  # frames of the previous clip that condition the next one
+    max_frames_num: int = 1000  # streaming cap (the reference's 40 s); clip mode uses frame_num
+    sampling_steps: int = 40
+    shift: float = 7.0  # schedule shift: 7 at 480p, 11 at 720p (the CLI defaults)
+    text_guide_scale: float = 5.0  # 1.0 switches to 2 DiT passes per step (cond, drop_audio)
+    audio_guide_scale: float = 4.0
+    color_correction_strength: float = 1.0  # 0 disables; the CLI always passes 1.0
+    use_apg: bool = False  # adaptive projected guidance instead of plain CFG
+    apg_momentum: float = -0.75
+    apg_norm_threshold: float = 55.0
+    seed: int = 42  # recorded in the result / video metadata; the NoiseSource draws
+    progress: bool = True  # tqdm bars per clip and per step
+
+    @property
+    def frames_cap(self) -> int:
+        """The reference's max_frames_num: frame_num in clip mode, the cap when streaming."""
+        return self.frame_num if self.mode == "clip" else self.max_frames_num
+
+    @classmethod
+    def from_config(
+        cls, generation: Any, size: str = "multitalk-480", **overrides
+    ) -> GenerationSettings:
+        """From a `mtlib.config.GenerationConfig` whose frame_num is already resolved."""
+        g = generation
+        if g.frame_num == "auto":
+            raise ValueError(
+                "generation.frame_num is 'auto': resolve it from the audio length first "
+                "(mtlib.shapes) and pass the resolved config."
+            )
+        values = dict(
+            mode=g.mode,
+            frame_num=int(g.frame_num),
+            motion_frame=g.motion_frame,
+            max_frames_num=g.max_frames_num,
+            sampling_steps=g.sampling_steps,
+            shift=g.resolved_shift(size),
+            text_guide_scale=g.text_guide_scale,
+            audio_guide_scale=g.audio_guide_scale,
+            color_correction_strength=g.color_correction_strength,
+            use_apg=g.use_apg,
+            apg_momentum=g.apg_momentum,
+            apg_norm_threshold=g.apg_norm_threshold,
+            seed=g.seed,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass
+class ClipInfo:
+    """Bookkeeping of one generated clip (the golden JSON's `clips` entries)."""
+
+    index: int
+    audio_start: int
+    audio_end: int
+    n_cond: int  # conditioning frames: 1 for the first clip, motion_frame after
+    frames_kept: int
+
+
+@dataclass
+class GenerationResult:
+    video: torch.Tensor  # [3, N, H, W] float32 in [-1, 1], on the CPU
+    clips: list[ClipInfo] = field(default_factory=list)
+    miss_lengths: list[int] = field(default_factory=list)  # tail padding per person
+    seed: int | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Noise
+# --------------------------------------------------------------------------------------------
+
+
+class NoiseSource(Protocol):
+    def draw(self, name: str, shape: tuple[int, ...]) -> torch.Tensor: ...  # float32, CPU
+
+
+class SeededNoise:
+    """Every random tensor from ONE CPU generator seeded once, in the order of the calls.
+
+    generate() asks in the reference's order (clip 0 noise; per later clip: noise,
+    motion_init, motion_step0 ...), so with a CPU run of the reference seeded the same way the
+    draws are identical; on GPU the reference uses the CUDA generator and differs.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.generator = torch.Generator("cpu").manual_seed(seed)
+
+    def draw(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randn(tuple(shape), generator=self.generator, dtype=torch.float32)
+
+
+class InjectedNoise:
+    """The random tensors of a recorded run, by trace name (`e2e.clip<c>.rand.*`)."""
+
+    def __init__(self, tensors_by_name: dict[str, torch.Tensor], seed: int | None = None):
+        self.tensors = tensors_by_name
+        self.seed = seed
+
+    def draw(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        if name not in self.tensors:
+            have = sorted(k for k in self.tensors if ".rand." in k)
+            raise InputError(
+                f"injected noise: no tensor named {name!r} (have {have}). Fix: inject a trace "
+                "recorded with the same mode, frame_num, motion_frame, steps and audio length, "
+                "or use SeededNoise."
+            )
+        value = self.tensors[name]
+        if tuple(value.shape) != tuple(shape):
+            raise InputError(
+                f"injected noise {name!r}: shape {list(value.shape)} but this run needs "
+                f"{list(shape)}. Fix: inject a trace of the same resolution and frame_num."
+            )
+        return value.detach().to("cpu", torch.float32, copy=True)  # the loop writes into it
+
+
+# --------------------------------------------------------------------------------------------
+# Text
+# --------------------------------------------------------------------------------------------
+
+
+def encode_prompts(
+    text_encoder: Any, prompt: str, negative_prompt: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """context, context_null = T5([prompt, negative prompt]) (one batch, like the reference).
+
+    `text_encoder.encode(list[str])` returns the trimmed contexts, either as a list or as an
+    object with `.contexts` and optionally `.ids`, `.mask`, `.out` (recorded as e2e.t5.call0.*).
+    """
+    encoded = text_encoder.encode([prompt, negative_prompt])
+    contexts = getattr(encoded, "contexts", encoded)
+    if trace.active():
+        with trace.scope("e2e.t5.call0"):
+            for key in ("ids", "mask", "out"):
+                value = getattr(encoded, key, None)
+                if value is not None:
+                    trace.point(key, value)
+    return contexts[0], contexts[1]
+
+
+# --------------------------------------------------------------------------------------------
+# Checks before compute
+# --------------------------------------------------------------------------------------------
+
+
+def check_inputs(
+    cond_image: torch.Tensor,
+    audio_embs: list[torch.Tensor],
+    ref_target_masks: torch.Tensor,
+    settings: GenerationSettings,
+) -> None:
+    """Refuse what the loop would fail on later, naming the input, the rule and the fix."""
+    s = settings
+    sampling.check_frame_num(s.frame_num)
+    if cond_image.ndim != 5 or cond_image.shape[:3] != (1, 3, 1):
+        raise InputError(
+            f"cond_image must be [1, 3, 1, H, W] in [-1, 1] (mtlib.image output), got "
+            f"{list(cond_image.shape)}."
+        )
+    H, W = cond_image.shape[-2:]
+    unit = VAE_STRIDE[1] * PATCH_SIZE[1]
+    if H % unit or W % unit:
+        raise InputError(
+            f"cond_image is {H}x{W}: height and width must be multiples of {unit} (VAE stride 8 x "
+            f"DiT patch 2). Fix: use a size from the bucket tables (mtlib.buckets)."
+        )
+    if not 1 <= len(audio_embs) <= 2:
+        raise InputError(f"audio_embs: MultiTalk takes 1 or 2 persons, got {len(audio_embs)}.")
+    for p, emb in enumerate(audio_embs):
+        if emb.ndim != 3:
+            raise InputError(
+                f"audio_embs[{p}] must be [L_a, layers, width] (wav2vec2 embedding), got "
+                f"{list(emb.shape)}."
+            )
+        if torch.isnan(emb).any():
+            raise InputError(f"audio_embs[{p}] contains NaN. Fix: recompute the embedding.")
+        if emb.shape[0] <= s.frame_num:
+            raise InputError(
+                f"audio_embs[{p}] has {emb.shape[0]} frames but frame_num = {s.frame_num}: the "
+                f"reference needs audio strictly longer than frame_num (it asserts 'Aduio file not "
+                f"exists or length not satisfies frame nums.'). Fix: a frame_num of at most "
+                f"{(emb.shape[0] - 2) // 4 * 4 + 1}, or longer audio."
+            )
+    lat_h, lat_w = H // VAE_STRIDE[1], W // VAE_STRIDE[2]
+    if tuple(ref_target_masks.shape) != (3, lat_h, lat_w):
+        raise InputError(
+            f"ref_target_masks must be [3, {lat_h}, {lat_w}] (person 1, person 2, background on "
+            f"the latent grid), got {list(ref_target_masks.shape)}."
+        )
+    if s.mode == "streaming" and not 1 <= s.motion_frame < s.frame_num:
+        raise InputError(
+            f"motion_frame = {s.motion_frame} must be between 1 and frame_num - 1 = "
+            f"{s.frame_num - 1} in streaming mode."
+        )
+
+
+def plan_clips(audio_lengths: list[int], settings: GenerationSettings) -> list[tuple[int, int]]:
+    """The [audio_start, audio_end) of every clip, by the same bookkeeping as generate()."""
+    s = settings
+    start, end, n_cond = 0, s.frame_num, 1
+    lengths = list(audio_lengths)
+    clips, last = [], False
+    while True:
+        clips.append((start, end))
+        if last:
+            break
+        n_cond = s.motion_frame
+        start += s.frame_num - n_cond
+        end = start + s.frame_num
+        if end >= min(s.frames_cap, lengths[0]):
+            last = True
+        if s.frames_cap <= s.frame_num:
+            break
+    return clips
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def generate(
+    models: Models,
+    cond_image: torch.Tensor,
+    audio_embs: list[torch.Tensor],
+    prompt_context: torch.Tensor,
+    neg_context: torch.Tensor,
+    ref_target_masks: torch.Tensor,
+    settings: GenerationSettings,
+    noise_source: NoiseSource | None = None,
+) -> GenerationResult:
+    """Generate the talking video.
+
+    cond_image: [1, 3, 1, H, W] in [-1, 1]; audio_embs: per person [L_a, layers, width];
+    prompt_context / neg_context: [L, text_dim] trimmed T5 outputs of the prompt and the
+    negative prompt; ref_target_masks: [3, H/8, W/8] float (person 1, person 2, background);
+    noise_source: defaults to SeededNoise(settings.seed).
+    Returns the video [3, N, H, W] in [-1, 1] (CPU float32) and the clip bookkeeping.
+    """
+    s = settings
+    check_inputs(cond_image, audio_embs, ref_target_masks, s)
+    noise_source = noise_source if noise_source is not None else SeededNoise(s.seed)
+    device, dit_dtype = _device_dtype(models.dit)
+    F = s.frame_num
+    H, W = cond_image.shape[-2:]
+    lat_t = (F - 1) // VAE_STRIDE[0] + 1
+    lat_h, lat_w = H // VAE_STRIDE[1], W // VAE_STRIDE[2]
+    seq_len = lat_t * lat_h * lat_w // (PATCH_SIZE[1] * PATCH_SIZE[2])
+    max_frames = s.frames_cap
+    text_scale_one = math.isclose(s.text_guide_scale, 1.0)
+    # the same shifted schedule for every clip: [steps + 1], from 1000 down to 0
+    timesteps = sampling.timesteps(s.sampling_steps, s.shift).to(device)
+
+    from tqdm.auto import tqdm
+
+    cond_image = cond_image.to(device, torch.float32)
+    color_reference = cond_image.detach().cpu().clone()  # the ORIGINAL image, for every clip
+    full_audio_embs = [emb.detach().cpu() for emb in audio_embs]  # tail padding extends these
+    ref_target_masks = ref_target_masks.to(device, torch.float32)
+    context = prompt_context.to(device, dit_dtype)
+    context_null = neg_context.to(device, dit_dtype)
+
+    n_cond = 1  # conditioning frames of the current clip
+    audio_start, audio_end = 0, F
+    is_first_clip, arrive_last_frame = True, False
+    miss_lengths: list[int] = []
+    kept_videos: list[torch.Tensor] = []
+    clips: list[ClipInfo] = []
+    n_planned = len(plan_clips([e.shape[0] for e in full_audio_embs], s))
+    clip_bar = tqdm(total=n_planned, desc="clips", unit="clip", disable=not s.progress)
+
+    with trace.scope("e2e"):
+        while True:
+            c = len(clips)
+            with trace.scope(f"clip{c}"):
+                # 1. audio windows of this clip's frames, per person: [P, F, 5, layers, width]
+                audio = torch.stack(
+                    [sampling.audio_windows(emb, audio_start, F) for emb in full_audio_embs]
+                ).to(device, dit_dtype)
+                audio_null = torch.zeros_like(audio)[-1:]  # ONE silent person (reference quirk)
+
+                # 2. the clip's starting noise, drawn on the CPU, used on the device
+                noise_name = f"e2e.clip{c}.rand.noise"
+                noise = noise_source.draw(noise_name, (LATENT_CHANNELS, lat_t, lat_h, lat_w))
+                trace.point("rand.noise", noise)
+                latent = noise.to(device, torch.float32, copy=True)  # [16, T, h, w]
+
+                # 3. which pixel frames are given: [1, 4, T, h, w]
+                msk = sampling.frame_mask(F, n_cond, lat_h, lat_w).to(device)
+
+                # 4. CLIP sees the last conditioning frame
+                clip_in = trace.point("clip_in", cond_image[:, :, -1:])
+                clip_fea = models.clip.encode_image(clip_in)
+                trace.point("clip_fea", clip_fea)
+                clip_fea = clip_fea.to(device, dit_dtype)
+
+                # 5. VAE latent of the cond frames followed by zeros up to F frames
+                zeros = cond_image.new_zeros(1, 3, F - cond_image.shape[2], H, W)
+                vae_latent = models.vae.encode(torch.cat([cond_image, zeros], dim=2))
+                trace.point("vae_latent", vae_latent)  # [1, 16, T, h, w]
+                # the reference slices the motion latents from y AFTER its cast to the DiT dtype
+                # (bf16 on GPU), so they carry that rounding into the re-noising
+                vae_latent_dit = vae_latent.to(dit_dtype)
+                latent_motion_frames = vae_latent_dit[:, :, : 1 + (n_cond - 1) // 4][0].float()
+
+                # 6. streaming: the motion latents enter at the first noise level
+                if not is_first_clip:
+                    t_m = latent_motion_frames.shape[1]
+                    motion_noise = noise_source.draw(
+                        f"e2e.clip{c}.rand.motion_init", tuple(latent_motion_frames.shape)
+                    )
+                    trace.point("rand.motion_init", motion_noise)
+                    with trace.scope("add_noise_init"):
+                        trace.point("t", timesteps[0:1])
+                        add_latent = sampling.renoise_motion(
+                            latent_motion_frames, timesteps[0:1], motion_noise.to(device)
+                        )
+                        trace.point("out", add_latent)
+                    latent[:, :t_m] = add_latent
+
+                y = torch.cat([msk.to(dit_dtype), vae_latent_dit], dim=1)  # [1, 4 + 16, T, h, w]
+                trace.point("timesteps", timesteps)
+                trace.point("mask", msk)
+                trace.point("y", y)  # [1, 20, T, h, w]
+                trace.point("audio", audio)
+                trace.point("ref_target_masks", ref_target_masks)
+                trace.point("context", context)
+                trace.point("context_null", context_null)
+                trace.point("cond_image", cond_image)
+                if not is_first_clip:
+                    trace.point("latent_motion_frames", latent_motion_frames)
+
+                shared = dict(
+                    clip_fea=clip_fea, y=y, ref_target_masks=ref_target_masks, seq_len=seq_len
+                )
+                if s.use_apg:  # fresh momentum per clip, as the reference
+                    text_buffer = sampling.MomentumBuffer(s.apg_momentum)
+                    audio_buffer = sampling.MomentumBuffer(s.apg_momentum)
+
+                step_bar = tqdm(
+                    range(s.sampling_steps),
+                    desc=f"clip {c} steps",
+                    leave=False,
+                    disable=not s.progress,
+                )
+                for i in step_bar:
+                    with trace.scope(f"step{i}"):
+                        t = trace.point("t", timesteps[i : i + 1])  # [1]
+                        latent_in = trace.point("latent_in", latent)
+                        x = latent_in.to(device, torch.float32)
+
+                        noise_pred_cond = models.dit(
+                            x=x, t=t, context=context, audio=audio, **shared
+                        )
+                        noise_pred_cond = trace.point("cond", noise_pred_cond.float())
+                        if not text_scale_one:
+                            noise_pred_drop_text = models.dit(
+                                x=x, t=t, context=context_null, audio=audio, **shared
+                            )
+                            noise_pred_drop_text = trace.point(
+                                "drop_text", noise_pred_drop_text.float()
+                            )
+                            noise_pred_uncond = models.dit(
+                                x=x, t=t, context=context_null, audio=audio_null, **shared
+                            )
+                            noise_pred_uncond = trace.point("uncond", noise_pred_uncond.float())
+                            if s.use_apg:
+                                velocity = sampling.guide_apg(
+                                    noise_pred_cond, noise_pred_drop_text, noise_pred_uncond,
+                                    s.text_guide_scale, s.audio_guide_scale,
+                                    text_buffer, audio_buffer, s.apg_norm_threshold,
+                                )  # fmt: skip
+                            else:
+                                velocity = sampling.guide(
+                                    noise_pred_cond, noise_pred_drop_text, noise_pred_uncond,
+                                    s.text_guide_scale, s.audio_guide_scale,
+                                )  # fmt: skip
+                        else:
+                            noise_pred_drop_audio = models.dit(
+                                x=x, t=t, context=context, audio=audio_null, **shared
+                            )
+                            noise_pred_drop_audio = trace.point(
+                                "drop_audio", noise_pred_drop_audio.float()
+                            )
+                            if s.use_apg:
+                                velocity = sampling.guide_apg_text_one(
+                                    noise_pred_cond, noise_pred_drop_audio, s.audio_guide_scale,
+                                    audio_buffer, s.apg_norm_threshold,
+                                )  # fmt: skip
+                            else:
+                                velocity = sampling.guide_text_one(
+                                    noise_pred_cond, noise_pred_drop_audio, s.audio_guide_scale
+                                )
+                        # the reference steps along the negated velocity
+                        noise_pred = -velocity
+
+                        latent = sampling.euler_step(
+                            latent, noise_pred, timesteps[i : i + 1], timesteps[i + 1 : i + 2]
+                        )
+                        if not is_first_clip:
+                            trace.point("latent_updated", latent)
+                        trace.point("noise_pred", noise_pred)
+
+                    # streaming: motion latents brought to the next noise level (exact at t = 0)
+                    if not is_first_clip:
+                        motion_noise = noise_source.draw(
+                            f"e2e.clip{c}.rand.motion_step{i}", tuple(latent_motion_frames.shape)
+                        )
+                        trace.point(f"rand.motion_step{i}", motion_noise)
+                        with trace.scope(f"add_noise_step{i}"):
+                            trace.point("t", timesteps[i + 1 : i + 2])
+                            add_latent = sampling.renoise_motion(
+                                latent_motion_frames,
+                                timesteps[i + 1 : i + 2],
+                                motion_noise.to(device),
+                            )
+                            trace.point("out", add_latent)
+                        latent[:, :t_m] = add_latent
+                step_bar.close()
+
+                # 7. decode, then pull the colours towards the ORIGINAL image
+                x0 = trace.point("x0", latent.unsqueeze(0))  # [1, 16, T, h, w]
+                videos = models.vae.decode(x0)
+                videos = trace.point("decoded", videos.detach().cpu().float())  # [1, 3, F, H, W]
+                if s.color_correction_strength > 0:
+                    trace.point("color_ref", color_reference)
+                    videos = match_and_blend_colors(
+                        videos, color_reference, s.color_correction_strength
+                    )
+                    trace.point("color_corrected", videos)
+
+                # 8. keep the new frames: all of clip 0, later clips without their motion frames
+                kept = videos if is_first_clip else videos[:, :, n_cond:]
+                kept_videos.append(kept)
+                clips.append(ClipInfo(c, audio_start, audio_end, n_cond, kept.shape[2]))
+                clip_bar.update(1)
+
+            if arrive_last_frame:
+                break
+
+            # 9. the next clip is conditioned on the last motion_frame frames of this one
+            is_first_clip = False
+            n_cond = s.motion_frame
+            cond_image = videos[:, :, -n_cond:].to(device, torch.float32)
+            audio_start += F - n_cond
+            audio_end = audio_start + F
+
+            # 10. tail: the last clip's audio runs past the end -> reflect the last frames
+            if audio_end >= min(max_frames, full_audio_embs[0].shape[0]):
+                arrive_last_frame = True
+                miss_lengths = []
+                for p, emb in enumerate(full_audio_embs):
+                    if audio_end >= emb.shape[0]:
+                        miss = audio_end - emb.shape[0] + 3
+                        full_audio_embs[p] = torch.cat([emb, emb[-miss:].flip(0)], dim=0)
+                        miss_lengths.append(miss)
+                    else:
+                        miss_lengths.append(0)
+
+            if max_frames <= F:  # clip mode: one clip only
+                break
+        clip_bar.close()
+
+        video = torch.cat(kept_videos, dim=2)[:, :, :max_frames]
+        # The reference cuts miss_lengths[0] whenever any person was padded; a cut of 0 would
+        # empty the video there ([:-0]), so only a positive cut is applied.
+        if max_frames > F and miss_lengths and miss_lengths[0] > 0:
+            video = video[:, :, : -miss_lengths[0]]
+        video = trace.point("video", video[0].float())  # [3, N, H, W]
+
+    return GenerationResult(
+        video=video,
+        clips=clips,
+        miss_lengths=miss_lengths,
+        seed=getattr(noise_source, "seed", None),
+    )
