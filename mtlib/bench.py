@@ -162,6 +162,7 @@ def bench_dit(shape: DitShape, steps: int = 2, config: str = "multitalk-14b", of
         from mtlib.models.dit import compile_blocks as _compile
 
         _compile(model)
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 16)
     build_s = time.perf_counter() - t0
     inp = dit_inputs(cfg, shape, dev, torch.bfloat16)
     flops = dit_flops_per_pass(cfg, shape)
