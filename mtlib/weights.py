@@ -64,7 +64,9 @@ DEFAULT_REVISIONS: dict[str, str] = {
 DIT_INDEX = "diffusion_pytorch_model.safetensors.index.json"
 DIT_INDEX_OLD = DIT_INDEX + "_old"  # Wan's own index after the official "linking"
 DIT_SHARD_RE = re.compile(r"^diffusion_pytorch_model-(\d{5})-of-(\d{5})\.safetensors$")
-REAL_DIT_SHARDS = tuple(f"diffusion_pytorch_model-{i:05d}-of-00007.safetensors" for i in range(1, 8))
+REAL_DIT_SHARDS = tuple(
+    f"diffusion_pytorch_model-{i:05d}-of-00007.safetensors" for i in range(1, 8)
+)
 MULTITALK_FILE = "multitalk.safetensors"
 VAE_FILE = "Wan2.1_VAE.pth"
 CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
@@ -224,7 +226,10 @@ def expected_maps(config_name: str, networks: Iterable[str] = NETWORKS) -> dict[
 def expected_digest(expected: dict[str, ExpectedMap]) -> str:
     import hashlib
 
-    canon = {net: sorted((k, list(s), d) for k, (s, d) in m.items()) for net, m in sorted(expected.items())}
+    canon = {
+        net: sorted((k, list(s), d) for k, (s, d) in m.items())
+        for net, m in sorted(expected.items())
+    }
     return hashlib.sha256(json.dumps(canon).encode()).hexdigest()[:16]
 
 
@@ -357,7 +362,11 @@ class _PickledTensor:
         """Elements of the storage this view reaches (offset + furthest element + 1)."""
         if any(s == 0 for s in self.shape):
             return 0
-        return self.offset + sum((n - 1) * st for n, st in zip(self.shape, self.stride)) + 1
+        return (
+            self.offset
+            + sum((n - 1) * st for n, st in zip(self.shape, self.stride, strict=True))
+            + 1
+        )
 
 
 _ALLOWED_GLOBALS = {
@@ -475,7 +484,7 @@ def read_pth_header(path: str | os.PathLike) -> FileHeader:
         # in place with fewer bytes would show up here.
         ordered = sorted(zf.infolist(), key=lambda i: i.header_offset)
         limit = getattr(zf, "start_dir", size)
-        for a, b in zip(ordered, ordered[1:] + [None]):
+        for a, b in zip(ordered, [*ordered[1:], None], strict=True):
             stop = b.header_offset if b is not None else limit
             if problem is None and a.header_offset + a.compress_size > stop:
                 problem = Problem("corrupt", str(path), (
@@ -566,7 +575,9 @@ class WeightsLayout:
                     continue
         names.discard(MULTITALK_FILE)
         if not names:
-            names = {p.name for p in self.wan_dir.glob("diffusion_pytorch_model-*-of-*.safetensors")}
+            names = {
+                p.name for p in self.wan_dir.glob("diffusion_pytorch_model-*-of-*.safetensors")
+            }
         if not names:
             names = set(REAL_DIT_SHARDS)
         return [self.wan_dir / n for n in sorted(names)]
@@ -648,11 +659,15 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _cached_snapshot(repo_key: str, probe: str, cache_dir: Path, revs: dict[str, str]) -> Path | None:
+def _cached_snapshot(
+    repo_key: str, probe: str, cache_dir: Path, revs: dict[str, str]
+) -> Path | None:
     """The snapshot folder of a cached repo revision holding `probe`, without network."""
     from huggingface_hub import try_to_load_from_cache
 
-    hit = try_to_load_from_cache(REPO_IDS[repo_key], probe, cache_dir=str(cache_dir), revision=revs[repo_key])
+    hit = try_to_load_from_cache(
+        REPO_IDS[repo_key], probe, cache_dir=str(cache_dir), revision=revs[repo_key]
+    )
     if isinstance(hit, str):
         return Path(hit).parent  # not resolved: the snapshot folder, not the blob store
     return None
@@ -744,7 +759,9 @@ def resolve_layout(
     if check_files:
         gone = missing_files(layout)
         if gone:
-            raise WeightsError(_missing_message(gone, root), [_missing_problem(f, root) for f in gone])
+            raise WeightsError(
+                _missing_message(gone, root), [_missing_problem(f, root) for f in gone]
+            )
     return layout
 
 
@@ -805,17 +822,19 @@ class VerifyReport:
             name = r.file
             for base in roots:
                 if name.startswith(base + os.sep):
-                    name = Path(base).name + "/" + name[len(base) + 1:]
+                    name = Path(base).name + "/" + name[len(base) + 1 :]
                     break
             names.append(name)
         w = min(max((len(n) for n in names), default=4), 70)
         lines.append(f"{'status':<8} {'file':<{w}}  detail")
-        for r, n in zip(self.rows, names):
+        for r, n in zip(self.rows, names, strict=True):
             detail = r.detail if len(r.detail) <= width else r.detail[: width - 3] + "..."
             lines.append(f"{r.status:<8} {n:<{w}}  {detail}")
         lines.append("")
         if self.ok:
-            lines.append("ready: every checkpoint file is present, complete and of the right model.")
+            lines.append(
+                "ready: every checkpoint file is present, complete and of the right model."
+            )
         else:
             lines.append(f"{len(self.problems)} problem(s); first: {self.problems[0].message}")
         return "\n".join(lines)
@@ -828,7 +847,11 @@ class VerifyReport:
     def raise_first(self) -> None:
         if self.problems:
             more = len(self.problems) - 1
-            tail = f"\n(and {more} more problem(s); `mtlib setup --verify` prints them all)" if more else ""
+            tail = (
+                f"\n(and {more} more problem(s); `mtlib setup --verify` prints them all)"
+                if more
+                else ""
+            )
             raise WeightsError(self.problems[0].message + tail, list(self.problems))
 
 
@@ -874,7 +897,9 @@ def compare_state(
     wrong = [(k, expected[k][0], actual[k].shape) for k in expected
              if k in actual and tuple(expected[k][0]) != tuple(actual[k].shape)]  # fmt: skip
     if wrong:
-        shown = "; ".join(f"{k}: expected {_shape_str(e)}, found {_shape_str(a)}" for k, e, a in wrong[:limit])
+        shown = "; ".join(
+            f"{k}: expected {_shape_str(e)}, found {_shape_str(a)}" for k, e, a in wrong[:limit]
+        )
         problems.append(Problem("shape", file, (
             f"{what}: {len(wrong)} tensor(s) with the wrong shape: {shown}. The file is from a "
             f"model of another size. Fix: re-download it with `{FIX_DOWNLOAD}`.")))  # fmt: skip
@@ -900,13 +925,15 @@ def _count_layers(keys: Iterable[str], prefix: str) -> int:
     return len({m.group(1) for k in keys if (m := pat.match(k))})
 
 
-def _dit_wrong_model(actual: dict[str, TensorInfo], expected: ExpectedMap, cfg: dict | None) -> str | None:
+def _dit_wrong_model(
+    actual: dict[str, TensorInfo], expected: ExpectedMap, cfg: dict | None
+) -> str | None:
     pe = actual.get("patch_embedding.weight")
     exp_pe = expected.get("patch_embedding.weight")
     model_type = (cfg or {}).get("model_type")
-    if (pe is not None and exp_pe is not None and pe.shape[1:2] == (16,) and exp_pe[0][1] == 36) or (
-        model_type == "t2v"
-    ):
+    if (
+        pe is not None and exp_pe is not None and pe.shape[1:2] == (16,) and exp_pe[0][1] == 36
+    ) or (model_type == "t2v"):
         return (f"this is Wan2.1-T2V (text-to-video: patch_embedding.weight takes 16 input channels, "
                 f"I2V takes 36 = noise 16 + mask 4 + image latent 16); MultiTalk needs "
                 f"{WAN_REPO}. Fix: `{FIX_DOWNLOAD}` and point wan_dir at {WAN_FOLDER}.")  # fmt: skip
@@ -914,7 +941,9 @@ def _dit_wrong_model(actual: dict[str, TensorInfo], expected: ExpectedMap, cfg: 
         return (f"this is a Wan2.2 DiT (patch_embedding.weight takes 48 input channels); MultiTalk "
                 f"needs {WAN_REPO} (36). Fix: `{FIX_DOWNLOAD}`.")  # fmt: skip
     if pe is not None and exp_pe is not None and pe.shape[0] != exp_pe[0][0]:
-        size = {1536: "Wan2.1 1.3B", 5120: "Wan2.1 14B", 3072: "Wan2.2 5B"}.get(pe.shape[0], "another size")
+        size = {1536: "Wan2.1 1.3B", 5120: "Wan2.1 14B", 3072: "Wan2.2 5B"}.get(
+            pe.shape[0], "another size"
+        )
         return (f"the DiT is {pe.shape[0]} wide ({size}); this configuration needs {exp_pe[0][0]} "
                 f"({'the tiny test model' if exp_pe[0][0] < 1000 else WAN_REPO}). "
                 f"Fix: point wan_dir at the right checkpoint or pick the matching model config.")  # fmt: skip
@@ -951,7 +980,9 @@ def _wav2vec_name(layers, width) -> str:
 
 
 class _Verifier:
-    def __init__(self, layout: WeightsLayout, config_name: str, expected: dict[str, ExpectedMap] | None):
+    def __init__(
+        self, layout: WeightsLayout, config_name: str, expected: dict[str, ExpectedMap] | None
+    ):
         self.layout = layout
         self.config_name = config_name
         self._expected = dict(expected or {})
@@ -1007,7 +1038,9 @@ class _Verifier:
                                          f"Fix: re-download it with `{FIX_DOWNLOAD}`."))  # fmt: skip
                 continue
             index_map.update(wm)
-            self.report.add(str(idx), "ok", f"{what}: {len(wm)} keys -> {len(set(wm.values()))} files")
+            self.report.add(
+                str(idx), "ok", f"{what}: {len(wm)} keys -> {len(set(wm.values()))} files"
+            )
         actual: dict[str, TensorInfo] = {}
         where: dict[str, str] = {}
         complete = True
@@ -1026,9 +1059,13 @@ class _Verifier:
         file = str(lay.wan_dir)
         wrong = _dit_wrong_model(actual, exp, cfg)
         if wrong:
-            self.report.fail(Problem("wrong_model", file, f"DiT in {lay.wan_dir}: {wrong}"), "DiT (all shards)")
+            self.report.fail(
+                Problem("wrong_model", file, f"DiT in {lay.wan_dir}: {wrong}"), "DiT (all shards)"
+            )
             return
-        audio_in_base = sorted(k for k, f in where.items() if AUDIO_KEY_RE.match(k) and f != MULTITALK_FILE)
+        audio_in_base = sorted(
+            k for k, f in where.items() if AUDIO_KEY_RE.match(k) and f != MULTITALK_FILE
+        )
         problems = compare_state(actual, exp, "DiT (Wan shards + multitalk.safetensors)", file)
         for k, f in index_map.items():
             if k in where and where[k] != f:
@@ -1049,7 +1086,9 @@ class _Verifier:
     def check_dit_config(self) -> dict | None:
         path = self.layout.dit_config
         if not path.exists():
-            self.report.fail(_missing_problem(RequiredFile("", path, "DiT config")), str(path), "missing")
+            self.report.fail(
+                _missing_problem(RequiredFile("", path, "DiT config")), str(path), "missing"
+            )
             return None
         try:
             cfg = json.loads(path.read_text())
@@ -1087,13 +1126,17 @@ class _Verifier:
             if msg:
                 self.report.fail(Problem("wrong_model", str(path), f"{path}: {msg}"))
                 return
-        for p in compare_state(h.tensors, exp, f"{what} ({path.name})", str(path), OPTIONAL_KEYS.get(net, ())):
+        for p in compare_state(
+            h.tensors, exp, f"{what} ({path.name})", str(path), OPTIONAL_KEYS.get(net, ())
+        ):
             self.report.fail(p)
 
     def check_tokenizer(self) -> None:
         d = self.layout.wan_dir / T5_TOKENIZER_DIR
         if (d / STAND_IN_TOKENIZER_MARKER).exists():
-            self.report.add(str(d), "ok", "umT5 tokenizer: stand-in marker (tiny random weights only)")
+            self.report.add(
+                str(d), "ok", "umT5 tokenizer: stand-in marker (tiny random weights only)"
+            )
         elif _tokenizer_ok(d):
             self.report.add(str(d), "ok", "umT5 tokenizer files present")
         else:
@@ -1107,13 +1150,17 @@ class _Verifier:
         for name in WAV2VEC_FILES:
             p = lay.wav2vec_dir / name
             if not p.exists():
-                self.report.fail(_missing_problem(RequiredFile("", p, f"wav2vec2 {name}")), str(p), "missing")
+                self.report.fail(
+                    _missing_problem(RequiredFile("", p, f"wav2vec2 {name}")), str(p), "missing"
+                )
         cfg_path = lay.wav2vec_dir / "config.json"
         if cfg_path.exists():
             try:
                 cfg = json.loads(cfg_path.read_text())
             except ValueError as e:
-                self.report.fail(Problem("corrupt", str(cfg_path), f"{cfg_path}: not valid JSON ({e})."))
+                self.report.fail(
+                    Problem("corrupt", str(cfg_path), f"{cfg_path}: not valid JSON ({e}).")
+                )
                 cfg = None
             if cfg is not None:
                 layers, width = cfg.get("num_hidden_layers"), cfg.get("hidden_size")
@@ -1128,7 +1175,9 @@ class _Verifier:
                         + (f" ({WAV2VEC_REPO})" if exp_width == 768 else " (the tiny test model)")
                         + f". Fix: point wav2vec_dir at {WAV2VEC_FOLDER} (`{FIX_DOWNLOAD}`).")))  # fmt: skip
                 else:
-                    self.report.add(str(cfg_path), "ok", f"wav2vec2 config: {layers} layers x {width}")
+                    self.report.add(
+                        str(cfg_path), "ok", f"wav2vec2 config: {layers} layers x {width}"
+                    )
         h = self.header(lay.wav2vec_weights, "wav2vec2 weights")
         if h is None:
             return
@@ -1142,7 +1191,9 @@ class _Verifier:
                 f"{exp_layers} layers x {exp_width} wide. Fix: point wav2vec_dir at {WAV2VEC_FOLDER} "
                 f"(`{FIX_DOWNLOAD}`).")))  # fmt: skip
             return
-        for p in compare_state(tensors, exp, f"wav2vec2 ({h.path.name})", str(h.path), OPTIONAL_KEYS["wav2vec2"]):
+        for p in compare_state(
+            tensors, exp, f"wav2vec2 ({h.path.name})", str(h.path), OPTIONAL_KEYS["wav2vec2"]
+        ):
             self.report.fail(p)
 
 
@@ -1214,13 +1265,17 @@ def _repo_files(api, repo_id: str, revision: str, token) -> dict[str, int | None
     return {s.rfilename: getattr(s, "size", None) for s in (info.siblings or [])}
 
 
-def _present(repo_key: str, filename: str, size: int | None, revision: str, local_dir, cache_dir) -> bool:
+def _present(
+    repo_key: str, filename: str, size: int | None, revision: str, local_dir, cache_dir
+) -> bool:
     if local_dir is not None:
         p = Path(local_dir) / FOLDERS[repo_key] / filename
     else:
         from huggingface_hub import try_to_load_from_cache
 
-        hit = try_to_load_from_cache(REPO_IDS[repo_key], filename, cache_dir=str(cache_dir), revision=revision)
+        hit = try_to_load_from_cache(
+            REPO_IDS[repo_key], filename, cache_dir=str(cache_dir), revision=revision
+        )
         if not isinstance(hit, str):
             return False
         p = Path(hit)
@@ -1273,8 +1328,14 @@ def plan_download(
                 for name in hits:
                     size = listing[name]
                     present = _present(repo_key, name, size, rev, local_dir, cache)
-                    files.append(PlannedFile(repo_key, REPO_IDS[repo_key], rev, name, size, present, optional))
-    return DownloadPlan(files, Path(local_dir).expanduser() if local_dir is not None else None, cache)
+                    files.append(
+                        PlannedFile(
+                            repo_key, REPO_IDS[repo_key], rev, name, size, present, optional
+                        )
+                    )
+    return DownloadPlan(
+        files, Path(local_dir).expanduser() if local_dir is not None else None, cache
+    )
 
 
 def check_disk_space(plan: DownloadPlan, margin: float = 1.02, disk_usage=shutil.disk_usage) -> int:
@@ -1313,7 +1374,10 @@ def download(plan: DownloadPlan, *, token: str | None = None, downloader=None) -
             kwargs["local_dir"] = str(plan.local_dir / FOLDERS[f.repo_key])
         else:
             kwargs["cache_dir"] = str(plan.cache_dir)
-        print(f"downloading {f.repo_id}@{f.revision} {f.filename} ({_fmt_bytes(f.size or 0)})", flush=True)
+        print(
+            f"downloading {f.repo_id}@{f.revision} {f.filename} ({_fmt_bytes(f.size or 0)})",
+            flush=True,
+        )
         downloader(f.repo_id, f.filename, **kwargs)
     if plan.local_dir is not None:
         return resolve_layout(root=plan.local_dir, revisions_=_plan_revisions(plan))
@@ -1361,14 +1425,31 @@ def weights_status(config) -> str:
 
 
 def add_arguments_setup(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", help="one folder holding Wan2.1-I2V-14B-480P/, MeiGen-MultiTalk/, chinese-wav2vec2-base/")
+    parser.add_argument(
+        "--root",
+        help="one folder holding Wan2.1-I2V-14B-480P/, MeiGen-MultiTalk/, chinese-wav2vec2-base/",
+    )
     parser.add_argument("--wan-dir", help="the Wan2.1-I2V-14B-480P folder")
     parser.add_argument("--multitalk-dir", help="the MeiGen-MultiTalk folder")
     parser.add_argument("--wav2vec-dir", help="the chinese-wav2vec2-base folder")
-    parser.add_argument("--download", action="store_true", help="fetch what is missing (into --root, else the hub cache)")
-    parser.add_argument("--with-optional", action="store_true", help="also fetch xlm-roberta-large/ (official code only)")
-    parser.add_argument("--verify", action="store_true", help="check every file (default when not downloading)")
-    parser.add_argument("--tiny", metavar="DIR", help="write (if missing) and verify the tiny random checkpoints in DIR")
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch what is missing (into --root, else the hub cache)",
+    )
+    parser.add_argument(
+        "--with-optional",
+        action="store_true",
+        help="also fetch xlm-roberta-large/ (official code only)",
+    )
+    parser.add_argument(
+        "--verify", action="store_true", help="check every file (default when not downloading)"
+    )
+    parser.add_argument(
+        "--tiny",
+        metavar="DIR",
+        help="write (if missing) and verify the tiny random checkpoints in DIR",
+    )
     parser.add_argument("--config", default="multitalk-14b", choices=("multitalk-14b", "tiny"),
                         help="which model's shapes to verify against")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -1378,14 +1459,23 @@ def run_setup(args: argparse.Namespace) -> int:
     """Exit 0: ready. 1: problems (each printed with its fix). 2: usage error."""
     dirs = (args.wan_dir, args.multitalk_dir, args.wav2vec_dir)
     if args.root and any(dirs):
-        print("mtlib setup: give --root OR --wan-dir/--multitalk-dir/--wav2vec-dir, not both.", file=sys.stderr)
+        print(
+            "mtlib setup: give --root OR --wan-dir/--multitalk-dir/--wav2vec-dir, not both.",
+            file=sys.stderr,
+        )
         return 2
-    if any(dirs) and not all(dirs) and not (args.wan_dir and not args.wav2vec_dir and not args.multitalk_dir):
+    if (
+        any(dirs)
+        and not all(dirs)
+        and not (args.wan_dir and not args.wav2vec_dir and not args.multitalk_dir)
+    ):
         print("mtlib setup: --multitalk-dir and --wav2vec-dir need --wan-dir (give all three, or only "
               "--wan-dir for a root or a linked folder).", file=sys.stderr)  # fmt: skip
         return 2
     if args.tiny and (args.download or args.root or any(dirs)):
-        print("mtlib setup: --tiny DIR stands alone (it writes random checkpoints).", file=sys.stderr)
+        print(
+            "mtlib setup: --tiny DIR stands alone (it writes random checkpoints).", file=sys.stderr
+        )
         return 2
     try:
         if args.tiny:

@@ -39,18 +39,31 @@ def test_tiny_files_have_the_real_names_and_formats(tmp_path, expected):
     ])  # fmt: skip
     assert sorted(p.name for p in mt.iterdir()) == ["diffusion_pytorch_model.safetensors.index.json",
                                                     "multitalk.safetensors"]  # fmt: skip
-    assert sorted(p.name for p in a2v.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    assert sorted(p.name for p in a2v.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
 
     # DiT: base keys in the Wan shards, audio keys in multitalk.safetensors, indexes agree.
     s1 = _keys(wan / "diffusion_pytorch_model-00001-of-00002.safetensors")
     s2 = _keys(wan / "diffusion_pytorch_model-00002-of-00002.safetensors")
     audio = _keys(mt / "multitalk.safetensors")
     assert {**s1, **s2, **audio} == {k: s for k, (s, _) in expected["dit"].items()}
-    assert all(k.startswith("audio_proj.") or ".audio_cross_attn." in k or ".norm_x." in k for k in audio)
-    assert not any(k.startswith("audio_proj.") or ".audio_cross_attn." in k or ".norm_x." in k for k in {**s1, **s2})
+    assert all(
+        k.startswith("audio_proj.") or ".audio_cross_attn." in k or ".norm_x." in k for k in audio
+    )
+    assert not any(
+        k.startswith("audio_proj.") or ".audio_cross_attn." in k or ".norm_x." in k
+        for k in {**s1, **s2}
+    )
     assert "blocks.1.norm_x.weight" in audio and "audio_proj.proj1.weight" in audio
-    wan_index = json.loads((wan / "diffusion_pytorch_model.safetensors.index.json").read_text())["weight_map"]
-    mt_index = json.loads((mt / "diffusion_pytorch_model.safetensors.index.json").read_text())["weight_map"]
+    wan_index = json.loads((wan / "diffusion_pytorch_model.safetensors.index.json").read_text())[
+        "weight_map"
+    ]
+    mt_index = json.loads((mt / "diffusion_pytorch_model.safetensors.index.json").read_text())[
+        "weight_map"
+    ]
     assert wan_index == {**{k: "diffusion_pytorch_model-00001-of-00002.safetensors" for k in s1},
                          **{k: "diffusion_pytorch_model-00002-of-00002.safetensors" for k in s2}}  # fmt: skip
     assert mt_index == {**wan_index, **{k: "multitalk.safetensors" for k in audio}}
@@ -60,13 +73,21 @@ def test_tiny_files_have_the_real_names_and_formats(tmp_path, expected):
 
     # .pth files: plain torch.save state dicts (weights_only loadable), T5 in bf16.
     t5 = torch.load(wan / "models_t5_umt5-xxl-enc-bf16.pth", weights_only=True)
-    assert {k: tuple(v.shape) for k, v in t5.items()} == {k: s for k, (s, _) in expected["t5"].items()}
+    assert {k: tuple(v.shape) for k, v in t5.items()} == {
+        k: s for k, (s, _) in expected["t5"].items()
+    }
     assert {v.dtype for v in t5.values()} == {torch.bfloat16}
     vae = torch.load(wan / "Wan2.1_VAE.pth", weights_only=True)
-    assert {k: tuple(v.shape) for k, v in vae.items()} == {k: s for k, (s, _) in expected["vae"].items()}
+    assert {k: tuple(v.shape) for k, v in vae.items()} == {
+        k: s for k, (s, _) in expected["vae"].items()
+    }
     assert {v.dtype for v in vae.values()} == {torch.float32}
-    clip = torch.load(wan / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth", weights_only=True)
-    assert {k: tuple(v.shape) for k, v in clip.items()} == {k: s for k, (s, _) in expected["clip"].items()}
+    clip = torch.load(
+        wan / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth", weights_only=True
+    )
+    assert {k: tuple(v.shape) for k, v in clip.items()} == {
+        k: s for k, (s, _) in expected["clip"].items()
+    }
 
     # wav2vec2: HF pre-training layout, legacy weight norm names, heads included.
     w2v = _keys(a2v / "model.safetensors")
@@ -77,7 +98,11 @@ def test_tiny_files_have_the_real_names_and_formats(tmp_path, expected):
     wcfg = json.loads((a2v / "config.json").read_text())
     assert (wcfg["hidden_size"], wcfg["num_hidden_layers"], wcfg["num_attention_heads"], wcfg["intermediate_size"]) == (
         48, 3, 4, 64)  # fmt: skip
-    assert wcfg["conv_dim"] == [16] * 7 and wcfg["conv_bias"] is False and wcfg["feat_extract_norm"] == "group"
+    assert (
+        wcfg["conv_dim"] == [16] * 7
+        and wcfg["conv_bias"] is False
+        and wcfg["feat_extract_norm"] == "group"
+    )
     pre = json.loads((a2v / "preprocessor_config.json").read_text())
     assert (pre["sampling_rate"], pre["do_normalize"]) == (16000, True)
 

@@ -6,7 +6,6 @@ connections are refused where offline behaviour is asserted.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
@@ -97,7 +96,9 @@ def test_pth_header_never_reads_tensor_data(tmp_path):
         start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
     raw[start + 100 : start + 900_000] = b"\xde\xad\xbe\xef" * 224_975
     p.write_bytes(bytes(raw))
-    with pytest.raises(Exception):  # the data really is damaged: a real load fails the CRC
+    with pytest.raises(
+        zipfile.BadZipFile, match="CRC"
+    ):  # the data really is damaged: a real load fails the CRC
         with zipfile.ZipFile(p) as z:
             z.read(info.filename)
     h = W.read_pth_header(p)
@@ -192,8 +193,12 @@ def test_missing_and_unexpected_keys_are_separate_errors(tiny_root, expected):
     _rewrite(mt, edit)
     report = W.verify_layout(_layout(tiny_root), "tiny", expected=expected, strict=False)
     msgs = [p.message for p in report.problems]
-    assert msgs[0].startswith("DiT (Wan shards + multitalk.safetensors): 1 expected key(s) missing, e.g. audio_proj.norm.bias.")
-    assert msgs[1].startswith("DiT (Wan shards + multitalk.safetensors): 1 unexpected key(s), e.g. audio_proj.extra.weight.")
+    assert msgs[0].startswith(
+        "DiT (Wan shards + multitalk.safetensors): 1 expected key(s) missing, e.g. audio_proj.norm.bias."
+    )
+    assert msgs[1].startswith(
+        "DiT (Wan shards + multitalk.safetensors): 1 unexpected key(s), e.g. audio_proj.extra.weight."
+    )
     assert [p.kind for p in report.problems] == ["keys", "keys"]
 
 
@@ -218,7 +223,9 @@ def test_t2v_config_json_is_named(tiny_root, expected):
 def test_wav2vec2_large_config_is_named(tiny_root, expected):
     cfg_path = tiny_root / "chinese-wav2vec2-base" / "config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg.update(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+    cfg.update(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
+    )
     cfg_path.write_text(json.dumps(cfg))
     err = _verify_error(tiny_root, expected)
     assert str(err).startswith(f"{cfg_path}: this is wav2vec2-large (24 layers x 1024 wide); this configuration "
@@ -230,10 +237,14 @@ def test_wav2vec2_large_weights_are_named_for_the_real_config(tmp_path):
     """Real-size expectation (12 x 768) against a 24 x 1024 header: named wav2vec2-large."""
     d = tmp_path / "w2v"
     d.mkdir()
-    fake = {f"wav2vec2.encoder.layers.{i}.final_layer_norm.weight": torch.zeros(1) for i in range(24)}
+    fake = {
+        f"wav2vec2.encoder.layers.{i}.final_layer_norm.weight": torch.zeros(1) for i in range(24)
+    }
     fake["wav2vec2.encoder.layer_norm.weight"] = torch.zeros(1024)
     save_file(fake, str(d / "model.safetensors"))
-    exp = {f"wav2vec2.encoder.layers.{i}.final_layer_norm.weight": ((768,), None) for i in range(12)}
+    exp = {
+        f"wav2vec2.encoder.layers.{i}.final_layer_norm.weight": ((768,), None) for i in range(12)
+    }
     exp["wav2vec2.encoder.layer_norm.weight"] = ((768,), None)
     v = W._Verifier(W.WeightsLayout(tmp_path, tmp_path, d), "multitalk-14b", {"wav2vec2": exp})
     v.check_wav2vec()
@@ -297,7 +308,9 @@ def test_linked_wan_dir_is_accepted(tiny_root, expected):
     idx = "diffusion_pytorch_model.safetensors.index.json"
     os.replace(wan / idx, wan / (idx + "_old"))
     shutil.copy(tiny_root / "MeiGen-MultiTalk" / idx, wan / idx)
-    shutil.copy(tiny_root / "MeiGen-MultiTalk" / "multitalk.safetensors", wan / "multitalk.safetensors")
+    shutil.copy(
+        tiny_root / "MeiGen-MultiTalk" / "multitalk.safetensors", wan / "multitalk.safetensors"
+    )
     shutil.rmtree(tiny_root / "MeiGen-MultiTalk")
     lay = W.resolve_layout(wan_dir=wan, wav2vec_dir=tiny_root / "chinese-wav2vec2-base")
     assert lay.linked and lay.multitalk_dir == wan and lay.wan_index.name == idx + "_old"
@@ -317,7 +330,9 @@ def test_layout_from_three_dirs_from_a_root_and_from_config(tiny_root):
     cfg = load_config("tiny", {f"model.weights.{k}": str(v) for k, v in dirs.items()})
     by_cfg = W.resolve_layout(cfg)
     # one folder given as wan_dir that holds the three standard folders counts as the root
-    by_root_in_cfg = W.resolve_layout(load_config("tiny", {"model.weights.wan_dir": str(tiny_root)}))
+    by_root_in_cfg = W.resolve_layout(
+        load_config("tiny", {"model.weights.wan_dir": str(tiny_root)})
+    )
     assert by_dirs.source == "dirs" and by_root.source == "root" and by_root_in_cfg.source == "root"
     for lay in (by_root, by_cfg, by_root_in_cfg):
         assert (lay.wan_dir, lay.multitalk_dir, lay.wav2vec_dir) == tuple(dirs.values())
@@ -355,7 +370,9 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
-def test_offline_cache_resolves_without_network(tmp_path, tiny_root, expected, monkeypatch, no_network):
+def test_offline_cache_resolves_without_network(
+    tmp_path, tiny_root, expected, monkeypatch, no_network
+):
     snaps = _fake_cache(tmp_path / "hub", tiny_root)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -367,7 +384,9 @@ def test_offline_cache_resolves_without_network(tmp_path, tiny_root, expected, m
     assert W.verify_layout(lay, "tiny", expected=expected).ok
 
 
-def test_offline_cache_missing_files_names_them_and_the_command(tmp_path, tiny_root, monkeypatch, no_network):
+def test_offline_cache_missing_files_names_them_and_the_command(
+    tmp_path, tiny_root, monkeypatch, no_network
+):
     snaps = _fake_cache(tmp_path / "hub", tiny_root)
     (snaps[W.WAN_REPO] / "Wan2.1_VAE.pth").unlink()
     (snaps[W.WAV2VEC_REPO] / "preprocessor_config.json").unlink()
@@ -378,7 +397,10 @@ def test_offline_cache_missing_files_names_them_and_the_command(tmp_path, tiny_r
     msg = str(e.value)
     assert msg.startswith("2 checkpoint file(s) missing:\n")
     assert f"  {snaps[W.WAN_REPO] / 'Wan2.1_VAE.pth'}  (VAE)\n" in msg
-    assert f"  {snaps[W.WAV2VEC_REPO] / 'preprocessor_config.json'}  (wav2vec2 feature extractor)\n" in msg
+    assert (
+        f"  {snaps[W.WAV2VEC_REPO] / 'preprocessor_config.json'}  (wav2vec2 feature extractor)\n"
+        in msg
+    )
     assert msg.endswith("Fix: `mtlib setup --download` fetches exactly these (downloads resume).")
 
 
@@ -406,7 +428,10 @@ class FakeApi:
 
     def model_info(self, repo_id, revision=None, files_metadata=False, token=None):
         self.calls.append((repo_id, revision, files_metadata))
-        sib = [types.SimpleNamespace(rfilename=n, size=s) for n, s in self.listings[(repo_id, revision)].items()]
+        sib = [
+            types.SimpleNamespace(rfilename=n, size=s)
+            for n, s in self.listings[(repo_id, revision)].items()
+        ]
         return types.SimpleNamespace(siblings=sib)
 
 
@@ -420,8 +445,14 @@ def _listings(with_pr_safetensors: bool = True) -> dict:
            "assets/i2v_res.png": 900_000, "examples/i2v_input.JPG": 250_000, "README.md": 20_000}  # fmt: skip
     mt = {"multitalk.safetensors": 9_947_889_040, "diffusion_pytorch_model.safetensors.index.json": 120_000,
           "quant_models/dit_model_int8.safetensors": 19_000_000_000, "README.md": 9_000}  # fmt: skip
-    w2v_main = {"config.json": 1900, "preprocessor_config.json": 200, "pytorch_model.bin": 380_000_000}
-    w2v_pr = {**w2v_main, "model.safetensors": 378_000_000} if with_pr_safetensors else dict(w2v_main)
+    w2v_main = {
+        "config.json": 1900,
+        "preprocessor_config.json": 200,
+        "pytorch_model.bin": 380_000_000,
+    }
+    w2v_pr = (
+        {**w2v_main, "model.safetensors": 378_000_000} if with_pr_safetensors else dict(w2v_main)
+    )
     return {(W.WAN_REPO, "main"): wan, (W.MULTITALK_REPO, "main"): mt,
             (W.WAV2VEC_REPO, "refs/pr/1"): w2v_pr, (W.WAV2VEC_REPO, "main"): w2v_main}  # fmt: skip
 
@@ -438,19 +469,30 @@ def test_plan_fetches_only_the_files_multitalk_uses(tmp_path, no_network):
         "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth", "Wan2.1_VAE.pth")])  # fmt: skip
     mt = [(W.MULTITALK_REPO, "main", "diffusion_pytorch_model.safetensors.index.json"),
           (W.MULTITALK_REPO, "main", "multitalk.safetensors")]  # fmt: skip
-    w2v = [(W.WAV2VEC_REPO, "refs/pr/1", n) for n in ("config.json", "model.safetensors", "preprocessor_config.json")]
+    w2v = [
+        (W.WAV2VEC_REPO, "refs/pr/1", n)
+        for n in ("config.json", "model.safetensors", "preprocessor_config.json")
+    ]
     assert names == sorted(wan + mt + w2v)
     assert all(files_metadata for _, _, files_metadata in api.calls)
-    assert plan.bytes_needed == sum(_listings()[(f.repo_id, f.revision)][f.filename] for f in plan.files)
+    assert plan.bytes_needed == sum(
+        _listings()[(f.repo_id, f.revision)][f.filename] for f in plan.files
+    )
     with_opt = W.plan_download(tmp_path / "root", api=FakeApi(_listings()), include_optional=True)
     extra = [f for f in with_opt.files if f.optional]
-    assert [(f.filename, f.size) for f in extra] == [("xlm-roberta-large/tokenizer.json", 9_000_000)]
+    assert [(f.filename, f.size) for f in extra] == [
+        ("xlm-roberta-large/tokenizer.json", 9_000_000)
+    ]
 
 
 def test_plan_falls_back_to_pytorch_model_bin(tmp_path, no_network):
     plan = W.plan_download(tmp_path / "root", api=FakeApi(_listings(with_pr_safetensors=False)))
     w2v = [(f.revision, f.filename) for f in plan.files if f.repo_id == W.WAV2VEC_REPO]
-    assert sorted(w2v) == [("main", "config.json"), ("main", "preprocessor_config.json"), ("main", "pytorch_model.bin")]
+    assert sorted(w2v) == [
+        ("main", "config.json"),
+        ("main", "preprocessor_config.json"),
+        ("main", "pytorch_model.bin"),
+    ]
 
 
 def test_plan_skips_complete_files_and_counts_only_the_rest(tmp_path, no_network):
@@ -473,7 +515,9 @@ def test_plan_sees_files_already_in_the_hub_cache(tmp_path, tiny_root, no_networ
     listing[(W.WAN_REPO, "main")]["Wan2.1_VAE.pth"] = size
     plan = W.plan_download(None, api=FakeApi(listing), cache_dir=tmp_path / "hub")
     assert plan.local_dir is None and plan.destination == tmp_path / "hub"
-    assert {f.filename for f in plan.files if f.present and f.repo_id == W.WAN_REPO} == {"Wan2.1_VAE.pth"}
+    assert {f.filename for f in plan.files if f.present and f.repo_id == W.WAN_REPO} == {
+        "Wan2.1_VAE.pth"
+    }
 
 
 def test_disk_space_is_checked_before_downloading(tmp_path, no_network):
@@ -494,7 +538,9 @@ def test_disk_space_is_checked_before_downloading(tmp_path, no_network):
     assert big == need * 2
 
 
-def test_download_fetches_missing_files_with_resume_semantics(tmp_path, tiny_root, monkeypatch, no_network):
+def test_download_fetches_missing_files_with_resume_semantics(
+    tmp_path, tiny_root, monkeypatch, no_network
+):
     """Each missing file goes through the hub downloader (resumable), into <root>/<folder>/."""
     root = tmp_path / "root"
     listing = _listings()
@@ -503,7 +549,11 @@ def test_download_fetches_missing_files_with_resume_semantics(tmp_path, tiny_roo
 
     def fake_download(repo_id, filename, **kw):
         calls.append((repo_id, filename, kw["revision"], Path(kw["local_dir"]).name))
-        folder = {W.WAN_REPO: W.WAN_FOLDER, W.MULTITALK_REPO: W.MULTITALK_FOLDER, W.WAV2VEC_REPO: W.WAV2VEC_FOLDER}
+        folder = {
+            W.WAN_REPO: W.WAN_FOLDER,
+            W.MULTITALK_REPO: W.MULTITALK_FOLDER,
+            W.WAV2VEC_REPO: W.WAV2VEC_FOLDER,
+        }
         src = tiny_root / folder[repo_id] / filename
         dst = Path(kw["local_dir"]) / filename
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -511,8 +561,13 @@ def test_download_fetches_missing_files_with_resume_semantics(tmp_path, tiny_roo
         return str(dst)
 
     monkeypatch.setattr(W, "check_disk_space", lambda plan, **k: 10**15)
-    shutil.copytree(tiny_root / W.WAN_FOLDER / "google", root / W.WAN_FOLDER / "google")  # stand-in marker
-    for name in ("diffusion_pytorch_model-00001-of-00002.safetensors", "diffusion_pytorch_model-00002-of-00002.safetensors"):
+    shutil.copytree(
+        tiny_root / W.WAN_FOLDER / "google", root / W.WAN_FOLDER / "google"
+    )  # stand-in marker
+    for name in (
+        "diffusion_pytorch_model-00001-of-00002.safetensors",
+        "diffusion_pytorch_model-00002-of-00002.safetensors",
+    ):
         shutil.copy(tiny_root / W.WAN_FOLDER / name, root / W.WAN_FOLDER / name)
     lay = W.download(plan, downloader=fake_download)
     assert len(calls) == len(plan.files)
@@ -557,7 +612,9 @@ def test_setup_cli_tiny_ok_and_exit_codes(tmp_path, expected, monkeypatch, capsy
     assert main(["setup", "--root", str(tmp_path / "t"), "--wan-dir", str(tmp_path)]) == 2
 
 
-def test_setup_cli_without_checkpoints_exits_1_with_the_fix(tmp_path, monkeypatch, capsys, no_network):
+def test_setup_cli_without_checkpoints_exits_1_with_the_fix(
+    tmp_path, monkeypatch, capsys, no_network
+):
     from mtlib.cli import main
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))

@@ -76,7 +76,12 @@ STAND_IN_MARKER_CONTENT = {
     "when this file is present.",
 }
 
-_TORCH_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+_TORCH_DTYPES = {
+    "F32": torch.float32,
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "F64": torch.float64,
+}
 
 
 # ------------------------------------------------------------------------------------------
@@ -140,7 +145,9 @@ def _dit_config(expected: W.ExpectedMap) -> dict:
     return cfg
 
 
-def _write_dit(wan: Path, mt: Path, expected: W.ExpectedMap, gen: torch.Generator, shards: int) -> None:
+def _write_dit(
+    wan: Path, mt: Path, expected: W.ExpectedMap, gen: torch.Generator, shards: int
+) -> None:
     from safetensors.torch import save_file
 
     state = random_state(expected, gen)
@@ -160,7 +167,9 @@ def _write_dit(wan: Path, mt: Path, expected: W.ExpectedMap, gen: torch.Generato
     audio_bytes = sum(state[k].numel() * state[k].element_size() for k in audio)
     _write_json(wan / W.DIT_INDEX, {"metadata": {"total_size": total}, "weight_map": wan_map})
     mt_map = {**wan_map, **{k: W.MULTITALK_FILE for k in audio}}
-    _write_json(mt / W.DIT_INDEX, {"metadata": {"total_size": total + audio_bytes}, "weight_map": mt_map})
+    _write_json(
+        mt / W.DIT_INDEX, {"metadata": {"total_size": total + audio_bytes}, "weight_map": mt_map}
+    )
     _write_json(wan / "config.json", _dit_config(expected))
 
 
@@ -174,7 +183,9 @@ def _wav2vec_config(expected: W.ExpectedMap) -> dict:
     ffn = expected.get("wav2vec2.encoder.layers.0.feed_forward.intermediate_dense.weight")
     if ffn is not None:
         cfg["intermediate_size"] = ffn[0][0]
-    convs = [expected.get(f"wav2vec2.feature_extractor.conv_layers.{i}.conv.weight") for i in range(7)]
+    convs = [
+        expected.get(f"wav2vec2.feature_extractor.conv_layers.{i}.conv.weight") for i in range(7)
+    ]
     if all(c is not None for c in convs):
         cfg["conv_dim"] = [c[0][0] for c in convs]
     return cfg
@@ -191,7 +202,11 @@ def _write_tree(tmp: Path, expected: dict[str, W.ExpectedMap], seed: int) -> Non
     for net, name in (("vae", W.VAE_FILE), ("clip", W.CLIP_FILE), ("t5", W.T5_FILE)):
         torch.save(random_state(expected[net], gen), str(wan / name))
     _write_json(wan / W.T5_TOKENIZER_DIR / W.STAND_IN_TOKENIZER_MARKER, STAND_IN_MARKER_CONTENT)
-    save_file(random_state(expected["wav2vec2"], gen), str(a2v / "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        random_state(expected["wav2vec2"], gen),
+        str(a2v / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     _write_json(a2v / "config.json", _wav2vec_config(expected["wav2vec2"]))
     _write_json(a2v / "preprocessor_config.json", TINY_WAV2VEC2_PREPROCESSOR)
     for p in tmp.rglob("*"):  # safetensors and mkstemp create 0600 files; these are shareable
@@ -204,7 +219,9 @@ def _stamp(seed: int, expected: dict[str, W.ExpectedMap]) -> dict:
 
 def tiny_layout(root: str | os.PathLike) -> W.WeightsLayout:
     root = Path(root)
-    return W.WeightsLayout(root / W.WAN_FOLDER, root / W.MULTITALK_FOLDER, root / W.WAV2VEC_FOLDER, "tiny")
+    return W.WeightsLayout(
+        root / W.WAN_FOLDER, root / W.MULTITALK_FOLDER, root / W.WAV2VEC_FOLDER, "tiny"
+    )
 
 
 def write_tiny_checkpoints(
@@ -225,7 +242,9 @@ def write_tiny_checkpoints(
         expected = W.expected_maps("tiny")
     missing_nets = [n for n in W.NETWORKS if n not in expected]
     if missing_nets:
-        raise ValueError(f"write_tiny_checkpoints: expected maps lack {missing_nets}; give all of {W.NETWORKS}.")
+        raise ValueError(
+            f"write_tiny_checkpoints: expected maps lack {missing_nets}; give all of {W.NETWORKS}."
+        )
     stamp = _stamp(seed, expected)
     layout = tiny_layout(root)
     stamp_path = root / STAMP
