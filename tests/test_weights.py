@@ -641,3 +641,46 @@ def test_weights_status_for_real_config_says_what_to_do(tmp_path, monkeypatch, n
     text = W.weights_status(load_config("multitalk-480"))
     assert "MultiTalk checkpoints not found" in text
     assert "Next: run `mtlib setup --download` in a terminal" in text
+
+
+def test_wav2vec2_expected_map_matches_transformers(golden):
+    """The hand-written template equals what transformers instantiates (legacy names)."""
+    from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
+
+    for name in ("tiny", "multitalk-14b"):
+        with torch.device("meta"):
+            model = Wav2Vec2ForPreTraining(Wav2Vec2Config(**W.WAV2VEC2_GEOMETRY[name]))
+        ref = {
+            k.replace("parametrizations.weight.original0", "weight_g").replace(
+                "parametrizations.weight.original1", "weight_v"
+            ): tuple(v.shape)
+            for k, v in model.state_dict().items()
+        }
+        assert {k: s for k, (s, _) in W.EXPECTED["wav2vec2"](name).items()} == ref
+
+
+def test_legacy_bin_is_reported_not_parsed(tiny_root, expected):
+    """A pre-1.6 torch pickle (pytorch_model.bin fallback) cannot be listed without reading it:
+    reported as a warning, not a false error."""
+    a2v = tiny_root / "chinese-wav2vec2-base"
+    state = load_file(str(a2v / "model.safetensors"))
+    (a2v / "model.safetensors").unlink()
+    torch.save(state, a2v / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    report = W.verify_layout(_layout(tiny_root), "tiny", expected=expected)
+    row = next(r for r in report.rows if r.file.endswith("pytorch_model.bin"))
+    assert (row.status, row.detail) == (
+        "warn",
+        "wav2vec2 weights: legacy (pre-zip) torch format; keys not checked",
+    )
+
+
+def test_zip_pytorch_model_bin_is_verified(tiny_root, expected):
+    a2v = tiny_root / "chinese-wav2vec2-base"
+    state = load_file(str(a2v / "model.safetensors"))
+    (a2v / "model.safetensors").unlink()
+    del state["wav2vec2.encoder.layer_norm.bias"]
+    torch.save(state, a2v / "pytorch_model.bin")
+    err = _verify_error(tiny_root, expected)
+    assert str(err).startswith(
+        "wav2vec2 (pytorch_model.bin): 1 expected key(s) missing, e.g. wav2vec2.encoder.layer_norm.bias."
+    )
