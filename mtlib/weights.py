@@ -253,8 +253,20 @@ OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+def expected_map(network: str, config_name: str) -> ExpectedMap:
+    """EXPECTED[network](config_name), with one clear error when the model code is absent."""
+    try:
+        return EXPECTED[network](config_name)
+    except ImportError as e:
+        raise WeightsError(
+            f"cannot build the expected {network} state: its model module is not importable ({e})."
+        ) from None
+    except KeyError:
+        raise WeightsError(f"{network}: no model config named {config_name!r}.") from None
+
+
 def expected_maps(config_name: str, networks: Iterable[str] = NETWORKS) -> dict[str, ExpectedMap]:
-    return {net: EXPECTED[net](config_name) for net in networks}
+    return {net: expected_map(net, config_name) for net in networks}
 
 
 def expected_digest(expected: dict[str, ExpectedMap]) -> str:
@@ -803,6 +815,15 @@ def resolve_layout(
     return layout
 
 
+def fix_command(layout: WeightsLayout) -> str:
+    """The one command that repairs `layout`: re-download into its root, or rewrite the tiny set."""
+    if layout.source == "tiny":
+        return f"mtlib setup --tiny {layout.wan_dir.parent}"
+    if layout.source == "root":
+        return _download_command(layout.wan_dir.parent)
+    return FIX_DOWNLOAD
+
+
 def _download_command(root) -> str:
     return FIX_DOWNLOAD + (f" --root {root}" if root is not None else "")
 
@@ -844,6 +865,11 @@ class VerifyReport:
         self.rows.append(ReportRow(file, status, detail))
 
     def fail(self, problem: Problem, file: str | None = None, status: str = "error") -> None:
+        fix = fix_command(self.layout)
+        if fix != FIX_DOWNLOAD:  # name the folder the user actually has
+            problem = Problem(
+                problem.kind, problem.file, problem.message.replace(f"`{FIX_DOWNLOAD}`", f"`{fix}`")
+            )
         self.problems.append(problem)
         self.add(file or problem.file, status, problem.message)
 
@@ -874,7 +900,8 @@ class VerifyReport:
                 "ready: every checkpoint file is present, complete and of the right model."
             )
         else:
-            lines.append(f"{len(self.problems)} problem(s); first: {self.problems[0].message}")
+            lines.append(f"{len(self.problems)} problem(s):")
+            lines += [f"  - {p.message}" for p in self.problems]
         return "\n".join(lines)
 
     def to_json(self) -> dict:
@@ -1028,7 +1055,7 @@ class _Verifier:
 
     def expected(self, net: str) -> ExpectedMap:
         if net not in self._expected:
-            self._expected[net] = EXPECTED[net](self.config_name)
+            self._expected[net] = expected_map(net, self.config_name)
         return self._expected[net]
 
     def header(self, path: Path, what: str) -> FileHeader | None:
@@ -1341,6 +1368,12 @@ def plan_download(
     wav2vec2 comes from its safetensors PR branch; when that lacks model.safetensors the
     plan falls back to pytorch_model.bin on main.
     """
+    if hub_offline():
+        raise WeightsError(
+            "HF_HUB_OFFLINE is set: a download cannot be planned without the hub. Fix: unset "
+            "HF_HUB_OFFLINE for `mtlib setup --download`, or copy the three folders here and pass "
+            "--root DIR."
+        )
     if api is None:
         from huggingface_hub import HfApi
 
@@ -1452,11 +1485,7 @@ def weights_status(config) -> str:
     model = getattr(config, "model", config)
     wcfg = model.weights
     if model.name == "tiny":
-        from mtlib.models.tiny import write_tiny_checkpoints
-
-        root = Path(wcfg.tiny_dir).expanduser() if wcfg.tiny_dir else default_tiny_dir()
-        layout = write_tiny_checkpoints(root, seed=wcfg.tiny_seed)
-        return verify_layout(layout, "tiny", strict=False).table()
+        return verify_layout(layout_for_config(config), "tiny", strict=False).table()
     try:
         layout = resolve_layout(wcfg, check_files=False)
     except WeightsError as e:
@@ -1465,6 +1494,19 @@ def weights_status(config) -> str:
     nxt = ("\n\nNext: run notebook 01." if report.ok
            else f"\n\nNext: fix the problems above (`{FIX_DOWNLOAD}` re-fetches missing or damaged files), then re-run this cell.")  # fmt: skip
     return report.table() + nxt
+
+
+def layout_for_config(config) -> WeightsLayout:
+    """The checkpoints a run uses: the tiny set (written on first use) for model "tiny",
+    else the real ones found by resolve_layout (missing files raise, naming them)."""
+    model = getattr(config, "model", config)
+    wcfg = model.weights
+    if model.name == "tiny":
+        from mtlib.models.tiny import write_tiny_checkpoints
+
+        root = Path(wcfg.tiny_dir).expanduser() if wcfg.tiny_dir else default_tiny_dir()
+        return write_tiny_checkpoints(root, seed=wcfg.tiny_seed)
+    return resolve_layout(wcfg)
 
 
 def add_arguments_setup(parser: argparse.ArgumentParser) -> None:
@@ -1514,6 +1556,10 @@ def run_setup(args: argparse.Namespace) -> int:
     ):
         print("mtlib setup: --multitalk-dir and --wav2vec-dir need --wan-dir (give all three, or only "
               "--wan-dir for a root or a linked folder).", file=sys.stderr)  # fmt: skip
+        return 2
+    if args.download and any(dirs):
+        print("mtlib setup: --download fetches into --root DIR or the hub cache; it does not take "
+              "--wan-dir/--multitalk-dir/--wav2vec-dir.", file=sys.stderr)  # fmt: skip
         return 2
     if args.tiny and (args.download or args.root or any(dirs)):
         print(

@@ -194,3 +194,16 @@ def test_init_rules_follow_the_golden_recipe():
     assert abs(r.std().item() - 0.5) < 0.03
     gamma = tiny.init_tensor("encoder.head.0.gamma", (20000, 1, 1, 1), g)
     assert abs(gamma.mean().item() - 1.0) < 0.005
+
+
+def test_tiny_rewrites_a_truncated_file(tmp_path, expected):
+    lay = write_tiny_checkpoints(tmp_path, seed=0, expected=expected)
+    size = lay.t5_file.stat().st_size
+    with open(lay.t5_file, "r+b") as f:
+        f.truncate(size - 10)
+    with pytest.raises(W.WeightsError) as e:
+        W.verify_layout(lay, "tiny", expected=expected)
+    assert f"Fix: delete it and run `mtlib setup --tiny {tmp_path}`." in str(e.value)
+    write_tiny_checkpoints(tmp_path, seed=0, expected=expected)
+    assert lay.t5_file.stat().st_size == size
+    W.verify_layout(lay, "tiny", expected=expected)

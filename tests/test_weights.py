@@ -130,7 +130,9 @@ def test_missing_shard_is_named_with_the_fix(tiny_root, expected):
     with pytest.raises(W.WeightsError) as e:
         W.verify_layout(lay, "tiny", expected=expected)
     msg = str(e.value)
-    assert msg.startswith(f"missing file: {shard} (DiT base shard). Fix: `mtlib setup --download`.")
+    assert msg.startswith(
+        f"missing file: {shard} (DiT base shard). Fix: `mtlib setup --download --root {tiny_root}`."
+    )
     assert [p.kind for p in e.value.problems] == ["missing"]
 
 
@@ -282,7 +284,10 @@ def test_report_table_lists_every_file_with_its_status(tiny_root, expected):
     assert rows["multitalk.safetensors"] == "ok" and rows["model.safetensors"] == "ok"
     table = report.table()
     assert "missing  Wan2.1-I2V-14B-480P/Wan2.1_VAE.pth" in table
-    assert "1 problem(s); first: missing file:" in table
+    vae = tiny_root / "Wan2.1-I2V-14B-480P" / "Wan2.1_VAE.pth"
+    assert table.endswith(
+        f"1 problem(s):\n  - missing file: {vae} (VAE). Fix: `mtlib setup --download --root {tiny_root}`."
+    )
     assert report.to_json()["ok"] is False
 
 
@@ -608,7 +613,7 @@ def test_setup_cli_tiny_ok_and_exit_codes(tmp_path, expected, monkeypatch, capsy
     assert main(["setup", "--root", str(tmp_path / "t"), "--config", "tiny"]) == 1
     out = capsys.readouterr().out
     assert "missing  Wan2.1-I2V-14B-480P/Wan2.1_VAE.pth" in out
-    assert "Fix: `mtlib setup --download`" in out
+    assert f"Fix: `mtlib setup --download --root {tmp_path / 't'}`" in out
     assert main(["setup", "--root", str(tmp_path / "t"), "--wan-dir", str(tmp_path)]) == 2
 
 
@@ -684,3 +689,33 @@ def test_zip_pytorch_model_bin_is_verified(tiny_root, expected):
     assert str(err).startswith(
         "wav2vec2 (pytorch_model.bin): 1 expected key(s) missing, e.g. wav2vec2.encoder.layer_norm.bias."
     )
+
+
+def test_plan_refuses_to_run_offline(tmp_path, monkeypatch, no_network):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(
+        W.WeightsError, match=r"^HF_HUB_OFFLINE is set: a download cannot be planned"
+    ):
+        W.plan_download(tmp_path, api=FakeApi(_listings()))
+
+
+def test_setup_cli_usage_errors_exit_2(tmp_path, capsys):
+    from mtlib.cli import main
+
+    assert main(["setup", "--download", "--wan-dir", str(tmp_path)]) == 2
+    assert "--download fetches into --root DIR or the hub cache" in capsys.readouterr().err
+    assert main(["setup", "--tiny", str(tmp_path), "--root", str(tmp_path)]) == 2
+    assert main(["setup", "--multitalk-dir", str(tmp_path)]) == 2
+
+
+def test_layout_for_config_tiny_writes_on_first_use(tmp_path, expected, monkeypatch):
+    from mtlib.config import load_config
+
+    for net, m in expected.items():
+        monkeypatch.setitem(W.EXPECTED, net, lambda name, m=m: m)
+    cfg = load_config(
+        "tiny", {"model.weights.tiny_dir": str(tmp_path / "t"), "model.weights.tiny_seed": 5}
+    )
+    lay = W.layout_for_config(cfg)
+    assert lay.wan_dir == tmp_path / "t" / W.WAN_FOLDER and lay.source == "tiny"
+    assert json.loads((tmp_path / "t" / ".mtlib-tiny-stamp.json").read_text())["seed"] == 5

@@ -217,6 +217,17 @@ def _stamp(seed: int, expected: dict[str, W.ExpectedMap]) -> dict:
     return {"format": FORMAT_VERSION, "seed": seed, "expected": W.expected_digest(expected)}
 
 
+def _file_sizes(root: Path) -> dict[str, int]:
+    """Size of every file of the set: a file cut short or replaced is noticed on the next call."""
+    folders = (W.WAN_FOLDER, W.MULTITALK_FOLDER, W.WAV2VEC_FOLDER)
+    return {
+        str(p.relative_to(root)): p.stat().st_size
+        for f in folders
+        for p in sorted((root / f).rglob("*"))
+        if p.is_file()
+    }
+
+
 def tiny_layout(root: str | os.PathLike) -> W.WeightsLayout:
     root = Path(root)
     return W.WeightsLayout(
@@ -254,8 +265,9 @@ def write_tiny_checkpoints(
             old_stamp = json.loads(stamp_path.read_text())
         except ValueError:
             old_stamp = {}
-    if old_stamp == stamp and not W.missing_files(layout):
-        return layout
+    if old_stamp is not None and {k: v for k, v in old_stamp.items() if k != "files"} == stamp:
+        if old_stamp.get("files") == _file_sizes(root):
+            return layout
     folders = (W.WAN_FOLDER, W.MULTITALK_FOLDER, W.WAV2VEC_FOLDER)
     if old_stamp is None:
         foreign = [f for f in folders if (root / f).exists()]
@@ -278,7 +290,7 @@ def write_tiny_checkpoints(
             os.replace(tmp / "new" / f, root / f)
         from mtlib.io import atomic_write
 
-        atomic_write(stamp_path, json.dumps(stamp) + "\n")
+        atomic_write(stamp_path, json.dumps({**stamp, "files": _file_sizes(root)}, indent=1) + "\n")
         stamp_path.chmod(0o644)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
