@@ -337,23 +337,23 @@ def read_safetensors_header(path: str | os.PathLike) -> FileHeader:
         if len(head) < 8:
             return FileHeader(path, {}, size, None, Problem(
                 "truncated", str(path), f"{path}: truncated: {size} bytes, shorter than the 8-byte "
-                f"safetensors header length. Fix: delete it and run `{FIX_DOWNLOAD}`."))  # fmt: skip
+                f"safetensors header length. Fix: run `{FIX_DOWNLOAD}` (it replaces damaged files)."))  # fmt: skip
         (n,) = struct.unpack("<Q", head)
         if n > MAX_HEADER_BYTES:
             return FileHeader(path, {}, size, None, Problem(
                 "corrupt", str(path), f"{path}: not a safetensors file (declared header length "
-                f"{n} bytes is implausible). Fix: delete it and run `{FIX_DOWNLOAD}`."))  # fmt: skip
+                f"{n} bytes is implausible). Fix: run `{FIX_DOWNLOAD}` (it replaces damaged files)."))  # fmt: skip
         if 8 + n > size:
             return FileHeader(path, {}, size, None, Problem(
                 "truncated", str(path), f"{path}: truncated: the JSON header alone needs {8 + n} "
-                f"bytes, the file has {size}. Fix: delete it and run `{FIX_DOWNLOAD}`."))  # fmt: skip
+                f"bytes, the file has {size}. Fix: run `{FIX_DOWNLOAD}` (it replaces damaged files)."))  # fmt: skip
         raw = f.read(n)
     try:
         header = json.loads(raw)
     except ValueError as e:
         return FileHeader(path, {}, size, None, Problem(
             "corrupt", str(path), f"{path}: the safetensors JSON header does not parse ({e}). "
-            f"Fix: delete it and run `{FIX_DOWNLOAD}`."))  # fmt: skip
+            f"Fix: run `{FIX_DOWNLOAD}` (it replaces damaged files)."))  # fmt: skip
     tensors: dict[str, TensorInfo] = {}
     end = 0
     for key, entry in header.items():
@@ -472,7 +472,7 @@ def read_pth_header(path: str | os.PathLike) -> FileHeader:
     """
     path = Path(path)
     size = path.stat().st_size
-    fix = f"Fix: delete it and run `{FIX_DOWNLOAD}`."
+    fix = f"Fix: run `{FIX_DOWNLOAD}` (it replaces damaged files)."
     try:
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
@@ -745,9 +745,10 @@ def resolve_layout(
     """Find the three checkpoint directories, without network and without writing anything.
 
     Per component, the first that applies: an explicit directory (argument, else
-    config.model.weights.*_dir), `<root>/<standard folder>`, the hub cache (HF_HUB_CACHE
-    layout models--org--name/snapshots/<rev>/, revision from refs/). A single directory
-    given as wan_dir that contains the three standard folders is taken as the root. A Wan
+    config.model.weights.*_dir), `<root>/<standard folder>`, else (no root given) the hub
+    cache (HF_HUB_CACHE layout models--org--name/snapshots/<rev>/, revision from refs/).
+    A single directory given as wan_dir that contains the three standard folders is taken
+    as the root. A Wan
     directory holding multitalk.safetensors (the official "linking") serves as the
     MultiTalk directory too. With check_files, missing files raise one WeightsError that
     lists them and the command that fetches them.
@@ -786,7 +787,7 @@ def resolve_layout(
               "wav2vec": [("wav2vec", "model.safetensors"), ("wav2vec_fallback", "pytorch_model.bin"),
                           ("wav2vec_fallback", "config.json")]}  # fmt: skip
     for key, tries in probes.items():
-        if key in found:
+        if key in found or root is not None:  # an explicit root is not mixed with the cache
             continue
         for repo_key, probe in tries:
             snap = _cached_snapshot(repo_key, probe, cache, revs)
@@ -1299,6 +1300,7 @@ class PlannedFile:
     size: int | None  # bytes, as the hub reports
     present: bool  # already complete at the destination
     optional: bool = False
+    stale: bool = False  # there, but not the size the hub reports: fetched again from scratch
 
 
 @dataclass
@@ -1322,7 +1324,7 @@ class DownloadPlan:
     def table(self) -> str:
         lines = [f"download plan -> {self.destination}"]
         for f in self.files:
-            state = "have" if f.present else "get"
+            state = "have" if f.present else "again" if f.stale else "get"
             size = _fmt_bytes(f.size) if f.size is not None else "?"
             opt = "  (optional)" if f.optional else ""
             lines.append(f"  {state:<5} {f.repo_id}@{f.revision}  {f.filename}  {size}{opt}")
@@ -1335,9 +1337,14 @@ def _repo_files(api, repo_id: str, revision: str, token) -> dict[str, int | None
     return {s.rfilename: getattr(s, "size", None) for s in (info.siblings or [])}
 
 
-def _present(
+def _local_state(
     repo_key: str, filename: str, size: int | None, revision: str, local_dir, cache_dir
-) -> bool:
+) -> str:
+    """absent | complete | stale (there with another size than the hub's: damaged).
+
+    Interrupted downloads never sit at the final path (huggingface_hub keeps them as
+    *.incomplete and resumes them), so a wrong-sized final file is damaged, not partial.
+    """
     if local_dir is not None:
         p = Path(local_dir) / FOLDERS[repo_key] / filename
     else:
@@ -1347,9 +1354,11 @@ def _present(
             REPO_IDS[repo_key], filename, cache_dir=str(cache_dir), revision=revision
         )
         if not isinstance(hit, str):
-            return False
+            return "absent"
         p = Path(hit)
-    return p.exists() and (size is None or p.stat().st_size == size)
+    if not p.exists():
+        return "absent"
+    return "complete" if size is None or p.stat().st_size == size else "stale"
 
 
 def plan_download(
@@ -1403,12 +1412,13 @@ def plan_download(
                     )
                 for name in hits:
                     size = listing[name]
-                    present = _present(repo_key, name, size, rev, local_dir, cache)
+                    state = _local_state(repo_key, name, size, rev, local_dir, cache)
                     files.append(
                         PlannedFile(
-                            repo_key, REPO_IDS[repo_key], rev, name, size, present, optional
+                            repo_key, REPO_IDS[repo_key], rev, name, size,
+                            state == "complete", optional, state == "stale",
                         )
-                    )
+                    )  # fmt: skip
     return DownloadPlan(
         files, Path(local_dir).expanduser() if local_dir is not None else None, cache
     )
@@ -1445,7 +1455,8 @@ def download(plan: DownloadPlan, *, token: str | None = None, downloader=None) -
     token = token or os.environ.get("HF_TOKEN") or None
     check_disk_space(plan)
     for f in plan.to_fetch:
-        kwargs: dict[str, Any] = {"revision": f.revision, "token": token}
+        # force_download replaces a damaged file (else the hub client would keep it)
+        kwargs: dict[str, Any] = {"revision": f.revision, "token": token, "force_download": f.stale}
         if plan.local_dir is not None:
             kwargs["local_dir"] = str(plan.local_dir / FOLDERS[f.repo_key])
         else:

@@ -504,10 +504,11 @@ def test_plan_skips_complete_files_and_counts_only_the_rest(tmp_path, no_network
     root = tmp_path / "root"
     (root / W.WAN_FOLDER).mkdir(parents=True)
     (root / W.WAN_FOLDER / "config.json").write_bytes(b"x" * 250)  # complete
-    (root / W.WAN_FOLDER / "Wan2.1_VAE.pth").write_bytes(b"x" * 1000)  # partial: fetched again
+    (root / W.WAN_FOLDER / "Wan2.1_VAE.pth").write_bytes(b"x" * 1000)  # damaged: fetched again
     plan = W.plan_download(root, api=FakeApi(_listings()))
     present = {f.filename for f in plan.files if f.present}
     assert present == {"config.json"}
+    assert {f.filename for f in plan.files if f.stale} == {"Wan2.1_VAE.pth"}
     total = sum(f.size for f in plan.files)
     assert plan.bytes_needed == total - 250
     assert "have  Wan-AI/Wan2.1-I2V-14B-480P@main  config.json" in plan.table()
@@ -554,6 +555,7 @@ def test_download_fetches_missing_files_with_resume_semantics(
 
     def fake_download(repo_id, filename, **kw):
         calls.append((repo_id, filename, kw["revision"], Path(kw["local_dir"]).name))
+        assert kw["force_download"] is False
         folder = {
             W.WAN_REPO: W.WAN_FOLDER,
             W.MULTITALK_REPO: W.MULTITALK_FOLDER,
@@ -719,3 +721,21 @@ def test_layout_for_config_tiny_writes_on_first_use(tmp_path, expected, monkeypa
     lay = W.layout_for_config(cfg)
     assert lay.wan_dir == tmp_path / "t" / W.WAN_FOLDER and lay.source == "tiny"
     assert json.loads((tmp_path / "t" / ".mtlib-tiny-stamp.json").read_text())["seed"] == 5
+
+
+def test_download_refetches_a_damaged_file_from_scratch(tmp_path, monkeypatch, no_network):
+    root = tmp_path / "root"
+    (root / W.WAN_FOLDER).mkdir(parents=True)
+    (root / W.WAN_FOLDER / "Wan2.1_VAE.pth").write_bytes(b"x" * 1000)  # hub says 500 MB
+    plan = W.plan_download(root, api=FakeApi(_listings()))
+    forced = {}
+    monkeypatch.setattr(W, "check_disk_space", lambda plan, **k: 10**15)
+
+    def record(repo_id, filename, **kw):
+        forced[(repo_id, filename)] = kw["force_download"]
+
+    with pytest.raises(W.WeightsError, match="checkpoints not found under"):  # nothing was written
+        W.download(plan, downloader=record)
+    assert forced.pop((W.WAN_REPO, "Wan2.1_VAE.pth")) is True
+    assert set(forced.values()) == {False} and len(forced) == len(plan.files) - 1
+    assert "again Wan-AI/Wan2.1-I2V-14B-480P@main  Wan2.1_VAE.pth" in plan.table()
