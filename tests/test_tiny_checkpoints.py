@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -207,3 +208,23 @@ def test_tiny_rewrites_a_truncated_file(tmp_path, expected):
     write_tiny_checkpoints(tmp_path, seed=0, expected=expected)
     assert lay.t5_file.stat().st_size == size
     W.verify_layout(lay, "tiny", expected=expected)
+
+
+def test_tiny_rewrite_interrupted_while_swapping_folders_recovers(tmp_path, expected, monkeypatch):
+    write_tiny_checkpoints(tmp_path, seed=0, expected=expected)
+    real_replace = os.replace
+    calls = []
+
+    def flaky(src, dst):
+        calls.append(dst)
+        if len(calls) == 3:  # stamp "writing", old Wan folder moved aside, new one not yet in
+            raise OSError("power cut")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(tiny.os, "replace", flaky)
+    with pytest.raises(OSError, match="power cut"):
+        write_tiny_checkpoints(tmp_path, seed=1, expected=expected)
+    monkeypatch.setattr(tiny.os, "replace", real_replace)
+    lay = write_tiny_checkpoints(tmp_path, seed=1, expected=expected)  # not refused as foreign
+    W.verify_layout(lay, "tiny", expected=expected)
+    assert json.loads((tmp_path / tiny.STAMP).read_text())["seed"] == 1

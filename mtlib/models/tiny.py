@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from mtlib import weights as W
+from mtlib.io import atomic_write
 
 STAMP = ".mtlib-tiny-stamp.json"  # in <root>, next to (not inside) the checkpoint folders
 FORMAT_VERSION = 1
@@ -281,15 +282,14 @@ def write_tiny_checkpoints(
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-tmp-", dir=root))
     try:
         _write_tree(tmp / "new", expected, seed)
-        if stamp_path.exists():
-            stamp_path.unlink()  # from here until the new stamp, the set counts as incomplete
+        # From here until the final stamp the folders are mtlib's but incomplete: a crash in
+        # between leads to a rewrite next time (never to "not written by mtlib").
+        atomic_write(stamp_path, json.dumps({"format": FORMAT_VERSION, "writing": True}) + "\n")
         (tmp / "old").mkdir()
         for f in folders:
             if (root / f).exists():
                 os.replace(root / f, tmp / "old" / f)
             os.replace(tmp / "new" / f, root / f)
-        from mtlib.io import atomic_write
-
         atomic_write(stamp_path, json.dumps({**stamp, "files": _file_sizes(root)}, indent=1) + "\n")
         stamp_path.chmod(0o644)
     finally:
