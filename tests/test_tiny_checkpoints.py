@@ -179,7 +179,7 @@ def test_tiny_refuses_folders_it_did_not_write(tmp_path, expected):
     assert (tmp_path / "Wan2.1-I2V-14B-480P" / "Wan2.1_VAE.pth").read_bytes() == b"real?"
 
 
-def test_init_rules_follow_the_golden_recipe():
+def test_init_rules_follow_the_documented_recipe():
     g = torch.Generator().manual_seed(0)
     w = tiny.init_tensor("blocks.0.ffn.0.weight", (512, 400), g)
     assert abs(w.std().item() - 400**-0.5) < 0.05 * 400**-0.5

@@ -586,7 +586,7 @@ def test_download_fetches_missing_files_with_resume_semantics(
 # ------------------------------------------------------------------------------ registry
 
 
-def test_wav2vec2_expected_map_matches_golden_and_manifest(golden):
+def test_wav2vec2_expected_map_matches_tiny_weights_and_manifest(golden):
     from safetensors import safe_open
 
     tiny = W.EXPECTED["wav2vec2"]("tiny")
