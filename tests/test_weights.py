@@ -650,7 +650,7 @@ def test_weights_status_for_real_config_says_what_to_do(tmp_path, monkeypatch, n
     assert "Next: run `mtlib setup --download` in a terminal" in text
 
 
-def test_wav2vec2_expected_map_matches_transformers(golden):
+def test_wav2vec2_expected_map_matches_transformers():
     """The hand-written template equals what transformers instantiates (legacy names)."""
     from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 
