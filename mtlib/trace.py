@@ -1,4 +1,5 @@
-"""Named trace points: the hook every network and the pipeline call, and its recorders.
+"""Named trace points: the hook every network and the pipeline call, its recorders, and
+the on-disk trace format that `mtlib compare` reads.
 
 Names follow the golden data: `<stage>.<point>` (`dit.block0.self_attn`, `vae.y`,
 `audio.embedding`, ...), prefixed by the active scopes (`e2e.clip0.step1.` ...).
@@ -10,13 +11,50 @@ Cost when nothing records: one attribute read per point. Code on hot paths write
 
 so that not even the name is formatted when tracing is off. `point` returns its tensor
 unchanged and never alters results: recorders copy (detach + cpu) what they keep.
+
+Recorders: `MemoryRecorder` (tensors in a dict, for tests and notebooks) and `TraceWriter`
+(streams to a directory). `load_trace` reads a trace directory, a run directory, a golden
+case or a whole golden directory back as one `Trace` view; `hook_modules` records
+per-module outputs through forward hooks.
+
+On-disk format of a trace directory (version 1)
+-----------------------------------------------
+    meta.json                 {"format": "mtlib-trace", "version": 1, "created", "status":
+                              "recording" | "complete", "level", "full": [globs], "hash":
+                              "blake2b-128", "shard_mb", "environment": {python, platform,
+                              torch, cuda, device, mtlib, git_commit}, "config": <run config>,
+                              ...user meta; after close: "points", "shards", "wall_s"}
+                              (rewritten atomically at open and at close)
+    index.jsonl               one JSON object per point, in execution order, appended and
+                              flushed as the point arrives:
+                              {"i": execution index, "name": unique point name, "base": name
+                              as offered, "call": n-th offer of that name (0-based), "t":
+                              seconds since the writer opened, "shape", "dtype", "device",
+                              "mean", "std" (unbiased; 0 for one element), "absmax" (all in
+                              float64, NaN/Inf propagate), "nan", "inf": counts, "hash":
+                              blake2b-128 hex of the raw C-order bytes, and "shard": file
+                              holding the tensor when it was stored in full}
+                              Non-tensor values get {"type", "repr"} instead of statistics.
+    tensors-00000.safetensors the tensors stored in full, keyed by unique point name; a new
+    tensors-00001.safetensors shard starts once the current one holds `shard_mb`; each shard
+                              is written atomically (temp file + rename) when full or at close.
+A name offered again (a module hook firing once per DiT call) is stored as `<name>#<n>`
+(n = 1, 2, ...; the first offer keeps the plain name), with "base" and "call" in its line.
+A crashed run leaves a readable trace: complete index lines, whole shards (points whose
+shard was never written read back as stats-only), status "recording".
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fnmatch
-from collections.abc import Iterator
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -97,3 +135,594 @@ class MemoryRecorder:
 
     def __contains__(self, name: str) -> bool:
         return name in self.tensors
+
+
+# ---------------------------------------------------------------------------------------
+# Statistics of one tensor (the "stats" level of a trace)
+# ---------------------------------------------------------------------------------------
+
+HASH_ALGORITHM = "blake2b-128"  # of the raw bytes of the contiguous tensor, hex in index.jsonl
+_STATS_CHUNK = 1 << 24  # elements per fp64 reduction chunk: bounds the temporary to 128 MB
+_HASH_CHUNK_BYTES = 64 << 20  # device -> host copies for hashing go in pieces of this size
+
+
+def tensor_hash(tensor: Any) -> str:
+    """blake2b-128 (hex) of the tensor's raw bytes in C order; equal only for identical bytes.
+
+    CPU tensors are hashed in place; tensors on an accelerator are copied to the host in
+    64 MB pieces, so host memory stays bounded whatever the tensor size."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.blake2b(digest_size=16)
+    flat = tensor.detach().reshape(-1)
+    if flat.numel() == 0:
+        return h.hexdigest()
+    if not flat.is_contiguous():
+        flat = flat.contiguous()
+    per_chunk = max(1, _HASH_CHUNK_BYTES // flat.element_size())
+    for start in range(0, flat.numel(), per_chunk):
+        piece = flat[start : start + per_chunk]
+        if piece.device.type != "cpu":
+            piece = piece.to("cpu")
+        h.update(piece.view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def tensor_stats(tensor: Any, with_hash: bool = True) -> dict[str, Any]:
+    """shape, dtype, mean, std (unbiased, 0 for one element), absmax, NaN and Inf counts, hash.
+
+    Reductions run on the tensor's own device in float64, chunk by chunk (at most 16 M
+    elements converted at a time), and the results come back with a single host sync.
+    mean / std / absmax include NaN / Inf values (they propagate): the counts say why."""
+    import torch
+
+    t = tensor.detach()
+    out: dict[str, Any] = {
+        "shape": list(t.shape),
+        "dtype": str(t.dtype).removeprefix("torch."),
+        "device": str(t.device),
+    }
+    n = t.numel()
+    if n == 0 or t.is_complex():
+        out.update(mean=None, std=None, absmax=None, nan=0, inf=0)
+    else:
+        with torch.no_grad():
+            flat = t.reshape(-1)
+            count = mean = m2 = absmax = None
+            for start in range(0, n, _STATS_CHUNK):
+                c = flat[start : start + _STATS_CHUNK].to(torch.float64)
+                k = c.numel()
+                var_k, mean_k = torch.var_mean(c, correction=0)
+                amax_k = c.abs().max()
+                if count is None:
+                    count, mean, m2, absmax = k, mean_k, var_k * k, amax_k
+                else:  # Chan et al.: merge (count, mean, M2) of two parts
+                    total = count + k
+                    delta = mean_k - mean
+                    mean = mean + delta * (k / total)
+                    m2 = m2 + var_k * k + delta * delta * (count * k / total)
+                    count = total
+                    absmax = torch.maximum(absmax, amax_k)
+            std = (m2 / (count - 1)).sqrt() if count > 1 else torch.zeros_like(m2)
+            mean_v, std_v, amax_v = torch.stack([mean, std, absmax]).tolist()
+        nan = inf = 0
+        if not math.isfinite(mean_v):  # a finite sum proves there is no NaN / Inf: skip counting
+            nan = int(torch.isnan(t).sum())
+            inf = int(torch.isinf(t).sum())
+        out.update(mean=mean_v, std=std_v, absmax=amax_v, nan=nan, inf=inf)
+    if with_hash:
+        out["hash"] = tensor_hash(t)
+    return out
+
+
+def _as_tensor(value: Any) -> Any:
+    """The tensor behind a trace value (tensors, numpy arrays, Python numbers), else None."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, bool | int | float):
+        return torch.tensor(value)
+    if type(value).__module__ == "numpy" and hasattr(value, "dtype"):
+        import numpy as np
+
+        return torch.from_numpy(np.ascontiguousarray(value))
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# TraceWriter: the on-disk recorder
+# ---------------------------------------------------------------------------------------
+
+TRACE_FORMAT = "mtlib-trace"
+TRACE_VERSION = 1
+INDEX_FILE = "index.jsonl"
+META_FILE = "meta.json"
+
+
+def _git_commit() -> str | None:
+    import subprocess
+
+    from mtlib.io import project_root
+
+    try:
+        r = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=project_root(),
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() or None if r.returncode == 0 else None
+
+
+def environment_meta() -> dict[str, Any]:
+    """python, torch, device, mtlib version and git commit, for meta.json."""
+    import platform
+
+    import torch
+
+    import mtlib
+
+    device = "cpu"
+    if torch.cuda.is_available():
+        device = f"cuda: {torch.cuda.get_device_name(0)}"
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "device": device,
+        "mtlib": mtlib.__version__,
+        "git_commit": _git_commit(),
+    }
+
+
+def _jsonable(obj: Any) -> Any:
+    """A run config (dataclasses, tuples, paths) as plain JSON data."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    return str(obj)
+
+
+class TraceWriter:
+    """Recorder that streams every point to `directory` (format in the module docstring).
+
+        with TraceWriter("runs/x/trace", full=("e2e.*",)) as tw, trace.recording(tw):
+            run()
+
+    level "stats": statistics of every point; tensors only of the points matching `full`.
+    level "full": same, and `full` defaults to every point ("*").
+    Host memory is bounded by `shard_mb` (plus one tensor): stored tensors wait in the
+    current shard, which is written atomically once it holds `shard_mb` or on close().
+    `hash=False` skips the content hash (the one statistic that needs the bytes on the host).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        level: str = "stats",
+        full: tuple[str, ...] | list[str] = (),
+        meta: dict | None = None,
+        shard_mb: float = 256,
+        hash: bool = True,
+        overwrite: bool = False,
+    ):
+        from mtlib.io import InputError
+
+        if level not in ("stats", "full"):
+            raise ValueError(f"TraceWriter level {level!r}: must be 'stats' or 'full'.")
+        if shard_mb <= 0:
+            raise ValueError(f"TraceWriter shard_mb={shard_mb}: must be > 0.")
+        self.directory = Path(directory)
+        self.level = level
+        self.full = tuple(full) if (full or level == "stats") else ("*",)
+        self.shard_bytes = int(shard_mb * (1 << 20))
+        self.with_hash = hash
+        if (self.directory / INDEX_FILE).exists():
+            if not overwrite:
+                raise InputError(
+                    f"trace directory {str(self.directory)!r}: already holds a trace. "
+                    "Fix: choose a new directory, or pass overwrite=True to replace it."
+                )
+            for p in self.directory.iterdir():
+                if p.name in (INDEX_FILE, META_FILE) or p.name.startswith("tensors-"):
+                    p.unlink()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.count = 0
+        self.calls: dict[str, int] = {}
+        self.shards: list[str] = []
+        self._pending: dict[str, Any] = {}
+        self._pending_bytes = 0
+        self._t0 = time.perf_counter()
+        self._closed = False
+        self.meta = {
+            "format": TRACE_FORMAT,
+            "version": TRACE_VERSION,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "status": "recording",
+            "level": level,
+            "full": list(self.full),
+            "hash": HASH_ALGORITHM if hash else None,
+            "shard_mb": shard_mb,
+            "environment": environment_meta(),
+            **_jsonable(meta or {}),
+        }
+        self._write_meta()
+        self._index = open(self.directory / INDEX_FILE, "w", encoding="utf-8")  # noqa: SIM115
+
+    @classmethod
+    def from_config(cls, directory, trace_config, run_config=None, **kw) -> TraceWriter | None:
+        """The writer a RunConfig.trace asks for (None when level is "off")."""
+        if trace_config.level == "off":
+            return None
+        meta = {"config": _jsonable(run_config)} if run_config is not None else {}
+        return cls(directory, trace_config.level, tuple(trace_config.full), meta=meta, **kw)
+
+    def wants_full(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in self.full)
+
+    def _shard_name(self) -> str:
+        return f"tensors-{len(self.shards):05d}.safetensors"
+
+    def record(self, name: str, value: Any) -> None:
+        if self._closed:
+            raise RuntimeError(f"TraceWriter({str(self.directory)!r}) is closed; point {name!r} lost.")
+        call = self.calls.get(name, 0)
+        self.calls[name] = call + 1
+        key = name if call == 0 else f"{name}#{call}"
+        entry: dict[str, Any] = {"i": self.count, "name": key, "base": name, "call": call}
+        entry["t"] = round(time.perf_counter() - self._t0, 6)
+        tensor = _as_tensor(value)
+        if tensor is None:
+            entry["type"] = type(value).__name__
+            entry["repr"] = repr(value)[:200]
+        else:
+            entry.update(tensor_stats(tensor, with_hash=self.with_hash))
+            if self.wants_full(name) or self.wants_full(key):
+                cpu = tensor.detach().to("cpu", copy=True).contiguous()
+                self._pending[key] = cpu
+                self._pending_bytes += cpu.numel() * cpu.element_size()
+                entry["shard"] = self._shard_name()
+        self._index.write(json.dumps(entry, allow_nan=True) + "\n")
+        self._index.flush()
+        self.count += 1
+        if self._pending_bytes >= self.shard_bytes:
+            self._flush_shard()
+
+    def _flush_shard(self) -> None:
+        if not self._pending:
+            return
+        from safetensors.torch import save_file
+
+        from mtlib.io import atomic_path
+
+        name = self._shard_name()
+        with atomic_path(self.directory / name) as tmp:
+            save_file(self._pending, str(tmp))
+        self.shards.append(name)
+        self._pending = {}
+        self._pending_bytes = 0
+
+    def _write_meta(self) -> None:
+        from mtlib.io import atomic_write
+
+        atomic_write(self.directory / META_FILE, json.dumps(self.meta, indent=1) + "\n")
+
+    def close(self) -> None:
+        """Write the last shard and the final meta.json (status "complete")."""
+        if self._closed:
+            return
+        self._flush_shard()
+        self._index.close()
+        self._closed = True
+        self.meta.update(status="complete", points=self.count, shards=list(self.shards))
+        self.meta["wall_s"] = round(time.perf_counter() - self._t0, 6)
+        self._write_meta()
+
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Module hooks: per-block outputs without touching the model code
+# ---------------------------------------------------------------------------------------
+
+
+class ModuleHooks:
+    """Handles of the forward hooks set by `hook_modules`; `remove()` or use as a context."""
+
+    def __init__(self, handles: list, names: list[str]):
+        self.handles = handles
+        self.names = names
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def __enter__(self) -> ModuleHooks:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def hook_modules(model: Any, prefix: str, patterns: tuple[str, ...] | list[str] = ("*",)) -> ModuleHooks:
+    """Record the output of every submodule of `model` whose qualified name matches a glob.
+
+    The point name is `prefix + qualified name` (`hook_modules(dit, "dit.", ["blocks.*"])`
+    records `dit.blocks.0`, ...); a tuple / list output records each tensor as `<name>.<k>`,
+    a dict output as `<name>.<key>`. A module that runs several times per run (one DiT call
+    per pass and step) records the same name again: TraceWriter stores the repeats as
+    `<name>#1`, `<name>#2`, ... with the call number in the index. Costs nothing while no
+    recorder is active."""
+    if prefix and not prefix.endswith("."):
+        prefix += "."
+    handles, names = [], []
+    for qualname, module in model.named_modules():
+        if not qualname or not any(fnmatch.fnmatchcase(qualname, p) for p in patterns):
+            continue
+        point_name = prefix + qualname
+
+        def hook(_module, _inputs, output, _name=point_name):
+            if not _state.recorders:
+                return None
+            if isinstance(output, tuple | list):
+                for k, item in enumerate(output):
+                    if hasattr(item, "detach"):
+                        point(f"{_name}.{k}", item)
+            elif isinstance(output, dict):
+                for k, item in output.items():
+                    if hasattr(item, "detach"):
+                        point(f"{_name}.{k}", item)
+            else:
+                point(_name, output)
+            return None
+
+        handles.append(module.register_forward_hook(hook))
+        names.append(point_name)
+    return ModuleHooks(handles, names)
+
+
+# ---------------------------------------------------------------------------------------
+# Reading traces back: mtlib trace dirs, run dirs, golden cases and golden dirs
+# ---------------------------------------------------------------------------------------
+
+
+class Trace:
+    """One uniform, read-only view of recorded points, whatever their source.
+
+    `names` are in execution order. `stats(name)` gives the statistics (computed from the
+    tensor on first use when the source stored tensors only, as golden cases do);
+    `tensor(name)` the tensor when it was stored in full; `meta` the source's metadata.
+    """
+
+    def __init__(
+        self,
+        names: list[str],
+        entries: dict[str, dict],
+        tensor_loader: Callable[[str], Any] | None,
+        full: set[str],
+        meta: dict,
+        kind: str,
+        path: Path | None = None,
+    ):
+        self.names = list(names)
+        self.entries = entries  # what the source recorded per point (index line / case JSON)
+        self._load = tensor_loader
+        self._full = set(full)
+        self.meta = meta
+        self.kind = kind  # "mtlib" | "golden-case" | "golden-dir" | "safetensors" | "memory"
+        self.path = path
+        self._stats: dict[str, dict] = {}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Any], meta: dict | None = None) -> Trace:
+        """An in-memory trace (all points full), e.g. the outputs of a replayed stage."""
+        tensors = dict(tensors)
+        return cls(list(tensors), {n: {} for n in tensors}, tensors.__getitem__, set(tensors),
+                   meta or {}, "memory")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def __repr__(self) -> str:
+        where = f" {str(self.path)!r}" if self.path else ""
+        return f"Trace({self.kind}{where}, {len(self.names)} points, {len(self._full)} full)"
+
+    def has_tensor(self, name: str) -> bool:
+        return name in self._full
+
+    def tensor(self, name: str) -> Any:
+        if name not in self.entries:
+            raise KeyError(f"{name!r}: no such point in {self!r}")
+        if name not in self._full or self._load is None:
+            raise KeyError(f"{name!r}: only statistics were recorded (trace level 'stats'); "
+                           "record it with TraceWriter(full=[...]) to get the tensor.")
+        return self._load(name)
+
+    def stats(self, name: str) -> dict[str, Any]:
+        """shape, dtype, mean, std, absmax, nan, inf, hash (+ i, t, call for mtlib traces)."""
+        if name in self._stats:
+            return self._stats[name]
+        entry = self.entries[name]
+        if "mean" in entry and "hash" in entry or name not in self._full:
+            s = dict(entry)
+        else:
+            s = {**entry, **tensor_stats(self.tensor(name))}
+        self._stats[name] = s
+        return s
+
+
+def _mtlib_trace(directory: Path) -> Trace:
+    from safetensors import safe_open
+
+    from mtlib.io import InputError
+
+    meta_path = directory / META_FILE
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    names: list[str] = []
+    entries: dict[str, dict] = {}
+    with open(directory / INDEX_FILE, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:
+                # a run that died mid-write leaves at most one torn last line: skip it
+                continue
+            if not isinstance(e, dict) or "name" not in e:
+                raise InputError(f"trace {str(directory)!r}: {INDEX_FILE} line {line_no} is not a point entry.")
+            names.append(e["name"])
+            entries[e["name"]] = e
+    # tensors whose shard never reached the disk (crash before flush) count as stats-only
+    shard_ok = {n: (directory / n).exists() for n in {e.get("shard") for e in entries.values()} if n}
+    full = {n for n, e in entries.items() if e.get("shard") and shard_ok.get(e["shard"])}
+    handles: dict[str, Any] = {}
+
+    def load(name: str) -> Any:
+        shard = entries[name]["shard"]
+        if shard not in handles:
+            handles[shard] = safe_open(str(directory / shard), framework="pt")
+        return handles[shard].get_tensor(name)
+
+    return Trace(names, entries, load, full, meta, "mtlib", directory)
+
+
+def _golden_case_order(case_meta: dict) -> list[str]:
+    """Execution order of a golden case: params.trace_order (e2e) first, then index order."""
+    index = list(case_meta.get("tensors", {}))
+    order = [n for n in case_meta.get("params", {}).get("trace_order", []) if n in case_meta.get("tensors", {})]
+    return order + [n for n in index if n not in set(order)]
+
+
+def _golden_case(json_path: Path) -> Trace:
+    from safetensors import safe_open
+
+    case_meta = json.loads(json_path.read_text())
+    names = _golden_case_order(case_meta)
+    entries = {n: dict(case_meta["tensors"][n]) for n in names}
+    tf = case_meta.get("tensor_file")
+    handle: list = []
+
+    def load(name: str) -> Any:
+        if not handle:
+            handle.append(safe_open(str(json_path.parent / tf), framework="pt"))
+        return handle[0].get_tensor(name)
+
+    meta = {k: v for k, v in case_meta.items() if k != "tensors"}
+    return Trace(names, entries, load if tf else None, set(names) if tf else set(), meta,
+                 "golden-case", json_path)
+
+
+def _golden_dir(root: Path, case: str | None = None) -> Trace:
+    """All cases of a golden dir as `<case>/<name>` (point names recur across cases), or one
+    case under its own names."""
+    from mtlib.io import InputError
+
+    index = json.loads((root / "index.json").read_text())
+    cases = index["cases"]
+    if case is not None:
+        for c in cases:
+            if c["case"] == case:
+                return _golden_case(root / "cases" / c["stage"] / f"{case}.json")
+        known = ", ".join(c["case"] for c in cases)
+        raise InputError(f"golden case {case!r}: not in {str(root)!r}. Known cases: {known}.")
+    names: list[str] = []
+    entries: dict[str, dict] = {}
+    owner: dict[str, tuple[Trace, str]] = {}
+    for c in cases:
+        sub = _golden_case(root / "cases" / c["stage"] / f"{c['case']}.json")
+        for n in sub.names:
+            q = f"{c['case']}/{n}"
+            names.append(q)
+            entries[q] = {**sub.entries[n], "case": c["case"], "stage": c["stage"]}
+            owner[q] = (sub, n)
+    full = {q for q, (sub, n) in owner.items() if sub.has_tensor(n)}
+    meta = {k: v for k, v in index.items() if k != "cases"}
+    meta["cases"] = [c["case"] for c in cases]
+    return Trace(names, entries, lambda q: owner[q][0].tensor(owner[q][1]), full, meta,
+                 "golden-dir", root)
+
+
+def _safetensors_file(path: Path) -> Trace:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        names = list(f.keys())
+        meta = dict(f.metadata() or {})
+    handle: list = []
+
+    def load(name: str) -> Any:
+        if not handle:
+            handle.append(safe_open(str(path), framework="pt"))
+        return handle[0].get_tensor(name)
+
+    return Trace(names, {n: {} for n in names}, load, set(names), meta, "safetensors", path)
+
+
+def load_trace(path: str | os.PathLike, case: str | None = None) -> Trace:
+    """Open recorded points as a `Trace`. `path` may be:
+
+    * an mtlib trace directory (index.jsonl + meta.json + tensors-*.safetensors),
+    * a run directory holding such a trace in `trace/`,
+    * a golden case (`<case>.json` or its `<case>.safetensors`),
+    * a golden directory (the one with index.json): every case, points named `<case>/<name>`;
+      with `case=` (or a path `<golden dir>/<case>` / `<golden dir>::<case>`) that one case,
+    * any other .safetensors file (all tensors, file order).
+    """
+    from mtlib.io import InputError
+
+    p = Path(path).expanduser()
+    if case is None and "::" in str(path):
+        base, case = str(path).rsplit("::", 1)
+        p = Path(base).expanduser()
+    if p.is_dir():
+        if (p / INDEX_FILE).exists():
+            return _mtlib_trace(p)
+        if (p / "trace" / INDEX_FILE).exists():
+            return _mtlib_trace(p / "trace")
+        if (p / "index.json").exists():
+            return _golden_dir(p, case)
+    elif p.is_file():
+        if p.name == INDEX_FILE:
+            return _mtlib_trace(p.parent)
+        if p.suffix == ".json":
+            try:
+                doc = json.loads(p.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                doc = None
+            if isinstance(doc, dict) and "tensors" in doc and "case" in doc:
+                return _golden_case(p)
+        if p.suffix == ".safetensors":
+            if p.with_suffix(".json").exists():
+                return _golden_case(p.with_suffix(".json"))
+            return _safetensors_file(p)
+    elif case is None and (p.parent / "index.json").exists():
+        return _golden_dir(p.parent, p.name)
+    raise InputError(
+        f"trace {str(path)!r}: not a trace. Expected an mtlib trace directory (with "
+        f"{INDEX_FILE}), a run directory with trace/, a golden case .json / .safetensors, a "
+        "golden directory (with index.json) or <golden dir>/<case name>."
+    )
