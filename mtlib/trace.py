@@ -21,18 +21,20 @@ On-disk format of a trace directory (version 1)
 -----------------------------------------------
     meta.json                 {"format": "mtlib-trace", "version": 1, "created", "status":
                               "recording" | "complete", "level", "full": [globs], "hash":
-                              "blake2b-128", "shard_mb", "environment": {python, platform,
+                              "sha1|mix128", "shard_mb", "environment": {python, platform,
                               torch, cuda, device, mtlib, git_commit}, "config": <run config>,
                               ...user meta; after close: "points", "shards", "wall_s"}
                               (rewritten atomically at open and at close)
-    index.jsonl               one JSON object per point, in execution order, appended and
-                              flushed as the point arrives:
+    index.jsonl               one JSON object per point, in execution order, appended as
+                              the point arrives
+                              (flushed at least every 0.2 s and before each shard)
                               {"i": execution index, "name": unique point name, "base": name
                               as offered, "call": n-th offer of that name (0-based), "t":
                               seconds since the writer opened, "shape", "dtype", "device",
                               "mean", "std" (unbiased; 0 for one element), "absmax" (all in
                               float64, NaN/Inf propagate), "nan", "inf": counts, "hash":
-                              blake2b-128 hex of the raw C-order bytes, and "shard": file
+                              "sha1:<hex>" of the raw C-order bytes (CPU tensors) or
+                              "mix128:<hex>" computed on the accelerator (see tensor_hash), and "shard": file
                               holding the tensor when it was stored in full}
                               Non-tensor values get {"type", "repr"} instead of statistics.
     tensors-00000.safetensors the tensors stored in full, keyed by unique point name; a new
@@ -141,33 +143,75 @@ class MemoryRecorder:
 # Statistics of one tensor (the "stats" level of a trace)
 # ---------------------------------------------------------------------------------------
 
-HASH_ALGORITHM = "blake2b-128"  # of the raw bytes of the contiguous tensor, hex in index.jsonl
 _STATS_CHUNK = 1 << 24  # elements per fp64 reduction chunk: bounds the temporary to 128 MB
-_HASH_CHUNK_BYTES = 64 << 20  # device -> host copies for hashing go in pieces of this size
+_HASH_CHUNK_BYTES = 64 << 20  # bytes hashed per piece (bounds temporaries on any device)
+
+# 64-bit odd constants (splitmix64 / murmur3 finalisers) as signed int64 for torch
+_MIX = [c - (1 << 64) if c >= 1 << 63 else c for c in (
+    0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0xD6E8FEB86659FD93)]
 
 
-def tensor_hash(tensor: Any) -> str:
-    """blake2b-128 (hex) of the tensor's raw bytes in C order; equal only for identical bytes.
+def _mix128(flat_bytes: Any) -> str:
+    """128-bit content hash computed where the bytes live (no device -> host copy).
 
-    CPU tensors are hashed in place; tensors on an accelerator are copied to the host in
-    64 MB pieces, so host memory stays bounded whatever the tensor size."""
+    The bytes are read as little-endian 64-bit words w_i; each word is mixed with its
+    position (x = (w_i ^ i*K1) * K2, xor-shifted, then multiplied by K3 / K4 for two lanes)
+    and the lanes are summed modulo 2**64. Integer sums do not depend on reduction order, so
+    the value is the same on every device and thread count."""
+    import torch
+
+    mask = (1 << 64) - 1
+    lanes = [0, 0]
+    n = flat_bytes.numel()
+    step = _HASH_CHUNK_BYTES
+    for start in range(0, n, step):
+        b = flat_bytes[start : start + step]
+        pad = (-b.numel()) % 8
+        if pad:
+            b = torch.cat([b, b.new_zeros(pad)])
+        w = b.view(torch.int64)
+        idx = torch.arange(start // 8, start // 8 + w.numel(), device=w.device, dtype=torch.int64)
+        x = (w ^ (idx * _MIX[0])) * _MIX[1]
+        x = x ^ (x >> 31)
+        y = x * _MIX[3]
+        x = x * _MIX[2]
+        x = x ^ (x >> 29)
+        y = y ^ (y >> 32)
+        s0, s1 = torch.stack([x.sum(), y.sum()]).tolist()
+        lanes = [(lanes[0] + s0) & mask, (lanes[1] + s1) & mask]
+    lanes[0] = (lanes[0] ^ (n * 0x9E3779B97F4A7C15)) & mask  # length matters too
+    return f"mix128:{lanes[0]:016x}{lanes[1]:016x}"
+
+
+def tensor_hash(tensor: Any, algorithm: str = "auto") -> str:
+    """Content hash of the tensor's raw bytes in C order, prefixed by its algorithm; equal
+    hashes of the same algorithm mean identical bytes.
+
+    "sha1" (CPU tensors under "auto": OpenSSL sha1 is the fastest strong hash in the
+    standard library, ~2x blake2b) or "mix128" (tensors on an accelerator under "auto":
+    computed there by `_mix128`, so stats tracing never copies activations to the host).
+    Hashes of different algorithms are not comparable: compare falls back to statistics."""
     import hashlib
 
     import torch
 
-    h = hashlib.blake2b(digest_size=16)
     flat = tensor.detach().reshape(-1)
-    if flat.numel() == 0:
-        return h.hexdigest()
     if not flat.is_contiguous():
         flat = flat.contiguous()
-    per_chunk = max(1, _HASH_CHUNK_BYTES // flat.element_size())
-    for start in range(0, flat.numel(), per_chunk):
-        piece = flat[start : start + per_chunk]
+    if algorithm == "auto":
+        algorithm = "sha1" if flat.device.type == "cpu" else "mix128"
+    as_bytes = flat.view(torch.uint8) if flat.numel() else flat.new_zeros(0, dtype=torch.uint8)
+    if algorithm == "mix128":
+        return _mix128(as_bytes)
+    if algorithm != "sha1":
+        raise ValueError(f"tensor_hash algorithm {algorithm!r}: use 'auto', 'sha1' or 'mix128'.")
+    h = hashlib.sha1()
+    for start in range(0, as_bytes.numel(), _HASH_CHUNK_BYTES):
+        piece = as_bytes[start : start + _HASH_CHUNK_BYTES]
         if piece.device.type != "cpu":
             piece = piece.to("cpu")
-        h.update(piece.view(torch.uint8).numpy().data)
-    return h.hexdigest()
+        h.update(piece.numpy().data)
+    return "sha1:" + h.hexdigest()
 
 
 def tensor_stats(tensor: Any, with_hash: bool = True) -> dict[str, Any]:
@@ -190,23 +234,26 @@ def tensor_stats(tensor: Any, with_hash: bool = True) -> dict[str, Any]:
     else:
         with torch.no_grad():
             flat = t.reshape(-1)
-            count = mean = m2 = absmax = None
+            count = mean = m2 = lo = hi = None
             for start in range(0, n, _STATS_CHUNK):
                 c = flat[start : start + _STATS_CHUNK].to(torch.float64)
                 k = c.numel()
-                var_k, mean_k = torch.var_mean(c, correction=0)
-                amax_k = c.abs().max()
+                mean_k = c.mean()
+                d = c - mean_k  # two passes: no cancellation when |mean| >> std
+                m2_k = torch.dot(d, d)
+                lo_k, hi_k = torch.aminmax(c)
                 if count is None:
-                    count, mean, m2, absmax = k, mean_k, var_k * k, amax_k
+                    count, mean, m2, lo, hi = k, mean_k, m2_k, lo_k, hi_k
                 else:  # Chan et al.: merge (count, mean, M2) of two parts
                     total = count + k
                     delta = mean_k - mean
                     mean = mean + delta * (k / total)
-                    m2 = m2 + var_k * k + delta * delta * (count * k / total)
+                    m2 = m2 + m2_k + delta * delta * (count * k / total)
                     count = total
-                    absmax = torch.maximum(absmax, amax_k)
-            std = (m2 / (count - 1)).sqrt() if count > 1 else torch.zeros_like(m2)
-            mean_v, std_v, amax_v = torch.stack([mean, std, absmax]).tolist()
+                    lo, hi = torch.minimum(lo, lo_k), torch.maximum(hi, hi_k)
+            mean_v, m2_v, lo_v, hi_v = torch.stack([mean, m2, lo, hi]).tolist()
+        std_v = math.sqrt(m2_v / (count - 1)) if count > 1 and m2_v >= 0 else (0.0 if count == 1 else math.nan)
+        amax_v = max(abs(lo_v), abs(hi_v)) if not (math.isnan(lo_v) or math.isnan(hi_v)) else math.nan
         nan = inf = 0
         if not math.isfinite(mean_v):  # a finite sum proves there is no NaN / Inf: skip counting
             nan = int(torch.isnan(t).sum())
@@ -307,7 +354,7 @@ class TraceWriter:
     level "full": same, and `full` defaults to every point ("*").
     Host memory is bounded by `shard_mb` (plus one tensor): stored tensors wait in the
     current shard, which is written atomically once it holds `shard_mb` or on close().
-    `hash=False` skips the content hash (the one statistic that needs the bytes on the host).
+    `hash=False` skips the content hash (the costliest statistic: ~1 GB/s on a CPU).
     """
 
     def __init__(
@@ -346,7 +393,7 @@ class TraceWriter:
         self.shards: list[str] = []
         self._pending: dict[str, Any] = {}
         self._pending_bytes = 0
-        self._t0 = time.perf_counter()
+        self._t0 = self._last_flush = time.perf_counter()
         self._closed = False
         self.meta = {
             "format": TRACE_FORMAT,
@@ -355,7 +402,7 @@ class TraceWriter:
             "status": "recording",
             "level": level,
             "full": list(self.full),
-            "hash": HASH_ALGORITHM if hash else None,
+            "hash": "sha1 (CPU tensors) | mix128 (accelerator tensors)" if hash else None,
             "shard_mb": shard_mb,
             "environment": environment_meta(),
             **_jsonable(meta or {}),
@@ -397,7 +444,10 @@ class TraceWriter:
                 self._pending_bytes += cpu.numel() * cpu.element_size()
                 entry["shard"] = self._shard_name()
         self._index.write(json.dumps(entry, allow_nan=True) + "\n")
-        self._index.flush()
+        now = time.perf_counter()
+        if now - self._last_flush > 0.2:  # a killed run loses at most ~0.2 s of index lines
+            self._index.flush()
+            self._last_flush = now
         self.count += 1
         if self._pending_bytes >= self.shard_bytes:
             self._flush_shard()
@@ -409,6 +459,7 @@ class TraceWriter:
 
         from mtlib.io import atomic_path
 
+        self._index.flush()
         name = self._shard_name()
         with atomic_path(self.directory / name) as tmp:
             save_file(self._pending, str(tmp))

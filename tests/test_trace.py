@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -93,7 +95,25 @@ def test_hash_equal_for_identical_tensors_only(tmp_path):
     assert h["z"] != h["x"]
     assert h["xt"] == trace.tensor_hash(x.t().contiguous()) != h["x"]
     assert h["xbf"] != h["x"]
-    assert len(h["x"]) == 32
+    assert h["x"] == "sha1:" + hashlib.sha1(x.numpy().tobytes()).hexdigest()
+
+
+def test_sha1_chunks_and_mix128_device_hash(monkeypatch):
+    x = torch.randn(1001)
+    whole = trace.tensor_hash(x)
+    mix = trace.tensor_hash(x, "mix128")
+    monkeypatch.setattr(trace, "_HASH_CHUNK_BYTES", 24)  # many pieces, last one padded
+    assert trace.tensor_hash(x) == whole
+    assert trace.tensor_hash(x, "mix128") == mix
+    assert mix.startswith("mix128:") and len(mix) == 7 + 32
+    y = x.clone()
+    y[1000] = y[1000].item() + 1e-6
+    assert trace.tensor_hash(y, "mix128") != mix
+    assert trace.tensor_hash(x.bfloat16(), "mix128") != trace.tensor_hash(x.bfloat16()[:-1], "mix128")
+    z = torch.zeros(8)
+    assert trace.tensor_hash(z, "mix128") != trace.tensor_hash(torch.zeros(16), "mix128")
+    with pytest.raises(ValueError, match="use 'auto', 'sha1' or 'mix128'"):
+        trace.tensor_hash(x, "md5")
 
 
 def test_nan_inf_counts(tmp_path):
@@ -128,6 +148,7 @@ def test_crashed_run_reads_back_stats_only(tmp_path):
     tw = trace.TraceWriter(d, level="full", shard_mb=1)
     with trace.recording(tw):
         trace.point("a", torch.ones(3))
+        time.sleep(0.25)  # the index is flushed at least every 0.2 s
         trace.point("b", torch.zeros(2))
     # no close(): the shard never reached the disk, like a killed process
     assert not list(d.glob("tensors-*"))
