@@ -361,7 +361,8 @@ class Comparison:
         """The table as plain text (rich layout, no colour codes)."""
         from rich.console import Console
 
-        console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
+        console = Console(width=width, record=True, file=io.StringIO(), color_system=None,
+                          force_jupyter=False)
         console.print(self.rich_table())
         return console.export_text()
 
@@ -772,17 +773,41 @@ def _demo_run(matmul_dtype: str, steps: int = 4) -> None:
 
 
 def demo_traces(directory: str | Path, steps: int = 4) -> tuple[Path, Path]:
-    """Two small traces of the same stand-in computation: matmuls in float32 (A) and in
-    bfloat16 (B), all points in full. Returns (trace A dir, trace B dir)."""
+    """Two small traces of the same stand-in computation, all points in full: A with the
+    denoising matmuls in bfloat16 ("my GPU run"), B in float32 (the reference).
+    Returns (trace A dir, trace B dir)."""
     directory = Path(directory)
     paths = []
-    for label, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
+    for label, dtype in (("bf16", "bfloat16"), ("fp32", "float32")):
         p = directory / f"demo_{label}"
         with trace.TraceWriter(p, level="full", meta={"demo": label}, overwrite=True) as tw, \
                 trace.recording(tw):
             _demo_run(dtype, steps)
         paths.append(p)
     return paths[0], paths[1]
+
+
+def resolve_pair(run_a: str, run_b: str, workdir: str | Path) -> tuple[Path | str, Path | str]:
+    """The two traces a notebook compares: `run_a` / `run_b` as given, or when both are
+    empty two demo traces (fp32 vs bf16 stand-in) made in `workdir`."""
+    if not run_a and not run_b:
+        return demo_traces(Path(workdir) / "demo")
+    if not run_a or not run_b:
+        raise InputError(f"run_a={run_a!r}, run_b={run_b!r}: give both traces (or neither, for the demo).")
+    return run_a, run_b
+
+
+def heatmap_point(cmp: Comparison, point: str = "") -> str | None:
+    """The point to draw: `point` if given, else the first divergence, else the last point
+    compared as tensors on both sides (None if there is none)."""
+    if point:
+        if point not in cmp.a or point not in cmp.b:
+            raise InputError(f"point {point!r}: not in both traces. Fix: pick a name from the table.")
+        return point
+    if cmp.first_divergence and cmp[cmp.first_divergence].mode == "tensor":
+        return cmp.first_divergence
+    tensors = [r.name for r in cmp.compared if r.mode == "tensor"]
+    return tensors[-1] if tensors else None
 
 
 # ---------------------------------------------------------------------------------------
