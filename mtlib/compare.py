@@ -142,47 +142,72 @@ def _float(x: Any) -> float:
     return float(x.item() if hasattr(x, "item") else x)
 
 
+_COMPARE_CHUNK = 1 << 22  # elements per float64 piece: memory stays bounded for any tensor size
+
+
 def _compare_tensors(row: PointResult, a: Any, b: Any) -> None:
+    """Fill max_abs / rel_l2 / cosine / NaN / Inf and pass-fail of a float (or exact) pair.
+
+    Works through both tensors in float64 pieces on the CPU, so a 1 GB activation never
+    needs more than a few tens of MB at once, and the two sides may live on different devices."""
     import torch
 
+    fa, fb = a.detach().reshape(-1), b.detach().reshape(-1)
     if _dtype_kind(row.dtype_a) in ("int", "bool") or _dtype_kind(row.dtype_b) in ("int", "bool"):
         row.mode = "exact"
-        equal = torch.equal(a, b)
-        row.max_abs = 0.0 if equal or a.numel() == 0 else _float((a.double() - b.double()).abs().max())
-        row.status = STATUS_PASS if equal else STATUS_FAIL
+        worst = 0.0
+        for s in range(0, fa.numel(), _COMPARE_CHUNK):
+            pa = fa[s : s + _COMPARE_CHUNK].to("cpu", torch.float64)
+            pb = fb[s : s + _COMPARE_CHUNK].to("cpu", torch.float64)
+            worst = max(worst, _float((pa - pb).abs().max()))
+        row.max_abs = worst
+        row.status = STATUS_PASS if worst == 0.0 else STATUS_FAIL
         return
     row.mode = "tensor"
-    a64 = a.detach().to(torch.float64)
-    b64 = b.detach().to(torch.float64)
-    nan_a, nan_b = torch.isnan(a64), torch.isnan(b64)
-    row.nan_a, row.nan_b = int(nan_a.sum()), int(nan_b.sum())
-    row.inf_a, row.inf_b = int(torch.isinf(a64).sum()), int(torch.isinf(b64).sum())
-    if a64.numel() == 0:
-        row.max_abs, row.rel_l2, row.cosine, row.bound = 0.0, 0.0, 1.0, row.tol
-        row.status = STATUS_PASS
-        return
-    same = (a64 == b64) | (nan_a & nan_b)  # equal Infs and NaNs in the same places agree
-    diff = torch.where(same, torch.zeros_like(a64), (a64 - b64).abs())
-    finite_b = b64[torch.isfinite(b64)]
-    ref_max = _float(finite_b.abs().max()) if finite_b.numel() else 0.0
+    max_abs, ref_max = 0.0, 0.0
+    nan_mismatch = False
+    sum_d2 = sum_a2 = sum_b2 = dot = 0.0
+    nan_a = nan_b = inf_a = inf_b = 0
+    for s in range(0, fa.numel(), _COMPARE_CHUNK):
+        pa = fa[s : s + _COMPARE_CHUNK].to("cpu", torch.float64)
+        pb = fb[s : s + _COMPARE_CHUNK].to("cpu", torch.float64)
+        na_, nb_ = torch.isnan(pa), torch.isnan(pb)
+        nan_a += int(na_.sum())
+        nan_b += int(nb_.sum())
+        inf_a += int(torch.isinf(pa).sum())
+        inf_b += int(torch.isinf(pb).sum())
+        same = (pa == pb) | (na_ & nb_)  # equal Infs and NaNs in the same places agree
+        diff = torch.where(same, torch.zeros_like(pa), (pa - pb).abs())
+        if torch.isnan(diff).any():
+            nan_mismatch = True
+        else:
+            max_abs = max(max_abs, _float(diff.max()))
+            sum_d2 += _float(torch.dot(diff, diff))
+        fin_b = torch.isfinite(pb)
+        if fin_b.any():
+            ref_max = max(ref_max, _float(pb[fin_b].abs().max()))
+        both = torch.isfinite(pa) & fin_b
+        af, bf = pa[both], pb[both]
+        sum_a2 += _float(torch.dot(af, af))
+        sum_b2 += _float(torch.dot(bf, bf))
+        dot += _float(torch.dot(af, bf))
+    row.nan_a, row.nan_b, row.inf_a, row.inf_b = nan_a, nan_b, inf_a, inf_b
     row.bound = row.tol * max(1.0, ref_max)
-    if torch.isnan(diff).any():
+    if nan_mismatch:
         row.max_abs = math.inf
         row.note = _join(row.note, "NaN in one side only")
     else:
-        row.max_abs = _float(diff.max())
-    both = torch.isfinite(a64) & torch.isfinite(b64)
-    af, bf = a64[both], b64[both]
-    nb = _float(torch.linalg.vector_norm(bf))
-    nd = _float(torch.linalg.vector_norm(diff)) if math.isfinite(row.max_abs) else math.inf
+        row.max_abs = max_abs
+    nd = math.sqrt(sum_d2) if math.isfinite(row.max_abs) else math.inf
+    nb = math.sqrt(sum_b2)
     row.rel_l2 = nd / nb if nb > 0 else (0.0 if nd == 0 else math.inf)
-    na = _float(torch.linalg.vector_norm(af))
+    na = math.sqrt(sum_a2)
     if na > 0 and nb > 0:
-        row.cosine = _float(torch.dot(af, bf)) / (na * nb)
+        row.cosine = dot / (na * nb)
     else:
         row.cosine = 1.0 if na == nb else 0.0
-    if row.nan_a or row.nan_b or row.inf_a or row.inf_b:
-        row.note = _join(row.note, f"NaN {row.nan_a}/{row.nan_b}, Inf {row.inf_a}/{row.inf_b}")
+    if nan_a or nan_b or inf_a or inf_b:
+        row.note = _join(row.note, f"NaN {nan_a}/{nan_b}, Inf {inf_a}/{inf_b}")
     row.status = STATUS_PASS if row.max_abs <= row.bound else STATUS_FAIL
 
 

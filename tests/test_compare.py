@@ -320,3 +320,37 @@ def test_cli_exit_codes_and_output(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["compare", str(a)])
     assert e.value.code == 2
+
+
+def test_chunked_comparison_matches_whole(monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    b = torch.randn(1000, generator=g)
+    a = b + 1e-3 * torch.randn(1000, generator=g)
+    a[17] = float("inf")
+    b[17] = float("inf")
+    whole = compare(Trace.from_tensors({"p": a}), Trace.from_tensors({"p": b}))["p"]
+    monkeypatch.setattr(cmpmod, "_COMPARE_CHUNK", 7)
+    pieces = compare(Trace.from_tensors({"p": a}), Trace.from_tensors({"p": b}))["p"]
+    assert pieces.max_abs == whole.max_abs
+    assert pieces.rel_l2 == pytest.approx(whole.rel_l2, rel=1e-12)
+    assert pieces.cosine == pytest.approx(whole.cosine, rel=1e-12)
+    assert (pieces.inf_a, pieces.inf_b) == (1, 1)
+    fin = torch.isfinite(b)
+    d = (a - b)[fin].double()
+    assert whole.rel_l2 == pytest.approx((d.norm() / b[fin].double().norm()).item(), rel=1e-9)
+    assert whole.max_abs == pytest.approx(d.abs().max().item(), rel=1e-12)
+    ints = compare(Trace.from_tensors({"i": torch.arange(20)}), Trace.from_tensors({"i": torch.arange(20) * (torch.arange(20) != 13)}))
+    assert ints["i"].max_abs == 13.0 and ints["i"].status == STATUS_FAIL
+
+
+def test_trace_writer_from_config(tmp_path):
+    from mtlib.config import TraceConfig
+
+    assert trace.TraceWriter.from_config(tmp_path / "off", TraceConfig(level="off")) is None
+    tw = trace.TraceWriter.from_config(tmp_path / "t", TraceConfig(level="full", full=("x*",)), {"seed": 3})
+    with tw, trace.recording(tw):
+        trace.point("x1", torch.ones(2))
+        trace.point("y1", torch.ones(2))
+    t = load_trace(tmp_path / "t")
+    assert t.has_tensor("x1") and not t.has_tensor("y1")
+    assert t.meta["config"] == {"seed": 3} and t.meta["level"] == "full"
