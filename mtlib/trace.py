@@ -169,6 +169,8 @@ def _mix128(flat_bytes: Any) -> str:
         pad = (-b.numel()) % 8
         if pad:
             b = torch.cat([b, b.new_zeros(pad)])
+        elif b.storage_offset() % 8:  # a view starting mid-word (x[1:] of bf16) cannot be re-typed
+            b = b.clone()
         w = b.view(torch.int64)
         idx = torch.arange(start // 8, start // 8 + w.numel(), device=w.device, dtype=torch.int64)
         x = (w ^ (idx * _MIX[0])) * _MIX[1]
@@ -589,6 +591,11 @@ class Trace:
         tensors = dict(tensors)
         return cls(list(tensors), {n: {} for n in tensors}, tensors.__getitem__, set(tensors),
                    meta or {}, "memory")
+
+    @classmethod
+    def from_recorder(cls, recorder: MemoryRecorder, meta: dict | None = None) -> Trace:
+        """The points a MemoryRecorder kept, in the order they were first recorded."""
+        return cls.from_tensors({n: recorder.tensors[n] for n in recorder.order}, meta)
 
     def __len__(self) -> int:
         return len(self.names)

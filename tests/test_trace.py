@@ -12,6 +12,7 @@ import torch
 
 from mtlib import trace
 from mtlib.io import InputError
+from mtlib.trace import Trace
 from tests.golden import get_case, golden_cases, golden_dir
 
 
@@ -110,6 +111,9 @@ def test_sha1_chunks_and_mix128_device_hash(monkeypatch):
     y[1000] = y[1000].item() + 1e-6
     assert trace.tensor_hash(y, "mix128") != mix
     assert trace.tensor_hash(x.bfloat16(), "mix128") != trace.tensor_hash(x.bfloat16()[:-1], "mix128")
+    odd = torch.randn(9).bfloat16()[1:]  # 16 bytes starting 2 bytes into its storage
+    assert trace.tensor_hash(odd, "mix128") == trace.tensor_hash(odd.clone(), "mix128")
+    assert trace.tensor_hash(odd) == trace.tensor_hash(odd.clone())
     z = torch.zeros(8)
     assert trace.tensor_hash(z, "mix128") != trace.tensor_hash(torch.zeros(16), "mix128")
     with pytest.raises(ValueError, match="use 'auto', 'sha1' or 'mix128'"):
@@ -245,3 +249,14 @@ def test_golden_dir_as_trace(golden):
     assert math.isclose(t.stats(f"{c.name}/{name}")["std"], entry["std"], rel_tol=1e-9)
     with pytest.raises(InputError, match="not in"):
         trace.load_trace(golden_dir(), case="no_such_case")
+
+
+def test_trace_from_memory_recorder():
+    rec = trace.MemoryRecorder(["k.*"])
+    with trace.recording(rec):
+        trace.point("k.b", torch.ones(2))
+        trace.point("z", torch.ones(2))
+        trace.point("k.a", torch.zeros(3))
+    t = Trace.from_recorder(rec)
+    assert t.names == ["k.b", "k.a"] and t.kind == "memory"
+    assert t.stats("k.a")["shape"] == [3] and t.stats("k.b")["mean"] == 1.0
