@@ -298,3 +298,12 @@ def test_std_of_a_near_constant_tensor_survives():
     x = 0.25 + 1e-8 * torch.randn(5000, generator=g)  # std far below the mean's fp32 rounding step
     s = trace.tensor_stats(x)
     assert math.isclose(s["std"], x.double().std().item(), rel_tol=1e-9)
+
+
+def test_include_limits_the_points(tmp_path):
+    with trace.TraceWriter(tmp_path / "t", include=("e2e.*",)) as tw, trace.recording(tw):
+        trace.point("dit.block0.out", torch.ones(1))
+        trace.point("e2e.clip0.x0", torch.ones(1))
+        trace.point("e2e.clip0.x0", torch.ones(1))
+    t = trace.load_trace(tmp_path / "t")
+    assert t.names == ["e2e.clip0.x0", "e2e.clip0.x0#1"] and [t.stats(n)["i"] for n in t.names] == [0, 1]
