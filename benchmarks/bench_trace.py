@@ -7,6 +7,7 @@ output at a trace point, as the DiT blocks do. Prints the wall time of each mode
 of a tiny run's wall time; the lead measures the real tiny pipeline once it lands).
 
     python benchmarks/bench_trace.py [--tokens 256 --dim 256 --blocks 8 --steps 10]
+    python benchmarks/bench_trace.py --tiny-dit ../shared/golden   # the tiny DiT's own points
 """
 
 from __future__ import annotations
@@ -51,7 +52,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--tiny-dit", metavar="GOLDEN_DIR", help="instead: forwards of the tiny DiT "
+                   "(golden weights and the dit_2p_step0_cond inputs), all its dit.* points traced")
     args = p.parse_args(argv)
+    if args.tiny_dit:
+        return bench_tiny_dit(Path(args.tiny_dit), args.repeat, args.device)
 
     g = torch.Generator().manual_seed(0)
     dev = torch.device(args.device)
@@ -111,6 +116,46 @@ def main(argv: list[str] | None = None) -> None:
             sync()
             per = (time.perf_counter() - t0) / reps
             print(f"  {numel:>9,} elements  {1e6 * per:8.1f} us")
+
+
+def bench_tiny_dit(golden: Path, repeat: int, device: str) -> None:
+    import json
+
+    from mtlib.models.dit import DiTConfig, load_dit  # lands with the networks
+    from safetensors.torch import load_file
+
+    tc = json.loads((golden / "weights" / "tiny_configs.json").read_text())["dit"]
+    model = load_dit(golden / "weights" / "dit", config=DiTConfig.from_official(tc["tiny"], tc["hardcoded_tiny"]),
+                     precision="fp32").to(device)
+    meta = json.loads((golden / "cases" / "dit" / "dit_2p_step0_cond.json").read_text())
+    t = load_file(str(golden / "cases" / "dit" / meta["tensor_file"]))
+    args = [t["dit.in." + n].to(device) for n in ("x", "t", "context", "clip_fea", "y", "audio", "ref_target_masks")]
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_trace_dit_"))
+    forwards, count = 20, {"n": 0, "points": 0}
+
+    def plain():
+        with torch.no_grad():
+            for _ in range(forwards):
+                model(*args, seq_len=meta["params"]["seq_len"])
+        sync()
+
+    def traced():
+        count["n"] += 1
+        with trace.TraceWriter(tmp / f"t{count['n']}") as tw, trace.recording(tw):
+            plain()
+        count["points"] = tw.count
+
+    plain()
+    traced()
+    best = {"off": float("inf"), "stats": float("inf")}
+    for _ in range(repeat):
+        best["off"] = min(best["off"], timed(plain, 1))
+        best["stats"] = min(best["stats"], timed(traced, 1))
+    over = best["stats"] - best["off"]
+    print(f"tiny DiT, {forwards} forwards on {device}, {count['points']} points: off {1e3 * best['off']:.1f} ms, "
+          f"stats {1e3 * best['stats']:.1f} ms, overhead {100 * over / best['off']:+.1f}% "
+          f"({1e6 * over / count['points']:.0f} us/point)")
 
 
 if __name__ == "__main__":
