@@ -437,6 +437,8 @@ class Comparison:
 def _describe(r: PointResult) -> str:
     if r.status in (STATUS_SHAPE, STATUS_DTYPE) or r.mode == "value":
         return f"{r.status}: {r.note}"
+    if r.mode == "exact":
+        return f"exact values differ (max|a-b| {_fmt(r.max_abs)}; integer / bool points must be equal)"
     if r.mode == "stats":
         return f"stats-only, max stat diff {_fmt(r.stat_diff)} > bound {_fmt(r.bound)}"
     return f"max|a-b| {_fmt(r.max_abs)} > bound {_fmt(r.bound)}, rel L2 {_fmt(r.rel_l2)}" + (

@@ -179,6 +179,7 @@ def test_integers_compare_exactly():
     assert compare(Trace.from_tensors({"i": b.clone()}), Trace.from_tensors({"i": b})).passed
     res = compare(Trace.from_tensors({"i": b + (b == 5)}), Trace.from_tensors({"i": b}))
     assert res["i"].mode == "exact" and res["i"].status == STATUS_FAIL and res["i"].max_abs == 1.0
+    assert res.summary().endswith("FIRST DIVERGENCE: i (exact values differ (max|a-b| 1; integer / bool points must be equal))")
 
 
 def test_points_filter_and_nothing_in_common():
