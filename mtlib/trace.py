@@ -20,8 +20,8 @@ per-module outputs through forward hooks.
 On-disk format of a trace directory (version 1)
 -----------------------------------------------
     meta.json                 {"format": "mtlib-trace", "version": 1, "created", "status":
-                              "recording" | "complete", "level", "full": [globs], "hash":
-                              "sha1|mix128", "shard_mb", "environment": {python, platform,
+                              "recording" | "complete", "level", "full": [globs], "include":
+                              [globs], "hash": "sha1|mix128" note, "shard_mb", "environment": {python, platform,
                               torch, cuda, device, mtlib, git_commit}, "config": <run config>,
                               ...user meta; after close: "points", "shards", "wall_s"}
                               (rewritten atomically at open and at close)
@@ -34,8 +34,8 @@ On-disk format of a trace directory (version 1)
                               "mean", "std" (unbiased; 0 for one element), "absmax" (all in
                               float64, NaN/Inf propagate), "nan", "inf": counts, "hash":
                               "sha1:<hex>" of the raw C-order bytes (CPU tensors) or
-                              "mix128:<hex>" computed on the accelerator (see tensor_hash), and "shard": file
-                              holding the tensor when it was stored in full}
+                              "mix128:<hex>" computed on the accelerator (tensor_hash),
+                              and "shard": file holding the tensor when stored in full}
                               Non-tensor values get {"type", "repr"} instead of statistics.
     tensors-00000.safetensors the tensors stored in full, keyed by unique point name; a new
     tensors-00001.safetensors shard starts once the current one holds `shard_mb`; each shard
@@ -44,6 +44,10 @@ A name offered again (a module hook firing once per DiT call) is stored as `<nam
 (n = 1, 2, ...; the first offer keeps the plain name), with "base" and "call" in its line.
 A crashed run leaves a readable trace: complete index lines, whole shards (points whose
 shard was never written read back as stats-only), status "recording".
+
+Golden data read by `load_trace` uses the same view: a case keeps its tensor names (in
+`params.trace_order` for e2e cases, else the JSON's index order); a whole golden directory
+names its points `<case>/<name>`, because the same names recur in several cases.
 """
 
 from __future__ import annotations
