@@ -213,29 +213,44 @@ def attention_backend(name: str):
     return sdpa_kernel(order, set_priority=True)
 
 
-def bench_deviation(shape: DitShape, config: str = "multitalk-14b") -> dict:
-    """Does the speed path change the output? One denoising step (3 passes) of the plain eager
-    model (float64 RoPE, as the reference) vs the compiled path (fused blocks, float32 RoPE), on
-    the same random weights and inputs: cosine similarity and relative L2 of the guided output."""
+def bench_deviation(shape: DitShape, config: str = "multitalk-14b", layers: int = 8) -> dict:
+    """Does the speed path change the output beyond bf16 noise? Real width, `layers` blocks (an
+    fp32 copy of all 40 does not fit next to the bf16 one), same random weights and inputs, one
+    denoising step (3 passes). Three outputs: fp32 eager (the reference numerics without bf16
+    rounding), bf16 plain eager (float64 RoPE, as the official code), bf16 fast path (compiled
+    blocks, float32 RoPE). The fast path passes when its error against fp32 is within 10% of
+    the plain path's error against fp32 (i.e. it is as close to exact math as the reference)."""
+    import dataclasses
+
     import torch
 
     from mtlib.models.dit import CONFIGS, build_dit, compile_blocks
 
-    cfg = CONFIGS[config]
+    cfg = dataclasses.replace(CONFIGS[config], num_layers=layers)
     dev = torch.device("cuda")
-    model = build_dit(cfg, device="meta", dtype=torch.bfloat16)
-    model.to_empty(device=dev)
-    random_init_(model)
-    model.eval().requires_grad_(False)
-    inp = dit_inputs(cfg, shape, dev, torch.bfloat16)
+    ref = build_dit(cfg, device="meta", dtype=torch.float32)
+    ref.to_empty(device=dev)
+    random_init_(ref)
+    ref.eval().requires_grad_(False)
+    inp32 = dit_inputs(cfg, shape, dev, torch.float32)
+    inp16 = {k: (v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() and k not in (
+        "latent", "t", "ref_target_masks") else v) for k, v in inp32.items()}
+
+    def metrics(a, b):
+        a, b = a.double().flatten(), b.double().flatten()
+        return {"cosine": round(torch.nn.functional.cosine_similarity(a, b, dim=0).item(), 6),
+                "rel_l2": round(((a - b).norm() / b.norm()).item(), 6)}
+
     with torch.inference_mode(), attention_backend("cudnn"):
-        plain = denoise_step(model, inp).double()
+        exact = denoise_step(ref, inp32)
+        model = ref.to(torch.bfloat16)  # same weights, rounded to bf16 as the reference does
+        plain = denoise_step(model, inp16)
         compile_blocks(model)
-        fast = denoise_step(model, inp).double()
-    cos = torch.nn.functional.cosine_similarity(plain.flatten(), fast.flatten(), dim=0).item()
-    rel = ((plain - fast).norm() / plain.norm()).item()
-    return {"cosine": round(cos, 6), "rel_l2": round(rel, 6), "max_abs": round((plain - fast).abs().max().item(), 5),
-            "ref_absmax": round(plain.abs().max().item(), 3), "passed": cos > 0.999 and rel < 0.05}
+        fast = denoise_step(model, inp16)
+    plain_err, fast_err = metrics(plain, exact), metrics(fast, exact)
+    return {"layers": layers, "plain_vs_fp32": plain_err, "fast_vs_fp32": fast_err,
+            "fast_vs_plain": metrics(fast, plain),
+            "passed": fast_err["rel_l2"] <= 1.1 * plain_err["rel_l2"] + 1e-4}
 
 
 def bench_vae(frames: int = 81, height: int = 448, width: int = 896, config: str = "multitalk-14b") -> dict:
