@@ -452,18 +452,18 @@ def generate(
                         x = latent_in.to(device, torch.float32)
 
                         noise_pred_cond = models.dit(
-                            x=x, t=t, context=context, audio=audio, **shared
+                            x, t, context=context, audio=audio, **shared
                         )
                         noise_pred_cond = trace.point("cond", noise_pred_cond.float())
                         if not text_scale_one:
                             noise_pred_drop_text = models.dit(
-                                x=x, t=t, context=context_null, audio=audio, **shared
+                                x, t, context=context_null, audio=audio, **shared
                             )
                             noise_pred_drop_text = trace.point(
                                 "drop_text", noise_pred_drop_text.float()
                             )
                             noise_pred_uncond = models.dit(
-                                x=x, t=t, context=context_null, audio=audio_null, **shared
+                                x, t, context=context_null, audio=audio_null, **shared
                             )
                             noise_pred_uncond = trace.point("uncond", noise_pred_uncond.float())
                             if s.use_apg:
@@ -479,7 +479,7 @@ def generate(
                                 )  # fmt: skip
                         else:
                             noise_pred_drop_audio = models.dit(
-                                x=x, t=t, context=context, audio=audio_null, **shared
+                                x, t, context=context, audio=audio_null, **shared
                             )
                             noise_pred_drop_audio = trace.point(
                                 "drop_audio", noise_pred_drop_audio.float()
