@@ -55,7 +55,9 @@ class PlanError(shapes.PlanError):
     def __init__(self, plan: shapes.ShapePlan):
         self.plan = plan
         self.violations = list(plan.violations)
-        lines = [f"the run is refused before loading any weights ({len(self.violations)} problem(s)):"]
+        lines = [
+            f"the run is refused before loading any weights ({len(self.violations)} problem(s)):"
+        ]
         lines += [shapes.explain(v) for v in self.violations]
         super().__init__("\n\n".join(lines))
 
@@ -107,7 +109,9 @@ def _config(cfg: RunConfig | str | os.PathLike | dict | None) -> RunConfig:
     return cfg if isinstance(cfg, RunConfig) else load_config(cfg)
 
 
-def prepare_run(cfg: RunConfig | str | os.PathLike | dict | None = "tiny", progress: bool = True) -> PreparedRun:
+def prepare_run(
+    cfg: RunConfig | str | os.PathLike | dict | None = "tiny", progress: bool = True
+) -> PreparedRun:
     """Probe the inputs and plan every shape; refuse an invalid run before anything heavy.
 
     Raises PlanError (diagnosis: violations, the reference's message, fixes) when the plan is
@@ -121,10 +125,14 @@ def prepare_run(cfg: RunConfig | str | os.PathLike | dict | None = "tiny", progr
     if not plan.valid:
         raise PlanError(plan)
     resolved = cfg.replace(**{"generation.frame_num": int(plan.frame_num)})
-    if cfg.inputs.bbox is not None:  # pixel ranges need the source size: checked here, not in the plan
+    if (
+        cfg.inputs.bbox is not None
+    ):  # pixel ranges need the source size: checked here, not in the plan
         _check_bbox(cfg.inputs.bbox, plan.persons, plan.src_hw[0], plan.src_hw[1])
     device = resolve_device(cfg.model.device)
-    settings = GenerationSettings.from_config(resolved.generation, cfg.model.size, progress=progress)
+    settings = GenerationSettings.from_config(
+        resolved.generation, cfg.model.size, progress=progress
+    )
     return PreparedRun(
         config=resolved,
         plan=plan,
@@ -204,7 +212,10 @@ class LoadedModels:
 
 
 def load_models(
-    cfg: RunConfig | str, device: str | None = None, precision: str | None = None, compile: bool = False
+    cfg: RunConfig | str,
+    device: str | None = None,
+    precision: str | None = None,
+    compile: bool = False,
 ) -> LoadedModels:
     """The five networks of the config, loaded from a checkpoint layout (mtlib.weights).
 
@@ -232,7 +243,9 @@ def load_models(
         dit_config = dit_mod.CONFIGS["tiny"]
     else:  # what WanModel.from_pretrained builds from the Wan directory's config.json
         dit_config = dit_mod.DiTConfig.from_config_json(json.loads(layout.dit_config.read_text()))
-    dit = dit_mod.load_dit(layout.dit_files(), config=dit_config, device=device, precision=precision)
+    dit = dit_mod.load_dit(
+        layout.dit_files(), config=dit_config, device=device, precision=precision
+    )
     if compile and str(device).startswith("cuda"):
         dit = dit_mod.compile_blocks(dit)
     vae = vae_mod.load_vae(layout.vae_file, config=vae_mod.CONFIGS[name], device=device)
@@ -403,14 +416,21 @@ class StatsRecorder:
             self.tensors[name] = x.to("cpu", copy=True)
 
 
-def save_trace(recorder: StatsRecorder, trace_dir: str | os.PathLike, meta: dict | None = None) -> Path:
+def save_trace(
+    recorder: StatsRecorder, trace_dir: str | os.PathLike, meta: dict | None = None
+) -> Path:
     """trace_dir/trace.json (order + stats + meta) and, if any, trace_dir/tensors.safetensors;
     both written atomically."""
     from safetensors.torch import save_file
 
     d = Path(trace_dir)
     d.mkdir(parents=True, exist_ok=True)
-    doc = {"level": recorder.level, "meta": meta or {}, "order": recorder.order, "stats": recorder.stats}
+    doc = {
+        "level": recorder.level,
+        "meta": meta or {},
+        "order": recorder.order,
+        "stats": recorder.stats,
+    }
     with atomic_path(d / "trace.json") as tmp:
         tmp.write_text(json.dumps(doc, indent=1, default=str))
     if recorder.tensors:
@@ -556,7 +576,9 @@ def add_arguments_generate(parser: argparse.ArgumentParser) -> None:
         "--audio", action="append", help="speech of one speaker; twice for two speakers"
     )
     parser.add_argument("--prompt", help="text prompt; default: the config's")
-    parser.add_argument("--config", default="tiny", help="preset (tiny, multitalk-480, ...) or YAML file")
+    parser.add_argument(
+        "--config", default="tiny", help="preset (tiny, multitalk-480, ...) or YAML file"
+    )
     parser.add_argument(
         "-p", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="config override, e.g. -p generation.sampling_steps=8 (repeatable)",
@@ -565,7 +587,9 @@ def add_arguments_generate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="noise seed")
     parser.add_argument("--out", required=True, help="output .mp4")
     parser.add_argument("--trace", metavar="DIR", help="record the trace into DIR")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (CUDA)")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the DiT blocks (CUDA)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
