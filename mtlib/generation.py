@@ -198,6 +198,18 @@ class PromptEncoder:
         return EncodedPrompts([out[i, :n] for i, n in enumerate(lens)], ids, mask, out)
 
 
+def load_audio_encoder(cfg: RunConfig | str, device: str = "cpu", layout=None):
+    """wav2vec2 alone (for preprocessing without the generation networks)."""
+    from mtlib import weights
+    from mtlib.models import wav2vec
+
+    cfg = _config(cfg)
+    layout = layout if layout is not None else weights.layout_for_config(cfg)
+    tiny = cfg.model.name == "tiny"
+    geometry = wav2vec.TINY_GEOMETRY if tiny else wav2vec.REAL_GEOMETRY
+    return wav2vec.load_wav2vec(layout.wav2vec_dir, geometry, device=device)
+
+
 @dataclass
 class LoadedModels:
     dit: Any  # MultiTalkDiT
@@ -231,7 +243,6 @@ def load_models(
     from mtlib.models import dit as dit_mod
     from mtlib.models import t5 as t5_mod
     from mtlib.models import vae as vae_mod
-    from mtlib.models import wav2vec
 
     cfg = _config(cfg)
     t0 = time.perf_counter()
@@ -255,8 +266,7 @@ def load_models(
     text_encoder = t5_mod.build_text_encoder(
         layout.t5_file, layout.t5_tokenizer, config=name, device=device, precision=precision
     )
-    geometry = wav2vec.TINY_GEOMETRY if name == "tiny" else wav2vec.REAL_GEOMETRY
-    audio_encoder = wav2vec.load_wav2vec(layout.wav2vec_dir, geometry, device=device)
+    audio_encoder = load_audio_encoder(cfg, device, layout)
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
     return LoadedModels(
@@ -283,6 +293,38 @@ class PreprocessedInputs:
     tracks: list  # per person: the waveform given to wav2vec2 (padded as planned)
     soundtrack: np.ndarray  # [N] float32 unpadded (sum of) speech: the video's audio track
     real_samples: int  # samples of the soundtrack (the video is trimmed to this)
+    run: PreparedRun | None = None  # the plan these inputs were prepared for
+
+    def describe(self) -> str:
+        """A few lines for notebooks: image geometry, loudness, padding, embedding shapes."""
+        from mtlib.audio import AudioInputError, integrated_loudness
+
+        g = self.prepared_image.geometry
+        H, W = self.prepared_image.target_hw
+        lines = [
+            f"image {g.src_w}x{g.src_h} (w x h) -> bucket {self.prepared_image.bucket}: resized "
+            f"{g.resized_w}x{g.resized_h}, centre crop {W}x{H} at (top {g.top}, left {g.left})",
+            f"cond_image {list(self.cond_image.shape)}, ref_target_masks "
+            f"{list(self.ref_target_masks.shape)} (person pixels on the latent grid: "
+            f"{[int(m.sum()) for m in self.ref_target_masks[:2]]})",
+        ]
+        for i, (raw, normed) in enumerate(zip(self.raw_waveforms, self.speech, strict=True)):
+            try:
+                before, after = (f"{integrated_loudness(x):.2f}" for x in (raw, normed))
+            except AudioInputError:
+                before = after = "n/a"
+            lines.append(
+                f"speaker {i + 1}: {len(raw) / SAMPLE_RATE:.3f} s, loudness {before} -> {after} LUFS"
+            )
+        for i, (track, emb) in enumerate(zip(self.tracks, self.audio_embs, strict=True)):
+            pad = len(track) - (len(self.speech[i]) if len(self.speech) > i else len(track))
+            lines.append(
+                f"person {i + 1}: wav2vec2 input {len(track)} samples"
+                + (f" (+{pad} silence, planned)" if pad > 0 else "")
+                + f" -> audio_embedding {list(emb.shape)}"
+            )
+        lines.append(f"soundtrack {self.real_samples / SAMPLE_RATE:.3f} s (muxed into the video)")
+        return "\n".join(lines)
 
 
 def embedding_cache_dir() -> Path:
@@ -356,7 +398,38 @@ def preprocess_inputs(
         tracks=tracks,
         soundtrack=np.asarray(soundtrack, dtype=np.float32),
         real_samples=int(len(soundtrack)),
+        run=run,
     )
+
+
+def preprocess(cfg: RunConfig | str | os.PathLike | dict | None = "tiny") -> PreprocessedInputs:
+    """Plan, then preprocess the config's inputs with wav2vec2 only (notebook 01)."""
+    run = prepare_run(cfg, progress=False)
+    return preprocess_inputs(run, load_audio_encoder(run.config, run.device))
+
+
+def save_preprocessed(pre: PreprocessedInputs, run_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write the conditioning of a run for inspection / reuse, atomically:
+    audio_embedding.safetensors (person1, person2 ...), cond_image.png (the crop) and
+    cond_image.safetensors (cond_image + ref_target_masks)."""
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    d = Path(run_dir)
+    paths = {
+        "audio_embedding": d / "audio_embedding.safetensors",
+        "cond_png": d / "cond_image.png",
+        "cond": d / "cond_image.safetensors",
+    }
+    embs = {f"person{i + 1}": e.contiguous() for i, e in enumerate(pre.audio_embs)}
+    with atomic_path(paths["audio_embedding"]) as tmp:
+        save_file(embs, str(tmp), metadata={"fps": "25", "sample_rate": str(SAMPLE_RATE)})
+    with atomic_path(paths["cond_png"]) as tmp:
+        Image.fromarray(pre.prepared_image.crop_u8).save(tmp, format="PNG")
+    tensors = {"cond_image": pre.cond_image.contiguous(), "ref_target_masks": pre.ref_target_masks}
+    with atomic_path(paths["cond"]) as tmp:
+        save_file(tensors, str(tmp), metadata={"bucket": pre.prepared_image.bucket})
+    return paths
 
 
 # --------------------------------------------------------------------------------------------
@@ -459,6 +532,28 @@ class GenerationOutput:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage + total
     trace_dir: Path | None = None
     config: RunConfig | None = None  # resolved
+
+
+def summary(out: GenerationOutput) -> str:
+    """Lines for the CLI and notebook 03: file, frames, duration, clips, wall times."""
+    tm = out.timings
+    stages = ", ".join(f"{k} {v:.2f} s" for k, v in tm.items() if k != "total")
+    return "\n".join([
+        str(out.path),
+        f"{out.frames} frames {out.width}x{out.height} @ {out.fps} fps = {out.duration_s:.2f} s "
+        f"(audio {out.audio_seconds:.2f} s), {len(out.plan.clips)} clip(s), seed {out.seed}",
+        f"wall {tm.get('total', 0.0):.2f} s ({stages})",
+    ])  # fmt: skip
+
+
+def display_video(path: str | os.PathLike, max_embed_bytes: int = 4_000_000):
+    """An IPython display object for the mp4: embedded when small, else a link."""
+    from IPython.display import HTML, Video
+
+    p = Path(path)
+    if p.stat().st_size <= max_embed_bytes:
+        return Video(str(p), embed=True, mimetype="video/mp4")
+    return HTML(f'<a href="{p.as_posix()}">{p.name}</a> ({p.stat().st_size / 1e6:.1f} MB)')
 
 
 def _timed(timings: dict, key: str, t0: float) -> float:
@@ -642,16 +737,7 @@ def run_generate(args: argparse.Namespace) -> int:
     except (InputError, ConfigError) as e:
         print(f"mtlib generate: {e}", file=sys.stderr)
         return 2
-    tm = result.timings
-    print(str(result.path))
-    print(
-        f"{result.frames} frames {result.width}x{result.height} @ {result.fps} fps = "
-        f"{result.duration_s:.2f} s (audio {result.audio_seconds:.2f} s), seed {result.seed}"
-    )
-    print(
-        f"wall {tm['total']:.1f} s (load {tm['load']:.1f}, preprocess {tm['preprocess']:.1f}, "
-        f"generate {tm['generate']:.1f}, write {tm['write']:.1f})"
-    )
+    print(summary(result))
     if result.trace_dir is not None:
         print(f"trace: {result.trace_dir}")
     return 0
