@@ -424,11 +424,13 @@ def save_preprocessed(pre: PreprocessedInputs, run_dir: str | os.PathLike) -> di
     embs = {f"person{i + 1}": e.contiguous() for i, e in enumerate(pre.audio_embs)}
     with atomic_path(paths["audio_embedding"]) as tmp:
         save_file(embs, str(tmp), metadata={"fps": "25", "sample_rate": str(SAMPLE_RATE)})
+        _readable(tmp)
     with atomic_path(paths["cond_png"]) as tmp:
         Image.fromarray(pre.prepared_image.crop_u8).save(tmp, format="PNG")
     tensors = {"cond_image": pre.cond_image.contiguous(), "ref_target_masks": pre.ref_target_masks}
     with atomic_path(paths["cond"]) as tmp:
         save_file(tensors, str(tmp), metadata={"bucket": pre.prepared_image.bucket})
+        _readable(tmp)
     return paths
 
 
@@ -489,6 +491,13 @@ class StatsRecorder:
             self.tensors[name] = x.to("cpu", copy=True)
 
 
+def _readable(path: Path) -> None:
+    """safetensors re-creates the file owner-only: give it the usual umask permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def save_trace(
     recorder: StatsRecorder, trace_dir: str | os.PathLike, meta: dict | None = None
 ) -> Path:
@@ -509,6 +518,7 @@ def save_trace(
     if recorder.tensors:
         with atomic_path(d / "tensors.safetensors") as tmp:
             save_file({k: v.contiguous() for k, v in recorder.tensors.items()}, str(tmp))
+            _readable(tmp)
     return d
 
 

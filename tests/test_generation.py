@@ -177,3 +177,40 @@ def test_bbox_outside_the_image_is_refused_before_weights(tiny_env, monkeypatch,
     )
     with pytest.raises(ValueError, match="bbox of person 2"):
         generate_video(cfg, tmp_path / "v.mp4", progress=False)
+
+
+def test_trace_levels(tiny_env, tmp_path):
+    base, models = tiny_env
+    cfg = _cfg(base, **{"generation.frame_num": 13, "trace.level": "off"})
+    generate_video(
+        cfg, tmp_path / "a.mp4", trace_dir=tmp_path / "off", progress=False, models=models
+    )
+    assert not (tmp_path / "off").exists()
+    full = cfg.replace(**{"trace.level": "full", "trace.full": ["e2e.clip0.rand.*", "output.*"]})
+    out = generate_video(
+        full, tmp_path / "b.mp4", trace_dir=tmp_path / "full", progress=False, models=models
+    )
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(tmp_path / "full" / "tensors.safetensors"))
+    assert sorted(tensors) == ["e2e.clip0.rand.noise", "output.video"]
+    assert tensors["output.video"].equal(out.video)
+    doc = json.loads((tmp_path / "full" / "trace.json").read_text())
+    assert doc["stats"]["e2e.clip0.step0.cond"]["count"] == 1
+    assert doc["stats"]["e2e.clip0.step0.dit.out"]["count"] == 3  # cond, drop_text, uncond
+    assert doc["meta"]["seed"] == 42
+
+
+def test_preprocess_and_save(tiny_env, tmp_path):
+    base, models = tiny_env
+    run = prepare_run(base, progress=False)
+    pre = generation.preprocess_inputs(run, models.audio_encoder, cache_dir=tmp_path / "emb")
+    assert [e.shape[0] for e in pre.audio_embs] == list(run.plan.padded_audio_frames)
+    assert "loudness" in pre.describe() and "planned" in pre.describe()
+    assert len(list((tmp_path / "emb").glob("*.safetensors"))) == 1  # cached embedding
+    paths = generation.save_preprocessed(pre, tmp_path / "run")
+    from safetensors.torch import load_file
+
+    assert load_file(str(paths["audio_embedding"]))["person1"].equal(pre.audio_embs[0])
+    assert load_file(str(paths["cond"]))["cond_image"].equal(pre.cond_image)
+    assert paths["cond_png"].stat().st_size > 0
