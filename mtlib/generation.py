@@ -125,9 +125,8 @@ def prepare_run(
     if not plan.valid:
         raise PlanError(plan)
     resolved = cfg.replace(**{"generation.frame_num": int(plan.frame_num)})
-    if (
-        cfg.inputs.bbox is not None
-    ):  # pixel ranges need the source size: checked here, not in the plan
+    # bbox pixel ranges need the source size: checked here (the plan only counts the boxes)
+    if cfg.inputs.bbox is not None:
         _check_bbox(cfg.inputs.bbox, plan.persons, plan.src_hw[0], plan.src_hw[1])
     device = resolve_device(cfg.model.device)
     settings = GenerationSettings.from_config(
@@ -736,6 +735,10 @@ def _int(s: str, what: str) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    """`mtlib generate`: 0 and the summary on success; 2 (nothing written) when the plan,
+    an input or the config is refused; 1 when the checkpoints are missing or damaged."""
+    from mtlib.weights import WeightsError
+
     try:
         cfg = load_config(args.config, _cli_overrides(args))
         result = generate_video(
@@ -747,6 +750,9 @@ def run_generate(args: argparse.Namespace) -> int:
     except (InputError, ConfigError) as e:
         print(f"mtlib generate: {e}", file=sys.stderr)
         return 2
+    except WeightsError as e:  # missing / damaged checkpoints: the message names the fix
+        print(f"mtlib generate: {e}", file=sys.stderr)
+        return 1
     print(summary(result))
     if result.trace_dir is not None:
         print(f"trace: {result.trace_dir}")

@@ -214,3 +214,22 @@ def test_preprocess_and_save(tiny_env, tmp_path):
     assert load_file(str(paths["audio_embedding"]))["person1"].equal(pre.audio_embs[0])
     assert load_file(str(paths["cond"]))["cond_image"].equal(pre.cond_image)
     assert paths["cond_png"].stat().st_size > 0
+
+
+def test_cli_generate_writes_the_video_and_prints_the_summary(tiny_env, tmp_path, capsys):
+    base, _ = tiny_env
+    out = tmp_path / "v.mp4"
+    code = cli.main([
+        "generate", "--image", "data/portrait.png", "--audio", "data/speech_1p79s.wav",
+        "--frame-num", "13", "--seed", "5", "--prompt", "a person talks",
+        "-p", f"model.weights.tiny_dir={base.model.weights.tiny_dir}",
+        "-p", "generation.sampling_steps=2", "--out", str(out), "--no-progress",
+    ])  # fmt: skip
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == str(out)
+    assert lines[1].startswith("13 frames 48x96 @ 25 fps = 0.52 s")
+    assert lines[2].startswith("wall ")
+    meta = read_mp4(out)[2]["metadata"]
+    assert meta["seed"] == 5 and meta["config"]["inputs"]["prompt"] == "a person talks"
+    assert meta["config"]["generation"]["sampling_steps"] == 2
