@@ -9,11 +9,12 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from mtlib.bench import DitShape, attention_backend, dit_inputs, random_init_
-from mtlib.models.dit import CONFIGS, build_dit
+from mtlib.models.dit import CONFIGS, build_dit, compile_blocks
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--rope", default="fp64")
 ap.add_argument("--rows", type=int, default=30)
+ap.add_argument("--compile", action="store_true")
 args = ap.parse_args()
 
 cfg = CONFIGS["multitalk-14b"]
@@ -23,6 +24,8 @@ random_init_(model)
 model.eval().requires_grad_(False)
 if args.rope == "fp32":
     model.rope_dtype = torch.float32
+if args.compile:
+    compile_blocks(model)
 inp = dit_inputs(cfg, DitShape(), "cuda", torch.bfloat16)
 
 
@@ -37,4 +40,8 @@ with torch.inference_mode(), attention_backend("cudnn"):
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         one_pass()
         torch.cuda.synchronize()
-print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=90))
+rows = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
+total = sum(e.self_device_time_total for e in prof.key_averages())
+print(f"total CUDA time {total / 1e6:.3f} s")
+for e in rows[: args.rows]:
+    print(f"{e.device_time_total / 1e3:9.1f} ms {e.count:6d}x  {e.key[:110]}")

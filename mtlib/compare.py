@@ -1,0 +1,894 @@
+"""Compare two traces tensor by tensor and find where they part: `mtlib compare A B`.
+
+Sits after mtlib.trace in the flow: `load_trace` gives two uniform views (an mtlib trace
+directory, a run directory, a golden case or a golden directory), `compare` walks the
+points in EXECUTION ORDER (trace A's order, then points only B has) and measures, per point,
+
+    max_abs = max|a - b|, rel_l2 = ||a - b|| / ||b||, cosine(a, b), NaN / Inf counts,
+
+then applies the golden README's acceptance rule with dtype-aware defaults:
+
+    pass  <=>  max|a - b| <= tol * max(1, max|b|)        (B is the reference)
+
+tol: float64 / float32 1e-4, float16 1e-3, bfloat16 2e-2 (the looser of the two sides);
+integer and bool tensors must be equal. `e2e.*` points get at least 1e-3 (golden README §5:
+three sampling steps amplify differences ~20x). Glob overrides (`{"vae.*": 1e-3}`) replace
+these; the last matching pattern wins. Shapes or dtype kinds (float vs int vs bool) that
+differ are reported as mismatches, never raised. When one side holds only statistics
+(trace level "stats"), equal content hashes prove identity, else mean / std / absmax must be
+within the same bound: such rows say `stats`.
+
+`first_divergence` is the first failing point in execution order: everything before it
+agrees, so the cause sits between it and its predecessor. `replay` separates a difference
+made by one stage locally from one carried in from upstream; `STAGES` names the stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import fnmatch
+import html
+import io
+import json
+import math
+import re
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mtlib import trace
+from mtlib.io import InputError, atomic_write
+from mtlib.trace import Trace, load_trace
+
+# max|a-b| <= tol * max(1, max|ref|); keys are torch dtype names without "torch."
+DTYPE_TOLERANCES: dict[str, float] = {
+    "float64": 1e-4,
+    "float32": 1e-4,
+    "float16": 1e-3,
+    "bfloat16": 2e-2,
+}
+# Golden README §5: end-to-end tensors accumulate three sampling steps of feedback.
+PATTERN_FLOORS: dict[str, float] = {"e2e.*": 1e-3, "*/e2e.*": 1e-3}
+
+STATUS_PASS = "pass"
+STATUS_FAIL = "fail"
+STATUS_SHAPE = "shape mismatch"
+STATUS_DTYPE = "dtype mismatch"
+STATUS_ONLY_A = "only in a"
+STATUS_ONLY_B = "only in b"
+FAILING = (STATUS_FAIL, STATUS_SHAPE, STATUS_DTYPE)
+
+
+def _dtype_kind(dtype: str | None) -> str:
+    if dtype is None:
+        return "none"
+    if dtype == "bool":
+        return "bool"
+    if dtype.startswith(("float", "bfloat")):
+        return "float"
+    if dtype.startswith("complex"):
+        return "complex"
+    return "int"
+
+
+def tolerance_for(name: str, dtype_a: str | None, dtype_b: str | None,
+                  overrides: dict[str, float] | None = None) -> float:
+    """The tol of one point: user glob override (last match wins), else the looser dtype
+    default raised to the pattern floors (e2e.* >= 1e-3); 0 for integer / bool points."""
+    kinds = {_dtype_kind(dtype_a), _dtype_kind(dtype_b)}
+    if kinds <= {"int", "bool"}:
+        return 0.0
+    chosen = None
+    for pattern, value in (overrides or {}).items():
+        if fnmatch.fnmatchcase(name, pattern):
+            chosen = float(value)
+    if chosen is not None:
+        return chosen
+    tol = max(DTYPE_TOLERANCES.get(d, 1e-4) for d in (dtype_a, dtype_b) if d is not None)
+    for pattern, floor in PATTERN_FLOORS.items():
+        if fnmatch.fnmatchcase(name, pattern):
+            tol = max(tol, floor)
+    return tol
+
+
+@dataclass
+class PointResult:
+    """One row of a comparison."""
+
+    name: str
+    status: str  # pass | fail | shape mismatch | dtype mismatch | only in a | only in b
+    mode: str  # tensor | exact | hash | stats | value | - (how it was compared)
+    shape_a: list | None = None
+    shape_b: list | None = None
+    dtype_a: str | None = None
+    dtype_b: str | None = None
+    max_abs: float | None = None  # max|a - b| (tensor modes)
+    rel_l2: float | None = None  # ||a - b|| / ||b||
+    cosine: float | None = None
+    stat_diff: float | None = None  # stats mode: max of |Δmean|, |Δstd|, |Δabsmax|
+    tol: float | None = None
+    bound: float | None = None  # tol * max(1, max|b|): what max_abs (or stat_diff) must not exceed
+    nan_a: int = 0
+    nan_b: int = 0
+    inf_a: int = 0
+    inf_b: int = 0
+    note: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == STATUS_PASS
+
+    @property
+    def failed(self) -> bool:
+        return self.status in FAILING
+
+    @property
+    def error(self) -> float | None:
+        """One number for plots: rel_l2 when tensors were compared, else the stats difference
+        relative to the bound's scale."""
+        if self.rel_l2 is not None:
+            return self.rel_l2
+        if self.stat_diff is not None and self.bound and self.tol:
+            return self.stat_diff / (self.bound / self.tol)
+        if self.max_abs is not None:
+            return self.max_abs
+        return None
+
+
+def _float(x: Any) -> float:
+    return float(x.item() if hasattr(x, "item") else x)
+
+
+_COMPARE_CHUNK = 1 << 22  # elements per float64 piece: memory stays bounded for any tensor size
+
+
+def _compare_tensors(row: PointResult, a: Any, b: Any) -> None:
+    """Fill max_abs / rel_l2 / cosine / NaN / Inf and pass-fail of a float (or exact) pair.
+
+    Works through both tensors in float64 pieces on the CPU, so a 1 GB activation never
+    needs more than a few tens of MB at once, and the two sides may live on different devices."""
+    import torch
+
+    fa, fb = a.detach().reshape(-1), b.detach().reshape(-1)
+    if _dtype_kind(row.dtype_a) in ("int", "bool") or _dtype_kind(row.dtype_b) in ("int", "bool"):
+        row.mode = "exact"
+        worst = 0.0
+        for s in range(0, fa.numel(), _COMPARE_CHUNK):
+            pa = fa[s : s + _COMPARE_CHUNK].to("cpu", torch.float64)
+            pb = fb[s : s + _COMPARE_CHUNK].to("cpu", torch.float64)
+            worst = max(worst, _float((pa - pb).abs().max()))
+        row.max_abs = worst
+        row.status = STATUS_PASS if worst == 0.0 else STATUS_FAIL
+        return
+    row.mode = "tensor"
+    max_abs, ref_max = 0.0, 0.0
+    nan_mismatch = False
+    sum_d2 = sum_a2 = sum_b2 = dot = 0.0
+    nan_a = nan_b = inf_a = inf_b = 0
+    for s in range(0, fa.numel(), _COMPARE_CHUNK):
+        pa = fa[s : s + _COMPARE_CHUNK].to("cpu", torch.float64)
+        pb = fb[s : s + _COMPARE_CHUNK].to("cpu", torch.float64)
+        na_, nb_ = torch.isnan(pa), torch.isnan(pb)
+        nan_a += int(na_.sum())
+        nan_b += int(nb_.sum())
+        inf_a += int(torch.isinf(pa).sum())
+        inf_b += int(torch.isinf(pb).sum())
+        same = (pa == pb) | (na_ & nb_)  # equal Infs and NaNs in the same places agree
+        diff = torch.where(same, torch.zeros_like(pa), (pa - pb).abs())
+        if torch.isnan(diff).any():
+            nan_mismatch = True
+        else:
+            max_abs = max(max_abs, _float(diff.max()))
+            sum_d2 += _float(torch.dot(diff, diff))
+        fin_b = torch.isfinite(pb)
+        if fin_b.any():
+            ref_max = max(ref_max, _float(pb[fin_b].abs().max()))
+        both = torch.isfinite(pa) & fin_b
+        af, bf = pa[both], pb[both]
+        sum_a2 += _float(torch.dot(af, af))
+        sum_b2 += _float(torch.dot(bf, bf))
+        dot += _float(torch.dot(af, bf))
+    row.nan_a, row.nan_b, row.inf_a, row.inf_b = nan_a, nan_b, inf_a, inf_b
+    row.bound = row.tol * max(1.0, ref_max)
+    if nan_mismatch:
+        row.max_abs = math.inf
+        row.note = _join(row.note, "NaN in one side only")
+    else:
+        row.max_abs = max_abs
+    nd = math.sqrt(sum_d2) if math.isfinite(row.max_abs) else math.inf
+    nb = math.sqrt(sum_b2)
+    row.rel_l2 = nd / nb if nb > 0 else (0.0 if nd == 0 else math.inf)
+    na = math.sqrt(sum_a2)
+    if na > 0 and nb > 0:
+        row.cosine = dot / (na * nb)
+    else:
+        row.cosine = 1.0 if na == nb else 0.0
+    if nan_a or nan_b or inf_a or inf_b:
+        row.note = _join(row.note, f"NaN {nan_a}/{nan_b}, Inf {inf_a}/{inf_b}")
+    row.status = STATUS_PASS if row.max_abs <= row.bound else STATUS_FAIL
+
+
+def _compare_stats(row: PointResult, sa: dict, sb: dict) -> None:
+    if sa.get("hash") and sa.get("hash") == sb.get("hash"):
+        row.mode = "hash"
+        row.max_abs = 0.0
+        row.rel_l2 = 0.0
+        row.cosine = 1.0
+        row.bound = row.tol
+        row.status = STATUS_PASS
+        row.note = _join(row.note, "identical bytes (hash)")
+        return
+    row.mode = "stats"
+    row.note = _join(row.note, "stats only")
+    keys = ("mean", "std", "absmax")
+    if any(sa.get(k) is None or sb.get(k) is None for k in keys):
+        row.status = STATUS_FAIL
+        row.note = _join(row.note, "no statistics to compare")
+        return
+    row.bound = row.tol * max(1.0, abs(sb["absmax"]) if math.isfinite(sb["absmax"]) else 1.0)
+    deltas = [abs(sa[k] - sb[k]) if sa[k] != sb[k] else 0.0 for k in keys]
+    row.stat_diff = max(deltas) if not any(math.isnan(d) for d in deltas) else math.inf
+    counts_equal = (row.nan_a, row.inf_a) == (row.nan_b, row.inf_b)
+    if not counts_equal:
+        row.note = _join(row.note, f"NaN {row.nan_a}/{row.nan_b}, Inf {row.inf_a}/{row.inf_b}")
+    if row.tol == 0.0:  # integers without their bytes: equal statistics are all we can ask
+        row.status = STATUS_PASS if row.stat_diff == 0.0 and counts_equal else STATUS_FAIL
+    else:
+        row.status = STATUS_PASS if row.stat_diff <= row.bound and counts_equal else STATUS_FAIL
+
+
+def _join(note: str, more: str) -> str:
+    return f"{note}; {more}" if note else more
+
+
+def compare_point(name: str, a: Trace, b: Trace, overrides: dict[str, float] | None = None,
+                  name_b: str | None = None) -> PointResult:
+    """Compare point `name` of A with point `name_b` (default the same name) of B."""
+    name_b = name if name_b is None else name_b
+    sa, sb = a.stats(name), b.stats(name_b)
+    row = PointResult(name, STATUS_FAIL, "-", sa.get("shape"), sb.get("shape"), sa.get("dtype"),
+                      sb.get("dtype"))
+    row.nan_a, row.nan_b = int(sa.get("nan") or 0), int(sb.get("nan") or 0)
+    row.inf_a, row.inf_b = int(sa.get("inf") or 0), int(sb.get("inf") or 0)
+    if row.shape_a is None or row.shape_b is None:  # non-tensor values: compare their repr
+        row.mode = "value"
+        same = row.shape_a is None and row.shape_b is None and sa.get("repr") == sb.get("repr")
+        row.status = STATUS_PASS if same else STATUS_FAIL
+        row.note = f"{sa.get('repr', '<tensor>')} vs {sb.get('repr', '<tensor>')}"
+        return row
+    if list(row.shape_a) != list(row.shape_b):
+        row.status = STATUS_SHAPE
+        row.note = f"shape {list(row.shape_a)} vs {list(row.shape_b)}"
+        return row
+    ka, kb = _dtype_kind(row.dtype_a), _dtype_kind(row.dtype_b)
+    if ka != kb:
+        row.status = STATUS_DTYPE
+        row.note = f"dtype {row.dtype_a} vs {row.dtype_b}"
+        return row
+    if row.dtype_a != row.dtype_b:
+        row.note = f"dtype {row.dtype_a} vs {row.dtype_b}"
+    row.tol = tolerance_for(name, row.dtype_a, row.dtype_b, overrides)
+    if a.has_tensor(name) and b.has_tensor(name_b):
+        _compare_tensors(row, a.tensor(name), b.tensor(name_b))
+    else:
+        _compare_stats(row, sa, sb)
+    return row
+
+
+@dataclass
+class Comparison:
+    """The result of `compare`: rows in execution order and what they add up to."""
+
+    a: Trace
+    b: Trace
+    rows: list[PointResult]
+    tolerances: dict[str, float] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> PointResult:
+        for r in self.rows:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    @property
+    def compared(self) -> list[PointResult]:
+        return [r for r in self.rows if r.status not in (STATUS_ONLY_A, STATUS_ONLY_B)]
+
+    @property
+    def failures(self) -> list[PointResult]:
+        return [r for r in self.rows if r.failed]
+
+    @property
+    def first_divergence(self) -> str | None:
+        """Name of the first failing point in execution order (None when all agree)."""
+        for r in self.rows:
+            if r.failed:
+                return r.name
+        return None
+
+    @property
+    def only_in_a(self) -> list[str]:
+        return [r.name for r in self.rows if r.status == STATUS_ONLY_A]
+
+    @property
+    def only_in_b(self) -> list[str]:
+        return [r.name for r in self.rows if r.status == STATUS_ONLY_B]
+
+    @property
+    def passed(self) -> bool:
+        """Every compared point passes (and there was at least one)."""
+        return bool(self.compared) and not self.failures
+
+    def summary(self) -> str:
+        n, f = len(self.compared), len(self.failures)
+        head = f"{n} points compared: {n - f} pass, {f} fail"
+        extra = []
+        if self.only_in_a:
+            extra.append(f"{len(self.only_in_a)} only in A")
+        if self.only_in_b:
+            extra.append(f"{len(self.only_in_b)} only in B")
+        if extra:
+            head += " (" + ", ".join(extra) + ")"
+        if not n:
+            return head + ". Nothing in common: check that both traces name their points alike."
+        fd = self.first_divergence
+        if fd is None:
+            return head + ". No divergence."
+        r = self[fd]
+        return head + f". FIRST DIVERGENCE: {fd} ({_describe(r)})"
+
+    # ----- output -----------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        def clean(v):
+            if isinstance(v, float) and not math.isfinite(v):
+                return str(v)  # strict JSON has no Infinity / NaN
+            return v
+
+        return {
+            "a": str(self.a.path or self.a.kind),
+            "b": str(self.b.path or self.b.kind),
+            "passed": self.passed,
+            "first_divergence": self.first_divergence,
+            "only_in_a": self.only_in_a,
+            "only_in_b": self.only_in_b,
+            "counts": {"compared": len(self.compared), "failed": len(self.failures)},
+            "tolerances": dict(self.tolerances),
+            "points": [{k: clean(v) for k, v in asdict(r).items()} for r in self.rows],
+        }
+
+    def rich_table(self, rows: Iterable[PointResult] | None = None):
+        from rich.table import Table
+
+        table = Table(title=f"A = {self.a.path or self.a.kind}\nB = {self.b.path or self.b.kind}",
+                      title_justify="left")
+        for col, just in (("#", "right"), ("point", "left"), ("status", "left"), ("mode", "left"),
+                          ("shape", "left"), ("dtype", "left"), ("max|a-b|", "right"),
+                          ("bound", "right"), ("rel L2", "right"), ("cosine", "right"),
+                          ("note", "left")):
+            table.add_column(col, justify=just, overflow="fold")
+        fd = self.first_divergence
+        for i, r in enumerate(self.rows if rows is None else rows):
+            style = "green" if r.passed else ("red" if r.failed else "yellow")
+            status = f"[{style}]{r.status}[/{style}]"
+            if r.name == fd:
+                status = f"[bold red]>> {r.status}[/bold red]"
+            dtype = r.dtype_a if r.dtype_a == r.dtype_b or r.dtype_b is None else f"{r.dtype_a}/{r.dtype_b}"
+            shape = r.shape_a if r.shape_a is not None else r.shape_b
+            err = r.max_abs if r.max_abs is not None else r.stat_diff
+            table.add_row(str(i), r.name, status, r.mode, _fmt_shape(shape), dtype or "",
+                          _fmt(err), _fmt(r.bound), _fmt(r.rel_l2), _fmt(r.cosine, cos=True), r.note)
+        return table
+
+    def table(self, width: int = 160) -> str:
+        """The table as plain text (rich layout, no colour codes)."""
+        from rich.console import Console
+
+        console = Console(width=width, record=True, file=io.StringIO(), color_system=None,
+                          force_jupyter=False)
+        console.print(self.rich_table())
+        return console.export_text()
+
+    def _repr_html_(self) -> str:
+        return _html_table(self)
+
+    def plot_pipeline(self, ax=None):
+        return plot_error_along_pipeline(self, ax=ax)
+
+    def plot_steps(self, ax=None):
+        return plot_error_per_step(self, ax=ax)
+
+    def plot_heatmap(self, name: str | None = None, index: tuple | None = None):
+        name = name or self.first_divergence
+        if name is None:
+            raise ValueError("plot_heatmap: no point given and no divergence to show.")
+        return plot_difference_heatmap(self.a, self.b, name, index=index)
+
+    def to_html(self, path: str | Path, heatmap: str | None = None) -> Path:
+        """Self-contained HTML report (table + PNG plots inline), written atomically."""
+        figs = [("Error along the pipeline", self.plot_pipeline())]
+        if any(_STEP_RE.search(r.name) for r in self.compared):
+            figs.append(("Error per denoising step", self.plot_steps()))
+        target = heatmap or self.first_divergence
+        if target and target in self.a and target in self.b and self.a.has_tensor(target) \
+                and self.b.has_tensor(target) and self[target].mode == "tensor":
+            figs.append((f"Difference heatmap: {target}", self.plot_heatmap(target)))
+        images = "".join(
+            f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' "
+            f"src='data:image/png;base64,{_png_b64(fig)}'/>" for title, fig in figs
+        )
+        page = (
+            "<!DOCTYPE html><html><head><meta charset='utf-8'><title>mtlib compare</title>"
+            "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;"
+            "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}td.num{text-align:right;"
+            "font-family:monospace}tr.fail{background:#fdd}tr.pass{background:#efe}"
+            "tr.only{background:#ffd}tr.first{outline:3px solid #c00}img{max-width:100%}"
+            "</style></head><body><h1>mtlib compare</h1>"
+            f"<p>A = <code>{html.escape(str(self.a.path or self.a.kind))}</code><br>"
+            f"B = <code>{html.escape(str(self.b.path or self.b.kind))}</code> (reference)</p>"
+            f"<p><b>{html.escape(self.summary())}</b></p>{images}<h2>All points</h2>"
+            f"{_html_table(self)}</body></html>\n"
+        )
+        return atomic_write(path, page)
+
+
+def _describe(r: PointResult) -> str:
+    if r.status in (STATUS_SHAPE, STATUS_DTYPE) or r.mode == "value":
+        return f"{r.status}: {r.note}"
+    if r.mode == "exact":
+        return f"exact values differ (max|a-b| {_fmt(r.max_abs)}; integer / bool points must be equal)"
+    if r.mode == "stats":
+        return f"stats-only, max stat diff {_fmt(r.stat_diff)} > bound {_fmt(r.bound)}"
+    return f"max|a-b| {_fmt(r.max_abs)} > bound {_fmt(r.bound)}, rel L2 {_fmt(r.rel_l2)}" + (
+        f"; {r.note}" if r.note else "")
+
+
+def _fmt(v: float | None, cos: bool = False) -> str:
+    if v is None:
+        return ""
+    if cos:
+        return f"{v:.6f}"
+    if v == 0:
+        return "0"
+    return f"{v:.3g}"
+
+
+def _fmt_shape(shape) -> str:
+    return "" if shape is None else "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+def _html_table(cmp: Comparison) -> str:
+    fd = cmp.first_divergence
+    head = ("<table><tr><th>#</th><th>point</th><th>status</th><th>mode</th><th>shape</th>"
+            "<th>dtype</th><th>max|a-b|</th><th>bound</th><th>rel L2</th><th>cosine</th>"
+            "<th>NaN a/b</th><th>Inf a/b</th><th>note</th></tr>")
+    out = [head]
+    for i, r in enumerate(cmp.rows):
+        cls = "pass" if r.passed else ("fail" if r.failed else "only")
+        if r.name == fd:
+            cls += " first"
+        shape = r.shape_a if r.shape_a is not None else r.shape_b
+        dtype = r.dtype_a if r.dtype_a == r.dtype_b or r.dtype_b is None else f"{r.dtype_a}/{r.dtype_b}"
+        err = r.max_abs if r.max_abs is not None else r.stat_diff
+        cells = [str(i), r.name, r.status, r.mode, _fmt_shape(shape), dtype or ""]
+        nums = [_fmt(err), _fmt(r.bound), _fmt(r.rel_l2), _fmt(r.cosine, cos=True),
+                f"{r.nan_a}/{r.nan_b}", f"{r.inf_a}/{r.inf_b}"]
+        out.append(f"<tr class='{cls}'>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+                   + "".join(f"<td class='num'>{html.escape(c)}</td>" for c in nums)
+                   + f"<td>{html.escape(r.note)}</td></tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def compare(a: Trace | str | Path, b: Trace | str | Path, tolerances: dict[str, float] | None = None,
+            points: Iterable[str] | str | None = None) -> Comparison:
+    """Compare trace A with the reference B point by point (see the module docstring).
+
+    `tolerances`: {glob: tol} overrides; `points`: globs selecting the points to look at."""
+    a = a if isinstance(a, Trace) else load_trace(a)
+    b = b if isinstance(b, Trace) else load_trace(b)
+    patterns = [points] if isinstance(points, str) else list(points or [])
+
+    def selected(n: str) -> bool:
+        return not patterns or any(fnmatch.fnmatchcase(n, p) for p in patterns)
+
+    rows: list[PointResult] = []
+    for name in a.names:
+        if not selected(name):
+            continue
+        if name in b:
+            rows.append(compare_point(name, a, b, tolerances))
+        else:
+            sa = a.stats(name)
+            rows.append(PointResult(name, STATUS_ONLY_A, "-", shape_a=sa.get("shape"), dtype_a=sa.get("dtype")))
+    for name in b.names:
+        if selected(name) and name not in a:
+            sb = b.stats(name)
+            rows.append(PointResult(name, STATUS_ONLY_B, "-", shape_b=sb.get("shape"), dtype_b=sb.get("dtype")))
+    return Comparison(a, b, rows, dict(tolerances or {}))
+
+
+# ---------------------------------------------------------------------------------------
+# Plots (matplotlib imported on use; Agg when there is no display)
+# ---------------------------------------------------------------------------------------
+
+_STEP_RE = re.compile(r"^(.*?step(\d+))\.(.+)$")
+
+
+def _pyplot():
+    import os
+
+    import matplotlib
+
+    if not os.environ.get("DISPLAY") and "ipykernel" not in sys.modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png_b64(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    _pyplot().close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+_FLOOR = 1e-12  # where log-scale plots put exact agreement
+
+
+def plot_error_along_pipeline(cmp: Comparison, ax=None):
+    """rel L2 per point in execution order (log scale); failing points red, the first
+    divergence marked; stats-only points hollow (their value is the stats difference)."""
+    plt = _pyplot()
+    fig = ax.figure if ax is not None else plt.figure(figsize=(max(6.0, min(18.0, 0.25 * len(cmp.compared) + 4)), 4))
+    ax = ax if ax is not None else fig.add_subplot(1, 1, 1)
+    rows = cmp.compared
+    xs = list(range(len(rows)))
+    ys = [max(_FLOOR, r.error) if r.error is not None and math.isfinite(r.error) else None for r in rows]
+    top = max([y for y in ys if y is not None] + [1.0])
+    ys = [y if y is not None else top * 10 for y in ys]  # NaN / Inf / mismatches: pinned on top
+    colors = ["tab:red" if r.failed else "tab:blue" for r in rows]
+    solid = [i for i, r in enumerate(rows) if r.mode not in ("stats",)]
+    hollow = [i for i, r in enumerate(rows) if r.mode == "stats"]
+    ax.plot(xs, ys, color="0.7", lw=0.8, zorder=1)
+    ax.scatter([xs[i] for i in solid], [ys[i] for i in solid], c=[colors[i] for i in solid], s=18, zorder=2)
+    if hollow:
+        ax.scatter([xs[i] for i in hollow], [ys[i] for i in hollow], facecolors="none",
+                   edgecolors=[colors[i] for i in hollow], s=24, zorder=2, label="stats only")
+        ax.legend(loc="upper left", fontsize=8)
+    fd = cmp.first_divergence
+    if fd is not None:
+        i = [r.name for r in rows].index(fd)
+        ax.axvline(i, color="tab:red", ls="--", lw=1)
+        ax.annotate(f"first divergence: {fd}", (i, ys[i]), textcoords="offset points", xytext=(4, 6),
+                    fontsize=8, color="tab:red")
+    ax.set_yscale("log")
+    ax.set_ylabel(f"rel L2  ||a-b|| / ||b||  (exact: {_FLOOR:g})")
+    ax.set_xlabel("trace point (execution order)")
+    if len(rows) <= 60:
+        ax.set_xticks(xs)
+        ax.set_xticklabels([r.name for r in rows], rotation=90, fontsize=6)
+    ax.set_title("Error along the pipeline")
+    ax.grid(True, which="major", axis="y", alpha=0.3)
+    return fig
+
+
+def plot_error_per_step(cmp: Comparison, ax=None):
+    """rel L2 of each kind of per-step point (`...step<i>.<kind>`) against the step, one line
+    per kind; clips in streaming runs follow each other on the x axis."""
+    plt = _pyplot()
+    fig = ax.figure if ax is not None else plt.figure(figsize=(7, 4))
+    ax = ax if ax is not None else fig.add_subplot(1, 1, 1)
+    steps: list[str] = []
+    series: dict[str, dict[str, float]] = {}
+    for r in cmp.compared:
+        m = _STEP_RE.match(r.name)
+        if not m or r.error is None:
+            continue
+        step, kind = m.group(1), m.group(3)
+        if step not in steps:
+            steps.append(step)
+        err = r.error if math.isfinite(r.error) else math.nan
+        series.setdefault(kind, {})[step] = max(_FLOOR, err)
+    for kind, vals in series.items():
+        xs = [i for i, s in enumerate(steps) if s in vals]
+        ax.plot(xs, [vals[steps[i]] for i in xs], marker="o", label=kind)
+    ax.set_xticks(range(len(steps)))
+    ax.set_xticklabels([s.rsplit(".", 1)[-1] if s.count("clip") == 0 else s.split(".", 1)[-1] for s in steps],
+                       rotation=45, fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("rel L2")
+    ax.set_title("Error per denoising step")
+    if series:
+        ax.legend(fontsize=7)
+    ax.grid(True, alpha=0.3)
+    return fig
+
+
+def reduce_to_2d(tensor: Any, index: tuple | None = None) -> Any:
+    """A 2-D float view for a heatmap: `tensor[index]` if given, then the mean over leading
+    dims until two remain ([C, T, H, W] -> [H, W]); 1-D becomes one row."""
+    import torch
+
+    t = tensor.detach().to("cpu", torch.float64)
+    if index is not None:
+        t = t[index]
+    while t.dim() > 2:
+        t = t.mean(dim=0)
+    if t.dim() < 2:
+        t = t.reshape(1, -1)
+    return t
+
+
+def plot_difference_heatmap(a: Trace, b: Trace, name: str, index: tuple | None = None,
+                            name_b: str | None = None):
+    """A, B and A - B of one point side by side (reduced to 2-D by `reduce_to_2d`)."""
+    plt = _pyplot()
+    ta = reduce_to_2d(a.tensor(name), index)
+    tb = reduce_to_2d(b.tensor(name_b or name), index)
+    d = ta - tb
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    lim = max(float(ta.abs().max()), float(tb.abs().max()), 1e-12)
+    dlim = max(float(d.abs().max()), 1e-12)
+    for ax, img, title, vmax, cmap in ((axes[0], ta, "A", lim, "viridis"), (axes[1], tb, "B (reference)", lim, "viridis"),
+                                       (axes[2], d, f"A - B (max {dlim:.3g})", dlim, "RdBu_r")):
+        im = ax.imshow(img.numpy(), aspect="auto", cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    shape = list(a.stats(name)["shape"])
+    how = [f"[{index}]"] if index is not None else []
+    if len(shape) - (len(index) if index is not None else 0) > 2:
+        how.append("mean over leading dims")
+    fig.suptitle(f"{name} {shape}" + (f"  ({', then '.join(how)})" if how else ""), fontsize=9)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------
+# Replay: is the difference made here, or carried from upstream?
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A piece of the pipeline that can be re-run from recorded inputs."""
+
+    name: str
+    inputs: tuple[str, ...]  # point names of the input tensors, in call order
+    outputs: tuple[str, ...]  # point names of what the stage produces
+    # input tensors (positional, in `inputs` order) -> one tensor, a sequence in `outputs`
+    # order, or {output name: tensor}. Networks register theirs; None until they do.
+    run: Callable[..., Any] | None = None
+
+
+# Stage boundaries of the golden data (golden README §2); the networks fill in `run`.
+STAGES: dict[str, Stage] = {}
+
+
+def register_stage(name: str, inputs: Iterable[str], outputs: Iterable[str],
+                   run: Callable[..., Any] | None = None) -> Stage:
+    """Add or replace a stage in STAGES (networks call this with their forward)."""
+    stage = Stage(name, tuple(inputs), tuple(outputs), run)
+    STAGES[name] = stage
+    return stage
+
+
+register_stage("audio.encoder", ["audio.input_values"], ["audio.embedding"])
+register_stage("clip", ["clip.input"], ["clip.out"])
+register_stage("t5", ["t5.ids", "t5.mask"], ["t5.out_full"])
+register_stage("vae.encode", ["vae.encode.in"], ["vae.y"])
+register_stage("vae.decode", ["vae.decode.in"], ["vae.decode.out"])
+register_stage("dit", ["dit.in.x", "dit.in.t", "dit.in.context", "dit.in.clip_fea", "dit.in.y",
+                       "dit.in.audio", "dit.in.ref_target_masks"], ["dit.out"])
+
+
+@dataclass
+class ReplayResult:
+    """Outputs of a stage re-run on A's recorded inputs, compared with A's recorded outputs."""
+
+    stage: Stage
+    comparison: Comparison  # replayed outputs (A side) vs A's recorded outputs (B side)
+    inputs_differ: list[str] | None  # inputs that differ between A and trace_b (None: no B)
+
+    @property
+    def local(self) -> bool:
+        """True when this stage, given the very same inputs, computes something else here:
+        the difference is made by the stage itself."""
+        return not self.comparison.passed
+
+    @property
+    def verdict(self) -> str:
+        name = self.stage.name
+        if self.local:
+            fd = self.comparison.first_divergence
+            return (f"stage {name!r} differs LOCALLY: on A's recorded inputs it does not reproduce "
+                    f"A's outputs (first: {fd}). Look inside this stage.")
+        upstream = ""
+        if self.inputs_differ:
+            upstream = f" The inputs already differ between the runs: {', '.join(self.inputs_differ)}."
+        elif self.inputs_differ == []:
+            upstream = " (Its inputs agree between the runs too.)"
+        return (f"stage {name!r} reproduces A's outputs from A's inputs: any difference at its "
+                f"outputs is carried in from upstream.{upstream}")
+
+
+def replay(trace_a: Trace | str | Path, stage: str | Stage, run_stage: Callable[..., Any] | None = None,
+           tolerances: dict[str, float] | None = None, prefix: str = "",
+           trace_b: Trace | str | Path | None = None) -> ReplayResult:
+    """Re-run `stage` here on the inputs recorded in trace A; compare with A's outputs.
+
+    `stage`: a STAGES name or a Stage; `run_stage` overrides its callable; `prefix` is put
+    before every input/output name (e.g. "e2e.clip0." for a stage inside a pipeline trace).
+    With `trace_b`, the result also says which inputs already differ between A and B."""
+    a = trace_a if isinstance(trace_a, Trace) else load_trace(trace_a)
+    if isinstance(stage, str):
+        if stage not in STAGES:
+            raise InputError(f"replay: unknown stage {stage!r}. Known: {', '.join(STAGES)}; "
+                             "or pass a Stage(name, inputs, outputs, run).")
+        stage = STAGES[stage]
+    fn = run_stage or stage.run
+    if fn is None:
+        raise InputError(f"replay: stage {stage.name!r} has no callable yet. Fix: pass run_stage=, "
+                         "or register the network's forward with register_stage().")
+    in_names = [prefix + n for n in stage.inputs]
+    out_names = [prefix + n for n in stage.outputs]
+    for n in in_names + out_names:
+        if n not in a:
+            raise InputError(f"replay: trace A has no point {n!r} (stage {stage.name!r}).")
+        if not a.has_tensor(n):
+            raise InputError(f"replay: trace A stored only statistics of {n!r}. Fix: record it in "
+                             f"full (TraceWriter(full=[{n!r}]) or trace level 'full').")
+    import torch
+
+    with torch.no_grad():
+        produced = fn(*[a.tensor(n) for n in in_names])
+    if isinstance(produced, dict):
+        outs = {prefix + k if prefix + k in out_names else k: v for k, v in produced.items()}
+    elif isinstance(produced, tuple | list):
+        outs = dict(zip(out_names, produced, strict=True))
+    else:
+        outs = {out_names[0]: produced}
+    missing = [n for n in out_names if n not in outs]
+    if missing:
+        raise InputError(f"replay: stage {stage.name!r} did not return {missing}.")
+    local = Trace.from_tensors({n: outs[n] for n in out_names}, meta={"replay_of": stage.name})
+    recorded = Trace.from_tensors({n: a.tensor(n) for n in out_names})
+    cmp = compare(local, recorded, tolerances)
+    differ = None
+    if trace_b is not None:
+        b = trace_b if isinstance(trace_b, Trace) else load_trace(trace_b)
+        present = [n for n in in_names if n in b]
+        sub = compare(a, b, tolerances, points=present) if present else None
+        differ = [r.name for r in sub.rows if r.failed] if sub else []
+        differ += [n for n in in_names if n not in b]
+    return ReplayResult(stage, cmp, differ)
+
+
+# ---------------------------------------------------------------------------------------
+# A tiny stand-in workload for the notebook and the docs (until the pipeline lands)
+# ---------------------------------------------------------------------------------------
+
+
+def _demo_run(matmul_dtype: str, steps: int = 4) -> None:
+    """Encoder (fp32 in both runs, like the VAE) -> `steps` denoising updates whose matmuls
+    run in `matmul_dtype` (like the bf16 DiT) -> decoder. All points are float32."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    w_enc = torch.randn(32, 64, generator=g) / 32 ** 0.5
+    w_den = torch.randn(64, 64, generator=g) / 8
+    w_dec = torch.randn(64, 16, generator=g) / 8
+    cond = torch.randn(8, 32, generator=g)
+    noise = torch.randn(8, 64, generator=g)
+    low = getattr(torch, matmul_dtype)
+
+    def den_mm(x, w):
+        return (x.to(low) @ w.to(low)).float()
+
+    with trace.scope("demo"):
+        trace.point("cond", cond)
+        context = trace.point("encoder.out", torch.nn.functional.gelu(cond @ w_enc))  # [8, 64]
+        latent = trace.point("noise", noise)
+        for i in range(steps):
+            with trace.scope(f"step{i}"):
+                trace.point("latent_in", latent)
+                pred = trace.point("noise_pred", torch.tanh(den_mm(latent + context, w_den)))
+                latent = trace.point("latent_out", latent - 0.25 * pred)
+        trace.point("decoder.out", latent @ w_dec)
+
+
+def demo_traces(directory: str | Path, steps: int = 4) -> tuple[Path, Path]:
+    """Two small traces of the same stand-in computation, all points in full: A with the
+    denoising matmuls in bfloat16 ("my GPU run"), B in float32 (the reference).
+    Returns (trace A dir, trace B dir)."""
+    directory = Path(directory)
+    paths = []
+    for label, dtype in (("bf16", "bfloat16"), ("fp32", "float32")):
+        p = directory / f"demo_{label}"
+        with trace.TraceWriter(p, level="full", meta={"demo": label}, overwrite=True) as tw, \
+                trace.recording(tw):
+            _demo_run(dtype, steps)
+        paths.append(p)
+    return paths[0], paths[1]
+
+
+def resolve_pair(run_a: str, run_b: str, workdir: str | Path) -> tuple[Path | str, Path | str]:
+    """The two traces a notebook compares: `run_a` / `run_b` as given, or when both are
+    empty two demo traces (fp32 vs bf16 stand-in) made in `workdir`."""
+    if not run_a and not run_b:
+        return demo_traces(Path(workdir) / "demo")
+    if not run_a or not run_b:
+        raise InputError(f"run_a={run_a!r}, run_b={run_b!r}: give both traces (or neither, for the demo).")
+    return run_a, run_b
+
+
+def heatmap_point(cmp: Comparison, point: str = "") -> str | None:
+    """The point to draw: `point` if given, else the first divergence, else the last point
+    compared as tensors on both sides (None if there is none)."""
+    if point:
+        if point not in cmp.a or point not in cmp.b:
+            raise InputError(f"point {point!r}: not in both traces. Fix: pick a name from the table.")
+        return point
+    if cmp.first_divergence and cmp[cmp.first_divergence].mode == "tensor":
+        return cmp.first_divergence
+    tensors = [r.name for r in cmp.compared if r.mode == "tensor"]
+    return tensors[-1] if tensors else None
+
+
+# ---------------------------------------------------------------------------------------
+# CLI: mtlib compare A B
+# ---------------------------------------------------------------------------------------
+
+
+def add_arguments_compare(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("a", help="trace dir, run dir (with trace/), golden case .json, golden dir, "
+                                  "or <golden dir>/<case>")
+    parser.add_argument("b", help="the reference, same kinds as A")
+    parser.add_argument("--report", metavar="HTML", help="write a self-contained HTML report here")
+    parser.add_argument("--tol", action="append", default=[], metavar="PATTERN=VALUE",
+                        help="tolerance override for points matching a glob (repeatable; last match wins), "
+                             "e.g. --tol 'e2e.*=1e-3'")
+    parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                        help="compare only points matching this glob (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
+
+
+def parse_tolerances(items: Iterable[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in items:
+        pattern, sep, value = item.rpartition("=")
+        try:
+            tol = float(value)
+        except ValueError:
+            tol = -1.0
+        if not sep or not pattern or not (tol >= 0):
+            raise InputError(f"--tol {item!r}: expected PATTERN=VALUE with VALUE a number >= 0, "
+                             "e.g. --tol 'vae.*=1e-3'.")
+        out[pattern] = tol
+    return out
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """0: every compared point passes; 1: something diverges (or nothing in common); 2: usage."""
+    try:
+        tols = parse_tolerances(args.tol)
+        a = load_trace(args.a)
+        b = load_trace(args.b)
+    except InputError as e:
+        print(f"mtlib compare: {e}", file=sys.stderr)
+        return 2
+    cmp = compare(a, b, tols, args.only or None)
+    if args.json:
+        print(json.dumps(cmp.to_dict(), indent=1))
+    else:
+        print(cmp.table(), end="")
+        fd = cmp.first_divergence
+        if fd is not None:
+            print(f"\n>>> FIRST DIVERGENCE: {fd}\n    {_describe(cmp[fd])}")
+        print(f"\n{cmp.summary()}")
+    if args.report:
+        path = cmp.to_html(args.report)
+        print(f"report: {path}", file=sys.stderr)
+    return 0 if cmp.passed else 1
