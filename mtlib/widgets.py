@@ -153,8 +153,10 @@ class View:
         controls: dict[str, Callable[[], Any]] | None = None,
         interactive: bool | None = None,
         after_render: Callable[[View], None] | None = None,
+        rows: list[tuple[str, ...]] | None = None,
     ):
         self.title = title
+        self._rows = rows  # control keys per row (None: one control per row)
         self.render_fn = render
         self.state = dict(state)
         self.interactive = is_interactive(interactive)
@@ -194,7 +196,13 @@ class View:
         self.output = w.Output()
         self.extra_box = w.VBox([])
         header = w.HTML(f"<b>{html.escape(self.title)}</b>")
-        self.widget = w.VBox([header, *self.controls.values(), self.extra_box, self.output])
+        if self._rows:
+            placed = {k for row in self._rows for k in row}
+            lines = [w.HBox([self.controls[k] for k in row if k in self.controls]) for row in self._rows]
+            lines += [c for k, c in self.controls.items() if k not in placed]
+        else:
+            lines = list(self.controls.values())
+        self.widget = w.VBox([header, *lines, self.extra_box, self.output])
 
     def _changed(self, key: str):
         def on_change(change: dict) -> None:
@@ -466,7 +474,7 @@ def _fix_buttons(view: View) -> None:
         b.on_click(lambda _b, fix=fix: view.set(**fix.changes))
         buttons.append(b)
     view.fix_buttons = buttons
-    view.extra_box.children = tuple(buttons)
+    view.extra_box.children = (w.HBox(buttons, layout=w.Layout(flex_flow="row wrap")),) if buttons else ()
 
 
 def plan_view(
@@ -492,24 +500,29 @@ def plan_view(
     def controls() -> dict:
         import ipywidgets as w
 
-        lay = {"style": {"description_width": "110px"}, "layout": w.Layout(width="480px")}
+        lay = {"style": {"description_width": "110px"}, "layout": w.Layout(width="400px")}
+        small = {"style": {"description_width": "110px"}, "layout": w.Layout(width="260px")}
         return {
-            "frame_num_auto": lambda: w.Checkbox(description="frame_num auto", indent=False),
+            "frame_num_auto": lambda: w.Checkbox(description="frame_num auto", indent=True,
+                                                 layout=w.Layout(width="200px")),
             "frame_num": lambda: w.IntSlider(min=1, max=201, description="frame_num", **lay),
             "audio_seconds": lambda: w.FloatSlider(min=0.1, max=20, step=0.01, description="speaker 1 (s)", **lay),
             "audio_seconds_b": lambda: w.FloatSlider(min=0, max=20, step=0.01, description="speaker 2 (s)", **lay),
             "motion_frame": lambda: w.IntSlider(min=1, max=81, description="motion_frame", **lay),
-            "mode": lambda: w.ToggleButtons(options=["clip", "streaming"], description="mode"),
-            "short_audio": lambda: w.ToggleButtons(options=["pad", "snap", "error"], description="short_audio"),
-            "audio_type": lambda: w.ToggleButtons(options=["para", "add"], description="audio_type"),
-            "size": lambda: w.Dropdown(options=["multitalk-480", "multitalk-720"], description="size"),
-            "buckets": lambda: w.Dropdown(options=["official", "tiny"], description="buckets"),
-            "image_w": lambda: w.BoundedIntText(min=16, max=16384, description="image width"),
-            "image_h": lambda: w.BoundedIntText(min=16, max=16384, description="image height"),
+            "mode": lambda: w.Dropdown(options=["clip", "streaming"], description="mode", **small),
+            "short_audio": lambda: w.Dropdown(options=["pad", "snap", "error"], description="short_audio", **small),
+            "audio_type": lambda: w.Dropdown(options=["para", "add"], description="audio_type", **small),
+            "size": lambda: w.Dropdown(options=["multitalk-480", "multitalk-720"], description="size", **small),
+            "buckets": lambda: w.Dropdown(options=["official", "tiny"], description="buckets", **small),
+            "image_w": lambda: w.BoundedIntText(min=16, max=16384, description="image width", **small),
+            "image_h": lambda: w.BoundedIntText(min=16, max=16384, description="image height", **small),
         }
 
+    rows = [("frame_num", "frame_num_auto"), ("audio_seconds", "audio_seconds_b"),
+            ("motion_frame", "mode"), ("short_audio", "audio_type", "size"), ("buckets", "image_w", "image_h")]
+
     return View("02 shape plan", render_plan, state, controls() if is_interactive(interactive) else None,
-                interactive, after_render=_fix_buttons)
+                interactive, after_render=_fix_buttons, rows=rows)
 
 
 # ------------------------------------------------------------------------------ 01 preprocessing
@@ -661,7 +674,8 @@ def preprocessing_view(
             return
         ups = []
         for key, accept in (("image", "image/*"), ("audio", "audio/*,video/*"), ("audio_b", "audio/*,video/*")):
-            up = w.FileUpload(accept=accept, multiple=False, description=f"upload {key.replace('_b', ' 2')}")
+            up = w.FileUpload(accept=accept, multiple=False, description=f"upload {key.replace('_b', ' 2')}",
+                              layout=w.Layout(width="auto"))
             _upload_into(view.controls[key], up)
             ups.append(up)
         view.uploads = ups
@@ -921,7 +935,7 @@ def compare_view(run_a: str | os.PathLike = "", run_b: str | os.PathLike = "", p
     def controls() -> dict:
         import ipywidgets as w
 
-        lay = {"style": {"description_width": "60px"}, "layout": w.Layout(width="640px")}
+        lay = {"style": {"description_width": "90px"}, "layout": w.Layout(width="720px")}
         return {
             "run_a": lambda: w.Combobox(options=choices, description="run A", ensure_option=False,
                                         continuous_update=False, **lay),
@@ -935,7 +949,8 @@ def compare_view(run_a: str | os.PathLike = "", run_b: str | os.PathLike = "", p
         names = view.rendered.data.get("points", [])
         opts = [("(first divergence)", "")] + [(n, n) for n in names]
         if not view.extra_box.children:
-            dd = w.Dropdown(options=opts, value="", description="point", layout=w.Layout(width="640px"))
+            dd = w.Dropdown(options=opts, value="", description="point", layout=w.Layout(width="720px"),
+                            style={"description_width": "90px"})
             dd.observe(view._changed("point"), names="value")
             view.controls["point"] = dd
             view.extra_box.children = (dd,)
