@@ -91,8 +91,12 @@ def demo_run(base: Path) -> Path:
 NOTEBOOKS = {
     "01_preprocessing": [
         "from mtlib import widgets",
+        "# real wav2vec2 weights are not available here: a TINY RANDOM wav2vec2 (mtlib.models.tiny)\n"
+        "from mtlib.models.tiny import write_tiny_checkpoints\n"
+        "from mtlib.models.wav2vec import TINY_GEOMETRY, load_wav2vec\n"
+        "encoder = load_wav2vec(write_tiny_checkpoints({tiny!r}).wav2vec_dir, TINY_GEOMETRY)",
         'widgets.preprocessing_view("data/two_person_16x9.png", ["data/speech_1p79s.wav", "data/speech_b_1p79s.wav"],\n'
-        '                           buckets="tiny")',
+        '                           buckets="tiny", audio_encoder=encoder)',
     ],
     "02_shape_inspection": [
         "from mtlib import widgets",
@@ -223,7 +227,7 @@ def main() -> int:
         from mtlib.compare import demo_traces
 
         a, b = demo_traces(base / "compare")
-        fmt = {"run": str(run), "a": str(a), "b": str(b)}
+        fmt = {"run": str(run), "a": str(a), "b": str(b), "tiny": str(base / "tiny-weights")}
         for name, cells in NOTEBOOKS.items():
             write_notebook(base / f"{name}.ipynb", [c.format(**fmt) if "{" in c and "!r}" in c else c for c in cells])
         port, token = free_port(), secrets.token_hex(16)

@@ -503,8 +503,8 @@ def plan_view(
         lay = {"style": {"description_width": "110px"}, "layout": w.Layout(width="400px")}
         small = {"style": {"description_width": "110px"}, "layout": w.Layout(width="260px")}
         return {
-            "frame_num_auto": lambda: w.Checkbox(description="frame_num auto", indent=True,
-                                                 layout=w.Layout(width="200px")),
+            "frame_num_auto": lambda: w.Checkbox(description="frame_num auto", indent=False,
+                                                 layout=w.Layout(width="200px", margin="0 0 0 60px")),
             "frame_num": lambda: w.IntSlider(min=1, max=201, description="frame_num", **lay),
             "audio_seconds": lambda: w.FloatSlider(min=0.1, max=20, step=0.01, description="speaker 1 (s)", **lay),
             "audio_seconds_b": lambda: w.FloatSlider(min=0, max=20, step=0.01, description="speaker 2 (s)", **lay),
@@ -563,12 +563,12 @@ def render_preprocessing(state: dict) -> RenderedView:
     _pyplot()
     crop_fig = I.plot_crop(src, prepared, masks)
 
-    raw, normed, lufs = [], [], []
+    normed, lufs_raw, lufs = [], [], []
     for i, a in enumerate(tracks_in):
         x = A.load_audio(_local(a), what=f"speaker {i + 1} audio")
         y = A.prepare_speech(_local(a), what=f"speaker {i + 1} audio")
-        raw.append(x)
         normed.append(y)
+        lufs_raw.append(A.integrated_loudness(x, what=f"speaker {i + 1} audio"))
         lufs.append(A.integrated_loudness(y))
     if persons == 2:
         sp = A.combine_speakers(normed[0], normed[1], state["audio_type"])
@@ -582,8 +582,8 @@ def render_preprocessing(state: dict) -> RenderedView:
         ax.plot(np.arange(len(t)) / A.SAMPLE_RATE, t, lw=0.5, color=("tab:red", "tab:blue")[i])
         ax.set_ylabel(f"person {i + 1}")
         ax.set_title(f"person {i + 1}: {len(t)} samples ({len(t) / A.SAMPLE_RATE:.2f} s), "
-                     f"{A.audio_frames(len(t))} embedding frames, input {lufs[min(i, len(lufs) - 1)]:.1f} LUFS "
-                     f"after normalisation", fontsize=9)
+                     f"{A.audio_frames(len(t))} embedding frames; speaker {i + 1} loudness "
+                     f"{lufs_raw[i]:.1f} -> {lufs[i]:.1f} LUFS", fontsize=9)
     axes[-1, 0].set_xlabel(f"s ({state['audio_type']})" if persons == 2 else "s")
     fig.tight_layout()
     figures = [crop_fig, fig]
@@ -612,7 +612,7 @@ def render_preprocessing(state: dict) -> RenderedView:
         "mask_shape": tuple(masks.shape), "mask_pixels": [int(m.sum()) for m in masks],
         "persons": persons, "track_samples": [len(t) for t in person_tracks],
         "embedding_frames": [A.audio_frames(len(t)) for t in person_tracks],
-        "lufs": lufs, "embedding_shapes": emb_shapes,
+        "lufs_raw": lufs_raw, "lufs": lufs, "embedding_shapes": emb_shapes,
     }
     return RenderedView("01 preprocessing", text="\n".join(lines), figures=figures, data=data)
 
