@@ -338,7 +338,7 @@ def plan_fixes(p, state: dict | None = None) -> list[Fix]:
 
 
 def _plan_state(config: Any, image_size, audio_seconds, frame_num, motion_frame, mode, size,
-                buckets, short_audio, audio_type) -> dict:
+                buckets, short_audio, audio_type, audio=None) -> dict:
     from mtlib.shapes import _config
 
     cfg = _config(config)
@@ -353,10 +353,10 @@ def _plan_state(config: Any, image_size, audio_seconds, frame_num, motion_frame,
         info = probe_image(src)
         image_size = (info.width, info.height)
     if audio_seconds is None:
-        from mtlib.io import resolve_local
         from mtlib.probe import probe_audio
 
-        audio_seconds = [probe_audio(str(resolve_local(a))).samples_16k / 16000 for a in cfg.inputs.audio]
+        files = _audio_list(audio) or list(cfg.inputs.audio)
+        audio_seconds = [probe_audio(_local(a)).samples_16k / 16000 for a in files]
     if isinstance(audio_seconds, int | float):
         audio_seconds = [audio_seconds]
     audio_seconds = [float(s) for s in audio_seconds]
@@ -488,14 +488,16 @@ def plan_view(
     buckets: str | None = None,
     short_audio: str | None = None,
     audio_type: str | None = None,
+    audio: str | list[str] | None = None,
     interactive: bool | None = None,
 ) -> View:
     """02: the shape plan with live controls. image_size: (width, height) or an image path
-    (its header is read); audio_seconds: one or two durations; None: from the config's inputs.
+    (its header is read); audio_seconds: one or two durations, or `audio`: one or two speech
+    files (headers read); neither: the config's inputs.
     Interactive: sliders for frame_num / audio durations / motion_frame, mode, size, buckets,
     policies; one "apply fix" button per machine-readable fix of each violation."""
     state = _plan_state(config, image_size, audio_seconds, frame_num, motion_frame, mode, size,
-                        buckets, short_audio, audio_type)
+                        buckets, short_audio, audio_type, audio)
 
     def controls() -> dict:
         import ipywidgets as w
@@ -924,12 +926,16 @@ def render_compare(state: dict) -> RenderedView:
 
 def compare_view(run_a: str | os.PathLike = "", run_b: str | os.PathLike = "", point: str | None = None,
                  runs_dir: str | os.PathLike = "runs", comparer: Callable | None = None,
-                 interactive: bool | None = None) -> View:
+                 comparison: Any = None, interactive: bool | None = None) -> View:
     """04: compare trace A with the reference B (run dirs, trace dirs or golden cases, as
-    mtlib.compare.load_trace reads them). Interactive: two combo boxes listing run dirs
-    under `runs_dir` (free text allowed) and a dropdown of the compared points."""
+    mtlib.compare.load_trace reads them). `comparison`: an mtlib.compare.Comparison of this
+    very pair already computed (not computed again). `comparer(a, b)` replaces
+    mtlib.compare.compare. Interactive: two combo boxes listing run dirs under `runs_dir`
+    (free text allowed) and a dropdown of the compared points."""
     # "_cache" is shared by the shallow state copies each render gets: one compare per pair
     state = {"run_a": str(run_a), "run_b": str(run_b), "point": point or "", "comparer": comparer, "_cache": {}}
+    if comparison is not None:
+        state["_cache"][(state["run_a"], state["run_b"])] = comparison
     choices = _run_dirs(runs_dir)
 
     def controls() -> dict:

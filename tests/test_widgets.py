@@ -142,6 +142,12 @@ def test_plan_view_reads_image_header_and_config_audio():
     assert v.rendered.data["valid"] is True
 
 
+def test_plan_view_audio_files_give_the_durations():
+    v = W.plan_view("tiny", image_size=(640, 360), audio=[str(DATA / "speech_5s.wav")], interactive=False)
+    assert v.state["audio_seconds"] == pytest.approx(5.0) and v.state["audio_seconds_b"] == 0.0
+    assert v.rendered.data["frame_num"] == 81  # clip mode, auto: capped at one 81-frame clip
+
+
 def test_plan_view_headless_shows_static_content(capsys, monkeypatch):
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
@@ -349,6 +355,13 @@ def test_compare_view_with_a_fake_comparison(tmp_path):
     h = W.compare_view(str(tmp_path / "a"), str(tmp_path / "b"), comparer=comparer, interactive=False)
     assert h.rendered.text == W.render_compare(h.state).text
     assert "first divergence y" in h.rendered.text
+
+
+def test_compare_view_reuses_a_given_comparison():
+    made = []
+    given = FakeComparison("a", "b")
+    v = W.compare_view("a", "b", comparison=given, comparer=lambda a, b: made.append(1), interactive=False)
+    assert made == [] and v.rendered.data["first_divergence"] == "y"
 
 
 def test_compare_view_needs_two_runs():
