@@ -107,10 +107,11 @@ class RenderedView:
 
     def show(self) -> None:
         """Display text/HTML, figures and media in the current output (cell or Output widget)."""
-        from IPython.display import HTML, display
+        from IPython.display import display
 
         if self.html is not None:
-            display(HTML(self.html))
+            # both forms: frontends draw the HTML, logs and terminals print the text
+            display({"text/html": self.html, "text/plain": self.text}, raw=True)
         elif self.text:
             print(self.text)
         for fig in self.figures:
@@ -812,7 +813,10 @@ def render_video(state: dict) -> RenderedView:
     if state.get("player", True):
         from IPython.display import Video
 
-        media.append(Video(str(mp4), embed=bool(state.get("embed", False)), html_attributes="controls"))
+        src = Path(mp4).resolve()
+        with contextlib.suppress(ValueError):  # a path below the cwd stays valid beside the notebook
+            src = src.relative_to(Path.cwd().resolve())
+        media.append(Video(str(src), embed=bool(state.get("embed", False)), html_attributes="controls"))
     return RenderedView("03 video", text="\n".join(lines), figures=[fig], data=data, media=media)
 
 

@@ -150,10 +150,11 @@ def test_plan_view_audio_files_give_the_durations():
 
 def test_plan_view_headless_shows_static_content(capsys, monkeypatch):
     shown = []
-    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
+    monkeypatch.setattr("IPython.display.display", lambda obj, **kw: shown.append(obj))
     v = W.plan_view("tiny", image_size=(480, 832), audio_seconds=1.79, frame_num=41, interactive=False)
     v._ipython_display_()
-    assert shown[0].data == v.rendered.html  # the HTML, then the frame-grouping figure
+    # the HTML with the plain-text plan beside it (for logs), then the frame-grouping figure
+    assert shown[0] == {"text/html": v.rendered.html, "text/plain": v.rendered.text}
     assert len(shown) == 2 and shown[1] is v.rendered.figures[0]
 
 
