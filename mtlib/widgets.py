@@ -100,7 +100,7 @@ class RenderedView:
 
     title: str
     text: str = ""  # plain-text tables / diagnosis (what a headless run prints)
-    html: str | None = None  # the same content styled (None: the text is shown in <pre>)
+    html: str | None = None  # the same content styled (None: the text is printed)
     figures: list = field(default_factory=list)  # matplotlib Figures, in display order
     data: dict = field(default_factory=dict)  # the numbers behind the tables and plots
     media: list = field(default_factory=list)  # IPython display objects (video player)
@@ -142,8 +142,9 @@ class View:
     """State + render function; widgets only when interactive.
 
     `controls` maps state keys to factories `() -> ipywidgets.ValueWidget`; each control's
-    `value` is bound to its key. `extra(view)` may add widgets after each render (the plan
-    view's fix buttons). Display the View (last expression of a cell) to show it.
+    `value` is bound to its key. `after_render(view)` may fill `view.extra_box` after each
+    render (the plan view's fix buttons); `rows` groups control keys into lines. Display the
+    View (last expression of a cell) to show it; `rendered` is the latest RenderedView.
     """
 
     def __init__(
@@ -239,6 +240,7 @@ class View:
             for key, value in values.items():
                 if key in self.controls:
                     self.controls[key].value = value
+                    value = self.controls[key].value  # as the control holds it (clamped)
                 self.state[key] = value
 
     def refresh(self) -> RenderedView:
