@@ -32,9 +32,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests notebooks --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
 
+# make lab: JupyterLab on localhost over the notebooks (views of mtlib.widgets, docs/interactive.md).
+# LAB_ARGS passes options through, e.g. LAB_ARGS="--port=8899 --no-browser". As root (containers)
+# Jupyter refuses to start without --allow-root: added then.
+LAB_ARGS ?=
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,lab]"
-	$(VENV)/bin/jupyter lab --notebook-dir=.
+	$(VENV)/bin/jupyter lab --notebook-dir=. $(LAB_ROOT) $(LAB_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check mtlib tests
