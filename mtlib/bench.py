@@ -138,7 +138,7 @@ def denoise_step(model, inp) -> object:
 
 
 def bench_dit(shape: DitShape, steps: int = 2, config: str = "multitalk-14b", offload: bool = False,
-              compile_blocks: bool = False, backend: str = "default") -> dict:
+              compile_blocks: bool = False, backend: str = "default", fp8: bool = False) -> dict:
     import torch
 
     from mtlib.models.dit import CONFIGS, build_dit
@@ -167,6 +167,10 @@ def bench_dit(shape: DitShape, steps: int = 2, config: str = "multitalk-14b", of
         model.to_empty(device=dev)
         random_init_(model)
     model.eval().requires_grad_(False)
+    if fp8:
+        from mtlib.fp8 import enable_fp8
+
+        enable_fp8(model)
     if compile_blocks:
         from mtlib.models.dit import compile_blocks as _compile
 
@@ -195,7 +199,7 @@ def bench_dit(shape: DitShape, steps: int = 2, config: str = "multitalk-14b", of
         "achieved_tflops": round(tflops, 1), "matmul_bound_tflops": bound,
         "bound_step_s": round(step_flops / bound / 1e12, 3),
         "fraction_of_bound": round(tflops / bound, 3), "peak_gb": round(peak, 2),
-        "output_finite": finite, "offload": offload, "compiled": compile_blocks, "sdpa": backend,
+        "output_finite": finite, "offload": offload, "compiled": compile_blocks, "sdpa": backend, "fp8": fp8,
     }
 
 
@@ -247,9 +251,14 @@ def bench_deviation(shape: DitShape, config: str = "multitalk-14b", layers: int 
         plain = denoise_step(model, inp16)
         compile_blocks(model)
         fast = denoise_step(model, inp16)
+        from mtlib.fp8 import enable_fp8
+
+        enable_fp8(model)
+        fp8 = denoise_step(model, inp16)
     plain_err, fast_err = metrics(plain, exact), metrics(fast, exact)
     return {"layers": layers, "plain_vs_fp32": plain_err, "fast_vs_fp32": fast_err,
-            "fast_vs_plain": metrics(fast, plain),
+            "fast_vs_plain": metrics(fast, plain), "fp8_vs_fp32": metrics(fp8, exact),
+            "fp8_vs_plain": metrics(fp8, plain),
             "passed": fast_err["rel_l2"] <= 1.1 * plain_err["rel_l2"] + 1e-4}
 
 
@@ -344,7 +353,7 @@ def bench_vae(frames: int = 81, height: int = 448, width: int = 896, config: str
 
 
 def add_arguments_bench(parser) -> None:
-    parser.add_argument("--what", default="dit,vae", help="comma list of: dit, dit-compiled, dit-offload, dit-offload-compiled, deviation, vae, clip (whole clip, --steps steps)")
+    parser.add_argument("--what", default="dit,vae", help="comma list of: dit, dit-compiled, dit-offload, dit-offload-compiled, dit-fp8-compiled, deviation, vae, clip (whole clip, --steps steps)")
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--size", default="448x896", help="HxW in pixels (a bucket size)")
     parser.add_argument("--persons", type=int, default=1)
@@ -370,10 +379,11 @@ def run_bench(args) -> int:
             rec.results[what] = bench_clip(shape, args.steps, args.config)
         elif what == "deviation":
             rec.results[what] = bench_deviation(shape, args.config)
-        elif what in ("dit", "dit-offload", "dit-compiled", "dit-offload-compiled"):
+        elif what in ("dit", "dit-offload", "dit-compiled", "dit-offload-compiled", "dit-fp8-compiled"):
             key = what if args.sdpa == "cudnn" else f"{what}-sdpa-{args.sdpa}"
             rec.results[key] = bench_dit(shape, args.steps, args.config, offload="offload" in what,
-                                         compile_blocks="compiled" in what, backend=args.sdpa)
+                                         compile_blocks="compiled" in what, backend=args.sdpa,
+                                         fp8="fp8" in what)
             what = key
         else:
             print(f"mtlib bench: unknown --what entry {what!r}")
