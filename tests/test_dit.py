@@ -186,7 +186,7 @@ def test_load_dit_many_missing_and_unexpected(tmp_path, tiny_state):
         state,
         "DiT checkpoint does not match the config: 10 missing: blocks.1.self_attn.q.weight, "
         "blocks.1.self_attn.q.bias, blocks.1.self_attn.k.weight, blocks.1.self_attn.k.bias, "
-        "blocks.1.self_attn.v.weight, ... (+5 more); 1 unexpected: blocks.2.norm3.bias",
+        "blocks.1.self_attn.v.weight, blocks.1.self_attn.v.bias, blocks.1.self_attn.o.weight, blocks.1.self_attn.o.bias, ... (2 more); 1 unexpected: blocks.2.norm3.bias",
     )
 
 
@@ -202,7 +202,7 @@ def test_load_dit_wrong_shape(tmp_path, tiny_state):
     _expect_error(
         tmp_path,
         state,
-        "DiT checkpoint does not match the config: 1 mis-shaped: head.head.bias: checkpoint [63] vs model [64]",
+        "DiT checkpoint does not match the config: 1 mis-shaped: head.head.bias [63] (model [64])",
     )
 
 
@@ -256,7 +256,7 @@ def test_load_dit_config_json_ignores_text_dim(tmp_path, tiny_state):
     with pytest.raises(CheckpointError) as err:
         load_dit(d)
     assert str(err.value).startswith(
-        "DiT checkpoint does not match the config: 8 mis-shaped: text_embedding.0.weight: checkpoint [64, 32] vs model [64, 4096]"
+        "DiT checkpoint does not match the config: 8 mis-shaped: text_embedding.0.weight [64, 32] (model [64, 4096])"
     )
 
 

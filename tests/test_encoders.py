@@ -283,7 +283,7 @@ def test_clip_loader_refuses_real_config_for_tiny_file(tmp_path):
     path = _tiny_clip_checkpoint(tmp_path)
     with pytest.raises(
         CheckpointError,
-        match=r"config 'multitalk-14b'; 716 missing: textual\.blocks\.1\..*; 67 mis-shaped: ",
+        match=r"config 'multitalk-14b'; 716 missing: visual\.transformer\.3\..*; 67 mis-shaped: ",
     ):
         load_clip(path)  # default config = the real ViT-H/14: text layers missing, shapes differ
 

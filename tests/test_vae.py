@@ -176,8 +176,8 @@ def test_vae_key_errors_named(tmp_path):
     save_file(state, str(path))
     msg = (
         f"VAE checkpoint {str(path)!r}: does not match the Wan2.1 VAE (dim 8): "
-        "missing keys (1): decoder.head.0.gamma; unexpected keys (1): decoder.head.1.weight; "
-        "mis-shaped keys (1): conv1.bias [31] (expected [32]). "
+        "1 missing: decoder.head.0.gamma; 1 unexpected: decoder.head.1.weight; "
+        "1 mis-shaped: conv1.bias [31] (model [32]). "
         "Fix: pass an unmodified Wan2.1_VAE.pth, or the config it was trained with."
     )
     with pytest.raises(InputError, match="^" + re.escape(msg) + "$"):
@@ -189,7 +189,7 @@ def test_vae_config_mismatch_named(tmp_path):
     torch.save(_tiny_state(), path)
     with pytest.raises(
         InputError,
-        match=re.escape("does not match the Wan2.1 VAE (dim 96): mis-shaped keys (188):"),
+        match=re.escape("does not match the Wan2.1 VAE (dim 96): 188 mis-shaped:"),
     ):
         load_vae(path, CONFIGS["multitalk-14b"])
 

@@ -33,6 +33,7 @@ from torch import nn
 
 from mtlib import trace
 from mtlib.io import InputError, resolve_local
+from mtlib.models.checkpoint import CheckpointError, shapes_of, state_diff
 
 # ImageNet-style statistics the open-clip ViT-H/14 was trained with.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -40,9 +41,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 PRECISIONS = ("fp32", "reference")
 
-
-class CheckpointError(InputError):
-    """A checkpoint file that does not fit the model it is loaded into."""
 
 
 @dataclass(frozen=True)
@@ -390,11 +388,6 @@ def read_state_dict(
     return {k: v for k, v in sd.items() if keep(k)}
 
 
-def _listing(items: list[str], limit: int = 8) -> str:
-    more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more
-
-
 def assign_state_dict(
     model: nn.Module, sd: dict[str, torch.Tensor], what: str, source: str, config_name: str
 ) -> None:
@@ -402,26 +395,11 @@ def assign_state_dict(
 
     Raises one CheckpointError listing every missing, unexpected and mis-shaped key.
     """
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    misshaped = [
-        f"{k} {list(sd[k].shape)} (model {list(expected[k])})"
-        for k in sorted(set(expected) & set(sd))
-        if tuple(sd[k].shape) != expected[k]
-    ]
-    if missing or unexpected or misshaped:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing: {_listing(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected: {_listing(unexpected)}")
-        if misshaped:
-            parts.append(f"{len(misshaped)} mis-shaped: {_listing(misshaped)}")
+    diff = state_diff(shapes_of(model.state_dict()), shapes_of(sd))
+    if diff:
         raise CheckpointError(
-            f"{what} checkpoint {source}: does not match config {config_name}; "
-            + "; ".join(parts)
-            + ". Fix: pass the config the checkpoint was made for, or the right checkpoint file."
+            f"{what} checkpoint {source}: does not match config {config_name}; {diff.describe()}. "
+            "Fix: pass the config the checkpoint was made for, or the right checkpoint file."
         )
     model.load_state_dict(sd, strict=True, assign=True)
 

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 from mtlib import trace
 from mtlib.io import InputError
+from mtlib.models.checkpoint import CheckpointError, state_diff
 
 __all__ = [
     "CONFIGS",
@@ -72,10 +73,6 @@ REF_MAP_HEAD_CHUNKS = 2
 
 Precision = Literal["fp32", "reference"]
 PRECISION_DTYPES = {"fp32": torch.float32, "reference": torch.bfloat16}
-
-
-class CheckpointError(InputError):
-    """A checkpoint that does not fit the DiT config: names the keys, the model and the fix."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -1009,11 +1006,6 @@ def _is_audio_key(key: str) -> bool:
     return key.startswith("audio_proj.") or ".audio_cross_attn." in key or ".norm_x." in key
 
 
-def _names(items: list[str], limit: int = 5) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")
-
-
 def check_checkpoint_keys(
     expected: dict[str, tuple], found: dict[str, tuple], cfg: DiTConfig
 ) -> None:
@@ -1026,28 +1018,15 @@ def check_checkpoint_keys(
             f"this is {kind} (in_dim {pe[1]}: patch_embedding.weight {list(pe)}); "
             f"MultiTalk needs the I2V-14B checkpoint (in_dim {cfg.in_dim})"
         )
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    misshaped = [
-        f"{k}: checkpoint {list(found[k])} vs model {list(s)}"
-        for k, s in expected.items()
-        if k in found and tuple(found[k]) != tuple(s)
-    ]
+    diff = state_diff(expected, found)
     audio_expected = [k for k in expected if _is_audio_key(k)]
-    if audio_expected and set(audio_expected) <= set(missing) and len(missing) < len(expected):
+    if audio_expected and set(audio_expected) <= set(diff.missing) and len(diff.missing) < len(expected):
         raise CheckpointError(
             f"the MultiTalk audio adapter is missing ({len(audio_expected)} keys, e.g. {audio_expected[0]}): "
             f"{MULTITALK_FILE} not found/loaded; pass it (or the MeiGen-MultiTalk directory) with the Wan shards"
         )
-    if missing or unexpected or misshaped:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing: {_names(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected: {_names(unexpected)}")
-        if misshaped:
-            parts.append(f"{len(misshaped)} mis-shaped: {_names(misshaped)}")
-        raise CheckpointError("DiT checkpoint does not match the config: " + "; ".join(parts))
+    if diff:
+        raise CheckpointError(f"DiT checkpoint does not match the config: {diff.describe()}")
 
 
 def load_dit(

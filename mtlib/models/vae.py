@@ -37,6 +37,7 @@ from torch import nn
 from mtlib import trace
 from mtlib.config import ConfigError
 from mtlib.io import InputError, resolve_local
+from mtlib.models.checkpoint import CheckpointError, shapes_of, state_diff
 
 # Per-channel statistics of the Wan2.1 latent space (hard-coded in the reference `WanVAE`):
 # encode returns (mu - mean) / std, decode undoes it.
@@ -568,33 +569,13 @@ def infer_config(state: dict[str, torch.Tensor]) -> VAEConfig:
     return VAEConfig(dim=int(state[_CONV1_KEY].shape[0]), z_dim=int(state[_CONV2_KEY].shape[0]))
 
 
-def _names(items: list[str], limit: int = 20) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-
-
 def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
     """One error naming every missing, unexpected and mis-shaped key."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    misshaped = sorted(
-        f"{k} {list(state[k].shape)} (expected {list(shape)})"
-        for k, shape in expected.items()
-        if k in state and tuple(state[k].shape) != shape
-    )
-    if missing or unexpected or misshaped:
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {_names(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {_names(unexpected)}")
-        if misshaped:
-            parts.append(f"mis-shaped keys ({len(misshaped)}): {_names(misshaped)}")
-        raise InputError(
-            f"{where}: does not match the Wan2.1 VAE (dim {model.config.dim}): "
-            + "; ".join(parts)
-            + ". Fix: pass an unmodified Wan2.1_VAE.pth, or the config it was trained with."
+    diff = state_diff(shapes_of(model.state_dict()), shapes_of(state))
+    if diff:
+        raise CheckpointError(
+            f"{where}: does not match the Wan2.1 VAE (dim {model.config.dim}): {diff.describe(limit=20)}. "
+            "Fix: pass an unmodified Wan2.1_VAE.pth, or the config it was trained with."
         )
 
 
