@@ -44,7 +44,7 @@ class FP8Linear(nn.Module):
 def enable_fp8(model: nn.Module) -> nn.Module:
     """Swap the Linear layers of `model.blocks` for FP8Linear in place (CUDA, bf16 model)."""
     for block in model.blocks:
-        for name, module in list(block.named_modules()):
+        for module in list(block.modules()):
             for child_name, child in list(module.named_children()):
                 if isinstance(child, nn.Linear) and child.in_features % 16 == 0 and child.out_features % 16 == 0:
                     setattr(module, child_name, FP8Linear(child))
