@@ -196,10 +196,30 @@ class AudioEncoder:
         if trace.active():
             trace.point("audio.w2v.interp_features", feats)
         hidden, _ = m.feature_projection(feats)  # [1, T, hidden]
-        out = m.encoder(hidden, output_hidden_states=True, return_dict=True)
+        hidden_states = self._encoder_states(hidden)
         if trace.active():
-            trace.point("audio.w2v.hidden0", out.hidden_states[0])
-        return out.hidden_states
+            trace.point("audio.w2v.hidden0", hidden_states[0])
+        return hidden_states
+
+    def _encoder_states(self, hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The post-LN wav2vec2 encoder run layer by layer (positional conv, LayerNorm, layers),
+        keeping every layer's input and the last output, as `output_hidden_states=True` does in
+        transformers 4.x. Written out because transformers 5 collects hidden states only at the
+        top-level model, not when the encoder submodule is called on its own."""
+        if getattr(self.model.config, "do_stable_layer_norm", False):
+            raise Wav2VecError(
+                f"wav2vec2 {self.model_id}: a pre-LN (do_stable_layer_norm) model; MultiTalk's "
+                "audio adapter was trained on chinese-wav2vec2-base (post-LN). Fix: load that model."
+            )
+        enc = self.model.encoder
+        hidden = enc.layer_norm(hidden + enc.pos_conv_embed(hidden))
+        hidden = enc.dropout(hidden)  # identity in eval mode
+        states = [hidden]
+        for layer in enc.layers:
+            out = layer(hidden, attention_mask=None)
+            hidden = out[0] if isinstance(out, tuple) else out
+            states.append(hidden)
+        return tuple(states)
 
     def embed(self, waveform: np.ndarray) -> torch.Tensor:
         """Waveform [N] at 16 kHz -> audio_embedding [T, layers, hidden] float32 on the CPU,
