@@ -823,30 +823,49 @@ def _tensors(p, m, H, W, F, T, lat_h, lat_w, P, raw, tracks, pad_to, eff, inputs
         out.append(PlannedTensor(name, tuple(int(s) for s in shape), dt.get(kind, kind), note))
 
     lay, aw = m.audio_layers, m.audio_width
-    # audio front-end (golden stage "audio")
+    # audio front-end (golden stage "audio"). The short-audio policy appends its silence
+    # AFTER loudness normalisation (and after combining two speakers): raw16k, loudnorm and
+    # person1/2/sum keep the real lengths, wav2vec2 sees the padded track.
     if tracks[0] is not None:
         n = [pad_to[i] if pad_to[i] is not None else tracks[i] for i in range(P)]
+        w2v = []
+        for i in range(P):
+            n50 = max(0, (n[i] - 400) // 320 + 1)  # conv feature frames at 50 Hz
+            w2v.append([
+                ("audio.input_values", (n[i],), "aud", "the 16 kHz track given to wav2vec2" + (" (+ silence)" if pad_to[i] else "")),
+                ("audio.w2v.conv_features", (1, m.w2v_conv_dim, n50), "aud", ""),
+                ("audio.w2v.interp_features", (1, eff[i], m.w2v_conv_dim), "aud", ""),
+                ("audio.w2v.hidden0", (1, eff[i], aw), "aud", ""),
+                ("audio.embedding", (eff[i], lay, aw), "aud", ""),
+            ])
         if P == 1:
-            add("audio.raw16k", (n[0],), "aud", "librosa.load(sr=16000)" + (" + silence" if pad_to[0] else ""))
-            add("audio.loudnorm", (n[0],), "aud")
-            add("audio.input_values", (n[0],), "aud")
-            n50 = max(0, (n[0] - 400) // 320 + 1)
-            add("audio.w2v.conv_features", (1, m.w2v_conv_dim, n50), "aud")
-            add("audio.w2v.interp_features", (1, eff[0], m.w2v_conv_dim), "aud")
-            add("audio.w2v.hidden0", (1, eff[0], aw), "aud")
-            add("audio.embedding", (eff[0], lay, aw), "aud")
+            add("audio.raw16k", (raw[0],), "aud", "librosa.load(sr=16000)")
+            add("audio.loudnorm", (raw[0],), "aud")
+            for name, shape, kind, note in w2v[0]:
+                add(name, shape, kind, note)
         else:
+            # a name offered again is `<name>#1` (the trace format): speaker 2's file / person 2
+            for i in range(P):
+                tag = "" if i == 0 else f"#{i}"
+                add(f"audio.raw16k{tag}", (raw[i],), "aud", f"speaker {i + 1}'s file at 16 kHz")
+                add(f"audio.loudnorm{tag}", (raw[i],), "aud")
             wide = "float64" if p.audio_type == "add" else dt["aud"]
-            add("audio.person1", (n[0],), wide)
-            add("audio.person2", (n[1],), wide)
-            add("audio.sum", (max(n),), wide)
-            add("audio.embedding1", (eff[0], lay, aw), "aud")
-            add("audio.embedding2", (eff[1], lay, aw), "aud")
+            add("audio.person1", (tracks[0],), wide)
+            add("audio.person2", (tracks[1],), wide)
+            add("audio.sum", (max(tracks),), wide, "the soundtrack of the video")
+            for i in range(P):
+                tag = "" if i == 0 else f"#{i}"
+                for name, shape, kind, note in w2v[i]:
+                    add(name + tag, shape, kind, note or f"person {i + 1}")
+            add("audio.embedding1", (eff[0], lay, aw), "aud", "golden name of person 1's embedding")
+            add("audio.embedding2", (eff[1], lay, aw), "aud", "golden name of person 2's embedding")
     b = "b720" if p.size == "multitalk-720" else "b480"
     add(f"image.{b}.cond", (1, 3, 1, H, W), "img", "bucket + resize + centre crop, [-1, 1]")
     add("clip.input", (1, 3, 1, H, W), "img")
     add("clip.pixels", (1, 3, m.clip_image_size, m.clip_image_size), "img")
     add("clip.out", (1, m.clip_tokens, m.clip_dim), "clip", "clip_fea")
+    add("ref_target_masks", (3, lat_h, lat_w), "lat", "person 1, person 2, background on the latent grid")
+    add("t5.out_full", (2, m.text_len, m.text_dim), "t5", "T5 output with the padding rows")
     add("e2e.t5.call0.ids", (2, m.text_len), "int64", "[prompt, negative prompt]")
     add("e2e.t5.call0.mask", (2, m.text_len), "int64")
     add("e2e.t5.call0.out", (2, m.text_len, m.text_dim), "t5")
@@ -889,6 +908,14 @@ def _tensors(p, m, H, W, F, T, lat_h, lat_w, P, raw, tracks, pad_to, eff, inputs
         add(f"{k}.decoded", (1, 3, F, H, W), "vae")
         add(f"{k}.color_ref", (1, 3, 1, H, W), "img")
         add(f"{k}.color_corrected", (1, 3, F, H, W), "img")
+    # the VAE of every clip (inside e2e.clip<k>.): causal chunks of 1, 4, 4, ... frames
+    add("vae.encode.in", (1, 3, F, H, W), "vae", "cond frames + zero frames")
+    add("vae.encode.encoder_chunk*", (1, 2 * m.z_dim, 1, lat_h, lat_w), "vae", "mean and log-variance of one latent frame")
+    add("vae.y", (1, m.z_dim, T, lat_h, lat_w), "vae")
+    add("vae.decode.in", (1, m.z_dim, T, lat_h, lat_w), "vae")
+    add("vae.decode.decoder_chunk0", (1, 3, 1, H, W), "vae", "latent frame 0 -> 1 pixel frame")
+    add("vae.decode.decoder_chunk*", (1, 3, m.vae_stride[0], H, W), "vae", "later latent frames -> 4 pixel frames each")
+    add("vae.decode.out", (1, 3, F, H, W), "vae")
     add("e2e.video", (3, p.video_frames, H, W), "vae", "generate() output")
     add("output.video", (3, p.output_frames, H, W), "vae", "after trimming to the real audio")
     # one DiT call (golden stage "dit"); P is the number of persons of the cond pass
