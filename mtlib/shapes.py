@@ -17,7 +17,8 @@ Policies (config.generation): frame_num 'auto' | int, short_audio 'pad' | 'snap'
 Where it sits: pipeline.generate() calls plan() first and refuses an invalid plan
 (`ShapePlan.raise_if_invalid()`); mtlib.audio pads each waveform to `pad_to_samples`;
 notebooks/02_shape_inspection.ipynb renders it with `plan_table`, `explain` and
-`plot_frame_grouping`.
+`plot_frame_grouping`; mtlib.shapecheck runs the engine and compares every recorded shape
+with the plan (tests/test_plan_live.py).
 """
 
 from __future__ import annotations
@@ -263,7 +264,9 @@ class PolicyAction:
 
 @dataclass(frozen=True)
 class PlannedTensor:
-    name: str  # trace-point name; `*` stands for every step / block index
+    # trace-point name; `*` stands for every step / block / chunk index, `#n` for the n-th
+    # repeat of a name (speaker 2's audio points), as in the on-disk trace format
+    name: str
     shape: tuple[int, ...]
     dtype: str
     note: str = ""
