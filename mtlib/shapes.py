@@ -909,8 +909,9 @@ def _tensors(p, m, H, W, F, T, lat_h, lat_w, P, raw, tracks, pad_to, eff, inputs
             add(f"{k}.add_noise_step*.out", (m.z_dim, Tm, lat_h, lat_w), "lat")
         add(f"{k}.x0", (1,) + lat, "lat")
         add(f"{k}.decoded", (1, 3, F, H, W), "vae")
-        add(f"{k}.color_ref", (1, 3, 1, H, W), "img")
-        add(f"{k}.color_corrected", (1, 3, F, H, W), "img")
+        if g.color_correction_strength > 0:  # strength 0 skips the colour matching
+            add(f"{k}.color_ref", (1, 3, 1, H, W), "img")
+            add(f"{k}.color_corrected", (1, 3, F, H, W), "img")
     # the VAE of every clip (inside e2e.clip<k>.): causal chunks of 1, 4, 4, ... frames
     add("vae.encode.in", (1, 3, F, H, W), "vae", "cond frames + zero frames")
     add("vae.encode.encoder_chunk*", (1, 2 * m.z_dim, 1, lat_h, lat_w), "vae", "mean and log-variance of one latent frame")

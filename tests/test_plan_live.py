@@ -215,11 +215,13 @@ def _check_accepts_exactly(tmp_path, models, width, height, seconds, frame_num, 
     p = shapes.plan(cfg)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if p.valid:
-            run = generation.prepare_run(cfg, progress=False)
-            video = _engine(run, models)
-            assert video.shape[1] == p.output_frames
-            assert tuple(video.shape) == (3, p.output_frames, *p.target_hw)
+        if p.valid:  # the run completes, every shape as planned, plan.output_frames frames
+            run, rec, result = shapecheck.observe(cfg, models=models)
+            check = shapecheck.compare(run.plan, rec)
+            assert check.passed, check.table()
+            assert check.never_observed == (["audio.embedding1", "audio.embedding2"] if p.persons == 2 else [])
+            assert check.output_frames == p.output_frames
+            assert tuple(result.video[:, : run.output_frames].shape) == (3, p.output_frames, *p.target_hw)
             return "valid"
         with pytest.raises(generation.PlanError):
             generation.prepare_run(cfg, progress=False)
