@@ -53,8 +53,10 @@ LIVE_CASES = {
         "generation.mode": "streaming", "generation.frame_num": 13, "generation.motion_frame": 5,
         "generation.max_frames_num": 37, "inputs.audio": [str(DATA / "speech_5s.wav")],
     },
-    # two speakers at once, 3 DiT passes (the uncond pass carries one silent person)
-    "two_para_clip": {
+    # two speakers at once, 3 DiT passes (the uncond pass carries one silent person); 720p
+    # buckets and APG guidance
+    "two_para_clip_720": {
+        "model.size": "multitalk-720", "generation.use_apg": True,
         "inputs.image": str(DATA / "two_person_16x9.png"),
         "inputs.audio": [str(DATA / "speech_1p79s.wav"), str(DATA / "speech_b_1p79s.wav")],
     },
