@@ -11,7 +11,7 @@ any model is loaded; `mtlib plan` is its command line (`add_arguments_plan`, `ru
 Rules (multitalk-facts §10.5), in the order the reference would trip over them:
   persons_1_or_2, audio_min_duration, para_equal_length, audio_longer_than_frame_num,
   frame_num_4n_plus_1, frame_num_min, bbox_count, motion_frame_below_frame_num,
-  motion_frame_4n_plus_1, size_multiple_of_16, rope_positions.
+  motion_frame_4n_plus_1, size_multiple_of_16, rope_positions, empty_output.
 Policies (config.generation): frame_num 'auto' | int, short_audio 'pad' | 'snap' | 'error'.
 
 Where it sits: pipeline.generate() calls plan() first and refuses an invalid plan
@@ -650,6 +650,19 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
     p.token_grid = (T, nh, nw)
     p.seq_len = T * nh * nw
     _schedule(p, g, F, eff, lat_h, lat_w, m)
+    if p.video_frames == 0 and len(p.miss) == 2 and p.miss[0] == 0:
+        # reachable with per-person embedding lengths (PlanInputs.audio_frames) that differ,
+        # streaming capped by max_frames_num: person 1 needs no tail padding, person 2 does
+        v.append(Violation(
+            "empty_output", {"miss": list(p.miss), "max_frames_num": g.max_frames_num}, None,
+            f"streaming stops at max_frames_num={g.max_frames_num}; person 2's audio is shorter "
+            f"and gets {p.miss[1]} frames of tail padding, person 1's none, and the reference "
+            "cuts person 1's padding with video[:-0], which is empty: it returns no frames "
+            "(mtlib's engine skips a cut of 0 and would keep them).",
+            ("give both speakers the same audio length (pad the shorter track with silence)",
+             "or raise generation.max_frames_num to cover the longer track"),
+        ))
+        return p
     if any(a.policy == "short_audio=pad" for a in p.policy_actions):
         p.output_frames = min(p.video_frames, want)
     else:

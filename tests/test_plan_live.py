@@ -319,3 +319,23 @@ def test_more_than_two_speakers_and_bad_sizes_fail_in_the_engine_too(tiny_models
         generate(models, torch.zeros(1, 3, 1, 40, 56), [torch.zeros(30, 3, 48)], ctx, ctx,
                  torch.zeros(3, 5, 7), s)  # fmt: skip
     assert q.lat_hw == (5, 7)
+
+
+@pytest.mark.slow
+def test_empty_output_quirk_is_refused_and_the_engine_departs(tiny_models):
+    """Streaming capped by max_frames_num, person 2 shorter than person 1: the reference's
+    video[:-miss[0]] with miss[0] == 0 returns no frames; the plan refuses (empty_output).
+    mtlib's engine skips a cut of 0 and returns the capped frames (it departs from the
+    reference on purpose; from files the two tracks are always equally long)."""
+    cfg = _cfg(**{"generation.mode": "streaming", "generation.frame_num": 13,
+                  "generation.motion_frame": 5, "generation.max_frames_num": 45})  # fmt: skip
+    p = shapes.plan(cfg, shapes.PlanInputs(image_size=(64, 48), audio_frames=(100, 40)))
+    assert [v.rule for v in p.violations] == ["empty_output"] and p.miss == (0, 8)
+    s = GenerationSettings(mode="streaming", frame_num=13, motion_frame=5, max_frames_num=45,
+                           sampling_steps=1, color_correction_strength=0.0, progress=False)  # fmt: skip
+    models = Models(dit=generation.DiTCall(tiny_models.dit), vae=tiny_models.vae, clip=tiny_models.clip)
+    ctx = torch.zeros(5, 32)
+    embs = [torch.zeros(100, 3, 48), torch.zeros(40, 3, 48)]
+    result = generate(models, torch.zeros(1, 3, 1, 48, 64), embs, ctx, ctx, torch.ones(3, 6, 8), s)
+    assert result.miss_lengths == [0, 8]
+    assert result.video.shape[1] == 45
