@@ -11,13 +11,14 @@ any model is loaded; `mtlib plan` is its command line (`add_arguments_plan`, `ru
 Rules (multitalk-facts §10.5), in the order the reference would trip over them:
   persons_1_or_2, audio_min_duration, para_equal_length, audio_longer_than_frame_num,
   frame_num_4n_plus_1, frame_num_min, bbox_count, motion_frame_below_frame_num,
-  motion_frame_4n_plus_1, size_multiple_of_16, rope_positions.
+  motion_frame_4n_plus_1, size_multiple_of_16, rope_positions, empty_output.
 Policies (config.generation): frame_num 'auto' | int, short_audio 'pad' | 'snap' | 'error'.
 
 Where it sits: pipeline.generate() calls plan() first and refuses an invalid plan
 (`ShapePlan.raise_if_invalid()`); mtlib.audio pads each waveform to `pad_to_samples`;
 notebooks/02_shape_inspection.ipynb renders it with `plan_table`, `explain` and
-`plot_frame_grouping`.
+`plot_frame_grouping`; mtlib.shapecheck runs the engine and compares every recorded shape
+with the plan (tests/test_plan_live.py).
 """
 
 from __future__ import annotations
@@ -263,7 +264,9 @@ class PolicyAction:
 
 @dataclass(frozen=True)
 class PlannedTensor:
-    name: str  # trace-point name; `*` stands for every step / block index
+    # trace-point name; `*` stands for every step / block / chunk index, `#n` for the n-th
+    # repeat of a name (speaker 2's audio points), as in the on-disk trace format
+    name: str
     shape: tuple[int, ...]
     dtype: str
     note: str = ""
@@ -647,6 +650,19 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
     p.token_grid = (T, nh, nw)
     p.seq_len = T * nh * nw
     _schedule(p, g, F, eff, lat_h, lat_w, m)
+    if p.video_frames == 0 and len(p.miss) == 2 and p.miss[0] == 0:
+        # reachable with per-person embedding lengths (PlanInputs.audio_frames) that differ,
+        # streaming capped by max_frames_num: person 1 needs no tail padding, person 2 does
+        v.append(Violation(
+            "empty_output", {"miss": list(p.miss), "max_frames_num": g.max_frames_num}, None,
+            f"streaming stops at max_frames_num={g.max_frames_num}; person 2's audio is shorter "
+            f"and gets {p.miss[1]} frames of tail padding, person 1's none, and the reference "
+            "cuts person 1's padding with video[:-0], which is empty: it returns no frames "
+            "(mtlib's engine skips a cut of 0 and would keep them).",
+            ("give both speakers the same audio length (pad the shorter track with silence)",
+             "or raise generation.max_frames_num to cover the longer track"),
+        ))
+        return p
     if any(a.policy == "short_audio=pad" for a in p.policy_actions):
         p.output_frames = min(p.video_frames, want)
     else:
@@ -823,30 +839,49 @@ def _tensors(p, m, H, W, F, T, lat_h, lat_w, P, raw, tracks, pad_to, eff, inputs
         out.append(PlannedTensor(name, tuple(int(s) for s in shape), dt.get(kind, kind), note))
 
     lay, aw = m.audio_layers, m.audio_width
-    # audio front-end (golden stage "audio")
+    # audio front-end (golden stage "audio"). The short-audio policy appends its silence
+    # AFTER loudness normalisation (and after combining two speakers): raw16k, loudnorm and
+    # person1/2/sum keep the real lengths, wav2vec2 sees the padded track.
     if tracks[0] is not None:
         n = [pad_to[i] if pad_to[i] is not None else tracks[i] for i in range(P)]
+        w2v = []
+        for i in range(P):
+            n50 = max(0, (n[i] - 400) // 320 + 1)  # conv feature frames at 50 Hz
+            w2v.append([
+                ("audio.input_values", (n[i],), "aud", "the 16 kHz track given to wav2vec2" + (" (+ silence)" if pad_to[i] else "")),
+                ("audio.w2v.conv_features", (1, m.w2v_conv_dim, n50), "aud", ""),
+                ("audio.w2v.interp_features", (1, eff[i], m.w2v_conv_dim), "aud", ""),
+                ("audio.w2v.hidden0", (1, eff[i], aw), "aud", ""),
+                ("audio.embedding", (eff[i], lay, aw), "aud", ""),
+            ])
         if P == 1:
-            add("audio.raw16k", (n[0],), "aud", "librosa.load(sr=16000)" + (" + silence" if pad_to[0] else ""))
-            add("audio.loudnorm", (n[0],), "aud")
-            add("audio.input_values", (n[0],), "aud")
-            n50 = max(0, (n[0] - 400) // 320 + 1)
-            add("audio.w2v.conv_features", (1, m.w2v_conv_dim, n50), "aud")
-            add("audio.w2v.interp_features", (1, eff[0], m.w2v_conv_dim), "aud")
-            add("audio.w2v.hidden0", (1, eff[0], aw), "aud")
-            add("audio.embedding", (eff[0], lay, aw), "aud")
+            add("audio.raw16k", (raw[0],), "aud", "librosa.load(sr=16000)")
+            add("audio.loudnorm", (raw[0],), "aud")
+            for name, shape, kind, note in w2v[0]:
+                add(name, shape, kind, note)
         else:
+            # a name offered again is `<name>#1` (the trace format): speaker 2's file / person 2
+            for i in range(P):
+                tag = "" if i == 0 else f"#{i}"
+                add(f"audio.raw16k{tag}", (raw[i],), "aud", f"speaker {i + 1}'s file at 16 kHz")
+                add(f"audio.loudnorm{tag}", (raw[i],), "aud")
             wide = "float64" if p.audio_type == "add" else dt["aud"]
-            add("audio.person1", (n[0],), wide)
-            add("audio.person2", (n[1],), wide)
-            add("audio.sum", (max(n),), wide)
-            add("audio.embedding1", (eff[0], lay, aw), "aud")
-            add("audio.embedding2", (eff[1], lay, aw), "aud")
+            add("audio.person1", (tracks[0],), wide)
+            add("audio.person2", (tracks[1],), wide)
+            add("audio.sum", (max(tracks),), wide, "the soundtrack of the video")
+            for i in range(P):
+                tag = "" if i == 0 else f"#{i}"
+                for name, shape, kind, note in w2v[i]:
+                    add(name + tag, shape, kind, note or f"person {i + 1}")
+            add("audio.embedding1", (eff[0], lay, aw), "aud", "golden name of person 1's embedding")
+            add("audio.embedding2", (eff[1], lay, aw), "aud", "golden name of person 2's embedding")
     b = "b720" if p.size == "multitalk-720" else "b480"
     add(f"image.{b}.cond", (1, 3, 1, H, W), "img", "bucket + resize + centre crop, [-1, 1]")
     add("clip.input", (1, 3, 1, H, W), "img")
     add("clip.pixels", (1, 3, m.clip_image_size, m.clip_image_size), "img")
     add("clip.out", (1, m.clip_tokens, m.clip_dim), "clip", "clip_fea")
+    add("ref_target_masks", (3, lat_h, lat_w), "lat", "person 1, person 2, background on the latent grid")
+    add("t5.out_full", (2, m.text_len, m.text_dim), "t5", "T5 output with the padding rows")
     add("e2e.t5.call0.ids", (2, m.text_len), "int64", "[prompt, negative prompt]")
     add("e2e.t5.call0.mask", (2, m.text_len), "int64")
     add("e2e.t5.call0.out", (2, m.text_len, m.text_dim), "t5")
@@ -887,8 +922,17 @@ def _tensors(p, m, H, W, F, T, lat_h, lat_w, P, raw, tracks, pad_to, eff, inputs
             add(f"{k}.add_noise_step*.out", (m.z_dim, Tm, lat_h, lat_w), "lat")
         add(f"{k}.x0", (1,) + lat, "lat")
         add(f"{k}.decoded", (1, 3, F, H, W), "vae")
-        add(f"{k}.color_ref", (1, 3, 1, H, W), "img")
-        add(f"{k}.color_corrected", (1, 3, F, H, W), "img")
+        if g.color_correction_strength > 0:  # strength 0 skips the colour matching
+            add(f"{k}.color_ref", (1, 3, 1, H, W), "img")
+            add(f"{k}.color_corrected", (1, 3, F, H, W), "img")
+    # the VAE of every clip (inside e2e.clip<k>.): causal chunks of 1, 4, 4, ... frames
+    add("vae.encode.in", (1, 3, F, H, W), "vae", "cond frames + zero frames")
+    add("vae.encode.encoder_chunk*", (1, 2 * m.z_dim, 1, lat_h, lat_w), "vae", "mean and log-variance of one latent frame")
+    add("vae.y", (1, m.z_dim, T, lat_h, lat_w), "vae")
+    add("vae.decode.in", (1, m.z_dim, T, lat_h, lat_w), "vae")
+    add("vae.decode.decoder_chunk0", (1, 3, 1, H, W), "vae", "latent frame 0 -> 1 pixel frame")
+    add("vae.decode.decoder_chunk*", (1, 3, m.vae_stride[0], H, W), "vae", "later latent frames -> 4 pixel frames each")
+    add("vae.decode.out", (1, 3, F, H, W), "vae")
     add("e2e.video", (3, p.video_frames, H, W), "vae", "generate() output")
     add("output.video", (3, p.output_frames, H, W), "vae", "after trimming to the real audio")
     # one DiT call (golden stage "dit"); P is the number of persons of the cond pass
