@@ -438,6 +438,12 @@ class Comparison:
         return atomic_write(path, page)
 
 
+def describe_point(r: PointResult) -> str:
+    """One line on how a row failed or passed: the numbers against the bound, or the
+    mismatch (what the summary and the CLI print after FIRST DIVERGENCE)."""
+    return _describe(r)
+
+
 def _describe(r: PointResult) -> str:
     if r.status in (STATUS_SHAPE, STATUS_DTYPE) or r.mode == "value":
         return f"{r.status}: {r.note}"
