@@ -20,7 +20,12 @@ within the same bound: such rows say `stats`.
 
 `first_divergence` is the first failing point in execution order: everything before it
 agrees, so the cause sits between it and its predecessor. `replay` separates a difference
-made by one stage locally from one carried in from upstream; `STAGES` names the stages.
+made by one stage locally from one carried in from upstream: it re-runs the stage here on
+the inputs recorded in trace A and compares with A's outputs. `STAGES` names the stages
+(clip, t5, vae.encode, vae.decode, the DiT passes dit / dit.drop_text / dit.uncond /
+dit.drop_audio, audio.encoder) under their single-stage and their pipeline names;
+`register_model_stages(models)` binds them to loaded networks (generation.load_models).
+`tiny_pair` makes two tiny generate_video runs that differ in one setting (notebook 04).
 """
 
 from __future__ import annotations
@@ -946,7 +951,7 @@ def replay(trace_a: Trace | str | Path, stage: str | Stage, run_stage: Callable[
 
 
 # ---------------------------------------------------------------------------------------
-# A tiny stand-in workload for the notebook and the docs (until the pipeline lands)
+# Pairs to compare: a synthetic stand-in (no weights needed) and two tiny pipeline runs
 # ---------------------------------------------------------------------------------------
 
 

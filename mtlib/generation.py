@@ -16,6 +16,9 @@ what `mtlib generate` and notebook 03 call:
     write                 video trimmed back to the real audio, muxed with the ORIGINAL
                           (unpadded, loudness-normalised, summed) speech at 25 fps, the resolved
                           config and seed in the mp4 metadata, written atomically
+    trace (trace_dir)     every step above records its points into an mtlib.trace.TraceWriter
+                          (`open_trace`: config.trace level / include / full), the directory
+                          `load_trace`, `mtlib compare` and `compare.replay` read
 
 The networks are adapted to the loop's duck types here (`DiTCall`, `PromptEncoder`), so the
 golden end-to-end test drives the same objects a user run does.

@@ -344,3 +344,23 @@ def test_from_config_default_include_leaves_network_internals_out(tmp_path):
         assert [n for n in t.names if t.has_tensor(n)] == stored
         assert t.meta["config"]["trace"]["level"] == level
     assert trace.TraceWriter.from_config(tmp_path / "off", cfg.replace(**{"trace.level": "off"}).trace) is None
+
+
+def test_a_failed_generate_video_leaves_a_readable_trace_marked_failed(tmp_path, monkeypatch):
+    import types
+
+    from mtlib import generation
+    from mtlib.config import load_config
+
+    def broken_preprocess(run, audio_encoder, cache_dir="default"):
+        trace.point("audio.raw16k", torch.ones(4))
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(generation, "preprocess_inputs", broken_preprocess)
+    cfg = load_config("tiny", {"generation.frame_num": 13})
+    with pytest.raises(RuntimeError, match="disk full"):
+        generation.generate_video(cfg, tmp_path / "v.mp4", trace_dir=tmp_path / "trace",
+                                  progress=False, models=types.SimpleNamespace(audio_encoder=None))
+    t = trace.load_trace(tmp_path / "trace")
+    assert t.names == ["audio.raw16k"] and t.meta["status"] == "failed: RuntimeError"
+    assert not (tmp_path / "v.mp4").exists()
