@@ -8,6 +8,15 @@ of a tiny run's wall time; the lead measures the real tiny pipeline once it land
 
     python benchmarks/bench_trace.py [--tokens 256 --dim 256 --blocks 8 --steps 10]
     python benchmarks/bench_trace.py --tiny-dit ../shared/golden   # the tiny DiT's own points
+    python benchmarks/bench_trace.py --tiny-run [--repeat 5]       # whole tiny generate_video runs
+
+--tiny-run: the tiny preset through mtlib.generation.generate_video (networks loaded once,
+audio embedding cached, frame_num 13) with trace off / stats (the config's default include:
+the pipeline's points, no DiT / VAE internals) / stats with every point ("*", DiT and VAE
+internals included) / full (tensors of the default include). Rounds are interleaved; the
+median per mode is reported (and the min), overhead relative to "off", and the median share
+of each traced run's wall time spent inside the TraceWriter (robust on a busy shared CPU,
+where the wall times of whole runs swing by 10x).
 """
 
 from __future__ import annotations
@@ -52,9 +61,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--tiny-run", action="store_true", help="instead: whole tiny generate_video runs, "
+                   "trace off / stats / stats of every point / full (median of --repeat rounds)")
     p.add_argument("--tiny-dit", metavar="GOLDEN_DIR", help="instead: forwards of the tiny DiT "
                    "(golden weights and the dit_2p_step0_cond inputs), all its dit.* points traced")
     args = p.parse_args(argv)
+    if args.tiny_run:
+        return bench_tiny_run(args.repeat)
     if args.tiny_dit:
         return bench_tiny_dit(Path(args.tiny_dit), args.repeat, args.device)
 
@@ -156,6 +169,76 @@ def bench_tiny_dit(golden: Path, repeat: int, device: str) -> None:
     print(f"tiny DiT, {forwards} forwards on {device}, {count['points']} points: off {1e3 * best['off']:.1f} ms, "
           f"stats {1e3 * best['stats']:.1f} ms, overhead {100 * over / best['off']:+.1f}% "
           f"({1e6 * over / count['points']:.0f} us/point)")
+
+
+def bench_tiny_run(repeat: int) -> None:
+    import os
+    import statistics
+
+    from mtlib.config import load_config
+    from mtlib.generation import generate_video, load_models
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_trace_run_"))
+    os.environ.setdefault("MTLIB_CACHE", str(tmp / "cache"))
+    base = load_config("tiny", {"generation.frame_num": 13})
+    models = load_models(base)
+    modes = {
+        "off": base.replace(**{"trace.level": "off"}),
+        "stats": base.replace(**{"trace.level": "stats"}),
+        "stats, every point": base.replace(**{"trace.level": "stats", "trace.include": ["*"]}),
+        "full": base.replace(**{"trace.level": "full"}),
+    }
+    count = {"n": 0}
+    points: dict[str, int] = {}
+    # time spent inside the writer (record + open/close), summed per run: a measure of the
+    # overhead that a busy shared CPU disturbs less than the difference of two wall times
+    inside = {"s": 0.0}
+    spent: dict[str, list[float]] = {m: [] for m in modes}
+    share: dict[str, list[float]] = {m: [] for m in modes}  # writer time / that run's wall time
+
+    def timed_method(fn):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                inside["s"] += time.perf_counter() - t0
+        return wrapper
+
+    for meth in ("record", "close", "__init__"):
+        setattr(trace.TraceWriter, meth, timed_method(getattr(trace.TraceWriter, meth)))
+
+    def run(mode: str) -> float:
+        count["n"] += 1
+        d = tmp / f"r{count['n']}"
+        inside["s"] = 0.0
+        t0 = time.perf_counter()
+        generate_video(modes[mode], d / "v.mp4", trace_dir=d / "trace", progress=False, models=models)
+        wall = time.perf_counter() - t0
+        spent[mode].append(inside["s"])
+        share[mode].append(inside["s"] / wall)
+        index = d / "trace" / "index.jsonl"
+        points[mode] = sum(1 for _ in open(index)) if index.exists() else 0
+        return wall
+
+    for m in modes:  # warm-up: embedding cache, allocator, imports
+        run(m)
+        spent[m].clear()
+        share[m].clear()
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    for _ in range(repeat):
+        for m in modes:
+            times[m].append(run(m))
+    med = {m: statistics.median(v) for m, v in times.items()}
+    base_t = med["off"]
+    print(f"tiny generate_video (frame_num 13, {base.generation.sampling_steps} steps, CPU, "
+          f"{torch.get_num_threads()} threads): median of {repeat} interleaved rounds")
+    for m, t in med.items():
+        extra = "" if m == "off" else f"  overhead {100 * (t - base_t) / base_t:+6.1f}%"
+        inner = statistics.median(spent[m])
+        writer = "" if m == "off" else (f"; in the writer {1e3 * inner:6.1f} ms = "
+                                        f"{100 * statistics.median(share[m]):.1f}% of the run")
+        print(f"  {m:<19} {t:7.3f} s (min {min(times[m]):.3f}){extra}  {points[m]} points{writer}")
 
 
 if __name__ == "__main__":

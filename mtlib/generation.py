@@ -16,6 +16,9 @@ what `mtlib generate` and notebook 03 call:
     write                 video trimmed back to the real audio, muxed with the ORIGINAL
                           (unpadded, loudness-normalised, summed) speech at 25 fps, the resolved
                           config and seed in the mp4 metadata, written atomically
+    trace (trace_dir)     every step above records its points into an mtlib.trace.TraceWriter
+                          (`open_trace`: config.trace level / include / full), the directory
+                          `load_trace`, `mtlib compare` and `compare.replay` read
 
 The networks are adapted to the loop's duck types here (`DiTCall`, `PromptEncoder`), so the
 golden end-to-end test drives the same objects a user run does.
@@ -25,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fnmatch
-import hashlib
 import json
 import os
 import sys
@@ -438,56 +439,23 @@ def save_preprocessed(pre: PreprocessedInputs, run_dir: str | os.PathLike) -> di
 # --------------------------------------------------------------------------------------------
 
 
-class StatsRecorder:
-    """The run's trace for config.trace: stats of every point (shape, dtype, mean, std,
-    absmax, NaN count, sha256 of small tensors, times recorded) and, at level "full", the
-    tensors whose names match config.trace.full (all of them when that list is empty).
+def open_trace(
+    trace_dir: str | os.PathLike | None, cfg: RunConfig, **kw: Any
+) -> trace.TraceWriter | None:
+    """The run's recorder for config.trace (None without a trace_dir or at level "off").
 
-    Stand-in until mtlib.trace has its writer: `save_trace` writes trace.json +
-    tensors.safetensors; swap both for the shared writer when it lands."""
-
-    HASH_MAX_NUMEL = 1 << 22  # hashing copies the tensor to the CPU: only for small ones
-
-    def __init__(self, level: str = "stats", full: tuple[str, ...] = ()):
-        self.level = level
-        self.full = tuple(full)
-        self.stats: dict[str, dict] = {}
-        self.tensors: dict[str, Any] = {}
-        self.order: list[str] = []
-
-    def wants_tensor(self, name: str) -> bool:
-        if self.level != "full":
-            return False
-        return not self.full or any(fnmatch.fnmatchcase(name, p) for p in self.full)
-
-    def record(self, name: str, value: Any) -> None:
-        import torch
-
-        if not isinstance(value, torch.Tensor):
-            return
-        x = value.detach()
-        entry = {"shape": list(x.shape), "dtype": str(x.dtype).replace("torch.", "")}
-        if x.numel() and (x.is_floating_point() or x.is_complex()):
-            xf = x.float()
-            entry.update(
-                mean=xf.mean().item(),
-                std=xf.std().item() if x.numel() > 1 else 0.0,
-                absmax=xf.abs().max().item(),
-                nan=int(torch.isnan(xf).sum().item()),
-            )
-        elif x.numel():
-            entry.update(min=int(x.min().item()), max=int(x.max().item()))
-        if x.numel() <= self.HASH_MAX_NUMEL:
-            cpu = x.to("cpu").contiguous()
-            raw = cpu.view(torch.uint8) if cpu.dtype == torch.bfloat16 else cpu
-            entry["sha256"] = hashlib.sha256(raw.numpy().tobytes()).hexdigest()
-        previous = self.stats.get(name)
-        entry["count"] = 1 + (previous["count"] if previous else 0)
-        if previous is None:
-            self.order.append(name)
-        self.stats[name] = entry  # repeated points (DiT passes of one step) keep the last
-        if self.wants_tensor(name):
-            self.tensors[name] = x.to("cpu", copy=True)
+    It writes an mtlib trace directory (mtlib.trace format: index.jsonl, meta.json with the
+    resolved config, tensors-*.safetensors) that `load_trace`, `mtlib compare` and `replay`
+    read. stats: statistics + hash of the points matching trace.include (by default the
+    pipeline's e2e.*, audio.*, image.*, t5.*, clip.* points, not the DiT / VAE internals,
+    ~55 us each on a CPU); full: their tensors too (only those matching trace.full when it is
+    given). Points named by trace.full are recorded even outside trace.include (at level
+    stats as statistics), e.g. "e2e.*.dit.block*" to look inside the DiT. An earlier trace in
+    trace_dir is replaced."""
+    if trace_dir is None or cfg.trace.level == "off":
+        return None
+    kw.setdefault("overwrite", True)
+    return trace.TraceWriter.from_config(trace_dir, cfg.trace, cfg, **kw)
 
 
 def _readable(path: Path) -> None:
@@ -495,30 +463,6 @@ def _readable(path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
-
-
-def save_trace(
-    recorder: StatsRecorder, trace_dir: str | os.PathLike, meta: dict | None = None
-) -> Path:
-    """trace_dir/trace.json (order + stats + meta) and, if any, trace_dir/tensors.safetensors;
-    both written atomically."""
-    from safetensors.torch import save_file
-
-    d = Path(trace_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "level": recorder.level,
-        "meta": meta or {},
-        "order": recorder.order,
-        "stats": recorder.stats,
-    }
-    with atomic_path(d / "trace.json") as tmp:
-        tmp.write_text(json.dumps(doc, indent=1, default=str))
-    if recorder.tensors:
-        with atomic_path(d / "tensors.safetensors") as tmp:
-            save_file({k: v.contiguous() for k, v in recorder.tensors.items()}, str(tmp))
-            _readable(tmp)
-    return d
 
 
 # --------------------------------------------------------------------------------------------
@@ -594,40 +538,45 @@ def generate_video(
         models = load_models(cfg, run.device, run.precision, compile=compile)
     t = _timed(timings, "load", t)
 
-    recorder = None
-    if trace_dir is not None and cfg.trace.level != "off":
-        recorder = StatsRecorder(cfg.trace.level, cfg.trace.full)
-    with trace.recording(recorder) if recorder is not None else contextlib.nullcontext():
-        inputs = preprocess_inputs(run, models.audio_encoder)
-        t = _timed(timings, "preprocess", t)
-        negative = cfg.inputs.negative_prompt or DEFAULT_NEGATIVE_PROMPT
-        context, context_null = encode_prompts(
-            PromptEncoder(models.text_encoder), cfg.inputs.prompt, negative
-        )
-        t = _timed(timings, "text", t)
-        teacache = None
-        s = run.settings
-        if cfg.generation.teacache and s.text_guide_scale != 1.0:
-            from mtlib.models.dit import TeaCacheState
-
-            teacache = TeaCacheState.for_size(
-                cfg.model.size, s.sampling_steps, cfg.generation.teacache_thresh
+    writer = open_trace(trace_dir, cfg)
+    try:
+        with trace.recording(writer) if writer is not None else contextlib.nullcontext():
+            inputs = preprocess_inputs(run, models.audio_encoder)
+            t = _timed(timings, "preprocess", t)
+            negative = cfg.inputs.negative_prompt or DEFAULT_NEGATIVE_PROMPT
+            context, context_null = encode_prompts(
+                PromptEncoder(models.text_encoder), cfg.inputs.prompt, negative
             )
-        result = generate(
-            Models(dit=DiTCall(models.dit, teacache), vae=models.vae, clip=models.clip),
-            inputs.cond_image,
-            inputs.audio_embs,
-            context,
-            context_null,
-            inputs.ref_target_masks,
-            s,
-            SeededNoise(cfg.generation.seed),
-        )
-        t = _timed(timings, "generate", t)
-        # padded audio made extra frames: keep the ones that show the real speech
-        video = result.video[:, : run.output_frames]
-        if recorder is not None:
-            trace.point("output.video", video)
+            t = _timed(timings, "text", t)
+            teacache = None
+            s = run.settings
+            if cfg.generation.teacache and s.text_guide_scale != 1.0:
+                from mtlib.models.dit import TeaCacheState
+
+                teacache = TeaCacheState.for_size(
+                    cfg.model.size, s.sampling_steps, cfg.generation.teacache_thresh
+                )
+            result = generate(
+                Models(dit=DiTCall(models.dit, teacache), vae=models.vae, clip=models.clip),
+                inputs.cond_image,
+                inputs.audio_embs,
+                context,
+                context_null,
+                inputs.ref_target_masks,
+                s,
+                SeededNoise(cfg.generation.seed),
+            )
+            t = _timed(timings, "generate", t)
+            # padded audio made extra frames: keep the ones that show the real speech
+            video = result.video[:, : run.output_frames]
+            if writer is not None:
+                trace.point("output.video", video)
+    except BaseException as e:
+        if writer is not None:  # what was recorded stays readable, marked as failed
+            writer.close()
+            writer.meta["status"] = f"failed: {type(e).__name__}"
+            writer._write_meta()
+        raise
 
     fps = cfg.generation.fps
     meta = {
@@ -639,11 +588,14 @@ def generate_video(
                  "output_frames": run.output_frames, "clips": len(run.plan.clips),
                  "policies": [a.policy for a in run.plan.policy_actions]},
     }  # fmt: skip
+    if writer is not None:
+        # the trace's meta.json gets the video's metadata too (rewritten at close)
+        writer.meta.update(seed=meta["seed"], frames=meta["frames"], plan=meta["plan"])
+        writer.meta["timings"] = dict(timings)
+        writer.close()
+        t = _timed(timings, "trace", t)
     path = write_mp4(video, out, fps=fps, audio=(inputs.soundtrack, SAMPLE_RATE), metadata=meta)
     t = _timed(timings, "write", t)
-    if recorder is not None:
-        save_trace(recorder, trace_dir, meta)
-        t = _timed(timings, "trace", t)
     timings["total"] = round(time.perf_counter() - t_start, 4)
     n, (H, W) = int(video.shape[1]), run.target_hw
     return GenerationOutput(
@@ -658,7 +610,7 @@ def generate_video(
         duration_s=n / fps,
         audio_seconds=inputs.real_samples / SAMPLE_RATE,
         timings=timings,
-        trace_dir=Path(trace_dir) if recorder is not None else None,
+        trace_dir=Path(trace_dir) if writer is not None else None,
         config=cfg,
     )
 

@@ -378,7 +378,10 @@ class TraceWriter:
     `include` (globs) limits the trace to some points, e.g. ("e2e.*",) to leave out the
     per-block points of the networks: each point costs ~50 us on a CPU for small tensors
     (about 8 tensor ops, the hash and the index line), which is felt where a tiny network
-    offers a point every ~200 us.
+    offers a point every ~200 us. A pattern "!glob" leaves its matches out again, the last
+    matching pattern deciding (("e2e.*", "!*.dit.*"): the pipeline's points without the
+    DiT's internals). Points matching an explicitly given `full` pattern are recorded
+    whatever `include` says.
     """
 
     def __init__(
@@ -404,6 +407,11 @@ class TraceWriter:
         self.level = level
         self.full = tuple(full) if (full or level == "stats") else ("*",)
         self.include = tuple(include)
+        self._include_all = self.include == ("*",)
+        # explicitly stored points are recorded whatever `include` says: they match last
+        self._rules = tuple((p[1:], False) if p.startswith("!") else (p, True) for p in self.include)
+        self._rules += tuple((p, True) for p in full)
+        self._seen: dict[str, bool] = {}  # name -> recorded? (glob matching once per name)
         self.shard_bytes = int(shard_mb * (1 << 20))
         self.max_queue_bytes = int(max_queue_mb * (1 << 20))
         self.with_hash = hash
@@ -455,10 +463,29 @@ class TraceWriter:
         if trace_config.level == "off":
             return None
         meta = {"config": _jsonable(run_config)} if run_config is not None else {}
-        return cls(directory, trace_config.level, tuple(trace_config.full), meta=meta, **kw)
+        include = tuple(getattr(trace_config, "include", ("*",)))
+        full = tuple(trace_config.full)
+        if trace_config.level == "stats":  # `full` names points to record, as statistics only
+            include, full = include + full, ()
+        kw.setdefault("include", include)
+        return cls(directory, trace_config.level, full, meta=meta, **kw)
 
     def wants_full(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, p) for p in self.full)
+
+    def wants(self, name: str) -> bool:
+        """Is point `name` recorded at all? The last `include` pattern it matches decides
+        ("!glob": no); explicit `full` patterns come after them; no match: no."""
+        if self._include_all:
+            return True
+        seen = self._seen.get(name)
+        if seen is None:
+            seen = False
+            for pattern, keep in self._rules:
+                if fnmatch.fnmatchcase(name, pattern):
+                    seen = keep
+            self._seen[name] = seen
+        return seen
 
     def _shard_name(self) -> str:
         return f"tensors-{len(self.shards):05d}.safetensors"
@@ -467,7 +494,7 @@ class TraceWriter:
         if self._closed:
             raise RuntimeError(f"TraceWriter({str(self.directory)!r}) is closed; point {name!r} lost.")
         self._raise_worker_error()
-        if self.include != ("*",) and not any(fnmatch.fnmatchcase(name, p) for p in self.include):
+        if not self.wants(name):
             return
         call = self.calls.get(name, 0)
         self.calls[name] = call + 1
@@ -560,6 +587,10 @@ class TraceWriter:
         name = self._shard_name()
         with atomic_path(self.directory / name) as tmp:
             save_file(self._pending, str(tmp))
+            # safetensors re-creates the file owner-only: back to the usual umask permissions
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
         self.shards.append(name)
         self._pending = {}
         self._pending_bytes = 0

@@ -261,7 +261,7 @@ def test_replay_local_change(tmp_path):
     assert res.local
     assert res.inputs_differ == []
     assert res.comparison.first_divergence == "s.out"
-    assert "differs LOCALLY" in res.verdict
+    assert "LOCAL DIFFERENCE IN THIS STAGE" in res.verdict
 
 
 def test_replay_registry_prefix_and_multiple_outputs(tmp_path):

@@ -6,7 +6,6 @@ formats) and loaded by the real loaders; the networks are loaded once and shared
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from mtlib import cli, generation
 from mtlib.config import load_config
 from mtlib.generation import PlanError, generate_video, load_models, prepare_run
+from mtlib.trace import load_trace
 from mtlib.video import read_mp4
 
 FRAME_43_MESSAGE = "RuntimeError: shape '[1, 11, 4, 6, 12]' is invalid for input of size 3312"
@@ -139,10 +139,10 @@ def test_two_speakers_para(tiny_env, tmp_path):
     frames, audio, info = read_mp4(out.path)
     assert info["n_frames"] == 21 and frames.shape[1:] == (48, 96, 3)
     assert abs(info["audio_duration_s"] - 21 / 25) < 0.03
-    stats = json.loads((trace_dir / "trace.json").read_text())["stats"]
-    assert stats["e2e.clip0.audio"]["shape"] == [2, 21, 5, 3, 48]  # both persons' windows
-    assert stats["e2e.clip0.ref_target_masks"]["shape"] == [3, 6, 12]
-    assert stats["output.video"]["shape"] == [3, 21, 48, 96]
+    t = load_trace(trace_dir)
+    assert t.stats("e2e.clip0.audio")["shape"] == [2, 21, 5, 3, 48]  # both persons' windows
+    assert t.stats("e2e.clip0.ref_target_masks")["shape"] == [3, 6, 12]
+    assert t.stats("output.video")["shape"] == [3, 21, 48, 96]
 
 
 def test_streaming_two_clips(tiny_env, tmp_path):
@@ -190,15 +190,25 @@ def test_trace_levels(tiny_env, tmp_path):
     out = generate_video(
         full, tmp_path / "b.mp4", trace_dir=tmp_path / "full", progress=False, models=models
     )
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(tmp_path / "full" / "tensors.safetensors"))
-    assert sorted(tensors) == ["e2e.clip0.rand.noise", "output.video"]
-    assert tensors["output.video"].equal(out.video)
-    doc = json.loads((tmp_path / "full" / "trace.json").read_text())
-    assert doc["stats"]["e2e.clip0.step0.cond"]["count"] == 1
-    assert doc["stats"]["e2e.clip0.step0.dit.out"]["count"] == 3  # cond, drop_text, uncond
-    assert doc["meta"]["seed"] == 42
+    t = load_trace(tmp_path / "full")
+    assert t.meta["status"] == "complete" and t.meta["seed"] == 42
+    assert t.meta["config"]["trace"]["level"] == "full"
+    assert sorted(n for n in t.names if t.has_tensor(n)) == ["e2e.clip0.rand.noise", "output.video"]
+    assert t.tensor("output.video").equal(out.video)
+    assert "e2e.clip0.step0.cond" in t and "e2e.clip0.step0.noise_pred" in t
+    # the DiT's internals stay out by default ...
+    assert not [n for n in t.names if ".dit." in n or ".vae." in n]
+    # ... unless trace.full names them: one point per DiT pass (cond, drop_text, uncond)
+    inside = cfg.replace(**{"trace.level": "stats", "trace.full": ["e2e.clip0.step0.dit.out"]})
+    generate_video(
+        inside, tmp_path / "c.mp4", trace_dir=tmp_path / "dit", progress=False, models=models
+    )
+    t = load_trace(tmp_path / "dit")
+    dit_points = [n for n in t.names if ".dit." in n]
+    assert dit_points == [
+        "e2e.clip0.step0.dit.out", "e2e.clip0.step0.dit.out#1", "e2e.clip0.step0.dit.out#2"
+    ]  # fmt: skip
+    assert not t.has_tensor("e2e.clip0.step0.dit.out")  # level stats: statistics only
 
 
 def test_preprocess_and_save(tiny_env, tmp_path):

@@ -307,3 +307,60 @@ def test_include_limits_the_points(tmp_path):
         trace.point("e2e.clip0.x0", torch.ones(1))
     t = trace.load_trace(tmp_path / "t")
     assert t.names == ["e2e.clip0.x0", "e2e.clip0.x0#1"] and [t.stats(n)["i"] for n in t.names] == [0, 1]
+
+
+def test_include_exclusions_last_match_decides_and_full_is_always_recorded(tmp_path):
+    include = ("e2e.*", "!*.dit.*", "e2e.*.dit.out")
+    with trace.TraceWriter(tmp_path / "t", include=include, full=("*.vae.decode.out",)) as tw, \
+            trace.recording(tw):
+        for name in ("e2e.clip0.step0.dit.block0.out", "e2e.clip0.step0.dit.out",
+                     "e2e.clip0.step0.cond", "e2e.clip0.vae.decode.out", "audio.embedding"):
+            trace.point(name, torch.ones(2))
+    t = trace.load_trace(tmp_path / "t")
+    assert t.names == ["e2e.clip0.step0.dit.out", "e2e.clip0.step0.cond", "e2e.clip0.vae.decode.out"]
+    assert [n for n in t.names if t.has_tensor(n)] == ["e2e.clip0.vae.decode.out"]
+
+
+def test_from_config_default_include_leaves_network_internals_out(tmp_path):
+    from mtlib.config import load_config
+
+    names = ("e2e.clip0.step0.dit.block0.out", "e2e.clip0.vae.encode.in", "e2e.clip0.step0.cond",
+             "e2e.t5.call0.out", "audio.embedding", "image.b480.cond", "output.video", "dit.out")
+    cfg = load_config("tiny")
+    for level, full, stored, extra in (
+        ("stats", (), [], []),
+        ("stats", ("e2e.*.dit.block0.*",), [], ["e2e.clip0.step0.dit.block0.out"]),
+        ("full", (), ["e2e.clip0.step0.cond", "e2e.t5.call0.out", "audio.embedding",
+                      "image.b480.cond", "output.video"], []),
+    ):
+        c = cfg.replace(**{"trace.level": level, "trace.full": list(full)})
+        d = tmp_path / f"{level}{len(full)}"
+        with trace.TraceWriter.from_config(d, c.trace, c) as tw, trace.recording(tw):
+            for name in names:
+                trace.point(name, torch.ones(2))
+        t = trace.load_trace(d)
+        assert t.names == extra + ["e2e.clip0.step0.cond", "e2e.t5.call0.out", "audio.embedding",
+                                   "image.b480.cond", "output.video"]
+        assert [n for n in t.names if t.has_tensor(n)] == stored
+        assert t.meta["config"]["trace"]["level"] == level
+    assert trace.TraceWriter.from_config(tmp_path / "off", cfg.replace(**{"trace.level": "off"}).trace) is None
+
+
+def test_a_failed_generate_video_leaves_a_readable_trace_marked_failed(tmp_path, monkeypatch):
+    import types
+
+    from mtlib import generation
+    from mtlib.config import load_config
+
+    def broken_preprocess(run, audio_encoder, cache_dir="default"):
+        trace.point("audio.raw16k", torch.ones(4))
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(generation, "preprocess_inputs", broken_preprocess)
+    cfg = load_config("tiny", {"generation.frame_num": 13})
+    with pytest.raises(RuntimeError, match="disk full"):
+        generation.generate_video(cfg, tmp_path / "v.mp4", trace_dir=tmp_path / "trace",
+                                  progress=False, models=types.SimpleNamespace(audio_encoder=None))
+    t = trace.load_trace(tmp_path / "trace")
+    assert t.names == ["audio.raw16k"] and t.meta["status"] == "failed: RuntimeError"
+    assert not (tmp_path / "v.mp4").exists()
