@@ -134,8 +134,9 @@ def main(argv: list[str] | None = None) -> None:
 def bench_tiny_dit(golden: Path, repeat: int, device: str) -> None:
     import json
 
-    from mtlib.models.dit import DiTConfig, load_dit  # lands with the networks
     from safetensors.torch import load_file
+
+    from mtlib.models.dit import DiTConfig, load_dit  # lands with the networks
 
     tc = json.loads((golden / "weights" / "tiny_configs.json").read_text())["dit"]
     model = load_dit(golden / "weights" / "dit", config=DiTConfig.from_official(tc["tiny"], tc["hardcoded_tiny"]),

@@ -16,7 +16,8 @@ from mtlib import trace
 from mtlib.io import InputError
 from mtlib.models import clip as clip_mod
 from mtlib.models import t5 as t5_mod
-from mtlib.models.clip import CheckpointError, CLIPConfig, XLMRobertaCLIP, load_clip
+from mtlib.models.checkpoint import CheckpointError
+from mtlib.models.clip import CLIPConfig, XLMRobertaCLIP, load_clip
 from mtlib.models.t5 import (
     DEFAULT_NEGATIVE_PROMPT,
     StandInTokenizer,

@@ -6,7 +6,6 @@ formats) and loaded by the real loaders; the networks are loaded once and shared
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

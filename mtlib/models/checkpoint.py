@@ -8,10 +8,14 @@ is copied, and raise `CheckpointError(StateDiff.describe())` on a difference.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from mtlib.io import InputError
+import torch
+from torch import nn
+
+from mtlib.io import InputError, resolve_local
 
 
 class CheckpointError(InputError):
@@ -58,3 +62,59 @@ def state_diff(expected: Mapping[str, Sequence[int]], found: Mapping[str, Sequen
 def shapes_of(state: Mapping) -> dict[str, tuple[int, ...]]:
     """key -> shape of a state dict (tensors) or of a header map (shapes)."""
     return {k: tuple(getattr(v, "shape", v)) for k, v in state.items()}
+
+
+def read_state_dict(
+    path, what: str, keep: Callable[[str], bool] | None = None,
+    fix: str = "pass the published .pth or a .safetensors state dict.",
+) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file or a torch .pth state dict (weights_only, mmap when
+    the file allows it), restricted to the keys `keep` accepts; `fix` ends the error for an
+    unreadable file."""
+    p = Path(resolve_local(path))
+    if not p.is_file():
+        raise InputError(
+            f"{what} checkpoint {str(p)!r}: file not found. Fix: check the path (or download the weights)."
+        )
+    keep = keep or (lambda k: True)
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(p), framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys() if keep(k)}
+        try:
+            sd = torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) .pth files cannot be memory-mapped
+            sd = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InputError(
+            f"{what} checkpoint {str(p)!r}: cannot be read ({type(e).__name__}: {e}). "
+            f"Fix: {fix}"
+        ) from e
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise InputError(f"{what} checkpoint {str(p)!r}: is not a flat state dict of tensors.")
+    return {k: v for k, v in sd.items() if keep(k)}
+
+
+def assign_state_dict(
+    model: nn.Module, sd: dict[str, torch.Tensor], what: str, source: str, config_name: str
+) -> None:
+    """Strict key + shape check, then load with assign=True (the model may live on meta).
+
+    Raises one CheckpointError listing every missing, unexpected and mis-shaped key.
+    """
+    diff = state_diff(shapes_of(model.state_dict()), shapes_of(sd))
+    if diff:
+        raise CheckpointError(
+            f"{what} checkpoint {source}: does not match config {config_name}; {diff.describe()}. "
+            "Fix: pass the config the checkpoint was made for, or the right checkpoint file."
+        )
+    model.load_state_dict(sd, strict=True, assign=True)
+
+
+def config_label(cfg, configs: dict) -> str:
+    for name, c in configs.items():
+        if c == cfg:
+            return repr(name)
+    return "(custom)"

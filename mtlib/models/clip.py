@@ -16,24 +16,26 @@ that key layout exactly so the file loads strictly; the text tower (`TextTower`)
 parameter container only, with no forward, because MultiTalk never encodes text with CLIP.
 `load_clip(..., visual_only=True)` skips the text tower and log_scale altogether.
 
-The module also holds the checked checkpoint reader shared with t5.py (`read_state_dict`,
+The checked checkpoint reader and key check live in checkpoint.py (`read_state_dict`,
 `assign_state_dict`): one error naming every missing, unexpected and mis-shaped key.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mtlib import trace
-from mtlib.io import InputError, resolve_local
-from mtlib.models.checkpoint import CheckpointError, shapes_of, state_diff
+from mtlib.io import InputError
+from mtlib.models.checkpoint import (
+    assign_state_dict,
+    config_label,
+    read_state_dict,
+)
 
 # ImageNet-style statistics the open-clip ViT-H/14 was trained with.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -355,60 +357,6 @@ class XLMRobertaCLIP(nn.Module):
 
 
 # ------------------------------------------------------------------------ checkpoint I/O
-
-
-def read_state_dict(
-    path, what: str, keep: Callable[[str], bool] | None = None
-) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors file or a torch .pth state dict (weights_only, mmap when
-    the file allows it), restricted to the keys `keep` accepts."""
-    p = Path(resolve_local(path))
-    if not p.is_file():
-        raise InputError(
-            f"{what} checkpoint {str(p)!r}: file not found. Fix: check the path (or download the weights)."
-        )
-    keep = keep or (lambda k: True)
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(p), framework="pt") as f:
-                return {k: f.get_tensor(k) for k in f.keys() if keep(k)}
-        try:
-            sd = torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) .pth files cannot be memory-mapped
-            sd = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise InputError(
-            f"{what} checkpoint {str(p)!r}: cannot be read ({type(e).__name__}: {e}). "
-            "Fix: pass the published .pth or a .safetensors state dict."
-        ) from e
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise InputError(f"{what} checkpoint {str(p)!r}: is not a flat state dict of tensors.")
-    return {k: v for k, v in sd.items() if keep(k)}
-
-
-def assign_state_dict(
-    model: nn.Module, sd: dict[str, torch.Tensor], what: str, source: str, config_name: str
-) -> None:
-    """Strict key + shape check, then load with assign=True (the model may live on meta).
-
-    Raises one CheckpointError listing every missing, unexpected and mis-shaped key.
-    """
-    diff = state_diff(shapes_of(model.state_dict()), shapes_of(sd))
-    if diff:
-        raise CheckpointError(
-            f"{what} checkpoint {source}: does not match config {config_name}; {diff.describe()}. "
-            "Fix: pass the config the checkpoint was made for, or the right checkpoint file."
-        )
-    model.load_state_dict(sd, strict=True, assign=True)
-
-
-def config_label(cfg, configs: dict) -> str:
-    for name, c in configs.items():
-        if c == cfg:
-            return repr(name)
-    return "(custom)"
 
 
 def load_clip(

@@ -33,7 +33,7 @@ from torch import nn
 
 from mtlib import trace
 from mtlib.io import InputError
-from mtlib.models.clip import assign_state_dict, config_label, read_state_dict
+from mtlib.models.checkpoint import assign_state_dict, config_label, read_state_dict
 
 PRECISIONS = ("fp32", "reference")
 

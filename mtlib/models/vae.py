@@ -36,8 +36,9 @@ from torch import nn
 
 from mtlib import trace
 from mtlib.config import ConfigError
-from mtlib.io import InputError, resolve_local
+from mtlib.io import InputError
 from mtlib.models.checkpoint import CheckpointError, shapes_of, state_diff
+from mtlib.models.checkpoint import read_state_dict as read_checkpoint
 
 # Per-channel statistics of the Wan2.1 latent space (hard-coded in the reference `WanVAE`):
 # encode returns (mu - mean) / std, decode undoes it.
@@ -510,37 +511,10 @@ _CONV2_KEY = "conv2.weight"  # [z_dim, z_dim, 1, 1, 1]
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a `.pth` (torch.load, weights only, memory-mapped when possible) or
-    `.safetensors` file, on the CPU."""
-    p = resolve_local(path)
-    if not p.is_file():
-        raise InputError(
-            f"VAE checkpoint {str(path)!r}: file not found. Fix: pass the path of Wan2.1_VAE.pth."
-        )
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(p))
-        else:
-            try:
-                state = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as e:
-                if "mmap" not in str(e):
-                    raise
-                # files in the legacy (pre-zip) serialisation cannot be memory-mapped
-                state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise InputError(
-            f"VAE checkpoint {str(p)!r}: cannot be read ({type(e).__name__}: {e}). "
-            "Fix: pass Wan2.1_VAE.pth as published, or a .safetensors with the same keys."
-        ) from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InputError(
-            f"VAE checkpoint {str(p)!r}: expected a flat state dict of tensors, "
-            f"got {type(state).__name__}."
-        )
-    return state
+    """Tensors of a `.pth` (weights only, memory-mapped when possible) or `.safetensors` file."""
+    return read_checkpoint(
+        path, "VAE", fix="pass Wan2.1_VAE.pth as published, or a .safetensors with the same keys."
+    )
 
 
 def _refuse_other_models(state: dict[str, torch.Tensor], where: str) -> None:
