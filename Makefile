@@ -42,7 +42,7 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=. $(LAB_ROOT) $(LAB_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check mtlib tests
+	$(PY) -m ruff check mtlib tests notebooks benchmarks
 
 clean-venv:
 	rm -rf $(VENV)
