@@ -349,6 +349,27 @@ def test_forward_shapes_and_trace_names(tiny_model):
     assert torch.equal(tiny_model(**inputs), out)
 
 
+@pytest.mark.parametrize("persons", [1, 2])
+def test_ref_map_computed_only_where_used(tiny_model, monkeypatch, persons):
+    """One person: x_ref_attn_map is skipped (its result is never used) unless traced, and the
+    output equals the traced run's bit for bit; two persons: computed in every block."""
+    from mtlib.models import dit as dit_module
+
+    calls = []
+    real = dit_module.x_ref_attn_map
+    monkeypatch.setattr(dit_module, "x_ref_attn_map", lambda *a: calls.append(1) or real(*a))
+    inputs = _tiny_inputs(persons=persons)
+    out = tiny_model(**inputs)
+    blocks = len(tiny_model.blocks)
+    assert len(calls) == (0 if persons == 1 else blocks)
+    rec = trace.MemoryRecorder()
+    with trace.recording(rec):
+        traced = tiny_model(**inputs)
+    assert len(calls) == (blocks if persons == 1 else 2 * blocks)
+    assert rec["dit.block0.self_attn.x_ref_attn_map"].shape == (3, 18)
+    assert torch.equal(out, traced)
+
+
 def test_lrope_positions_follow_the_map():
     from mtlib.models.dit import lrope_positions
 

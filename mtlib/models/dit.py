@@ -358,8 +358,8 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(dim, cfg.eps) if cfg.qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, cfg.eps) if cfg.qk_norm else nn.Identity()
 
-    def forward(self, x, rope, token_masks, frame_tokens):
-        """x [1, L, C] -> (out [1, L, C], x_ref_attn_map [3, L])."""
+    def forward(self, x, rope, token_masks, frame_tokens, want_ref_map: bool = True):
+        """x [1, L, C] -> (out [1, L, C], x_ref_attn_map [3, L] or None when not wanted)."""
         B, L, _ = x.shape
         H, d = self.num_heads, self.head_dim
         q = rope3d_apply(self.norm_q(self.q(x)).view(B, L, H, d), *rope)  # [B, L, H, d] fp32
@@ -368,6 +368,8 @@ class SelfAttention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, L, d]
         out = attention(q, k, v).transpose(1, 2).reshape(B, L, H * d).to(x.dtype)
         out = self.o(out)
+        if not want_ref_map:
+            return out, None
         with torch.no_grad():
             ref_map = x_ref_attn_map(q.to(x.dtype), k.to(x.dtype), token_masks, frame_tokens)
         return out, ref_map
@@ -534,11 +536,15 @@ class Block(nn.Module):
         # adaLN table (shift, scale, gate) x (attention, FFN); fp32 whatever the params are
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (self.modulation + e0).chunk(6, dim=1)
 
+        # The map only steers the two-person L-RoPE; the official code computes it for one
+        # person too (an extra attention over frame 0's keys per block, ~2% of a step) and
+        # drops it. Skipped then, unless a trace records it.
         y, ref_map = self.self_attn(
             (self.norm1(x).float() * (1 + scale_a) + shift_a).to(dtype),
             ctx.rope,
             ctx.token_masks,
             ctx.frame_tokens,
+            want_ref_map=tracing or ctx.human_num > 1,
         )
         if tracing:
             trace.point(f"dit.block{index}.self_attn", y)
@@ -1020,7 +1026,11 @@ def check_checkpoint_keys(
         )
     diff = state_diff(expected, found)
     audio_expected = [k for k in expected if _is_audio_key(k)]
-    if audio_expected and set(audio_expected) <= set(diff.missing) and len(diff.missing) < len(expected):
+    if (
+        audio_expected
+        and set(audio_expected) <= set(diff.missing)
+        and len(diff.missing) < len(expected)
+    ):
         raise CheckpointError(
             f"the MultiTalk audio adapter is missing ({len(audio_expected)} keys, e.g. {audio_expected[0]}): "
             f"{MULTITALK_FILE} not found/loaded; pass it (or the MeiGen-MultiTalk directory) with the Wan shards"
