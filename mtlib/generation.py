@@ -161,11 +161,13 @@ class DiTCall:
     def __init__(self, dit, teacache=None):
         self.dit = dit
         self.teacache = teacache
+        self.calls = 0  # DiT forward calls (TeaCache-skipped ones included)
 
     def parameters(self):
         return self.dit.parameters()
 
     def __call__(self, x, t, context, clip_fea, y, audio, ref_target_masks, seq_len):
+        self.calls += 1
         return self.dit(
             x, t, context, clip_fea, y, audio, ref_target_masks, seq_len, teacache=self.teacache
         )
@@ -485,6 +487,10 @@ class GenerationOutput:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage + total
     trace_dir: Path | None = None
     config: RunConfig | None = None  # resolved
+    dit_calls: int = 0  # DiT forward calls over all clips (guidance passes x steps x clips)
+    teacache_skipped: int | None = None  # of those, calls TeaCache answered from its cache
+    # TeaCache's decisions: (call in the clip, rel change of e0 or None, accumulator, computed)
+    teacache_decisions: list | None = None
 
 
 def summary(out: GenerationOutput) -> str:
@@ -496,7 +502,8 @@ def summary(out: GenerationOutput) -> str:
         f"{out.frames} frames {out.width}x{out.height} @ {out.fps} fps = {out.duration_s:.2f} s "
         f"(audio {out.audio_seconds:.2f} s), {len(out.plan.clips)} clip(s), seed {out.seed}",
         f"wall {tm.get('total', 0.0):.2f} s ({stages})",
-    ])  # fmt: skip
+    ] + ([f"TeaCache: {out.teacache_skipped} of {out.dit_calls} DiT calls answered from "
+          "the cache"] if out.teacache_skipped is not None else []))  # fmt: skip
 
 
 def display_video(path: str | os.PathLike, max_embed_bytes: int = 4_000_000):
@@ -556,8 +563,9 @@ def generate_video(
                 teacache = TeaCacheState.for_size(
                     cfg.model.size, s.sampling_steps, cfg.generation.teacache_thresh
                 )
+            dit_call = DiTCall(models.dit, teacache)
             result = generate(
-                Models(dit=DiTCall(models.dit, teacache), vae=models.vae, clip=models.clip),
+                Models(dit=dit_call, vae=models.vae, clip=models.clip),
                 inputs.cond_image,
                 inputs.audio_embs,
                 context,
@@ -612,6 +620,9 @@ def generate_video(
         timings=timings,
         trace_dir=Path(trace_dir) if writer is not None else None,
         config=cfg,
+        dit_calls=dit_call.calls,
+        teacache_skipped=teacache.skipped if teacache is not None else None,
+        teacache_decisions=list(teacache.decisions) if teacache is not None else None,
     )
 
 

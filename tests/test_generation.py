@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from mtlib import cli, generation
 from mtlib.config import load_config
@@ -161,6 +162,27 @@ def test_streaming_two_clips(tiny_env, tmp_path):
     assert info["n_frames"] == out.frames == run.plan.output_frames
     assert out.frames > 13  # more than one clip's worth
     assert audio is not None
+
+
+def test_teacache_threshold_zero_is_exact_and_huge_skips_every_allowed_call(tiny_env, tmp_path):
+    """8 steps x 3 passes = 24 calls; the first 15 (5 steps) always compute. Threshold 0 never
+    skips (same video as without TeaCache); an unreachable threshold skips the other 9."""
+    base, models = tiny_env
+    cfg = _cfg(base, **{"generation.sampling_steps": 8})
+    plain = generate_video(cfg, tmp_path / "plain.mp4", progress=False, models=models)
+    assert plain.dit_calls == 24 and plain.teacache_skipped is None
+    runs = {}
+    for thresh in (0.0, 1e9):
+        c = _cfg(cfg, **{"generation.teacache": True, "generation.teacache_thresh": thresh})
+        runs[thresh] = generate_video(c, tmp_path / f"{thresh}.mp4", progress=False, models=models)
+    assert runs[0.0].dit_calls == 24 and runs[0.0].teacache_skipped == 0
+    assert torch.equal(runs[0.0].video, plain.video)
+    assert runs[1e9].dit_calls == 24 and runs[1e9].teacache_skipped == 9
+    decisions = runs[1e9].teacache_decisions
+    assert [d[3] for d in decisions] == [True] * 15 + [False] * 9
+    assert all(d[1] is None for d in decisions[:15]) and all(d[1] > 0 for d in decisions[15:])
+    assert not torch.equal(runs[1e9].video, plain.video)
+    assert "TeaCache: 9 of 24 DiT calls answered from the cache" in generation.summary(runs[1e9])
 
 
 def test_bbox_outside_the_image_is_refused_before_weights(tiny_env, monkeypatch, tmp_path):

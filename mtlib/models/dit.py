@@ -670,6 +670,8 @@ class TeaCacheState:
     previous_e0: list = field(default_factory=lambda: [None, None, None])
     previous_residual: list = field(default_factory=lambda: [None, None, None])
     skipped: int = 0  # calls that reused the cache (for reports)
+    # one (call index, rel change of e0 or None, accumulator, computed) per decision
+    decisions: list = field(default_factory=list)
 
     @classmethod
     def for_size(cls, size: str, sample_steps: int, thresh: float = 0.2) -> TeaCacheState:
@@ -688,6 +690,7 @@ class TeaCacheState:
     def should_compute(self, e0: torch.Tensor) -> bool:
         branch = self.calls % 3
         prev = self.previous_e0[branch]
+        rel = None
         if self.calls < self.ret_steps or self.calls >= self.cutoff or prev is None:
             compute = True
             self.accumulated[branch] = 0.0
@@ -698,6 +701,7 @@ class TeaCacheState:
             )
             compute = acc >= self.thresh
             self.accumulated[branch] = 0.0 if compute else acc
+        self.decisions.append((self.calls, rel, self.accumulated[branch], compute))
         self.previous_e0[branch] = e0.detach().clone()
         return compute
 
