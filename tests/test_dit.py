@@ -414,3 +414,9 @@ def test_forward_on_meta_device(precision):
     assert out.device.type == "meta" and out.dtype == torch.float32 and out.shape == (16, 3, 4, 6)
     out = model(**_tiny_inputs(persons=1))
     assert out.device.type == "meta"
+
+
+def test_unknown_config_name_lists_the_known_ones():
+    with pytest.raises(ValueError) as err:
+        build_dit("multitalk-1.3b")
+    assert str(err.value) == "unknown DiT config 'multitalk-1.3b'; known: ['multitalk-14b', 'tiny']"

@@ -118,3 +118,14 @@ def config_label(cfg, configs: dict) -> str:
         if c == cfg:
             return repr(name)
     return "(custom)"
+
+
+def pick_config(config, registry: Mapping, what: str, default: str = "multitalk-14b"):
+    """A model config from a registry name, the config itself, or None (the real model)."""
+    if config is None:
+        config = default
+    if isinstance(config, str):
+        if config not in registry:
+            raise ValueError(f"unknown {what} config {config!r}; known: {sorted(registry)}")
+        return registry[config]
+    return config

@@ -34,6 +34,7 @@ from mtlib.io import InputError
 from mtlib.models.checkpoint import (
     assign_state_dict,
     config_label,
+    pick_config,
     read_state_dict,
 )
 
@@ -143,13 +144,7 @@ CONFIGS: dict[str, CLIPConfig] = {
 
 
 def get_config(config: CLIPConfig | str | None) -> CLIPConfig:
-    if config is None:
-        return CONFIGS["multitalk-14b"]
-    if isinstance(config, str):
-        if config not in CONFIGS:
-            raise ValueError(f"unknown CLIP config {config!r}; known: {sorted(CONFIGS)}")
-        return CONFIGS[config]
-    return config
+    return pick_config(config, CONFIGS, "CLIP")
 
 
 # --------------------------------------------------------------------------- vision tower

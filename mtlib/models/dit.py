@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from mtlib import trace
 from mtlib.io import InputError
-from mtlib.models.checkpoint import CheckpointError, state_diff
+from mtlib.models.checkpoint import CheckpointError, pick_config, state_diff
 
 __all__ = [
     "CONFIGS",
@@ -971,7 +971,7 @@ def build_dit(
     dtype: torch.dtype = torch.float32,
 ) -> MultiTalkDiT:
     """An uninitialised model (meta device by default: no memory until weights are assigned)."""
-    cfg = CONFIGS[config] if isinstance(config, str) else config
+    cfg = pick_config(config, CONFIGS, "DiT")
     with torch.device(device):
         model = MultiTalkDiT(cfg)
     return model.to(dtype) if dtype != torch.float32 else model
@@ -1069,8 +1069,8 @@ def load_dit(
                 "no config.json among the DiT sources: pass config= (a DiTConfig or a CONFIGS name)"
             )
         config = DiTConfig.from_config_json(config_json)
-    elif isinstance(config, str):
-        config = CONFIGS[config]
+    else:
+        config = pick_config(config, CONFIGS, "DiT")
 
     model = build_dit(config, device="meta")
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -33,7 +33,12 @@ from torch import nn
 
 from mtlib import trace
 from mtlib.io import InputError
-from mtlib.models.checkpoint import assign_state_dict, config_label, read_state_dict
+from mtlib.models.checkpoint import (
+    assign_state_dict,
+    config_label,
+    pick_config,
+    read_state_dict,
+)
 
 PRECISIONS = ("fp32", "reference")
 
@@ -99,13 +104,7 @@ CONFIGS: dict[str, T5Config] = {
 
 
 def get_config(config: T5Config | str | None) -> T5Config:
-    if config is None:
-        return CONFIGS["multitalk-14b"]
-    if isinstance(config, str):
-        if config not in CONFIGS:
-            raise ValueError(f"unknown T5 config {config!r}; known: {sorted(CONFIGS)}")
-        return CONFIGS[config]
-    return config
+    return pick_config(config, CONFIGS, "T5")
 
 
 # ------------------------------------------------------------------------------ network
