@@ -368,6 +368,13 @@ def test_ref_map_computed_only_where_used(tiny_model, monkeypatch, persons):
     assert len(calls) == (blocks if persons == 1 else 2 * blocks)
     assert rec["dit.block0.self_attn.x_ref_attn_map"].shape == (3, 18)
     assert torch.equal(out, traced)
+    # a trace that does not keep the map does not make one person pay for it
+    calls.clear()
+    rec = trace.MemoryRecorder(["dit.block*.self_attn", "dit.block*.out"])
+    with trace.recording(rec):
+        assert torch.equal(tiny_model(**inputs), out)
+    assert len(calls) == (0 if persons == 1 else blocks)
+    assert "dit.block0.self_attn" in rec
 
 
 def test_lrope_positions_follow_the_map():

@@ -126,13 +126,25 @@ def test_nan_inf_counts(tmp_path):
     assert (s["nan"], s["inf"]) == (2, 2)
 
 
-def test_stats_chunked_reduction_matches_direct(monkeypatch):
-    x = torch.randn(1000, dtype=torch.float32) * 5 + 3
+# float32 takes the numpy path, bfloat16 and int64 the torch one
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.int64])
+def test_stats_chunked_reduction_matches_direct(monkeypatch, dtype):
+    x = (torch.randn(1000, dtype=torch.float64) * 5 + 3).to(dtype)
     monkeypatch.setattr(trace, "_STATS_CHUNK", 7)
     s = trace.tensor_stats(x)
     ref = _independent_stats(x)
     for k in ref:
         assert math.isclose(s[k], ref[k], rel_tol=1e-12), k
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_stats_nan_in_a_later_chunk_propagates(monkeypatch, dtype):
+    x = torch.arange(20, dtype=dtype)
+    x[15] = float("nan")
+    monkeypatch.setattr(trace, "_STATS_CHUNK", 7)
+    s = trace.tensor_stats(x)
+    assert math.isnan(s["mean"]) and math.isnan(s["std"]) and math.isnan(s["absmax"])
+    assert (s["nan"], s["inf"]) == (1, 0)
 
 
 def test_shards_rotate_and_are_atomic(tmp_path):

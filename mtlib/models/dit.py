@@ -537,18 +537,20 @@ class Block(nn.Module):
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (self.modulation + e0).chunk(6, dim=1)
 
         # The map only steers the two-person L-RoPE; the official code computes it for one
-        # person too (an extra attention over frame 0's keys per block, ~2% of a step) and
-        # drops it. Skipped then, unless a trace records it.
+        # person too (an extra attention over frame 0's keys per block, ~1% of a step) and
+        # drops it. Skipped then, unless a trace keeps it.
+        map_point = f"dit.block{index}.self_attn.x_ref_attn_map"
         y, ref_map = self.self_attn(
             (self.norm1(x).float() * (1 + scale_a) + shift_a).to(dtype),
             ctx.rope,
             ctx.token_masks,
             ctx.frame_tokens,
-            want_ref_map=tracing or ctx.human_num > 1,
+            want_ref_map=ctx.human_num > 1 or (tracing and trace.wanted(map_point)),
         )
         if tracing:
             trace.point(f"dit.block{index}.self_attn", y)
-            trace.point(f"dit.block{index}.self_attn.x_ref_attn_map", ref_map)
+            if ref_map is not None:
+                trace.point(map_point, ref_map)
         x = (x + y * gate_a).to(dtype)
 
         y = self.cross_attn(self.norm3(x), ctx.context)
