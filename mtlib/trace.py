@@ -231,67 +231,11 @@ def tensor_hash(tensor: Any, algorithm: str = "auto") -> str:
     return "sha1:" + h.hexdigest()
 
 
-def _merge(a: tuple, b: tuple, minimum, maximum) -> tuple:
-    """Chan et al.: (count, mean, M2, min, max) of two parts -> of their union."""
-    (na, ma, m2a, loa, hia), (nb, mb, m2b, lob, hib) = a, b
-    total = na + nb
-    delta = mb - ma
-    return (total, ma + delta * (nb / total), m2a + m2b + delta * delta * (na * nb / total),
-            minimum(loa, lob), maximum(hia, hib))  # fmt: skip
-
-
-def _moments_numpy(a) -> tuple:
-    """(count, mean, M2, min, max) of a 1-D CPU float array as Python floats: numpy is ~3x
-    faster than torch here for the small and mid-size tensors a trace mostly holds."""
-    import numpy as np
-
-    acc = None
-    with np.errstate(all="ignore"):  # inf - inf = NaN is the intended result here
-        for start in range(0, a.size, _STATS_CHUNK):
-            c = a[start : start + _STATS_CHUNK]
-            mean_k = float(c.mean(dtype=np.float64))
-            d = c.astype(np.float64) - mean_k  # two passes: see _moments_torch
-            m2_k = float(np.einsum("i,i->", d, d))  # no BLAS: its threads would fight torch's
-            part = (c.size, mean_k, m2_k, float(c.min()), float(c.max()))
-            acc = part if acc is None else _merge(acc, part, _nan_min, _nan_max)
-    return acc
-
-
-def _nan_min(x: float, y: float) -> float:  # NaN propagates, as in torch.minimum
-    return math.nan if math.isnan(x) or math.isnan(y) else min(x, y)
-
-
-def _nan_max(x: float, y: float) -> float:
-    return math.nan if math.isnan(x) or math.isnan(y) else max(x, y)
-
-
-def _moments_torch(flat) -> tuple:
-    """(count, mean, M2, min, max) computed on the tensor's device in float64, chunk by chunk,
-    with one host sync at the end."""
-    import torch
-
-    if not flat.is_floating_point():
-        flat = flat.to(torch.float64)  # ints / bool: rare and small
-    acc = None
-    for start in range(0, flat.numel(), _STATS_CHUNK):
-        c = flat[start : start + _STATS_CHUNK]
-        mean_k = torch.mean(c, dtype=torch.float64)  # accumulates in float64, no copy of c
-        # deviations in float64, two passes: a near-constant tensor (std << |mean|, e.g.
-        # an attention map) keeps its std; fp32 deviations lose it to the mean's rounding
-        d = c.to(torch.float64) - mean_k
-        lo_k, hi_k = (v.to(torch.float64) for v in torch.aminmax(c))
-        part = (c.numel(), mean_k, torch.dot(d, d), lo_k, hi_k)
-        acc = part if acc is None else _merge(acc, part, torch.minimum, torch.maximum)
-    count, *moments = acc
-    return (count, *torch.stack(moments).tolist())
-
-
 def tensor_stats(tensor: Any, with_hash: bool = True) -> dict[str, Any]:
     """shape, dtype, mean, std (unbiased, 0 for one element), absmax, NaN and Inf counts, hash.
 
-    Reductions run in float64 chunk by chunk (one float64 temporary of at most 16 M
-    elements): with numpy for CPU float16/32/64 tensors, else on the tensor's own device with
-    a single host sync.
+    Reductions run on the tensor's own device in float64, chunk by chunk (one float64
+    temporary of at most 16 M elements), and come back with a single host sync.
     mean / std / absmax include NaN / Inf values (they propagate): the counts say why."""
     import torch
 
@@ -307,11 +251,28 @@ def tensor_stats(tensor: Any, with_hash: bool = True) -> dict[str, Any]:
     else:
         with torch.no_grad():
             flat = t.reshape(-1)
-            numpy_ok = flat.dtype in (torch.float16, torch.float32, torch.float64)
-            if flat.device.type == "cpu" and numpy_ok:
-                count, mean_v, m2_v, lo_v, hi_v = _moments_numpy(flat.numpy())
-            else:
-                count, mean_v, m2_v, lo_v, hi_v = _moments_torch(flat)
+            count = mean = m2 = lo = hi = None
+            if not (flat.is_floating_point()):
+                flat = flat.to(torch.float64)  # ints / bool: rare and small
+            for start in range(0, n, _STATS_CHUNK):
+                c = flat[start : start + _STATS_CHUNK]
+                k = c.numel()
+                mean_k = torch.mean(c, dtype=torch.float64)  # accumulates in float64, no copy of c
+                # deviations in float64, two passes: a near-constant tensor (std << |mean|, e.g.
+                # an attention map) keeps its std; fp32 deviations lose it to the mean's rounding
+                d = c.to(torch.float64) - mean_k
+                m2_k = torch.dot(d, d)
+                lo_k, hi_k = (v.to(torch.float64) for v in torch.aminmax(c))
+                if count is None:
+                    count, mean, m2, lo, hi = k, mean_k, m2_k, lo_k, hi_k
+                else:  # Chan et al.: merge (count, mean, M2) of two parts
+                    total = count + k
+                    delta = mean_k - mean
+                    mean = mean + delta * (k / total)
+                    m2 = m2 + m2_k + delta * delta * (count * k / total)
+                    count = total
+                    lo, hi = torch.minimum(lo, lo_k), torch.maximum(hi, hi_k)
+            mean_v, m2_v, lo_v, hi_v = torch.stack([mean, m2, lo, hi]).tolist()
         std_v = math.sqrt(m2_v / (count - 1)) if count > 1 and m2_v >= 0 else (0.0 if count == 1 else math.nan)
         amax_v = max(abs(lo_v), abs(hi_v)) if not (math.isnan(lo_v) or math.isnan(hi_v)) else math.nan
         nan = inf = 0

@@ -126,7 +126,6 @@ def test_nan_inf_counts(tmp_path):
     assert (s["nan"], s["inf"]) == (2, 2)
 
 
-# float32 takes the numpy path, bfloat16 and int64 the torch one
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.int64])
 def test_stats_chunked_reduction_matches_direct(monkeypatch, dtype):
     x = (torch.randn(1000, dtype=torch.float64) * 5 + 3).to(dtype)
