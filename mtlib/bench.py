@@ -138,7 +138,8 @@ def denoise_step(model, inp) -> object:
 
 
 def bench_dit(shape: DitShape, steps: int = 2, config: str = "multitalk-14b", offload: bool = False,
-              compile_blocks: bool = False, backend: str = "default", fp8: bool = False) -> dict:
+              compile_blocks: bool = False, backend: str = "default", fp8: bool = False,
+              attn: str = "sdpa") -> dict:
     import torch
 
     from mtlib.models.dit import CONFIGS, build_dit
@@ -171,6 +172,10 @@ def bench_dit(shape: DitShape, steps: int = 2, config: str = "multitalk-14b", of
         from mtlib.fp8 import enable_fp8
 
         enable_fp8(model)
+    if attn != "sdpa":
+        from mtlib.models.dit import set_attention_kernel
+
+        set_attention_kernel(model, attn, device=dev)
     if compile_blocks:
         from mtlib.models.dit import compile_blocks as _compile
 
@@ -200,6 +205,7 @@ def bench_dit(shape: DitShape, steps: int = 2, config: str = "multitalk-14b", of
         "bound_step_s": round(step_flops / bound / 1e12, 3),
         "fraction_of_bound": round(tflops / bound, 3), "peak_gb": round(peak, 2),
         "output_finite": finite, "offload": offload, "compiled": compile_blocks, "sdpa": backend, "fp8": fp8,
+        "self_attention": attn,
     }
 
 
@@ -217,7 +223,8 @@ def attention_backend(name: str):
     return sdpa_kernel(order, set_priority=True)
 
 
-def bench_deviation(shape: DitShape, config: str = "multitalk-14b", layers: int = 8) -> dict:
+def bench_deviation(shape: DitShape, config: str = "multitalk-14b", layers: int = 8,
+                    kernels: bool = True) -> dict:
     """Does the speed path change the output beyond bf16 noise? Real width, `layers` blocks (an
     fp32 copy of all 40 does not fit next to the bf16 one), same random weights and inputs, one
     denoising step (3 passes). Three outputs: fp32 eager (the reference numerics without bf16
@@ -228,7 +235,7 @@ def bench_deviation(shape: DitShape, config: str = "multitalk-14b", layers: int 
 
     import torch
 
-    from mtlib.models.dit import CONFIGS, build_dit, compile_blocks
+    from mtlib.models.dit import CONFIGS, build_dit, compile_blocks, set_attention_kernel
 
     cfg = dataclasses.replace(CONFIGS[config], num_layers=layers)
     dev = torch.device("cuda")
@@ -251,21 +258,41 @@ def bench_deviation(shape: DitShape, config: str = "multitalk-14b", layers: int 
         plain = denoise_step(model, inp16)
         compile_blocks(model)
         fast = denoise_step(model, inp16)
+        triton_ok = False
+        if kernels:
+            from mtlib.kernels.attention import available
+
+            triton_ok = available(dev)
+        if triton_ok:
+            set_attention_kernel(model, "triton")
+            fast_triton = denoise_step(model, inp16)
         from mtlib.fp8 import enable_fp8
 
+        set_attention_kernel(model, "sdpa")
         enable_fp8(model)
         fp8 = denoise_step(model, inp16)
+        if triton_ok:
+            set_attention_kernel(model, "triton-fp8")
+            fp8_attn = denoise_step(model, inp16)
     plain_err, fast_err = metrics(plain, exact), metrics(fast, exact)
-    return {"layers": layers, "plain_vs_fp32": plain_err, "fast_vs_fp32": fast_err,
-            "fast_vs_plain": metrics(fast, plain), "fp8_vs_fp32": metrics(fp8, exact),
-            "fp8_vs_plain": metrics(fp8, plain),
-            "passed": fast_err["rel_l2"] <= 1.1 * plain_err["rel_l2"] + 1e-4}
+    rec = {"layers": layers, "plain_vs_fp32": plain_err, "fast_vs_fp32": fast_err,
+           "fast_vs_plain": metrics(fast, plain), "fp8_vs_fp32": metrics(fp8, exact),
+           "fp8_vs_plain": metrics(fp8, plain),
+           "passed": fast_err["rel_l2"] <= 1.1 * plain_err["rel_l2"] + 1e-4}
+    if triton_ok:  # the Triton bf16 self-attention must pass the same test as the fast path
+        tri_err = metrics(fast_triton, exact)
+        rec.update({"fast_triton_vs_fp32": tri_err, "fast_triton_vs_plain": metrics(fast_triton, plain),
+                    "fp8_attn_vs_fp32": metrics(fp8_attn, exact), "fp8_attn_vs_plain": metrics(fp8_attn, plain),
+                    "triton_passed": tri_err["rel_l2"] <= 1.1 * plain_err["rel_l2"] + 1e-4})
+    return rec
 
 
-def bench_clip(shape: DitShape, steps: int = 40, config: str = "multitalk-14b", device: str = "cuda") -> dict:
+def bench_clip(shape: DitShape, steps: int = 40, config: str = "multitalk-14b", device: str = "cuda",
+               fp8: bool = False) -> dict:
     """One whole clip through mtlib.pipeline.generate at real size with random weights: umT5
     (bf16) on prompt + negative prompt, CLIP (fp16), VAE encode, `steps` denoising steps of 3
-    compiled DiT passes, VAE decode, colour correction. Wall time per stage and in total."""
+    compiled DiT passes, VAE decode, colour correction. Wall time per stage and in total.
+    fp8: the DiT's block linears and self-attention in fp8 (precision "fp8")."""
     import torch
 
     from mtlib.models import clip as clip_mod
@@ -294,6 +321,10 @@ def bench_clip(shape: DitShape, steps: int = 40, config: str = "multitalk-14b", 
         clip.set_precision("reference")
     vae = materialise(vae, torch.float32)
     dit = materialise(build_dit(CONFIGS[config], device="meta"), torch.bfloat16 if cuda else torch.float32)
+    if fp8:
+        from mtlib.fp8 import enable_fp8_dit
+
+        enable_fp8_dit(dit, dev)
     if cuda:
         compile_blocks(dit)
     build_s = time.perf_counter() - t0
@@ -312,7 +343,7 @@ def bench_clip(shape: DitShape, steps: int = 40, config: str = "multitalk-14b", 
     return {"steps": steps, "frames": shape.frames, "size": [shape.height, shape.width],
             "build_s": round(build_s, 1), "text_encoder_s": round(t_text, 2),
             "generate_s": round(t_gen, 1), "total_s": round(t_text + t_gen, 1),
-            "total_min": round((t_text + t_gen) / 60, 2), "video": list(result.video.shape)}
+            "total_min": round((t_text + t_gen) / 60, 2), "video": list(result.video.shape), "fp8": fp8}
 
 
 def _timed_any(cuda: bool, fn):
@@ -353,13 +384,15 @@ def bench_vae(frames: int = 81, height: int = 448, width: int = 896, config: str
 
 
 def add_arguments_bench(parser) -> None:
-    parser.add_argument("--what", default="dit,vae", help="comma list of: dit, dit-compiled, dit-offload, dit-offload-compiled, dit-fp8-compiled, deviation, vae, clip (whole clip, --steps steps)")
+    parser.add_argument("--what", default="dit,vae", help="comma list of: dit, dit-compiled, dit-offload, dit-offload-compiled, dit-fp8-compiled, deviation, vae, clip, clip-fp8 (whole clip, --steps steps)")
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--size", default="448x896", help="HxW in pixels (a bucket size)")
     parser.add_argument("--persons", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2, help="timed denoising steps after one warm-up")
     parser.add_argument("--config", default="multitalk-14b")
     parser.add_argument("--sdpa", default="cudnn", choices=["default", "cudnn"], help="SDPA backend preference")
+    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "triton", "triton-fp8"],
+                        help="DiT self-attention kernel (triton*: mtlib.kernels, needs Triton)")
     parser.add_argument("--json", help="write the result record here")
 
 
@@ -375,15 +408,16 @@ def run_bench(args) -> int:
     for what in [s.strip() for s in args.what.split(",") if s.strip()]:
         if what == "vae":
             rec.results[what] = bench_vae(args.frames, h, w, args.config)
-        elif what == "clip":
-            rec.results[what] = bench_clip(shape, args.steps, args.config)
+        elif what in ("clip", "clip-fp8"):
+            rec.results[what] = bench_clip(shape, args.steps, args.config, fp8=what == "clip-fp8")
         elif what == "deviation":
             rec.results[what] = bench_deviation(shape, args.config)
         elif what in ("dit", "dit-offload", "dit-compiled", "dit-offload-compiled", "dit-fp8-compiled"):
             key = what if args.sdpa == "cudnn" else f"{what}-sdpa-{args.sdpa}"
+            key = key if args.attn == "sdpa" else f"{key}-attn-{args.attn}"
             rec.results[key] = bench_dit(shape, args.steps, args.config, offload="offload" in what,
                                          compile_blocks="compiled" in what, backend=args.sdpa,
-                                         fp8="fp8" in what)
+                                         fp8="fp8" in what, attn=args.attn)
             what = key
         else:
             print(f"mtlib bench: unknown --what entry {what!r}")

@@ -70,8 +70,10 @@ class ModelConfig:
     buckets: Literal["official", "tiny"] = "official"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # fp32: everything float32 (CPU, golden parity). reference: the official dtype policy
-    # (bf16 DiT with fp32 islands, fp16 CLIP, bf16 T5, fp32 VAE and wav2vec2).
-    precision: Literal["fp32", "reference"] = "reference"
+    # (bf16 DiT with fp32 islands, fp16 CLIP, bf16 T5, fp32 VAE and wav2vec2). fp8: reference,
+    # plus the DiT blocks' linears and self-attention in float8 on the GPU (faster, changes
+    # the output: see mtlib.fp8; CUDA only).
+    precision: Literal["fp32", "reference", "fp8"] = "reference"
     attention: Literal["sdpa", "math"] = "sdpa"
     weights: WeightsConfig = field(default_factory=WeightsConfig)
 

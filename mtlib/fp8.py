@@ -3,7 +3,8 @@
 `enable_fp8(model)` replaces every nn.Linear inside `model.blocks` by `FP8Linear`: the weight is
 stored once as float8 e4m3 with one scale per output channel, and each call quantises its input
 per token (one scale per row) and multiplies with `torch._scaled_mm` (fp8 tensor cores, bf16
-output, bias fused). Attention, norms and the fp32 islands are unchanged (bf16 / fp32).
+output, bias fused). Norms and the fp32 islands are unchanged (bf16 / fp32); `enable_fp8_dit`
+also moves the self-attention to the Triton fp8 flash kernel (mtlib.kernels.attention).
 
 This changes the numbers beyond bf16 noise: `mtlib bench --what deviation-fp8` measures how far
 (against an fp32 reference, next to the plain bf16 path's own error). Use it for drafts and
@@ -48,4 +49,18 @@ def enable_fp8(model: nn.Module) -> nn.Module:
             for child_name, child in list(module.named_children()):
                 if isinstance(child, nn.Linear) and child.in_features % 16 == 0 and child.out_features % 16 == 0:
                     setattr(module, child_name, FP8Linear(child))
+    return model
+
+
+def enable_fp8_dit(model: nn.Module, device=None) -> nn.Module:
+    """The whole fp8 option of the DiT: fp8 block linears, and the self-attention on mtlib's
+    Triton fp8 flash kernel where Triton can run and the head dim suits fp8 tensor cores
+    (32..256; else it stays on SDPA in bf16: the tiny model's 16)."""
+    from mtlib.kernels.attention import available, min_head_dim
+    from mtlib.models.dit import set_attention_kernel
+
+    enable_fp8(model)
+    d = model.config.head_dim
+    if available(device) and min_head_dim(True) <= d <= 256 and not d & (d - 1):
+        set_attention_kernel(model, "triton-fp8", device=device)
     return model

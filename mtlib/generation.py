@@ -102,7 +102,13 @@ def resolve_device(device: str) -> str:
 
 
 def effective_precision(device: str, precision: str) -> str:
-    """fp32 on the CPU (bf16 matmuls there are slow and the golden parity is fp32)."""
+    """fp32 on the CPU (bf16 matmuls there are slow and the golden parity is fp32). fp8 is a
+    GPU speed option: asked for elsewhere, it is refused rather than silently dropped."""
+    if precision == "fp8" and not str(device).startswith("cuda"):
+        raise ConfigError(
+            f"model.precision: 'fp8' needs a CUDA GPU (fp8 tensor cores), but the run's device "
+            f"is {device}. Use model.precision=reference, or model.device=cuda on a Hopper-class GPU."
+        )
     return "fp32" if not str(device).startswith("cuda") else precision
 
 
@@ -256,9 +262,15 @@ def load_models(
         dit_config = dit_mod.CONFIGS["tiny"]
     else:  # what WanModel.from_pretrained builds from the Wan directory's config.json
         dit_config = dit_mod.DiTConfig.from_config_json(json.loads(layout.dit_config.read_text()))
+    fp8 = precision == "fp8"
+    precision = "reference" if fp8 else precision  # fp8 = the reference policy + fp8 DiT blocks
     dit = dit_mod.load_dit(
         layout.dit_files(), config=dit_config, device=device, precision=precision
     )
+    if fp8:
+        from mtlib.fp8 import enable_fp8_dit
+
+        enable_fp8_dit(dit, device)
     if compile and str(device).startswith("cuda"):
         dit = dit_mod.compile_blocks(dit)
     vae = vae_mod.load_vae(layout.vae_file, config=vae_mod.CONFIGS[name], device=device)
@@ -272,7 +284,7 @@ def load_models(
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
     return LoadedModels(
-        dit, vae, clip, text_encoder, audio_encoder, layout, device, precision,
+        dit, vae, clip, text_encoder, audio_encoder, layout, device, "fp8" if fp8 else precision,
         time.perf_counter() - t0,
     )  # fmt: skip
 

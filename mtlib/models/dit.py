@@ -346,7 +346,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
 # Attention modules
 
 
+ATTENTION_KERNELS = ("sdpa", "triton", "triton-fp8")
+_FLASH_MODES = {"triton": "bf16", "triton-fp8": "fp8"}
+
+
 class SelfAttention(nn.Module):
+    # which kernel runs the self-attention: "sdpa" (default, torch), "triton" (bf16 flash
+    # kernel of mtlib.kernels; slower than cuDNN on the H100) or "triton-fp8" (e4m3, faster,
+    # changes results); set_attention_kernel()
+    kernel = "sdpa"
+
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         dim = cfg.dim
@@ -365,13 +374,19 @@ class SelfAttention(nn.Module):
         q = rope3d_apply(self.norm_q(self.q(x)).view(B, L, H, d), *rope)  # [B, L, H, d] fp32
         k = rope3d_apply(self.norm_k(self.k(x)).view(B, L, H, d), *rope)
         v = self.v(x).view(B, L, H, d)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, L, d]
-        out = attention(q, k, v).transpose(1, 2).reshape(B, L, H * d).to(x.dtype)
-        out = self.o(out)
+        if self.kernel == "sdpa":
+            out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+        else:  # Triton flash attention, reads and writes [B, L, H, d] (mtlib.kernels.attention)
+            from mtlib.kernels.attention import attention as flash
+
+            out = flash(q, k, v, mode=_FLASH_MODES[self.kernel])
+        out = self.o(out.reshape(B, L, H * d).to(x.dtype))
         if not want_ref_map:
             return out, None
         with torch.no_grad():
-            ref_map = x_ref_attn_map(q.to(x.dtype), k.to(x.dtype), token_masks, frame_tokens)
+            ref_map = x_ref_attn_map(
+                q.transpose(1, 2).to(x.dtype), k.transpose(1, 2).to(x.dtype), token_masks, frame_tokens
+            )
         return out, ref_map
 
 
@@ -964,6 +979,34 @@ def compile_blocks(model: MultiTalkDiT, rope_fp32: bool = True, **compile_kwargs
     body = torch.compile(Block.body, dynamic=False, **compile_kwargs)
     for block in model.blocks:
         block.compiled_body = body
+    return model
+
+
+def set_attention_kernel(model: MultiTalkDiT, kernel: str, device=None) -> MultiTalkDiT:
+    """Choose the self-attention kernel of every block (see ATTENTION_KERNELS). The Triton
+    kernels need CUDA and Triton; asking for them elsewhere fails here, before any compute.
+    `device`: where the blocks compute (default: where the parameters are; give it with
+    block offload, whose weights live on the host)."""
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"attention kernel must be one of {', '.join(ATTENTION_KERNELS)}; got {kernel!r}")
+    if kernel != "sdpa":
+        from mtlib.kernels.attention import available, min_head_dim
+
+        d, low = model.config.head_dim, min_head_dim(kernel == "triton-fp8")
+        if d < low or d > 256 or d & (d - 1):
+            raise ValueError(
+                f"attention kernel {kernel!r} needs a head dim that is a power of two in {low}..256; "
+                f"this DiT's is {d}. Use the default 'sdpa'"
+            )
+
+        device = device if device is not None else next(model.parameters()).device
+        if not available(device):
+            raise RuntimeError(
+                f"attention kernel {kernel!r} needs Triton and a CUDA GPU (the model is on {device}); "
+                "use the default 'sdpa'"
+            )
+    for block in model.blocks:
+        block.self_attn.kernel = kernel
     return model
 
 
