@@ -223,8 +223,7 @@ def attention_backend(name: str):
     return sdpa_kernel(order, set_priority=True)
 
 
-def bench_deviation(shape: DitShape, config: str = "multitalk-14b", layers: int = 8,
-                    kernels: bool = True) -> dict:
+def bench_deviation(shape: DitShape, config: str = "multitalk-14b", layers: int = 8) -> dict:
     """Does the speed path change the output beyond bf16 noise? Real width, `layers` blocks (an
     fp32 copy of all 40 does not fit next to the bf16 one), same random weights and inputs, one
     denoising step (3 passes). Three outputs: fp32 eager (the reference numerics without bf16
@@ -258,11 +257,9 @@ def bench_deviation(shape: DitShape, config: str = "multitalk-14b", layers: int 
         plain = denoise_step(model, inp16)
         compile_blocks(model)
         fast = denoise_step(model, inp16)
-        triton_ok = False
-        if kernels:
-            from mtlib.kernels.attention import available
+        from mtlib.kernels.attention import available
 
-            triton_ok = available(dev)
+        triton_ok = available(dev)
         if triton_ok:
             set_attention_kernel(model, "triton")
             fast_triton = denoise_step(model, inp16)

@@ -56,11 +56,10 @@ def enable_fp8_dit(model: nn.Module, device=None) -> nn.Module:
     """The whole fp8 option of the DiT: fp8 block linears, and the self-attention on mtlib's
     Triton fp8 flash kernel where Triton can run and the head dim suits fp8 tensor cores
     (32..256; else it stays on SDPA in bf16: the tiny model's 16)."""
-    from mtlib.kernels.attention import available, min_head_dim
+    from mtlib.kernels.attention import available, head_dim_ok
     from mtlib.models.dit import set_attention_kernel
 
     enable_fp8(model)
-    d = model.config.head_dim
-    if available(device) and min_head_dim(True) <= d <= 256 and not d & (d - 1):
+    if available(device) and head_dim_ok(model.config.head_dim, fp8=True):
         set_attention_kernel(model, "triton-fp8", device=device)
     return model

@@ -104,12 +104,14 @@ def resolve_device(device: str) -> str:
 def effective_precision(device: str, precision: str) -> str:
     """fp32 on the CPU (bf16 matmuls there are slow and the golden parity is fp32). fp8 is a
     GPU speed option: asked for elsewhere, it is refused rather than silently dropped."""
-    if precision == "fp8" and not str(device).startswith("cuda"):
+    if str(device).startswith("cuda"):
+        return precision
+    if precision == "fp8":
         raise ConfigError(
             f"model.precision: 'fp8' needs a CUDA GPU (fp8 tensor cores), but the run's device "
             f"is {device}. Use model.precision=reference, or model.device=cuda on a Hopper-class GPU."
         )
-    return "fp32" if not str(device).startswith("cuda") else precision
+    return "fp32"
 
 
 def _config(cfg: RunConfig | str | os.PathLike | dict | None) -> RunConfig:
@@ -262,12 +264,12 @@ def load_models(
         dit_config = dit_mod.CONFIGS["tiny"]
     else:  # what WanModel.from_pretrained builds from the Wan directory's config.json
         dit_config = dit_mod.DiTConfig.from_config_json(json.loads(layout.dit_config.read_text()))
-    fp8 = precision == "fp8"
-    precision = "reference" if fp8 else precision  # fp8 = the reference policy + fp8 DiT blocks
+    # fp8 = the reference dtype policy for every network, then fp8 DiT blocks on top
+    load_precision = "reference" if precision == "fp8" else precision
     dit = dit_mod.load_dit(
-        layout.dit_files(), config=dit_config, device=device, precision=precision
+        layout.dit_files(), config=dit_config, device=device, precision=load_precision
     )
-    if fp8:
+    if precision == "fp8":
         from mtlib.fp8 import enable_fp8_dit
 
         enable_fp8_dit(dit, device)
@@ -275,16 +277,16 @@ def load_models(
         dit = dit_mod.compile_blocks(dit)
     vae = vae_mod.load_vae(layout.vae_file, config=vae_mod.CONFIGS[name], device=device)
     clip = clip_mod.load_clip(
-        layout.clip_file, config=name, device=device, precision=precision, visual_only=True
+        layout.clip_file, config=name, device=device, precision=load_precision, visual_only=True
     )
     text_encoder = t5_mod.build_text_encoder(
-        layout.t5_file, layout.t5_tokenizer, config=name, device=device, precision=precision
+        layout.t5_file, layout.t5_tokenizer, config=name, device=device, precision=load_precision
     )
     audio_encoder = load_audio_encoder(cfg, device, layout)
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
     return LoadedModels(
-        dit, vae, clip, text_encoder, audio_encoder, layout, device, "fp8" if fp8 else precision,
+        dit, vae, clip, text_encoder, audio_encoder, layout, device, precision,
         time.perf_counter() - t0,
     )  # fmt: skip
 

@@ -43,14 +43,19 @@ except ImportError:  # pragma: no cover - depends on the install
     HAVE_TRITON = False
 
 
+def _interpreting() -> bool:
+    """TRITON_INTERPRET=1: Triton runs kernels on the CPU (tests)."""
+    import os
+
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def available(device: torch.device | str | None = None) -> bool:
     """True when Triton is importable and `device` (default: current CUDA device) is a CUDA
     GPU, or when TRITON_INTERPRET=1 lets the kernel run on the CPU (tests)."""
-    import os
-
     if not HAVE_TRITON:
         return False
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if _interpreting():
         return True
     if device is not None and torch.device(device).type != "cuda":
         return False
@@ -66,11 +71,6 @@ if HAVE_TRITON:
                                       (128, 64, 4, 4), (64, 64, 4, 4)]:
             out.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages))
         return out
-
-    def _interpreting() -> bool:
-        import os
-
-        return os.environ.get("TRITON_INTERPRET") == "1"
 
     @triton.jit
     def _tile(acc, l_i, m_i, q, s_scale, k_ptrs, v_ptrs, kv_mask, MASKED: tl.constexpr,
@@ -154,7 +154,7 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp8: bool = False)
     if k.shape[0] != B or k.shape[2:] != q.shape[2:] or v.shape != k.shape:
         raise ValueError(f"flash attention: k and v must be [B, Lk, H, d] matching q {list(q.shape)}; "
                          f"got k {list(k.shape)}, v {list(v.shape)}")
-    if d < min_head_dim(fp8) or d > 256 or d & (d - 1):
+    if not head_dim_ok(d, fp8):
         raise ValueError(f"flash attention: head dim must be a power of two in "
                          f"{min_head_dim(fp8)}..256{' for fp8' if fp8 else ''}, got {d}")
 
@@ -162,6 +162,11 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp8: bool = False)
 def min_head_dim(fp8: bool) -> int:
     """fp8 tensor-core products need a reduction dim of at least 32 (q k^T reduces over d)."""
     return 32 if fp8 else 16
+
+
+def head_dim_ok(d: int, fp8: bool) -> bool:
+    """The head dims the kernel takes: powers of two in min_head_dim(fp8)..256."""
+    return min_head_dim(fp8) <= d <= 256 and not d & (d - 1)
 
 
 def _launch(q, k, v, out, qs, ks, vs, v_transposed: bool, fp8: bool) -> torch.Tensor:

@@ -113,6 +113,18 @@ def assign_state_dict(
     model.load_state_dict(sd, strict=True, assign=True)
 
 
+def check_config_keys(cls, d: Mapping) -> None:
+    """A model config's `from_official(d)`: refuse keys the dataclass `cls` has no field for."""
+    import dataclasses
+
+    from mtlib.config import ConfigError
+
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"{cls.__name__}.from_official: unknown keys {unknown}; known: {sorted(known)}")
+
+
 def config_label(cfg, configs: dict) -> str:
     for name, c in configs.items():
         if c == cfg:

@@ -22,7 +22,6 @@ The checked checkpoint reader and key check live in checkpoint.py (`read_state_d
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +32,7 @@ from mtlib import trace
 from mtlib.io import InputError
 from mtlib.models.checkpoint import (
     assign_state_dict,
+    check_config_keys,
     config_label,
     pick_config,
     read_state_dict,
@@ -114,10 +114,7 @@ class CLIPConfig:
                 raise ValueError(f"CLIPConfig.from_official: only {key}={want!r} is supported")
         for key in ("text_dropout", "attn_dropout", "proj_dropout", "embedding_dropout"):
             d.pop(key, None)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"CLIPConfig.from_official: unknown keys {unknown}")
+        check_config_keys(cls, d)
         return cls(**d)
 
 

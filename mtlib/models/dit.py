@@ -990,13 +990,13 @@ def set_attention_kernel(model: MultiTalkDiT, kernel: str, device=None) -> Multi
     if kernel not in ATTENTION_KERNELS:
         raise ValueError(f"attention kernel must be one of {', '.join(ATTENTION_KERNELS)}; got {kernel!r}")
     if kernel != "sdpa":
-        from mtlib.kernels.attention import available, min_head_dim
+        from mtlib.kernels.attention import available, head_dim_ok, min_head_dim
 
-        d, low = model.config.head_dim, min_head_dim(kernel == "triton-fp8")
-        if d < low or d > 256 or d & (d - 1):
+        d, fp8 = model.config.head_dim, kernel == "triton-fp8"
+        if not head_dim_ok(d, fp8):
             raise ValueError(
-                f"attention kernel {kernel!r} needs a head dim that is a power of two in {low}..256; "
-                f"this DiT's is {d}. Use the default 'sdpa'"
+                f"attention kernel {kernel!r} needs a head dim that is a power of two in "
+                f"{min_head_dim(fp8)}..256; this DiT's is {d}. Use the default 'sdpa'"
             )
 
         device = device if device is not None else next(model.parameters()).device

@@ -19,7 +19,6 @@ end without the real tokenizer. Both see the text after the official cleaning (`
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import math
 import re
@@ -35,6 +34,7 @@ from mtlib import trace
 from mtlib.io import InputError
 from mtlib.models.checkpoint import (
     assign_state_dict,
+    check_config_keys,
     config_label,
     pick_config,
     read_state_dict,
@@ -89,10 +89,7 @@ class T5Config:
         for key in ("decoder_layers", "dropout"):
             d.pop(key, None)
         d.update(overrides)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"T5Config.from_official: unknown keys {unknown}")
+        check_config_keys(cls, d)
         return cls(**d)
 
 

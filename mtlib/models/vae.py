@@ -27,7 +27,7 @@ reference wrapper, and `decode` expects them normalised.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,7 +37,7 @@ from torch import nn
 from mtlib import trace
 from mtlib.config import ConfigError
 from mtlib.io import InputError
-from mtlib.models.checkpoint import CheckpointError, shapes_of, state_diff
+from mtlib.models.checkpoint import CheckpointError, check_config_keys, shapes_of, state_diff
 from mtlib.models.checkpoint import read_state_dict as read_checkpoint
 
 # Per-channel statistics of the Wan2.1 latent space (hard-coded in the reference `WanVAE`):
@@ -106,12 +106,7 @@ class VAEConfig:
     @classmethod
     def from_official(cls, d: dict) -> VAEConfig:
         """From the reference's `WanVAE_(**cfg)` keyword dict (lists become tuples)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(
-                f"VAEConfig.from_official: unknown keys {unknown}; known: {sorted(known)}"
-            )
+        check_config_keys(cls, d)
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**kw)
 
