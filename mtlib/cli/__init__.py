@@ -1,7 +1,8 @@
 """`mtlib` console entry point: one subcommand per capability, dispatched lazily.
 
-Each subcommand lives next to the code it drives: module `M` in COMMANDS defines
-`add_arguments_<cmd>(parser)` and `run_<cmd>(args) -> int`. Only the chosen module is
+Module `M` in COMMANDS defines `add_arguments_<cmd>(parser)` and `run_<cmd>(args) -> int`.
+New commands live in this package (`mtlib/cli/<cmd>.py`): argparse belongs here, the library
+modules below take plain arguments. Only the chosen module is
 imported, so `mtlib plan` starts fast and never loads torch models.
 """
 
