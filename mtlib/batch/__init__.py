@@ -9,9 +9,9 @@ S3 failure). See docs/batch.md.
 """
 
 from mtlib.batch.jobs import Job, JobsFileError, load_jobs, parse_jobs
-from mtlib.batch.runner import BatchResult, run_batch
+from mtlib.batch.runner import BatchResult, ModelCache, run_batch
 from mtlib.batch.storage import StorageError
 
 __all__ = [
-    "BatchResult", "Job", "JobsFileError", "StorageError", "load_jobs", "parse_jobs", "run_batch",
+    "BatchResult", "Job", "ModelCache", "JobsFileError", "StorageError", "load_jobs", "parse_jobs", "run_batch",
 ]  # fmt: skip

@@ -315,6 +315,7 @@ def run_batch(
     compile: bool = False,
     progress: bool = True,
     say=print,
+    models: ModelCache | None = None,
 ) -> BatchResult:
     """Run every job of `jobs` (a jobs file URL or Jobs) into `out` (a folder or s3:// prefix).
 
@@ -322,6 +323,8 @@ def run_batch(
     base config or the output location is refused; otherwise every job's outcome is in the
     returned rows (and in <out>/summary.*). KeyboardInterrupt: the running job is marked
     `interrupted` in the summary, nothing partial of it is left, and the interrupt propagates.
+    models: a ModelCache that keeps the networks loaded across batches (a notebook, a warm
+    Modal container); by default the batch loads them on its first job and drops them after.
     """
     from mtlib.env import environment_report
 
@@ -345,7 +348,8 @@ def run_batch(
 
     write_summary()  # the output location is checked (and writable) before any job runs
     env = environment_report()
-    cache = ModelCache(compile=compile)
+    cache = models if models is not None else ModelCache(compile=compile)
+    loads_before = cache.loads
     bar = _progress(len(jobs), progress, say)
     try:
         with tempfile.TemporaryDirectory(prefix="mtlib-batch-") as work:
@@ -372,7 +376,7 @@ def run_batch(
                 bar.update(1)
     finally:
         bar.close()
-        result.model_loads = cache.loads
+        result.model_loads = cache.loads - loads_before
     return result
 
 
