@@ -181,3 +181,40 @@ def test_jobs_file_problems_refuse_the_batch_job_problems_fail_the_job():
         "unknown field(s) ['colour']; allowed: id, image, audio, prompt, bbox, audio_type, "
         "overrides; `audio` must be one URL or a list of two, got ['a.wav', 'b.wav', 'c.wav']"
     )
+
+
+UPLOAD = (
+    "import sys; from mtlib.batch import storage; storage.s3_filesystem().ls('inbox'); "
+    "print('start', flush=True); storage.put_file(sys.argv[1], 's3://inbox/up/video.mp4')"
+)
+
+
+@pytest.mark.slow
+def test_upload_interrupted_by_sigint_leaves_no_partial_object(s3_env, tmp_path):
+    """A 90 MB single-PUT upload in another process, SIGINT at 0.5 s and 1.5 s: the key is
+    then absent or holds every byte (it can land complete after the interrupt when the body
+    had already been sent), never a part."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(90 * 2**20))
+    c = s3_env.client()
+    for delay in (0.5, 1.5):
+        p = subprocess.Popen([sys.executable, "-c", UPLOAD, str(big)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+        assert p.stdout.readline().strip() == "start"
+        time.sleep(delay)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+        assert p.returncode != 0 and "KeyboardInterrupt" in err
+        time.sleep(3.0)  # what the server was still receiving has landed
+        keys = s3_env.keys("inbox", "up/")
+        sizes = [c.head_object(Bucket="inbox", Key=k)["ContentLength"] for k in keys]
+        assert keys in ([], ["up/video.mp4"]) and sizes in ([], [90 * 2**20])
+        assert s3_env.multipart_uploads("inbox") == []
+        for k in keys:
+            c.delete_object(Bucket="inbox", Key=k)

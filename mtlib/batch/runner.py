@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import gc
 import json
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import warnings
@@ -180,12 +182,16 @@ class _Batch:
             row.update(status="done", frames=result["frames"], video=storage.join(url, VIDEO))
             record.update(status="done", **result)
         except JobFailed as e:
+            if _SIGINT.hit:  # e.g. an audio probe cut short by Ctrl-C
+                raise KeyboardInterrupt from e
             row.update(status="failed", error=_unstage(e.error, staged))
             record.update(status="failed", error=row["error"], diagnosis=_unstage(e.detail, staged))
             if e.plan is not None:
                 storage_local_json(outdir / "plan.json", e.plan)
             log(f"FAILED: {record['diagnosis']}")
         except Exception as e:  # one bad job never stops the others: any error is its failure
+            if _SIGINT.hit:  # Ctrl-C that a library turned into its own error (PyAV: ExitError)
+                raise KeyboardInterrupt from e
             msg = _unstage(str(e), staged)
             named = isinstance(e, InputError | ConfigError)  # these name the input themselves
             first = msg.splitlines()[0] if msg else ""
@@ -351,6 +357,7 @@ def run_batch(
     cache = models if models is not None else ModelCache(compile=compile)
     loads_before = cache.loads
     bar = _progress(len(jobs), progress, say)
+    _SIGINT.install()
     try:
         with tempfile.TemporaryDirectory(prefix="mtlib-batch-") as work:
             batch = _Batch(base, out, env, force, notebooks, cache, Path(work), say)
@@ -375,9 +382,37 @@ def run_batch(
                 bar.write(line)
                 bar.update(1)
     finally:
+        _SIGINT.restore()
         bar.close()
         result.model_loads = cache.loads - loads_before
     return result
+
+
+class _SigintFlag:
+    """Remembers that Ctrl-C came, so that a KeyboardInterrupt converted by a library (PyAV
+    raises ExitError from inside FFmpeg) still stops the batch instead of failing the job."""
+
+    def __init__(self) -> None:
+        self.hit = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        self.hit = True
+        raise KeyboardInterrupt
+
+    def install(self) -> None:
+        self.hit = False
+        if threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                self._previous = signal.signal(signal.SIGINT, self._handler)
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+_SIGINT = _SigintFlag()
 
 
 class _NoBar:
