@@ -63,3 +63,11 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def default_sigint() -> None:
+    """preexec_fn of a child that is sent Ctrl-C: SIGINT's default action even when the test
+    process ignores it (a background job of a non-interactive shell does), as in a terminal."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

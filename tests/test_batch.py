@@ -168,7 +168,7 @@ def test_sigint_mid_job_leaves_no_partial_object_then_resumes(bucket, s3, tmp_pa
     argv = [sys.executable, "-m", "mtlib", "batch", jobs, "--out", out, "--no-progress",
             *sum((["-p", o] for o in FAST), [])]  # fmt: skip
     proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, preexec_fn=s3_server.default_sigint)  # fmt: skip
     deadline = time.time() + 300
     while time.time() < deadline:  # wait for job "a" to be running (model load / generation)
         try:
@@ -190,3 +190,37 @@ def test_sigint_mid_job_leaves_no_partial_object_then_resumes(bucket, s3, tmp_pa
     resumed = run_batch(jobs, out, "tiny", FAST, progress=False, say=lambda s: None)
     assert [r["status"] for r in resumed.rows] == ["done", "failed"] and resumed.model_loads == 1
     assert "out/a/video.mp4" in s3.keys(b, "out/a/")
+
+
+@pytest.mark.slow
+def test_notebooks_mode_keeps_one_executed_notebook_per_job(tmp_path):
+    """--notebooks: local inputs and output folder; the invalid job fails in the batch process
+    (plan first, no kernel), the valid one runs notebook 03 in its own kernel."""
+    import nbformat
+
+    jobs = [
+        {"id": "nb", "image": "data/portrait.png", "audio": "data/speech_1p79s.wav"},
+        {"id": "f43", "image": "data/portrait.png", "audio": "data/speech_1p79s.wav",
+         "overrides": {"generation.frame_num": 43}},
+    ]  # fmt: skip
+    (tmp_path / "jobs.yaml").write_text(yaml.safe_dump(jobs))
+    out = tmp_path / "out"
+    fast = sum((["-p", o] for o in FAST), [])
+    code = cli.main(["batch", str(tmp_path / "jobs.yaml"), "--out", str(out), "--notebooks",
+                     "--no-progress", *fast])  # fmt: skip
+    assert code == 1
+    rec = json.loads((out / "nb" / "record.json").read_text())
+    assert rec["status"] == "done" and rec["mode"] == "notebook" and rec["frames"] == 5
+    assert rec["notebook"] == "03_inference.ipynb" and "03_inference.ipynb" in rec["files"]
+    executed = nbformat.read(out / "nb" / "03_inference.ipynb", as_version=4)
+    assert any("5 frames" in str(c.get("outputs")) for c in executed.cells if c.cell_type == "code")
+    assert read_mp4(out / "nb" / "video.mp4")[2]["n_frames"] == 5
+    assert json.loads((out / "f43" / "record.json").read_text())["error"] == FRAME_43
+    assert not (out / "f43" / "03_inference.ipynb").exists()
+    assert sorted(p.name for p in out.iterdir()) == [
+        "f43",
+        "nb",
+        "summary.csv",
+        "summary.html",
+        "summary.json",
+    ]

@@ -205,7 +205,7 @@ def test_upload_interrupted_by_sigint_leaves_no_partial_object(s3_env, tmp_path)
     c = s3_env.client()
     for delay in (0.5, 1.5):
         p = subprocess.Popen([sys.executable, "-c", UPLOAD, str(big)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+                             stderr=subprocess.PIPE, text=True, preexec_fn=s3_server.default_sigint)  # fmt: skip
         assert p.stdout.readline().strip() == "start"
         time.sleep(delay)
         p.send_signal(signal.SIGINT)

@@ -43,6 +43,7 @@ def test_gpu_knobs_follow_the_gpu_memory(app):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:The run_batch function is executing locally")  # no Volume here
 def test_job_function_runs_locally_from_s3_to_s3(app, monkeypatch, tmp_path):
     server = s3_server.start()
     try:
