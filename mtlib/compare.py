@@ -735,6 +735,21 @@ def _register_boundaries() -> None:
 
 _register_boundaries()
 
+# the reference's DiT passes of one step -> their stage (cond, drop_text, uncond with text
+# guidance; cond, drop_audio when the text scale is 1)
+DIT_PASSES = {"cond": "dit", "drop_text": "dit.drop_text", "uncond": "dit.uncond",
+              "drop_audio": "dit.drop_audio"}  # fmt: skip
+
+
+def dit_stage(kind: str) -> str:
+    """The STAGES name of a DiT pass kind (a golden case's dit_passes_per_step entry)."""
+    if kind not in DIT_PASSES:
+        raise InputError(
+            f"replay: no DiT pass kind {kind!r}. The reference's passes are "
+            f"{', '.join(DIT_PASSES)} (stages {', '.join(DIT_PASSES.values())})."
+        )
+    return DIT_PASSES[kind]
+
 
 def register_model_stages(models: Any) -> dict[str, Stage]:
     """Bind the STAGES to loaded networks so `replay` can re-run them.
@@ -898,6 +913,8 @@ def replay(trace_a: Trace | str | Path, stage: str | Stage, run_stage: Callable[
     A and B: inputs that differ mean the difference is carried from upstream."""
     a = trace_a if isinstance(trace_a, Trace) else load_trace(trace_a)
     if isinstance(stage, str):
+        if stage.startswith("dit.") and stage[4:] in DIT_PASSES:
+            stage = DIT_PASSES[stage[4:]]  # "dit.cond" names the cond pass too
         if stage not in STAGES:
             raise InputError(f"replay: unknown stage {stage!r}. Known: {', '.join(STAGES)}; "
                              "or pass a Stage(name, inputs, outputs, run).")

@@ -62,6 +62,17 @@ class WeightsConfig:
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """One LoRA file merged into the DiT at load (mtlib.lora; the reference's --lora_dir /
+    --lora_scale pair). The scale has no default: the reference's 1.2 surprises."""
+
+    path: str
+    scale: float = field(metadata={"help": "the LoRA strength, e.g. 1.0 (the reference's --lora_scale)"})
+    # a file whose modules match the DiT only partly is refused unless this is true
+    allow_unmatched: bool = False
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: Literal["tiny", "multitalk-14b"] = "tiny"
     # Size key of the reference: picks the bucket table and the default sample shift.
@@ -76,6 +87,8 @@ class ModelConfig:
     precision: Literal["fp32", "reference", "fp8"] = "reference"
     attention: Literal["sdpa", "math"] = "sdpa"
     weights: WeightsConfig = field(default_factory=WeightsConfig)
+    # LoRA files merged into the DiT weights at load, in order, each with its scale
+    loras: tuple[LoraConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -277,6 +290,13 @@ def from_dict(data: dict, cls: type = RunConfig, path: str = "") -> Any:
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
                 f"{_join(path, key)}: unknown key.{hint} Allowed keys here: {', '.join(fields)}."
+            )
+    for name, f in fields.items():
+        no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if no_default and name not in data:
+            help_ = f.metadata.get("help")
+            raise ConfigError(
+                f"{_join(path, name)}: required, missing.{f' It is {help_}.' if help_ else ''}"
             )
     kwargs = {}
     for name, f in fields.items():

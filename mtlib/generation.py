@@ -231,6 +231,7 @@ class LoadedModels:
     device: str = "cpu"
     precision: str = "fp32"
     seconds: float = 0.0
+    loras: list = field(default_factory=list)  # mtlib.lora.LoraCheck of each merged file
 
 
 def load_models(
@@ -264,11 +265,23 @@ def load_models(
         dit_config = dit_mod.CONFIGS["tiny"]
     else:  # what WanModel.from_pretrained builds from the Wan directory's config.json
         dit_config = dit_mod.DiTConfig.from_config_json(json.loads(layout.dit_config.read_text()))
+    # LoRA files are checked against the DiT's shapes from their headers BEFORE any weight
+    # is read, and merged right after the DiT's state dict is loaded: fp8 quantisation,
+    # offload pinning and torch.compile all see the merged weights
+    lora_checks = []
+    if cfg.model.loras:
+        from mtlib import lora as lora_mod
+
+        lora_checks = lora_mod.check_loras(
+            cfg.model.loras, lora_mod.dit_param_shapes(dit_config), model=name
+        )
     # fp8 = the reference dtype policy for every network, then fp8 DiT blocks on top
     load_precision = "reference" if precision == "fp8" else precision
     dit = dit_mod.load_dit(
         layout.dit_files(), config=dit_config, device=device, precision=load_precision
     )
+    for check in lora_checks:
+        lora_mod.merge_checked(dit, check)
     if precision == "fp8":
         from mtlib.fp8 import enable_fp8_dit
 
@@ -287,7 +300,7 @@ def load_models(
         torch.cuda.synchronize()
     return LoadedModels(
         dit, vae, clip, text_encoder, audio_encoder, layout, device, precision,
-        time.perf_counter() - t0,
+        time.perf_counter() - t0, lora_checks,
     )  # fmt: skip
 
 
@@ -543,9 +556,12 @@ def generate_video(
     progress: bool = True,
     models: LoadedModels | None = None,
     compile: bool = False,
+    noise: Any = None,
 ) -> GenerationOutput:
     """The whole run: plan (refusing bad inputs before loading anything), load, preprocess,
-    generate, trim, write `out` (mp4 with sound, atomically). `models`: reuse loaded ones."""
+    generate, trim, write `out` (mp4 with sound, atomically). `models`: reuse loaded ones.
+    `noise`: a pipeline.NoiseSource giving every random tensor by its trace name (e.g.
+    InjectedNoise of a recorded run); default SeededNoise(generation.seed)."""
     from mtlib.models.t5 import DEFAULT_NEGATIVE_PROMPT
     from mtlib.pipeline import Models, SeededNoise, encode_prompts, generate
     from mtlib.video import write_mp4
@@ -586,7 +602,7 @@ def generate_video(
                 context_null,
                 inputs.ref_target_masks,
                 s,
-                SeededNoise(cfg.generation.seed),
+                noise if noise is not None else SeededNoise(cfg.generation.seed),
             )
             t = _timed(timings, "generate", t)
             # padded audio made extra frames: keep the ones that show the real speech
@@ -610,9 +626,15 @@ def generate_video(
                  "output_frames": run.output_frames, "clips": len(run.plan.clips),
                  "policies": [a.policy for a in run.plan.policy_actions]},
     }  # fmt: skip
+    if models.loras:  # the merged LoRA files, by content: path, scale, sha256, params touched
+        from mtlib.lora import record as lora_record
+
+        meta["loras"] = lora_record(models.loras)
     if writer is not None:
         # the trace's meta.json gets the video's metadata too (rewritten at close)
         writer.meta.update(seed=meta["seed"], frames=meta["frames"], plan=meta["plan"])
+        if "loras" in meta:
+            writer.meta["loras"] = meta["loras"]
         writer.meta["timings"] = dict(timings)
         writer.close()
         t = _timed(timings, "trace", t)
@@ -672,6 +694,15 @@ def add_arguments_generate(parser: argparse.ArgumentParser) -> None:
         "--compile", action="store_true", help="torch.compile the DiT blocks (CUDA)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--lora", action="append", default=[], metavar="PATH:SCALE",
+        help="LoRA file merged into the DiT with this scale, e.g. lightx2v.safetensors:1.0 "
+        "(repeatable, merged in order; replaces the config's model.loras)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--lora-allow-unmatched", action="store_true",
+        help="merge the matching part of a LoRA whose modules match the DiT only partly",
+    )  # fmt: skip
 
 
 def _cli_overrides(args: argparse.Namespace) -> list[str] | dict:
@@ -691,6 +722,14 @@ def _cli_overrides(args: argparse.Namespace) -> list[str] | dict:
         over["generation.frame_num"] = fn if fn == "auto" else _int(fn, "--frame-num")
     if args.seed is not None:
         over["generation.seed"] = args.seed
+    if getattr(args, "lora", None):
+        from mtlib.lora import parse_lora_arg
+
+        specs = [parse_lora_arg(text) for text in args.lora]
+        over["model.loras"] = [
+            {"path": sp.path, "scale": sp.scale, "allow_unmatched": args.lora_allow_unmatched}
+            for sp in specs
+        ]
     return over
 
 

@@ -332,6 +332,9 @@ class ShapePlan:
     activation_bytes: int | None = None  # peak activations of one DiT pass (estimate)
     flops_per_pass: dict = field(default_factory=dict)  # linear / self_attention / other
     flops_per_step: float | None = None
+    # LoRA files merged into the DiT at load (model.loras), checked from their headers:
+    # {path, scale, format, params_touched, params, unmatched}
+    loras: list = field(default_factory=list)
 
     @property
     def valid(self) -> bool:
@@ -475,13 +478,14 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
     _pos_int(g.motion_frame, "motion_frame")
     _pos_int(g.max_frames_num, "max_frames_num")
 
+    loras = _lora_plan(cfg)  # a LoRA file that does not fit the DiT is refused here
     n_persons = len(inputs.audio_frames) if inputs.audio_frames is not None else len(inputs.audio_samples_16k)
     text_one = math.isclose(g.text_guide_scale, 1.0)
     p = ShapePlan(
         model=m.name, mode=g.mode, size=cfg.model.size, buckets=cfg.model.buckets,
         precision=cfg.model.precision, persons=n_persons, audio_type=audio_type,
         frame_num_requested=req, motion_frame=g.motion_frame, sampling_steps=g.sampling_steps,
-        passes_per_step=2 if text_one else 3,
+        passes_per_step=2 if text_one else 3, loras=loras,
     )
     v = p.violations
 
@@ -674,6 +678,23 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
     _tensors(p, m, H, W, F, T, lat_h, lat_w, P, raw, tracks, pad_to, eff, inputs, g)
     _costs(p, m, P)
     return p
+
+
+def _lora_plan(cfg: Any) -> list[dict]:
+    """model.loras checked against the DiT of model.name from their headers (mtlib.lora):
+    raises LoraError for a file that is missing, truncated, of no known format, partly
+    matching (unless allowed) or made for another model size."""
+    if not getattr(cfg.model, "loras", ()):
+        return []
+    from mtlib import lora
+
+    shapes = lora.dit_param_shapes(cfg.model.name)
+    out = []
+    for check in lora.check_loras(cfg.model.loras, shapes, model=cfg.model.name):
+        out.append({"path": str(check.spec.path), "scale": check.spec.scale, "format": check.format,
+                    "params_touched": len(check.params), "params": check.params,
+                    "unmatched": list(check.unmatched), "summary": check.describe()})  # fmt: skip
+    return out
 
 
 def plan_for(config: Any = "tiny", image: str | None = None, audio: list[str] | str | None = None,
@@ -1052,6 +1073,8 @@ def plan_table(plan: ShapePlan, max_rows: int | None = None) -> str:
             f"latent grid T x N_h x N_w = {' x '.join(map(str, plan.token_grid))}, seq_len {plan.seq_len} | "
             f"clips {len(plan.clips)} | video {plan.video_frames} frames -> output {plan.output_frames}"
         )
+    for lo in plan.loras:
+        head.append(f"LoRA {lo['summary']}")
     for a in plan.policy_actions:
         head.append(f"policy {a.policy}: {a.what}")
     for n in plan.notes:
