@@ -626,7 +626,7 @@ def generate_video(
                  "output_frames": run.output_frames, "clips": len(run.plan.clips),
                  "policies": [a.policy for a in run.plan.policy_actions]},
     }  # fmt: skip
-    if models.loras:  # the merged LoRA files, by content: path, scale, sha256, params touched
+    if getattr(models, "loras", None):  # the merged LoRA files, by content: path, scale, sha256, params touched
         from mtlib.lora import record as lora_record
 
         meta["loras"] = lora_record(models.loras)
