@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from mtlib import trace
-from mtlib.io import InputError, atomic_write
+from mtlib.io import InputError, atomic_write, atomic_write_url, is_output_url
 from mtlib.trace import Trace, load_trace
 
 # max|a-b| <= tol * max(1, max|ref|); keys are torch dtype names without "torch."
@@ -471,6 +471,8 @@ class Comparison:
             f"<p><b>{html.escape(self.summary())}</b></p>{images}<h2>All points</h2>"
             f"{_html_table(self)}</body></html>\n"
         )
+        if is_output_url(path):  # s3:// ... through fsspec, complete or not at all
+            return atomic_write_url(path, page)
         return atomic_write(path, page)
 
 

@@ -63,6 +63,23 @@ def _probe_writable(directory: Path, what: str, target: str) -> None:
         ) from None
 
 
+def _probe_remote(url: str, what: str) -> None:
+    """Write and delete an empty temporary object beside `url` (driver, credentials, bucket)."""
+    import uuid
+
+    fs, rpath = _fs_and_path(url, what)
+    parent = rpath.rstrip("/").rsplit("/", 1)[0] if "/" in rpath.strip("/") else ""
+    probe = f"{parent}/.mtlib-write-check.{uuid.uuid4().hex[:12]}" if parent else ".mtlib-write-check"
+    try:
+        fs.pipe_file(probe, b"")
+        fs.rm(probe)
+    except Exception as e:
+        raise OutputError(
+            f"{what} {url!r}: cannot write there ({type(e).__name__}: {e}). Fix: check the "
+            "bucket / credentials, or write to a local path (checked before any compute)."
+        ) from None
+
+
 def check_free_space(path: str | os.PathLike, need_bytes: int, what: str, target: str) -> int:
     """Refuse when the filesystem holding `path` has less than `need_bytes` free; returns free."""
     free = shutil.disk_usage(_nearest_existing(Path(path))).free
@@ -82,6 +99,11 @@ def check_output_file(
     does not name a directory, its folder can be created and written, and the disk has room.
     A `scheme://` URL needs its fsspec driver (it is written by mtlib.io.open_output)."""
     s = str(out)
+    if not is_output_url(s) and Path(s).expanduser().is_dir():
+        raise OutputError(
+            f"{what} {s!r}: is an existing directory; give a file name. "
+            f"Fix: {what} {Path(s) / ('video' + suffixes[0])}."
+        )
     suffix = Path(s.split("?")[0]).suffix.lower()
     if suffix not in suffixes:
         raise OutputError(
@@ -90,13 +112,9 @@ def check_output_file(
             f"Fix: --out {Path(s).stem or 'video'}{suffixes[0]}."
         )
     if is_output_url(s):
-        _fs_and_path(s)  # the driver must be installed; uploads are checked when they happen
+        _probe_remote(s, what)
         return
     p = Path(s).expanduser()
-    if p.is_dir():
-        raise OutputError(
-            f"{what} {s!r}: is an existing directory; give a file name. Fix: {what} {p / 'video.mp4'}."
-        )
     base = _nearest_existing(p.parent)
     if not base.is_dir():
         raise OutputError(

@@ -103,7 +103,7 @@ class OutputError(InputError):
     """An output location mtlib refuses before any compute (remote directory, bad scheme ...)."""
 
 
-def _fs_and_path(url: str):
+def _fs_and_path(url: str, what: str = "output"):
     """(fsspec filesystem, path inside it) for a remote output URL; OutputError when the
     scheme's fsspec driver is not installed (e.g. s3:// without s3fs)."""
     try:
@@ -112,7 +112,7 @@ def _fs_and_path(url: str):
         return fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as e:
         raise OutputError(
-            f"output {url!r}: cannot write there ({type(e).__name__}: {e}). Fix: install the "
+            f"{what} {url!r}: cannot write there ({type(e).__name__}: {e}). Fix: install the "
             "filesystem's fsspec driver (s3://: pip install s3fs) or write to a local path."
         ) from None
 
