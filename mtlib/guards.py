@@ -69,7 +69,9 @@ def _probe_remote(url: str, what: str) -> None:
 
     fs, rpath = _fs_and_path(url, what)
     parent = rpath.rstrip("/").rsplit("/", 1)[0] if "/" in rpath.strip("/") else ""
-    probe = f"{parent}/.mtlib-write-check.{uuid.uuid4().hex[:12]}" if parent else ".mtlib-write-check"
+    probe = (
+        f"{parent}/.mtlib-write-check.{uuid.uuid4().hex[:12]}" if parent else ".mtlib-write-check"
+    )
     try:
         fs.pipe_file(probe, b"")
         fs.rm(probe)
@@ -139,10 +141,14 @@ def check_output_dir(path: str | os.PathLike, what: str, need_bytes: int = 0) ->
         )
     p = Path(s).expanduser()
     if p.exists() and not p.is_dir():
-        raise OutputError(f"{what} {s!r}: is an existing file, not a directory. Fix: give a directory.")
+        raise OutputError(
+            f"{what} {s!r}: is an existing file, not a directory. Fix: give a directory."
+        )
     base = _nearest_existing(p)
     if not base.is_dir():
-        raise OutputError(f"{what} {s!r}: {str(base)!r} is a file, so the directory cannot be created.")
+        raise OutputError(
+            f"{what} {s!r}: {str(base)!r} is a file, so the directory cannot be created."
+        )
     _probe_writable(base, what, s)
     check_free_space(base, need_bytes, what, s)
 
@@ -177,8 +183,11 @@ def check_finite(t: torch.Tensor, stage: str, name: str, fix: str | None = None)
     raise NonFiniteError(
         f"non-finite values at {stage}: {name} {list(t.shape)} holds {nan} NaN and {inf} inf of "
         f"{t.numel()} values; the video would be black or noise. "
-        + (fix or "Fix: check the checkpoints with `mtlib setup --verify --full` (damaged "
-           "weights), or use model.precision=fp32 if it happens only in reduced precision.")
+        + (
+            fix
+            or "Fix: check the checkpoints with `mtlib setup --verify --full` (damaged "
+            "weights), or use model.precision=fp32 if it happens only in reduced precision."
+        )
     )
 
 
@@ -224,7 +233,11 @@ def plan_warnings(plan: Any, generation: Any) -> list[str]:
     F = plan.frame_num
     if F is not None and F > MAX_RECOMMENDED_FRAMES and plan.seq_len:
         ratio = _cost_ratio(plan, TRAINED_FRAMES)
-        act = f", ~{plan.activation_bytes / 2**30:.1f} GB of activations per DiT pass" if plan.activation_bytes else ""
+        act = (
+            f", ~{plan.activation_bytes / 2**30:.1f} GB of activations per DiT pass"
+            if plan.activation_bytes
+            else ""
+        )
         out.append(
             f"WARNING frame_num {F}: beyond the {MAX_RECOMMENDED_FRAMES} frames per clip the "
             f"reference recommends (trained on {TRAINED_FRAMES}): {plan.seq_len} tokens per DiT "

@@ -79,7 +79,9 @@ def test_open_output_fsspec_url_uploads_whole_objects_only():
 def test_output_url_without_a_driver_is_refused():
     with pytest.raises(OutputError) as e:
         guards.check_output_file("nosuchfs://bucket/v.mp4")
-    assert str(e.value).startswith("--out 'nosuchfs://bucket/v.mp4': cannot write there (ValueError: ")
+    assert str(e.value).startswith(
+        "--out 'nosuchfs://bucket/v.mp4': cannot write there (ValueError: "
+    )
 
 
 # ------------------------------------------------------------------------------ outputs, before compute
@@ -107,12 +109,16 @@ def test_cli_generate_refuses_bad_outputs_before_loading(tmp_path, monkeypatch, 
 def test_cli_remote_trace_and_runs_dir_are_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(generation, "load_models", lambda *a, **k: pytest.fail("loaded"))
-    code, _, err = _cli(capsys, "generate", "--out", "v.mp4", "--trace", "s3://b/t", "--no-progress")
+    code, _, err = _cli(
+        capsys, "generate", "--out", "v.mp4", "--trace", "s3://b/t", "--no-progress"
+    )
     assert code == 2
     assert err.startswith("mtlib generate: --trace 's3://b/t': a remote directory is not supported")
     code, _, err = _cli(capsys, "run", "--runs-dir", "s3://b/runs")
     assert code == 2
-    assert err.startswith("mtlib run: --runs-dir 's3://b/runs': a remote directory is not supported")
+    assert err.startswith(
+        "mtlib run: --runs-dir 's3://b/runs': a remote directory is not supported"
+    )
     assert _files(tmp_path) == []
 
 
@@ -166,7 +172,9 @@ def test_bbox_for_one_speaker_is_refused(tmp_path, monkeypatch):
     cfg = load_config("tiny", {"inputs.bbox": [[0, 0, 10, 10]]})
     with pytest.raises(ConfigError) as e:
         generation.generate_video(cfg, tmp_path / "v.mp4", progress=False)
-    assert str(e.value).startswith("inputs.bbox: given for 1 speaker, but boxes only separate two speakers")
+    assert str(e.value).startswith(
+        "inputs.bbox: given for 1 speaker, but boxes only separate two speakers"
+    )
     assert _files(tmp_path) == []
 
 
@@ -187,7 +195,9 @@ def test_huge_image_gets_mtlibs_guard_in_plan_and_generate(tmp_path, monkeypatch
     _png_header(img, 20000, 20000)
     first = (f"image '{img}': 20000x20000 = 400000000 pixels exceeds the 144000000-pixel limit "
              "(decompression-bomb guard). Fix: downscale the picture first.")  # fmt: skip
-    code, _, err = _cli(capsys, "plan", "--image", str(img), "--audio", str(DATA / "speech_1p79s.wav"))
+    code, _, err = _cli(
+        capsys, "plan", "--image", str(img), "--audio", str(DATA / "speech_1p79s.wav")
+    )
     assert code == 2 and err.splitlines()[0] == "mtlib plan: " + first
     code, _, err = _cli(capsys, "generate", "--image", str(img), "--out", str(tmp_path / "v.mp4"))
     assert code == 2 and err.splitlines()[0] == "mtlib generate: " + first
@@ -218,7 +228,9 @@ def test_truncated_mp3_is_named_before_loading(tmp_path, monkeypatch, capsys):
     code, _, err = _cli(capsys, "generate", "--audio", str(cut), "--out", str(tmp_path / "v.mp4"))
     assert code == 2
     first = err.splitlines()[0]
-    assert first.startswith(f"mtlib generate: speaker 1 audio '{cut}': truncated: its header promises 5.00 s but only ")
+    assert first.startswith(
+        f"mtlib generate: speaker 1 audio '{cut}': truncated: its header promises 5.00 s but only "
+    )
     assert first.endswith(" s decode (an interrupted download or copy). Fix: re-export or re-download "
                           "the file, or re-encode what remains (e.g. ffmpeg -i IN -c:a libmp3lame "
                           "OUT.mp3) to plan on its real length.")  # fmt: skip
@@ -230,7 +242,9 @@ def test_truncated_mp3_is_named_before_loading(tmp_path, monkeypatch, capsys):
 
 
 def test_plan_warns_about_clips_beyond_training_with_their_cost():
-    p = shapes.plan(load_config("tiny", {"generation.frame_num": 241, "inputs.audio": ["data/speech_5s.wav"]}))
+    p = shapes.plan(
+        load_config("tiny", {"generation.frame_num": 241, "inputs.audio": ["data/speech_5s.wav"]})
+    )
     warn = [n for n in p.notes if n.startswith("WARNING frame_num")]
     assert len(warn) == 1
     assert warn[0].startswith(
@@ -257,13 +271,17 @@ def test_clip_mode_and_streaming_cap_cuts_are_announced(capsys):
         "cap). To get all of it: -p generation.max_frames_num=158."
     )
     code = cli.main(["plan", "--audio", "data/speech_5s.wav", "--frame-num", "81"])
-    assert code == 0 and "note: WARNING the video covers 81 frames (3.24 s)" in capsys.readouterr().out
+    assert (
+        code == 0 and "note: WARNING the video covers 81 frames (3.24 s)" in capsys.readouterr().out
+    )
 
 
 def test_gpu_memory_refusal_from_the_plan():
     p = shapes.plan(load_config("multitalk-480", {"generation.frame_num": 1001}))
     reason = guards.memory_refusal(p, 80 * 2**30)
-    assert reason is not None and reason.startswith(f"frame_num 1001: one DiT pass needs ~{p.activation_bytes / 2**30:.1f} GB")
+    assert reason is not None and reason.startswith(
+        f"frame_num 1001: one DiT pass needs ~{p.activation_bytes / 2**30:.1f} GB"
+    )
     p81 = shapes.plan(load_config("multitalk-480"))
     assert guards.memory_refusal(p81, 80 * 2**30) is None
 
@@ -283,7 +301,9 @@ def _poison_first_f32(path: Path) -> str:
     return key
 
 
-def test_nan_in_a_checkpoint_is_an_error_at_verify_and_load(tiny_env, tmp_path, monkeypatch, capsys):
+def test_nan_in_a_checkpoint_is_an_error_at_verify_and_load(
+    tiny_env, tmp_path, monkeypatch, capsys
+):
     base, _, root = tiny_env
     bad = tmp_path / "weights"
     shutil.copytree(root / "weights", bad)
@@ -324,7 +344,9 @@ def test_nan_during_the_run_names_the_first_stage_and_tensor(tiny_env, tmp_path)
     finally:
         with torch.no_grad():
             p.copy_(keep)
-    assert str(e.value).startswith("non-finite values at clip 0 step 0: DiT output 'cond' (before the latent update) [16, 2, 12, 6] holds 2304 NaN and 0 inf of 2304 values; the video would be black or noise.")
+    assert str(e.value).startswith(
+        "non-finite values at clip 0 step 0: DiT output 'cond' (before the latent update) [16, 2, 12, 6] holds 2304 NaN and 0 inf of 2304 values; the video would be black or noise."
+    )
     assert not (tmp_path / "v.mp4").exists()
     meta = json.loads((tmp_path / "t" / "meta.json").read_text())
     assert meta["status"] == "failed: NonFiniteError"
@@ -333,18 +355,26 @@ def test_nan_during_the_run_names_the_first_stage_and_tensor(tiny_env, tmp_path)
 def test_finite_checks_on_tensors():
     guards.check_finite(torch.ones(3), "s", "x")
     with pytest.raises(guards.NonFiniteError) as e:
-        guards.check_finite(torch.tensor([1.0, float("inf"), float("nan")]), "clip 0 VAE decode", "decoded frames")
+        guards.check_finite(
+            torch.tensor([1.0, float("inf"), float("nan")]), "clip 0 VAE decode", "decoded frames"
+        )
     assert str(e.value).startswith(
         "non-finite values at clip 0 VAE decode: decoded frames [3] holds 1 NaN and 1 inf of 3 values"
     )
-    with pytest.raises(guards.NonFiniteError, match="^non-finite values at s: latent after the step"):
-        guards.check_step("s", torch.tensor([float("nan")]), {"cond": torch.ones(1), "uncond": None})
+    with pytest.raises(
+        guards.NonFiniteError, match="^non-finite values at s: latent after the step"
+    ):
+        guards.check_step(
+            "s", torch.tensor([float("nan")]), {"cond": torch.ones(1), "uncond": None}
+        )
 
 
 # ------------------------------------------------------------------------------ late failures keep the work
 
 
-def test_write_failure_after_compute_keeps_the_frames_and_finish_writes_them(tmp_path, monkeypatch, capsys):
+def test_write_failure_after_compute_keeps_the_frames_and_finish_writes_them(
+    tmp_path, monkeypatch, capsys
+):
     from mtlib.video import write_mp4
 
     monkeypatch.chdir(tmp_path)
@@ -355,8 +385,12 @@ def test_write_failure_after_compute_keeps_the_frames_and_finish_writes_them(tmp
     with pytest.raises(OutputError) as e:
         generation._write_or_rescue(write_mp4, video, out, 25, sound, {"seed": 1})
     rescue = tmp_path / "v.rescue.safetensors"
-    assert str(e.value).startswith(f"--out '{out}': the video was computed but could not be written (")
-    assert str(e.value).endswith(f"The frames are kept in '{rescue}'; finish with: mtlib finish {rescue} --out {out}")
+    assert str(e.value).startswith(
+        f"--out '{out}': the video was computed but could not be written ("
+    )
+    assert str(e.value).endswith(
+        f"The frames are kept in '{rescue}'; finish with: mtlib finish {rescue} --out {out}"
+    )
     assert _files(tmp_path) == ["gone", "v.rescue.safetensors"]
     code, stdout, _ = _cli(capsys, "finish", str(rescue), "--out", str(tmp_path / "v.mp4"))
     assert code == 0 and stdout.strip() == str(tmp_path / "v.mp4")
@@ -395,7 +429,9 @@ def test_stats_only_rows_never_pass(tmp_path):
     assert res["perm"].status == STATUS_UNVERIFIED and "bytes differ (hash)" in res["perm"].note
     assert res["far"].status == STATUS_DIFFERS_STATS and res["far"].failed
     assert not res.passed and res.first_divergence == "far"
-    assert res.summary().startswith("3 points compared: 1 pass, 1 fail, 1 unverified (stats only). FIRST DIVERGENCE: far (differs (stats only): max stat diff 1 > bound 0.0002")
+    assert res.summary().startswith(
+        "3 points compared: 1 pass, 1 fail, 1 unverified (stats only). FIRST DIVERGENCE: far (differs (stats only): max stat diff 1 > bound 0.0002"
+    )
     only_unverified = compare(a, b, points=["same", "perm"])
     assert not only_unverified.passed and only_unverified.first_divergence is None
     assert "No divergence found, but NOT verified" in only_unverified.summary()
