@@ -41,12 +41,14 @@ def first_nonfinite(path: str | Path) -> tuple[str, int, int, int] | None:
     else None (every tensor finite)."""
     import torch
 
+    from mtlib.guards import all_finite
+
     for key, t in _tensors(Path(path)):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             continue
         flat = t.reshape(-1)
         for chunk in flat.split(CHUNK_ELEMENTS):
-            if not bool(torch.isfinite(chunk).all()):
+            if not all_finite(chunk):
                 nan, inf = int(torch.isnan(flat).sum()), int(torch.isinf(flat).sum())
                 return key, nan, inf, t.numel() * t.element_size()
     return None

@@ -468,3 +468,28 @@ def test_wav2vec_fingerprint_changes_with_same_size_weights(tiny_env, tmp_path):
     _poison_first_f32(d / "model.safetensors")  # one value changed, same size
     assert (d / "model.safetensors").stat().st_size == size
     assert _fingerprint(d, config) != before
+
+
+def test_generate_verifies_checkpoint_headers_before_loading(tiny_env, tmp_path, capsys):
+    """Real-model run on files that are not the 14B ones (and a truncated shard): refused by
+    mtlib.weights' header verification before any tensor is read, nothing written."""
+    _, _, root = tiny_env
+    w = tmp_path / "w"
+    shutil.copytree(root / "weights", w)
+    shard = w / "Wan2.1-I2V-14B-480P" / "diffusion_pytorch_model-00001-of-00002.safetensors"
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size - 100)
+    dirs = {"wan_dir": "Wan2.1-I2V-14B-480P", "multitalk_dir": "MeiGen-MultiTalk",
+            "wav2vec_dir": "chinese-wav2vec2-base"}  # fmt: skip
+    sets = [a for k, v in dirs.items() for a in ("-p", f"model.weights.{k}={w / v}")]
+    out = tmp_path / "o" / "v.mp4"
+    code, stdout, err = _cli(capsys, "generate", "--config", "multitalk-480", "-p", "model.device=cpu",
+                             *sets, "--out", str(out), "--no-progress")  # fmt: skip
+    assert code == 1 and stdout == ""
+    assert err.splitlines()[0] == (
+        f"mtlib generate: {w}/Wan2.1-I2V-14B-480P/config.json: dim 64 (expected 5120), num_layers "
+        "2 (expected 40): this config.json is not the multitalk-14b DiT's. Fix: re-download it "
+        "with `mtlib setup --download`."
+    )
+    assert err.splitlines()[1].endswith("more problem(s); `mtlib setup --verify` prints them all)")
+    assert not (tmp_path / "o").exists()
