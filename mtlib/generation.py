@@ -700,7 +700,7 @@ def _write_or_rescue(write_mp4, video, out, fps: int, soundtrack, meta: dict) ->
         with open_output(out) as tmp:
             write_mp4(video, tmp, fps=fps, audio=(soundtrack, SAMPLE_RATE), metadata=meta)
         return out
-    except (OSError, OutputError) as e:
+    except Exception as e:  # OSError, PyAV's errors, a refused upload: the frames are kept
         kept = guards.save_rescue(video, soundtrack, fps, meta, str(out))
         raise OutputError(
             f"--out {str(out)!r}: the video was computed but could not be written "
@@ -782,7 +782,9 @@ def _int(s: str, what: str) -> int:
 
 def run_generate(args: argparse.Namespace) -> int:
     """`mtlib generate`: 0 and the summary on success; 2 (nothing written) when the plan,
-    an input or the config is refused; 1 when the checkpoints are missing or damaged."""
+    an input, an output or the config is refused (also: the mp4 could not be written after
+    the compute; the frames are then kept for `mtlib finish`); 1 when the checkpoints are
+    missing or damaged, or NaN / inf appear during the run."""
     from mtlib.guards import NonFiniteError
     from mtlib.weights import WeightsError
 
