@@ -332,6 +332,7 @@ class ShapePlan:
     activation_bytes: int | None = None  # peak activations of one DiT pass (estimate)
     flops_per_pass: dict = field(default_factory=dict)  # linear / self_attention / other
     flops_per_step: float | None = None
+    parallel: dict = field(default_factory=dict)  # ranks > 1: mtlib.parallel.layout
 
     @property
     def valid(self) -> bool:
@@ -673,6 +674,9 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
         p.notes.append("T5 context lengths depend on the prompt's token count: not planned")
     _tensors(p, m, H, W, F, T, lat_h, lat_w, P, raw, tracks, pad_to, eff, inputs, g)
     _costs(p, m, P)
+    from mtlib.parallel.layout import plan_parallel, ranks_of
+
+    plan_parallel(p, ranks_of(cfg), m)
     return p
 
 
@@ -1081,6 +1085,9 @@ def plan_table(plan: ShapePlan, max_rows: int | None = None) -> str:
             f"| activations/pass ~{plan.activation_bytes / 1e9:.2f} GB | {plan.flops_per_step / 1e15:.3f} PFLOP/step "
             f"({plan.passes_per_step} passes)"
         )
+        from mtlib.parallel.layout import parallel_lines
+
+        body += parallel_lines(plan)
     tail = ["VALID" if plan.valid else f"INVALID: {len(plan.violations)} violation(s)"]
     tail += [explain(v) for v in plan.violations]
     sections = [head, body, tail]
