@@ -27,10 +27,11 @@ import os
 import socket
 import tempfile
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["RankContext", "agree", "env_world", "join", "spawn"]
 
@@ -163,7 +164,9 @@ def agree(ctx: RankContext | None, fn: Callable, *args: Any, **kwargs: Any) -> A
         raise mine
     for rank, st in enumerate(statuses):
         if st is not None:
-            raise _rebuild(rank, *st)
+            err = _rebuild(rank, *st)
+            err.mtlib_origin = (rank, *st)  # so a launcher reports the rank it came from
+            raise err
     return result
 
 
@@ -188,13 +191,12 @@ def _rank_entry(index: int, world: int, port: int, fn: Callable, args: tuple, bo
 
             torch.save(result, Path(box) / "result.pt")
     except BaseException as e:
-        record = {
-            "rank": index,
-            "module": type(e).__module__,
-            "name": type(e).__qualname__,
-            "message": str(e),
-            "traceback": traceback.format_exc(),
-        }
+        # an error agreed from another rank names that rank and its own message
+        origin = getattr(
+            e, "mtlib_origin", (index, type(e).__module__, type(e).__qualname__, str(e))
+        )
+        record = dict(zip(("rank", "module", "name", "message"), origin, strict=True))
+        record["traceback"] = traceback.format_exc()
         (Path(box) / f"error-{index}.json").write_text(json.dumps(record))
         raise
     finally:
@@ -220,10 +222,9 @@ def spawn(fn: Callable, world: int, args: tuple = ()) -> Any:
             while not ctx.join():
                 pass
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
-            records = {}
+            records = {}  # process index -> its error record (naming the rank it came from)
             for p in Path(box).glob("error-*.json"):
-                r = json.loads(p.read_text())
-                records[r["rank"]] = r
+                records[int(p.stem.split("-")[1])] = json.loads(p.read_text())
             first = records.get(getattr(e, "error_index", -1)) or next(
                 (records[k] for k in sorted(records)), None
             )
