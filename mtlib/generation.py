@@ -565,6 +565,12 @@ def generate_video(
     main = rank is None or rank.is_main
     run = parallel.agree(rank, prepare_run, cfg, progress=progress and main)
     if rank is None and cfg.parallel.gpus > 1:  # the plan is valid: start the ranks
+        if models is not None:
+            raise ConfigError(
+                "generate_video(models=...) with parallel.gpus > 1: loaded models cannot be "
+                "handed to spawned ranks. Fix: drop models= (each rank loads its own), or run "
+                "under torchrun and load them in every process."
+            )
         return parallel.launch.spawn_generate(run.config, out, trace_dir, progress, compile)
     cfg = run.config
     if rank is not None:
@@ -741,19 +747,21 @@ def run_generate(args: argparse.Namespace) -> int:
     an input or the config is refused; 1 when the checkpoints are missing or damaged."""
     from mtlib.weights import WeightsError
 
+    # under torchrun every rank gets every agreed error: rank 0 alone prints it
+    err = sys.stderr if os.environ.get("RANK", "0") == "0" else open(os.devnull, "w")  # noqa: SIM115
     try:
         cfg = load_config(args.config, _cli_overrides(args))
         result = generate_video(
             cfg, args.out, trace_dir=args.trace, progress=not args.no_progress, compile=args.compile
         )
     except PlanError as e:
-        print(f"mtlib generate: {e}", file=sys.stderr)
+        print(f"mtlib generate: {e}", file=err)
         return 2
     except (InputError, ConfigError) as e:
-        print(f"mtlib generate: {e}", file=sys.stderr)
+        print(f"mtlib generate: {e}", file=err)
         return 2
     except WeightsError as e:  # missing / damaged checkpoints: the message names the fix
-        print(f"mtlib generate: {e}", file=sys.stderr)
+        print(f"mtlib generate: {e}", file=err)
         return 1
     if result.rank != 0:  # torchrun: rank 0 reports for the run
         return 0

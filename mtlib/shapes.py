@@ -1151,6 +1151,7 @@ def add_arguments_plan(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audio-type", choices=["para", "add"], default=None)
     parser.add_argument("--model", choices=sorted(MODEL_SIZES), default=None)
     parser.add_argument("--config", default=None, help="preset name or YAML file (default: tiny)")
+    parser.add_argument("--gpus", type=int, default=None, help="ranks of a sequence-parallel run (parallel.gpus)")
     parser.add_argument("--json", action="store_true", help="print ShapePlan.to_dict() as JSON")
 
 
@@ -1166,7 +1167,8 @@ def run_plan(args: argparse.Namespace) -> int:
         overrides["generation.frame_num"] = fn if fn == "auto" else _int_arg(fn)
     for key, val in (("model.size", args.size), ("model.buckets", args.buckets),
                      ("generation.mode", args.mode), ("generation.short_audio", args.short_audio),
-                     ("inputs.audio_type", args.audio_type), ("model.name", args.model)):
+                     ("inputs.audio_type", args.audio_type), ("model.name", args.model),
+                     ("parallel.gpus", args.gpus)):
         if val is not None:
             overrides[key] = val
     if args.image is not None:
@@ -1214,6 +1216,10 @@ def _print_rich(p: ShapePlan) -> None:
     if p.valid:
         con.print(f"VALID: seq_len {p.seq_len}, {len(p.clips)} clip(s), {p.output_frames} frames, "
                   f"{p.flops_per_step / 1e15:.3f} PFLOP per step", markup=False, style="bold green")
+        from mtlib.parallel.layout import parallel_lines
+
+        for line in parallel_lines(p):
+            con.print(line, markup=False, highlight=False)
     else:
         con.print(f"INVALID: {len(p.violations)} violation(s)", style="bold red")
         for v in p.violations:
