@@ -46,6 +46,16 @@ def _frame_num(v):
     return None if v >= 1 else "must be 'auto' or a positive integer (4n+1, e.g. 81)"
 
 
+def _fps_25(v):
+    # wav2vec2 features are cut into 25 fps windows (the audio adapter was trained so) and the
+    # soundtrack is muxed at 25 fps: another rate makes lips and sound drift apart
+    return None if v == 25 else (
+        "must be 25: MultiTalk's audio adapter is trained on 25 video frames per second of "
+        "speech, so other rates make lips and sound drift. Fix: keep 25 and resample the video "
+        "afterwards (e.g. ffmpeg -i in.mp4 -r 30 out.mp4)"
+    )
+
+
 def _check(fn, help_: str = ""):
     return {"check": fn, "help": help_}
 
@@ -125,7 +135,8 @@ class GenerationConfig:
     teacache: bool = False
     teacache_thresh: float = field(default=0.2, metadata=_check(_non_negative))
     face_scale: float = field(default=0.05, metadata=_check(_unit_interval))
-    fps: int = field(default=25, metadata=_check(_positive))
+    # 25 only: the one home of the rule (mtlib.guards is not needed: refused on load)
+    fps: int = field(default=25, metadata=_check(_fps_25))
 
     def resolved_shift(self, size: str) -> float:
         if self.shift != "auto":
@@ -218,11 +229,18 @@ def load_config(
             )
         where = str(source)
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
             raise ConfigError(f"{where}: not valid YAML ({e}).") from None
-        if not isinstance(loaded, dict):
+        if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{where}: the top level must be a mapping of keys to values.")
+        if not loaded or ("base" not in loaded and "name" not in (loaded.get("model") or {})):
+            # defaults would run the tiny model at the official sizes and 40 steps, silently
+            raise ConfigError(
+                f"{where}: {'the file is empty' if not loaded else 'names no model'}: a config "
+                "must start from a preset (`base: tiny`, `base: multitalk-480`, `base: "
+                "multitalk-720`) or set model.name. Fix: add `base: tiny` as its first line."
+            )
         data = loaded
     base = data.pop("base", None) if isinstance(data, dict) else None
     if base is not None:

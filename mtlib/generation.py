@@ -134,10 +134,12 @@ def prepare_run(
     if not plan.valid:
         raise PlanError(plan)
     resolved = cfg.replace(**{"generation.frame_num": int(plan.frame_num)})
+    _guard_inputs(cfg, plan)
     # bbox pixel ranges need the source size: checked here (the plan only counts the boxes)
     if cfg.inputs.bbox is not None:
         _check_bbox(cfg.inputs.bbox, plan.persons, plan.src_hw[0], plan.src_hw[1])
     device = resolve_device(cfg.model.device)
+    _guard_gpu_memory(plan, device)
     settings = GenerationSettings.from_config(
         resolved.generation, cfg.model.size, progress=progress
     )
@@ -153,6 +155,27 @@ def prepare_run(
         pad_to_samples=tuple(plan.pad_to_samples),
         output_frames=int(plan.output_frames),
     )
+
+
+def _guard_inputs(cfg: RunConfig, plan: shapes.ShapePlan) -> None:
+    """What the header-only plan cannot see: a bbox for one speaker, truncated audio."""
+    from mtlib import guards
+
+    guards.check_bbox_persons(cfg, plan.persons)
+    guards.check_audio_complete(list(cfg.inputs.audio))
+
+
+def _guard_gpu_memory(plan: shapes.ShapePlan, device: str) -> None:
+    """Refuse a clip whose activations alone cannot fit the GPU (mtlib.guards.memory_refusal)."""
+    if not str(device).startswith("cuda"):
+        return
+    import torch
+
+    from mtlib import guards
+
+    reason = guards.memory_refusal(plan, torch.cuda.get_device_properties(device).total_memory)
+    if reason:
+        raise ConfigError(reason)
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,6 +284,8 @@ def load_models(
     precision = effective_precision(device, precision or cfg.model.precision)
     name = cfg.model.name
     layout = weights.layout_for_config(cfg)
+    # headers, sizes and shapes of every file before any tensor is read (truncated / wrong files)
+    weights.verify_layout(layout, "tiny" if name == "tiny" else "multitalk-14b", strict=True)
     if name == "tiny":
         dit_config = dit_mod.CONFIGS["tiny"]
     else:  # what WanModel.from_pretrained builds from the Wan directory's config.json
@@ -502,7 +527,7 @@ def _readable(path: Path) -> None:
 @dataclass
 class GenerationOutput:
     video: torch.Tensor  # [3, N, H, W] in [-1, 1], trimmed to the real audio
-    path: Path  # the written mp4
+    path: Path | str  # the written mp4 (the URL when written through fsspec)
     plan: shapes.ShapePlan
     seed: int
     frames: int  # N
@@ -530,7 +555,10 @@ def summary(out: GenerationOutput) -> str:
         f"(audio {out.audio_seconds:.2f} s), {len(out.plan.clips)} clip(s), seed {out.seed}",
         f"wall {tm.get('total', 0.0):.2f} s ({stages})",
     ] + ([f"TeaCache: {out.teacache_skipped} of {out.dit_calls} DiT calls answered from "
-          "the cache"] if out.teacache_skipped is not None else []))  # fmt: skip
+          "the cache"] if out.teacache_skipped is not None else [])
+        + run_warnings(out.plan)
+        + (["model tiny: random weights, the video is noise by design"]
+           if out.config is not None and out.config.model.name == "tiny" else []))  # fmt: skip
 
 
 def display_video(path: str | os.PathLike, max_embed_bytes: int = 4_000_000):
@@ -570,6 +598,7 @@ def generate_video(
     timings: dict[str, float] = {}
     run = prepare_run(cfg, progress=progress)
     cfg = run.config
+    _guard_outputs(run, out, trace_dir)
     t = _timed(timings, "plan", t_start)
     if models is None:
         models = load_models(cfg, run.device, run.precision, compile=compile)
@@ -638,13 +667,13 @@ def generate_video(
         writer.meta["timings"] = dict(timings)
         writer.close()
         t = _timed(timings, "trace", t)
-    path = write_mp4(video, out, fps=fps, audio=(inputs.soundtrack, SAMPLE_RATE), metadata=meta)
+    path = _write_or_rescue(write_mp4, video, out, fps, inputs.soundtrack, meta)
     t = _timed(timings, "write", t)
     timings["total"] = round(time.perf_counter() - t_start, 4)
     n, (H, W) = int(video.shape[1]), run.target_hw
     return GenerationOutput(
         video=video,
-        path=Path(path),
+        path=path,  # a Path, or the URL it was uploaded to
         plan=run.plan,
         seed=cfg.generation.seed,
         frames=n,
@@ -660,6 +689,46 @@ def generate_video(
         teacache_skipped=teacache.skipped if teacache is not None else None,
         teacache_decisions=list(teacache.decisions) if teacache is not None else None,
     )
+
+
+def _guard_outputs(run: PreparedRun, out, trace_dir) -> None:
+    """Before loading anything: the mp4 and trace destinations are writable and have room;
+    the notices of the run (random tiny model, ignored settings, cuts) go to stderr."""
+    from mtlib import guards
+
+    H, W = run.target_hw
+    need = guards.video_bytes_estimate(run.output_frames, H, W)
+    guards.check_output_file(out, need_bytes=need + guards.RUN_HEADROOM_BYTES)
+    if trace_dir is not None and run.config.trace.level != "off":
+        guards.check_output_dir(trace_dir, "--trace", guards.RUN_HEADROOM_BYTES)
+    for line in guards.run_notices(run.config) + run_warnings(run.plan):
+        print(line, file=sys.stderr)
+
+
+def run_warnings(plan: shapes.ShapePlan) -> list[str]:
+    """The plan's WARNING notes (cuts, frames beyond training): before the run and in its summary."""
+    return [n for n in plan.notes if n.startswith("WARNING")]
+
+
+def _write_or_rescue(write_mp4, video, out, fps: int, soundtrack, meta: dict) -> Path:
+    """Write the mp4 (a local path atomically, a URL through mtlib.io.open_output). What fails
+    only now (disk full, folder gone, upload refused) keeps the frames for `mtlib finish`."""
+    from mtlib import guards
+    from mtlib.io import OutputError, is_output_url, open_output
+
+    try:
+        if not is_output_url(out):
+            return write_mp4(video, out, fps=fps, audio=(soundtrack, SAMPLE_RATE), metadata=meta)
+        with open_output(out) as tmp:
+            write_mp4(video, tmp, fps=fps, audio=(soundtrack, SAMPLE_RATE), metadata=meta)
+        return out
+    except (OSError, OutputError) as e:
+        kept = guards.save_rescue(video, soundtrack, fps, meta, str(out))
+        raise OutputError(
+            f"--out {str(out)!r}: the video was computed but could not be written "
+            f"({type(e).__name__}: {e}). The frames are kept in {str(kept)!r}; finish with: "
+            f"mtlib finish {kept} --out {out}"
+        ) from None
 
 
 def _version() -> str:
@@ -753,6 +822,7 @@ def _int(s: str, what: str) -> int:
 def run_generate(args: argparse.Namespace) -> int:
     """`mtlib generate`: 0 and the summary on success; 2 (nothing written) when the plan,
     an input or the config is refused; 1 when the checkpoints are missing or damaged."""
+    from mtlib.guards import NonFiniteError
     from mtlib.weights import WeightsError
 
     try:
@@ -767,6 +837,9 @@ def run_generate(args: argparse.Namespace) -> int:
         print(f"mtlib generate: {e}", file=sys.stderr)
         return 2
     except WeightsError as e:  # missing / damaged checkpoints: the message names the fix
+        print(f"mtlib generate: {e}", file=sys.stderr)
+        return 1
+    except NonFiniteError as e:  # NaN / inf in a checkpoint, a latent or the frames
         print(f"mtlib generate: {e}", file=sys.stderr)
         return 1
     print(summary(result))

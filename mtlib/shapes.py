@@ -677,6 +677,9 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
         p.notes.append("T5 context lengths depend on the prompt's token count: not planned")
     _tensors(p, m, H, W, F, T, lat_h, lat_w, P, raw, tracks, pad_to, eff, inputs, g)
     _costs(p, m, P)
+    from mtlib.guards import plan_warnings  # frames beyond training, audio the video cuts off
+
+    p.notes += plan_warnings(p, g)
     return p
 
 

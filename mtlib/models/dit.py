@@ -44,6 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mtlib import trace
+from mtlib.guards import check_state_finite
 from mtlib.io import InputError
 from mtlib.models.checkpoint import CheckpointError, pick_config, state_diff
 
@@ -1137,5 +1138,6 @@ def load_dit(
         with safe_open(str(f), framework="pt") as h:
             for k in keys:
                 state[k] = h.get_tensor(k).to(device=device, dtype=dtype)
+        check_state_finite({k: state[k] for k in keys}, "DiT", repr(str(f)))
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)
