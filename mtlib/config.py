@@ -158,12 +158,24 @@ class TraceConfig:
 
 
 @dataclass(frozen=True)
+class ParallelConfig:
+    # Ranks of one run (sequence parallel: the DiT's video tokens split across them, see
+    # mtlib.parallel). 1: one device. N > 1 without torchrun: mtlib spawns N processes (GPUs
+    # 0..N-1 with NCCL; on the CPU N gloo processes). Under torchrun its --nproc-per-node
+    # decides and gpus stays 1 (or equals it). N must divide the DiT's heads (40: 2, 4, 5, 8).
+    gpus: int = field(default=1, metadata=_check(_positive))
+    # Seconds a collective may wait for the other ranks before the run fails (no hang).
+    timeout_s: int = field(default=900, metadata=_check(_positive))
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "run"
     model: ModelConfig = field(default_factory=ModelConfig)
     inputs: InputsConfig = field(default_factory=InputsConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     trace: TraceConfig = field(default_factory=TraceConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def replace(self, **overrides: Any) -> RunConfig:
         """A copy with dotted-path overrides applied: `cfg.replace(**{"generation.seed": 1})`."""

@@ -543,6 +543,8 @@ class GenerationOutput:
     teacache_skipped: int | None = None  # of those, calls TeaCache answered from its cache
     # TeaCache's decisions: (call in the clip, rel change of e0 or None, accumulator, computed)
     teacache_decisions: list | None = None
+    parallel: str | None = None  # the layout over several devices, e.g. "sequence parallel: 2 ranks"
+    rank: int = 0  # which rank returned this (only rank 0 writes the video and the trace)
 
 
 def summary(out: GenerationOutput) -> str:
@@ -554,8 +556,9 @@ def summary(out: GenerationOutput) -> str:
         f"{out.frames} frames {out.width}x{out.height} @ {out.fps} fps = {out.duration_s:.2f} s "
         f"(audio {out.audio_seconds:.2f} s), {len(out.plan.clips)} clip(s), seed {out.seed}",
         f"wall {tm.get('total', 0.0):.2f} s ({stages})",
-    ] + ([f"TeaCache: {out.teacache_skipped} of {out.dit_calls} DiT calls answered from "
-          "the cache"] if out.teacache_skipped is not None else [])
+    ] + ([out.parallel] if out.parallel else [])
+        + ([f"TeaCache: {out.teacache_skipped} of {out.dit_calls} DiT calls answered from "
+            "the cache"] if out.teacache_skipped is not None else [])
         + run_warnings(out.plan)
         + (["model tiny: random weights, the video is noise by design"]
            if out.config is not None and out.config.model.name == "tiny" else []))  # fmt: skip
@@ -589,22 +592,44 @@ def generate_video(
     """The whole run: plan (refusing bad inputs before loading anything), load, preprocess,
     generate, trim, write `out` (mp4 with sound, atomically). `models`: reuse loaded ones.
     `noise`: a pipeline.NoiseSource giving every random tensor by its trace name (e.g.
-    InjectedNoise of a recorded run); default SeededNoise(generation.seed)."""
+    InjectedNoise of a recorded run); default SeededNoise(generation.seed).
+
+    Several devices (mtlib.parallel): with parallel.gpus = N > 1 this process plans, then
+    spawns N ranks that run this function and returns rank 0's result; under torchrun every
+    process runs it as one rank. Every rank plans, checks and loads (one failure stops all),
+    the DiT splits its tokens over the ranks, and only rank 0 writes the video and the trace."""
+    from mtlib import parallel
     from mtlib.models.t5 import DEFAULT_NEGATIVE_PROMPT
     from mtlib.pipeline import Models, SeededNoise, encode_prompts, generate
     from mtlib.video import write_mp4
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    run = prepare_run(cfg, progress=progress)
+    cfg = _config(cfg)
+    rank = parallel.join(cfg)  # None for one device; torchrun / spawned ranks join here
+    main = rank is None or rank.is_main
+    run = parallel.agree(rank, prepare_run, cfg, progress=progress and main)
+    if rank is None and cfg.parallel.gpus > 1:  # the plan is valid: start the ranks
+        if models is not None:
+            raise ConfigError(
+                "generate_video(models=...) with parallel.gpus > 1: loaded models cannot be "
+                "handed to spawned ranks. Fix: drop models= (each rank loads its own), or run "
+                "under torchrun and load them in every process."
+            )
+        return parallel.launch.spawn_generate(run.config, out, trace_dir, progress, compile)
     cfg = run.config
-    _guard_outputs(run, out, trace_dir)
+    if main:
+        _guard_outputs(run, out, trace_dir)
+    if rank is not None:
+        run.device = rank.device(run.device)
     t = _timed(timings, "plan", t_start)
     if models is None:
-        models = load_models(cfg, run.device, run.precision, compile=compile)
+        models = parallel.agree(rank, load_models, cfg, run.device, run.precision, compile=compile)
+    if rank is not None:
+        parallel.enable_sequence_parallel(models.dit)
     t = _timed(timings, "load", t)
 
-    writer = open_trace(trace_dir, cfg)
+    writer = open_trace(trace_dir, cfg) if main else None
     try:
         with trace.recording(writer) if writer is not None else contextlib.nullcontext():
             inputs = preprocess_inputs(run, models.audio_encoder)
@@ -659,15 +684,20 @@ def generate_video(
         from mtlib.lora import record as lora_record
 
         meta["loras"] = lora_record(models.loras)
+    if rank is not None:
+        meta["parallel"] = {"layout": rank.layout, "ranks": rank.world, "backend": rank.backend}
     if writer is not None:
         # the trace's meta.json gets the video's metadata too (rewritten at close)
         writer.meta.update(seed=meta["seed"], frames=meta["frames"], plan=meta["plan"])
-        if "loras" in meta:
-            writer.meta["loras"] = meta["loras"]
+        for key in ("loras", "parallel"):
+            if key in meta:
+                writer.meta[key] = meta[key]
         writer.meta["timings"] = dict(timings)
         writer.close()
         t = _timed(timings, "trace", t)
-    path = _write_or_rescue(write_mp4, video, out, fps, inputs.soundtrack, meta)
+    path = Path(out)
+    if main:
+        path = _write_or_rescue(write_mp4, video, out, fps, inputs.soundtrack, meta)
     t = _timed(timings, "write", t)
     timings["total"] = round(time.perf_counter() - t_start, 4)
     n, (H, W) = int(video.shape[1]), run.target_hw
@@ -688,6 +718,8 @@ def generate_video(
         dit_calls=dit_call.calls,
         teacache_skipped=teacache.skipped if teacache is not None else None,
         teacache_decisions=list(teacache.decisions) if teacache is not None else None,
+        parallel=rank.layout if rank is not None else None,
+        rank=rank.rank if rank is not None else 0,
     )
 
 
@@ -825,23 +857,27 @@ def run_generate(args: argparse.Namespace) -> int:
     from mtlib.guards import NonFiniteError
     from mtlib.weights import WeightsError
 
+    # under torchrun every rank gets every agreed error: rank 0 alone prints it
+    err = sys.stderr if os.environ.get("RANK", "0") == "0" else open(os.devnull, "w")  # noqa: SIM115
     try:
         cfg = load_config(args.config, _cli_overrides(args))
         result = generate_video(
             cfg, args.out, trace_dir=args.trace, progress=not args.no_progress, compile=args.compile
         )
     except PlanError as e:
-        print(f"mtlib generate: {e}", file=sys.stderr)
+        print(f"mtlib generate: {e}", file=err)
         return 2
     except (InputError, ConfigError) as e:
-        print(f"mtlib generate: {e}", file=sys.stderr)
+        print(f"mtlib generate: {e}", file=err)
         return 2
     except WeightsError as e:  # missing / damaged checkpoints: the message names the fix
-        print(f"mtlib generate: {e}", file=sys.stderr)
+        print(f"mtlib generate: {e}", file=err)
         return 1
     except NonFiniteError as e:  # NaN / inf in a checkpoint, a latent or the frames
-        print(f"mtlib generate: {e}", file=sys.stderr)
+        print(f"mtlib generate: {e}", file=err)
         return 1
+    if result.rank != 0:  # torchrun: rank 0 reports for the run
+        return 0
     print(summary(result))
     if result.trace_dir is not None:
         print(f"trace: {result.trace_dir}")

@@ -335,6 +335,7 @@ class ShapePlan:
     # LoRA files merged into the DiT at load (model.loras), checked from their headers:
     # {path, scale, format, params_touched, params, unmatched}
     loras: list = field(default_factory=list)
+    parallel: dict = field(default_factory=dict)  # ranks > 1: mtlib.parallel.layout
 
     @property
     def valid(self) -> bool:
@@ -680,6 +681,9 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
     from mtlib.guards import plan_warnings  # frames beyond training, audio the video cuts off
 
     p.notes += plan_warnings(p, g)
+    from mtlib.parallel.layout import plan_parallel, ranks_of
+
+    plan_parallel(p, ranks_of(cfg), m)
     return p
 
 
@@ -1107,6 +1111,9 @@ def plan_table(plan: ShapePlan, max_rows: int | None = None) -> str:
             f"| activations/pass ~{plan.activation_bytes / 1e9:.2f} GB | {plan.flops_per_step / 1e15:.3f} PFLOP/step "
             f"({plan.passes_per_step} passes)"
         )
+        from mtlib.parallel.layout import parallel_lines
+
+        body += parallel_lines(plan)
     tail = ["VALID" if plan.valid else f"INVALID: {len(plan.violations)} violation(s)"]
     tail += [explain(v) for v in plan.violations]
     sections = [head, body, tail]
@@ -1170,6 +1177,7 @@ def add_arguments_plan(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audio-type", choices=["para", "add"], default=None)
     parser.add_argument("--model", choices=sorted(MODEL_SIZES), default=None)
     parser.add_argument("--config", default=None, help="preset name or YAML file (default: tiny)")
+    parser.add_argument("--gpus", type=int, default=None, help="ranks of a sequence-parallel run (parallel.gpus)")
     parser.add_argument("--json", action="store_true", help="print ShapePlan.to_dict() as JSON")
 
 
@@ -1185,7 +1193,8 @@ def run_plan(args: argparse.Namespace) -> int:
         overrides["generation.frame_num"] = fn if fn == "auto" else _int_arg(fn)
     for key, val in (("model.size", args.size), ("model.buckets", args.buckets),
                      ("generation.mode", args.mode), ("generation.short_audio", args.short_audio),
-                     ("inputs.audio_type", args.audio_type), ("model.name", args.model)):
+                     ("inputs.audio_type", args.audio_type), ("model.name", args.model),
+                     ("parallel.gpus", args.gpus)):
         if val is not None:
             overrides[key] = val
     if args.image is not None:
@@ -1233,6 +1242,10 @@ def _print_rich(p: ShapePlan) -> None:
     if p.valid:
         con.print(f"VALID: seq_len {p.seq_len}, {len(p.clips)} clip(s), {p.output_frames} frames, "
                   f"{p.flops_per_step / 1e15:.3f} PFLOP per step", markup=False, style="bold green")
+        from mtlib.parallel.layout import parallel_lines
+
+        for line in parallel_lines(p):
+            con.print(line, markup=False, highlight=False)
     else:
         con.print(f"INVALID: {len(p.violations)} violation(s)", style="bold red")
         for v in p.violations:
