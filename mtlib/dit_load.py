@@ -216,7 +216,8 @@ def load_run_dit(
 
     files: Wan shards then multitalk.safetensors (ignored with `quant`); quant: (int8
     .safetensors, its quantisation map json); block_hook(i, block): called on each block on
-    the device before fp8 conversion and parking (LoRA merging)."""
+    the device before fp8 conversion and parking, and once as block_hook(None, model) after
+    the non-block weights (LoRA merging)."""
     from mtlib.models.dit import build_dit, check_checkpoint_keys, compile_blocks, set_attention_kernel
     from mtlib.quant import checkpoint_key, ignored_file_keys, quantize_modules, read_map
 
@@ -247,6 +248,8 @@ def load_run_dit(
     for name, child in model.named_children():
         if name != "blocks":
             _assign(child, f"{name}.", source, device, dtype_of)
+    if block_hook is not None:
+        block_hook(None, model)  # the non-block weights (the blocks are still on meta)
     blocks = model.blocks
     it = range(len(blocks))
     if progress:

@@ -129,7 +129,11 @@ def prepare_run(
     from mtlib.image import _check_bbox
     from mtlib.pipeline import GenerationSettings
 
+    from mtlib.recipes import check_recipe
+    from mtlib.runopts import resolve_dit_options
+
     cfg = _config(cfg)
+    check_recipe(cfg)  # a distillation recipe without its LoRA: refused before anything
     plan = shapes.plan(cfg)  # reads file headers only
     if not plan.valid:
         raise PlanError(plan)
@@ -138,6 +142,7 @@ def prepare_run(
     if cfg.inputs.bbox is not None:
         _check_bbox(cfg.inputs.bbox, plan.persons, plan.src_hw[0], plan.src_hw[1])
     device = resolve_device(cfg.model.device)
+    resolve_dit_options(cfg, cuda=str(device).startswith("cuda"))  # refuses impossible options now
     settings = GenerationSettings.from_config(
         resolved.generation, cfg.model.size, progress=progress
     )
@@ -227,10 +232,11 @@ class LoadedModels:
     clip: Any  # XLMRobertaCLIP (visual tower only)
     text_encoder: Any  # T5TextEncoder
     audio_encoder: Any  # wav2vec.AudioEncoder
-    layout: Any = None  # mtlib.weights.WeightsLayout the files came from
+    layout: Any = None  # mtlib.weights.WeightsLayout the files came from (None: random weights)
     device: str = "cpu"
     precision: str = "fp32"
     seconds: float = 0.0
+    options: Any = None  # mtlib.runopts.DiTOptions the DiT was built with
 
 
 def load_models(
@@ -238,43 +244,55 @@ def load_models(
     device: str | None = None,
     precision: str | None = None,
     compile: bool = False,
+    progress: bool = False,
 ) -> LoadedModels:
     """The five networks of the config, loaded from a checkpoint layout (mtlib.weights).
 
     model "tiny": random checkpoints in the real file names/formats, written once under
     model.weights.tiny_dir (default <project>/.cache/tiny-weights), loaded by the SAME loaders
     as the real ones with the tiny configs. model "multitalk-14b": the published directories
-    (model.weights.*_dir, else the hub cache). compile: torch.compile the DiT blocks (CUDA).
+    (model.weights.*_dir, else the hub cache), or (model.weights.random) the real-size
+    networks with random weights. The DiT is built as mtlib.runopts resolves model.* (offload,
+    attention, compile, RoPE, int8 checkpoint): every tensor goes from its file to the GPU
+    (mtlib.dit_load). compile=True is model.compile=true (the CLI's --compile).
     """
     import torch
 
     from mtlib import weights
+    from mtlib.dit_load import load_run_dit
     from mtlib.models import clip as clip_mod
     from mtlib.models import dit as dit_mod
     from mtlib.models import t5 as t5_mod
     from mtlib.models import vae as vae_mod
+    from mtlib.runopts import resolve_dit_options
 
     cfg = _config(cfg)
+    if compile and not cfg.model.compile:
+        cfg = cfg.replace(**{"model.compile": True})
+    if precision is not None and precision != cfg.model.precision:
+        cfg = cfg.replace(**{"model.precision": precision})
     t0 = time.perf_counter()
     device = resolve_device(device or cfg.model.device)
-    precision = effective_precision(device, precision or cfg.model.precision)
+    opts = resolve_dit_options(cfg, cuda=str(device).startswith("cuda"))
+    precision = opts.precision
     name = cfg.model.name
+    # fp8 = the reference dtype policy for every network, then fp8 DiT blocks on top
+    load_precision = "reference" if precision == "fp8" else precision
+    if opts.random:
+        from mtlib.random_weights import random_networks
+
+        dit = load_run_dit(dit_mod.CONFIGS[name], device, opts, seed=cfg.model.weights.tiny_seed,
+                           block_hook=_lora_hook(cfg, dit_mod.CONFIGS[name]), progress=progress)  # fmt: skip
+        vae, clip, text_encoder, audio_encoder = random_networks(name, device, load_precision)
+        return LoadedModels(dit, vae, clip, text_encoder, audio_encoder, None, device, precision,
+                            time.perf_counter() - t0, opts)  # fmt: skip
     layout = weights.layout_for_config(cfg)
     if name == "tiny":
         dit_config = dit_mod.CONFIGS["tiny"]
     else:  # what WanModel.from_pretrained builds from the Wan directory's config.json
         dit_config = dit_mod.DiTConfig.from_config_json(json.loads(layout.dit_config.read_text()))
-    # fp8 = the reference dtype policy for every network, then fp8 DiT blocks on top
-    load_precision = "reference" if precision == "fp8" else precision
-    dit = dit_mod.load_dit(
-        layout.dit_files(), config=dit_config, device=device, precision=load_precision
-    )
-    if precision == "fp8":
-        from mtlib.fp8 import enable_fp8_dit
-
-        enable_fp8_dit(dit, device)
-    if compile and str(device).startswith("cuda"):
-        dit = dit_mod.compile_blocks(dit)
+    dit = load_run_dit(dit_config, device, opts, files=layout.dit_files(), quant=quant_files(cfg, layout),
+                       block_hook=_lora_hook(cfg, dit_config), progress=progress)  # fmt: skip
     vae = vae_mod.load_vae(layout.vae_file, config=vae_mod.CONFIGS[name], device=device)
     clip = clip_mod.load_clip(
         layout.clip_file, config=name, device=device, precision=load_precision, visual_only=True
@@ -287,8 +305,51 @@ def load_models(
         torch.cuda.synchronize()
     return LoadedModels(
         dit, vae, clip, text_encoder, audio_encoder, layout, device, precision,
-        time.perf_counter() - t0,
+        time.perf_counter() - t0, opts,
     )  # fmt: skip
+
+
+def quant_files(cfg: RunConfig, layout) -> tuple[Path, Path] | None:
+    """The int8 DiT checkpoint and its map (model.weights.quant), or None."""
+    from mtlib.recipes import FUSIONX_QUANT_FILE, FUSIONX_QUANT_MAP
+
+    w = cfg.model.weights
+    if w.quant == "none":
+        return None
+    root = Path(w.quant_dir).expanduser() if w.quant_dir else Path(layout.multitalk_dir)
+    d = root / "quant_models" if (root / "quant_models").is_dir() else root
+    if cfg.model.recipe == "fusionx":
+        return d / FUSIONX_QUANT_FILE, d / FUSIONX_QUANT_MAP
+    return d / "dit_model_int8.safetensors", d / "dit_model_map_int8.json"
+
+
+def _lora_hook(cfg: RunConfig, dit_config):
+    """Per-block LoRA merging for mtlib.dit_load (model.loras through mtlib.lora): every file
+    is checked against the DiT's shapes first, then each block's deltas are merged on the
+    device as the block arrives, before fp8 conversion and offload parking."""
+    if not cfg.model.loras:
+        return None
+    import dataclasses
+
+    try:
+        from mtlib.lora import check_loras, dit_param_shapes, merge_checked
+    except ImportError:  # the LoRA loader lives on the golden branch (#14)
+        raise ConfigError("model.loras: this mtlib has no LoRA loader (mtlib.lora).") from None
+    checks = check_loras(cfg.model.loras, dit_param_shapes(dit_config))
+
+    def hook(i: int | None, module) -> None:  # i None: the model, its blocks not loaded yet
+        for c in checks:
+            if i is None:
+                mine = [d for d in c.deltas if not d.param.startswith("blocks.")]
+            else:
+                pre = f"blocks.{i}."
+                mine = [dataclasses.replace(d, param=d.param[len(pre):]) for d in c.deltas
+                        if d.param.startswith(pre)]  # fmt: skip
+            if mine:
+                merge_checked(module, dataclasses.replace(c, deltas=mine))
+
+    hook.checks = checks
+    return hook
 
 
 # --------------------------------------------------------------------------------------------
@@ -505,19 +566,33 @@ class GenerationOutput:
     teacache_skipped: int | None = None  # of those, calls TeaCache answered from its cache
     # TeaCache's decisions: (call in the clip, rel change of e0 or None, accumulator, computed)
     teacache_decisions: list | None = None
+    dit_options: dict | None = None  # mtlib.runopts.DiTOptions.to_dict(): what ran in which precision
 
 
 def summary(out: GenerationOutput) -> str:
     """Lines for the CLI and notebook 03: file, frames, duration, clips, wall times."""
     tm = out.timings
     stages = ", ".join(f"{k} {v:.2f} s" for k, v in tm.items() if k != "total")
-    return "\n".join([
+    opts = out.dit_options or {}
+    loud = []
+    if opts.get("random"):
+        from mtlib.random_weights import RANDOM_WEIGHTS_NOTE
+
+        loud = [f"*** {RANDOM_WEIGHTS_NOTE} ***"]
+    return "\n".join(loud + [
         str(out.path),
         f"{out.frames} frames {out.width}x{out.height} @ {out.fps} fps = {out.duration_s:.2f} s "
         f"(audio {out.audio_seconds:.2f} s), {len(out.plan.clips)} clip(s), seed {out.seed}",
         f"wall {tm.get('total', 0.0):.2f} s ({stages})",
     ] + ([f"TeaCache: {out.teacache_skipped} of {out.dit_calls} DiT calls answered from "
-          "the cache"] if out.teacache_skipped is not None else []))  # fmt: skip
+          "the cache"] if out.teacache_skipped is not None else [])
+        + ([opts_line(opts)] if opts else []) + loud)  # fmt: skip
+
+
+def opts_line(opts: dict) -> str:
+    """The DiT's options of a run record as one line (precision per weight group)."""
+    w = opts.get("weight_precisions", {})
+    return "DiT weights: " + "; ".join(f"{k} {v}" for k, v in w.items())
 
 
 def display_video(path: str | os.PathLike, max_embed_bytes: int = 4_000_000):
@@ -556,8 +631,9 @@ def generate_video(
     cfg = run.config
     t = _timed(timings, "plan", t_start)
     if models is None:
-        models = load_models(cfg, run.device, run.precision, compile=compile)
+        models = load_models(cfg, run.device, run.precision, compile=compile, progress=progress)
     t = _timed(timings, "load", t)
+    dit_options = models.options.to_dict() if models.options is not None else None
 
     writer = open_trace(trace_dir, cfg)
     try:
@@ -609,10 +685,17 @@ def generate_video(
         "plan": {"frame_num": run.plan.frame_num, "video_frames": run.plan.video_frames,
                  "output_frames": run.output_frames, "clips": len(run.plan.clips),
                  "policies": [a.policy for a in run.plan.policy_actions]},
+        "dit": dit_options,
     }  # fmt: skip
+    if dit_options and dit_options.get("random"):
+        from mtlib.random_weights import RANDOM_WEIGHTS_NOTE
+
+        meta["WARNING"] = RANDOM_WEIGHTS_NOTE
     if writer is not None:
         # the trace's meta.json gets the video's metadata too (rewritten at close)
-        writer.meta.update(seed=meta["seed"], frames=meta["frames"], plan=meta["plan"])
+        writer.meta.update(seed=meta["seed"], frames=meta["frames"], plan=meta["plan"], dit=dit_options)
+        if "WARNING" in meta:
+            writer.meta["WARNING"] = meta["WARNING"]
         writer.meta["timings"] = dict(timings)
         writer.close()
         t = _timed(timings, "trace", t)
@@ -637,6 +720,7 @@ def generate_video(
         dit_calls=dit_call.calls,
         teacache_skipped=teacache.skipped if teacache is not None else None,
         teacache_decisions=list(teacache.decisions) if teacache is not None else None,
+        dit_options=dit_options,
     )
 
 
