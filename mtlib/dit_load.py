@@ -66,11 +66,16 @@ class SafetensorsFile:
             while got < n:
                 k = os.preadv(fd, [view[got:]], self.data_start + a + got)
                 if k <= 0:
-                    raise CheckpointError(f"{self.path}: truncated while reading {key} ({got} of {n} bytes)")
+                    raise CheckpointError(
+                        f"{self.path}: truncated while reading {key} ({got} of {n} bytes)"
+                    )
                 got += k
         finally:
             os.close(fd)
         return buf[:n].view(dtype).reshape(shape)
+
+
+_REGISTERED: set[int] = set()  # host buffers registered by pinned_empty (data_ptr)
 
 
 def pinned_empty(nbytes: int) -> torch.Tensor:
@@ -81,18 +86,28 @@ def pinned_empty(nbytes: int) -> torch.Tensor:
         return buf
     try:
         rc = torch.cuda.cudart().cudaHostRegister(buf.data_ptr(), buf.numel(), 0)
-        if int(rc) == 0:
+        if int(getattr(rc, "value", rc)) == 0:
+            _REGISTERED.add(buf.data_ptr())
             return buf
     except (AttributeError, RuntimeError):
         pass
     return buf.pin_memory()
 
 
+def unpin(buf: torch.Tensor | None) -> None:
+    """Undo pinned_empty's registration before the memory is freed."""
+    if buf is not None and buf.data_ptr() in _REGISTERED:
+        _REGISTERED.discard(buf.data_ptr())
+        torch.cuda.cudart().cudaHostUnregister(buf.data_ptr())
+
+
 class TensorSource:
     """Where the DiT's tensors come from: checkpoint files (later files override earlier ones,
     multitalk.safetensors on top of the Wan shards) or random values (`random=True`)."""
 
-    def __init__(self, files=(), random: bool = False, seed: int = 0, key_map: Callable[[str], str] = str):
+    def __init__(
+        self, files=(), random: bool = False, seed: int = 0, key_map: Callable[[str], str] = str
+    ):
         self.random = random
         self.key_map = key_map
         self.where: dict[str, SafetensorsFile] = {}
@@ -117,9 +132,8 @@ class TensorSource:
         if device.type == "cpu":
             raw = torch.empty(n, dtype=torch.uint8)
             return sf.read_into(key, raw).to(like.dtype).clone()
-        if self._staging is None or self._staging.numel() < n:
-            self._staging = None
-            self._staging = pinned_empty(max(n, 64 << 20))
+        if self._staging is None:  # one buffer, the size of the largest tensor (never regrown)
+            self._staging = pinned_empty(max(sf2.nbytes(k) for k, sf2 in self.where.items()))
         t = sf.read_into(key, self._staging)
         return t.to(device).to(like.dtype)  # cast on the GPU (a synchronous copy: buffer reused)
 
@@ -165,7 +179,7 @@ def park_on_host(block: nn.Module) -> int:
     off = 0
     for (m, n, t), size in zip(tensors, sizes, strict=True):
         nb = t.numel() * t.element_size()
-        host = buf[off: off + nb].view(t.dtype).view(t.shape)
+        host = buf[off : off + nb].view(t.dtype).view(t.shape)
         host.copy_(t)
         if n in m._parameters:
             m._parameters[n] = nn.Parameter(host, requires_grad=False)
@@ -173,6 +187,7 @@ def park_on_host(block: nn.Module) -> int:
             m._buffers[n] = host
         off += size
     block._host_buffer = buf  # keep the registration alive with the block
+    block._parked = True  # mtlib.offload streams these tensors as they are (no second pinned copy)
     return off
 
 
@@ -218,7 +233,12 @@ def load_run_dit(
     .safetensors, its quantisation map json); block_hook(i, block): called on each block on
     the device before fp8 conversion and parking, and once as block_hook(None, model) after
     the non-block weights (LoRA merging)."""
-    from mtlib.models.dit import build_dit, check_checkpoint_keys, compile_blocks, set_attention_kernel
+    from mtlib.models.dit import (
+        build_dit,
+        check_checkpoint_keys,
+        compile_blocks,
+        set_attention_kernel,
+    )
     from mtlib.quant import checkpoint_key, ignored_file_keys, quantize_modules, read_map
 
     device = torch.device(device)
@@ -232,9 +252,13 @@ def load_run_dit(
                                   "fetches MeiGen-MultiTalk's quant_models/, or set model.weights.quant_dir.")  # fmt: skip
         quantised = set(quantize_modules(model, read_map(qmap_path), dtype, where=str(qmap_path)))
         files = [qfile]
-    source = TensorSource(files, random=opts.random, seed=seed, key_map=lambda k: checkpoint_key(k, quantised))
+    source = TensorSource(
+        files, random=opts.random, seed=seed, key_map=lambda k: checkpoint_key(k, quantised)
+    )
     if not opts.random:
-        expected = {checkpoint_key(k, quantised): tuple(v.shape) for k, v in model.state_dict().items()}
+        expected = {
+            checkpoint_key(k, quantised): tuple(v.shape) for k, v in model.state_dict().items()
+        }
         found = source.shapes()
         for k in ignored_file_keys(found, quantised):
             found.pop(k)
@@ -267,6 +291,7 @@ def load_run_dit(
             fp8_block(block)
         if i in streamed:
             park_on_host(block)
+    unpin(source._staging)
     source._staging = None
     model.eval().requires_grad_(False)
     if offload:

@@ -104,8 +104,9 @@ def enable_block_offload(model: nn.Module, device: torch.device | str = "cuda", 
     host = []
     for block in blocks:
         pinned = {}
+        parked = getattr(block, "_parked", False)
         for name, t in _tensors(block).items():
-            if not (t.device.type == "cpu" and t.is_pinned()):
+            if not parked and not (t.device.type == "cpu" and t.is_pinned()):
                 t = t.to("cpu").contiguous().pin_memory()
                 _set(block, name, t)
             pinned[name] = t

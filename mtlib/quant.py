@@ -55,9 +55,11 @@ class QuantLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         # Parameters (not buffers) so block offload streams them like any weight
         self.weight_q = nn.Parameter(
-            torch.empty(out_features, in_features, dtype=qdtype, device=device), requires_grad=False)
+            torch.empty(out_features, in_features, dtype=qdtype, device=device), requires_grad=False
+        )
         self.weight_scale = nn.Parameter(
-            torch.empty(out_features, 1, dtype=scale_dtype, device=device), requires_grad=False)
+            torch.empty(out_features, 1, dtype=scale_dtype, device=device), requires_grad=False
+        )
         self.bias = (nn.Parameter(torch.empty(out_features, dtype=scale_dtype, device=device), requires_grad=False)
                      if bias else None)  # fmt: skip
 
@@ -82,8 +84,12 @@ def read_map(path: str | Path) -> dict[str, dict[str, str]]:
     try:
         qmap = json.loads(p.read_text())
     except ValueError as e:
-        raise QuantError(f"quantisation map {p}: not valid JSON ({e}); the file is damaged, re-download it.") from None
-    if not isinstance(qmap, dict) or not all(isinstance(v, dict) and "weights" in v for v in qmap.values()):
+        raise QuantError(
+            f"quantisation map {p}: not valid JSON ({e}); the file is damaged, re-download it."
+        ) from None
+    if not isinstance(qmap, dict) or not all(
+        isinstance(v, dict) and "weights" in v for v in qmap.values()
+    ):
         raise QuantError(f"quantisation map {p}: expected {{module: {{weights, activations}}}} (optimum-quanto's "
                          "quantization_map), got something else.")  # fmt: skip
     return qmap
@@ -128,4 +134,8 @@ def checkpoint_key(model_key: str, quantised: set[str]) -> str:
 
 def ignored_file_keys(file_keys, quantised: set[str]) -> set[str]:
     """quanto's per-layer activation scales: stored, unused with weights-only quantisation."""
-    return {k for k in file_keys if k.rpartition(".")[0] in quantised and k.endswith(("input_scale", "output_scale"))}
+    return {
+        k
+        for k in file_keys
+        if k.rpartition(".")[0] in quantised and k.endswith(("input_scale", "output_scale"))
+    }

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import torch
 
-RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS (model.weights.random): no checkpoint was loaded; the video is noise"
+RANDOM_WEIGHTS_NOTE = (
+    "RANDOM WEIGHTS (model.weights.random): no checkpoint was loaded; the video is noise"
+)
 
 
 def _materialise(module, device, dtype=torch.float32, seed: int = 0):

@@ -60,8 +60,9 @@ def how_to_get(recipe: str) -> str:
     if src is None or src.url is None:
         return (f"mtlib does not know where the {recipe} LoRA is published; download it "
                 "yourself and give its path")  # fmt: skip
-    return (f"`mtlib setup --lora {recipe} --root weights` downloads it "
-            f"({src.repo_id}: {src.filename})")
+    return (
+        f"`mtlib setup --lora {recipe} --root weights` downloads it ({src.repo_id}: {src.filename})"
+    )
 
 
 def check_recipe(cfg) -> None:

@@ -43,7 +43,8 @@ class DiTOptions:
             lin = "int8 (per-output-channel scale, dequantised to bfloat16 per layer)"
         if self.precision == "fp8":
             lin = "float8 e4m3 (per-output-channel scale; activations per token)" + (
-                ", from the int8 checkpoint" if self.quant == "int8" else "")
+                ", from the int8 checkpoint" if self.quant == "int8" else ""
+            )
         src = "RANDOM (no checkpoint)" if self.random else "checkpoint"
         out = {
             "dit.blocks linears": f"{lin} [{src}]",
@@ -54,18 +55,28 @@ class DiTOptions:
             "wav2vec2": f"float32 [{src}]",
         }
         if self.loras:
-            out["loras"] = ", ".join(f"{p} x{s}" for p, s in self.loras) + " (merged into the DiT at load)"
+            out["loras"] = (
+                ", ".join(f"{p} x{s}" for p, s in self.loras) + " (merged into the DiT at load)"
+            )
         return out
 
     def line(self) -> str:
         """One line for the plan: where the DiT's weights live and how it computes."""
-        where = "all on the GPU" if self.offload == "none" else (
-            "blocks streamed from pinned host memory"
-            + (f", {self.resident_params:,} params resident" if self.resident_params else ""))
-        return (f"DiT: {'RANDOM WEIGHTS, ' if self.random else ''}precision {self.precision}"
-                f"{', int8 checkpoint' if self.quant == 'int8' else ''} | weights {where} | "
-                f"self-attention {self.attention} | compile {'on' if self.compile else 'off'} | "
-                f"RoPE {self.rope_dtype}" + (f" | recipe {self.recipe}" if self.recipe != "none" else ""))
+        where = (
+            "all on the GPU"
+            if self.offload == "none"
+            else (
+                "blocks streamed from pinned host memory"
+                + (f", {self.resident_params:,} params resident" if self.resident_params else "")
+            )
+        )
+        return (
+            f"DiT: {'RANDOM WEIGHTS, ' if self.random else ''}precision {self.precision}"
+            f"{', int8 checkpoint' if self.quant == 'int8' else ''} | weights {where} | "
+            f"self-attention {self.attention} | compile {'on' if self.compile else 'off'} | "
+            f"RoPE {self.rope_dtype}"
+            + (f" | recipe {self.recipe}" if self.recipe != "none" else "")
+        )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -107,7 +118,9 @@ def resolve_dit_options(cfg, cuda: bool) -> DiTOptions:
             "resident anyway). Fix: model.offload.mode=blocks, or drop resident_params."
         )
     if m.weights.quant != "none" and m.name == "tiny":
-        notes.append("the tiny model has no published int8 checkpoint: quant reads model.weights.quant_dir")
+        notes.append(
+            "the tiny model has no published int8 checkpoint: quant reads model.weights.quant_dir"
+        )
     if m.weights.random and m.name == "tiny":
         raise ConfigError("model.weights.random: the tiny model already has random weights (written in "
                           "the real formats); random is for model multitalk-14b.")  # fmt: skip

@@ -1071,7 +1071,7 @@ def plan_table(plan: ShapePlan, max_rows: int | None = None) -> str:
             f"clips {len(plan.clips)} | video {plan.video_frames} frames -> output {plan.output_frames}"
             f" | {plan.sampling_steps} steps x {plan.passes_per_step} DiT passes"
         )
-    if plan.dit_options is not None:
+    if plan.dit_options is not None and plan.valid:  # what would run (an invalid plan runs nothing)
         from mtlib.runopts import DiTOptions
 
         o = dict(plan.dit_options)

@@ -14,7 +14,12 @@ from mtlib.shapes import plan, plan_table
 def test_recipe_presets_carry_the_readme_numbers():
     for name, steps in (("multitalk-480-lightx2v", 4), ("multitalk-480-fusionx", 8)):
         g = load_config(name).generation
-        assert (g.sampling_steps, g.text_guide_scale, g.audio_guide_scale, g.shift) == (steps, 1.0, 2.0, 2.0)
+        assert (g.sampling_steps, g.text_guide_scale, g.audio_guide_scale, g.shift) == (
+            steps,
+            1.0,
+            2.0,
+            2.0,
+        )
 
 
 def test_recipe_without_its_lora_is_refused_before_anything():
@@ -25,53 +30,94 @@ def test_recipe_without_its_lora_is_refused_before_anything():
         "model.recipe 'lightx2v' (4 steps, text scale 1) needs the lightx2v LoRA, and model.loras is "
         "empty. Fix: mtlib generate --lora PATH:1.0 (or -p 'model.loras=[{path: PATH, scale: 1.0}]'); "
         "`mtlib setup --lora lightx2v --root weights` downloads it (Kijai/WanVideo_comfy: "
-        "Wan21_T2V_14B_lightx2v_cfg_step_distill_lora_rank32.safetensors).")
-    with pytest.raises(ConfigError, match=r"^model.recipe 'lightx2v' with model.weights.quant=int8: MeiGen "):
+        "Wan21_T2V_14B_lightx2v_cfg_step_distill_lora_rank32.safetensors)."
+    )
+    with pytest.raises(
+        ConfigError, match=r"^model.recipe 'lightx2v' with model.weights.quant=int8: MeiGen "
+    ):
         check_recipe(load_config("multitalk-480-lightx2v", ["model.weights.quant=int8"]))
     # fusionx + int8: the FusionX-merged int8 checkpoint stands in for the LoRA
     check_recipe(load_config("multitalk-480-fusionx", ["model.weights.quant=int8"]))
-    with pytest.raises(ConfigError, match=r"^model.loras: the int8 checkpoints take no separate LoRA"):
-        check_recipe(load_config("multitalk-480-fusionx", [
-            "model.weights.quant=int8", "model.loras=[{path: f.safetensors, scale: 1.0}]"]))
+    with pytest.raises(
+        ConfigError, match=r"^model.loras: the int8 checkpoints take no separate LoRA"
+    ):
+        check_recipe(
+            load_config(
+                "multitalk-480-fusionx",
+                ["model.weights.quant=int8", "model.loras=[{path: f.safetensors, scale: 1.0}]"],
+            )
+        )
 
 
 def test_lora_entries_need_path_and_scale():
     with pytest.raises(ConfigError) as err:
         load_config("tiny", ["model.loras=[{path: a.safetensors}]"])
-    assert str(err.value) == "preset 'tiny': model.loras[0].scale: missing (required). Keys here: path, scale."
+    assert (
+        str(err.value)
+        == "preset 'tiny': model.loras[0].scale: missing (required). Keys here: path, scale."
+    )
 
 
 def test_recipe_plan_shows_two_passes_and_the_options():
-    cfg = load_config("multitalk-480-lightx2v", [
-        "model.loras=[{path: weights/lightx2v.safetensors, scale: 1.0}]", "model.precision=fp8",
-        "model.compile=true"])
+    cfg = load_config(
+        "multitalk-480-lightx2v",
+        [
+            "model.loras=[{path: weights/lightx2v.safetensors, scale: 1.0}]",
+            "model.precision=fp8",
+            "model.compile=true",
+        ],
+    )
     p = plan(cfg)
     assert p.valid and p.passes_per_step == 2 and p.sampling_steps == 4
     text = plan_table(p)
     assert "| 4 steps x 2 DiT passes" in text
-    assert ("DiT: precision fp8 | weights all on the GPU | self-attention triton-fp8 | compile on | "
-            "RoPE float32 | recipe lightx2v") in text
+    assert (
+        "DiT: precision fp8 | weights all on the GPU | self-attention triton-fp8 | compile on | "
+        "RoPE float32 | recipe lightx2v"
+    ) in text
     assert "loras weights/lightx2v.safetensors x1.0 (merged into the DiT at load)" in text
 
 
 def test_speed_options_resolve_in_one_place():
     o = resolve_dit_options(load_config("multitalk-480"), cuda=True)
     assert (o.precision, o.attention, o.compile, o.rope_dtype, o.offload) == (
-        "reference", "sdpa", False, "float64", "none")
-    o = resolve_dit_options(load_config("multitalk-480", [
-        "model.offload={mode: blocks, resident_params: 11000000000}", "model.weights.quant=int8"]), cuda=True)
+        "reference",
+        "sdpa",
+        False,
+        "float64",
+        "none",
+    )
+    o = resolve_dit_options(
+        load_config(
+            "multitalk-480",
+            [
+                "model.offload={mode: blocks, resident_params: 11000000000}",
+                "model.weights.quant=int8",
+            ],
+        ),
+        cuda=True,
+    )
     assert (o.offload, o.resident_params, o.quant) == ("blocks", 11_000_000_000, "int8")
     assert o.weight_precisions()["dit.blocks linears"] == (
-        "int8 (per-output-channel scale, dequantised to bfloat16 per layer) [checkpoint]")
+        "int8 (per-output-channel scale, dequantised to bfloat16 per layer) [checkpoint]"
+    )
     # compile no longer switches RoPE silently: explicit float64 stays float64
-    o = resolve_dit_options(load_config("multitalk-480", ["model.compile=true", "model.rope_precision=float64"]), True)
+    o = resolve_dit_options(
+        load_config("multitalk-480", ["model.compile=true", "model.rope_precision=float64"]), True
+    )
     assert (o.compile, o.rope_dtype) == (True, "float64")
     with pytest.raises(ConfigError) as err:
         resolve_dit_options(load_config("tiny", ["model.offload.mode=blocks"]), cuda=False)
-    assert str(err.value) == ("model.offload.mode: 'blocks' streams weights to a CUDA GPU; this run is on cpu. "
-                              "Fix: model.offload.mode=none.")
-    with pytest.raises(ConfigError, match=r"^model.offload.resident_params is set but model.offload.mode is 'none'"):
-        resolve_dit_options(load_config("multitalk-480", ["model.offload.resident_params=0"]), cuda=True)
+    assert str(err.value) == (
+        "model.offload.mode: 'blocks' streams weights to a CUDA GPU; this run is on cpu. "
+        "Fix: model.offload.mode=none."
+    )
+    with pytest.raises(
+        ConfigError, match=r"^model.offload.resident_params is set but model.offload.mode is 'none'"
+    ):
+        resolve_dit_options(
+            load_config("multitalk-480", ["model.offload.resident_params=0"]), cuda=True
+        )
     with pytest.raises(ConfigError, match=r"^model.attention: 'triton' needs Triton on a CUDA GPU"):
         resolve_dit_options(load_config("tiny", ["model.attention=triton"]), cuda=False)
 
@@ -90,7 +136,9 @@ def test_direct_loader_gives_the_checkpoint_weights_exactly():
     mine = load_run_dit(CONFIGS["tiny"], "cpu", opts, files=files)
     a, b = ref.state_dict(), mine.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert mine.rope_dtype == torch.float64 and {blk.self_attn.kernel for blk in mine.blocks} == {"sdpa"}
+    assert mine.rope_dtype == torch.float64 and {blk.self_attn.kernel for blk in mine.blocks} == {
+        "sdpa"
+    }
     assert all(blk.compiled_body is None for blk in mine.blocks)
     n_other = sum(p.numel() for k, p in mine.named_parameters() if not k.startswith("blocks."))
     per_block = sum(p.numel() for p in mine.blocks[0].parameters())
