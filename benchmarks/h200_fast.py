@@ -3,6 +3,7 @@
     python benchmarks/h200_fast.py rss    --dir /tmp/dit14b   # (a) write 38 GB bf16 shards, RSS of loading
     python benchmarks/h200_fast.py clip4                      # (b) 4-step lightx2v recipe, fp8 and bf16
     python benchmarks/h200_fast.py clip40                     # (b) 40-step reference recipe, fp8
+    python benchmarks/h200_fast.py notebooks                  # (c) mtlib run, notebooks 00-03, random weights
 
 Each writes its JSON record to $OUT/h200_<what>.json and benchmarks/results/h200_<what>.json
 (with the git commit). Whole clips go through mtlib.generation.generate_video (generate's code
@@ -32,6 +33,9 @@ INPUTS = [
     "generation.frame_num=81",
     "trace.level=off",
 ]
+
+
+VIDEOS = Path("/tmp/h200_fast_videos")  # the noise videos stay on the device
 
 
 def _commit() -> str:
@@ -200,7 +204,7 @@ def random_lightx2v_lora(path: Path, rank: int = 32) -> Path:
     return path
 
 
-def run_clip(overrides: list[str], out_dir: Path, warm_steps: int | None, repeat: bool) -> dict:
+def run_clip(overrides: list[str], out_dir: Path, warm_steps: int | None) -> dict:
     """generate_video with random real-size weights; a warm-up run (compiles the blocks), then
     the timed run with the same loaded models."""
     import torch
@@ -209,19 +213,20 @@ def run_clip(overrides: list[str], out_dir: Path, warm_steps: int | None, repeat
     from mtlib.generation import generate_video, load_models, summary
 
     cfg = load_config(overrides[0], overrides[1:])
+    out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     models = load_models(cfg, progress=True)
     load_s = time.perf_counter() - t0
-    print(f"loaded in {load_s:.1f} s", flush=True)
+    print(f"loaded in {load_s:.1f} s", file=sys.stderr, flush=True)
     warm = None
     if warm_steps is not None:
         wcfg = cfg.replace(**{"generation.sampling_steps": warm_steps})
         w = generate_video(wcfg, out_dir / "warm.mp4", models=models, progress=True)
         warm = w.timings
-        print("warm-up:", w.timings, flush=True)
+        print("warm-up:", w.timings, file=sys.stderr, flush=True)
     torch.cuda.reset_peak_memory_stats()
     r = generate_video(cfg, out_dir / "clip.mp4", models=models, progress=True)
-    print(summary(r), flush=True)
+    print(summary(r), file=sys.stderr, flush=True)
     t = dict(r.timings)
     clip_s = t["total"] - t.get("load", 0.0)
     return {
@@ -239,43 +244,26 @@ def run_clip(overrides: list[str], out_dir: Path, warm_steps: int | None, repeat
 
 
 def cmd_clip4(args) -> None:
-    out = Path(os.environ.get("OUT", "/tmp/out"))
+    """--precision fp8 | reference | both (both: one subprocess each, one model on the GPU at a time)."""
     lora = random_lightx2v_lora(Path(args.dir) / "random_lightx2v_rank32.safetensors")
-    base = [
-        "multitalk-480-lightx2v",
-        "model.weights.random=true",
-        "model.compile=true",
-        f"model.loras=[{{path: {lora}, scale: 1.0}}]",
-        *INPUTS,
-    ]
-    rows = []
-    for precision, target in (("fp8", 25.0), ("reference", 35.0)):
-        # a subprocess per precision: one model on the GPU at a time
-        res = subprocess.run(
-            [sys.executable, __file__, "clip1", "--precision", precision, "--", *base],
-            text=True,
-            cwd=ROOT,
-            capture_output=True,
-        )
-        print(res.stderr[-3000:], flush=True)
+    base = ["multitalk-480-lightx2v", "model.weights.random=true", "model.compile=true",
+            f"model.loras=[{{path: {lora}, scale: 1.0}}]", *INPUTS]  # fmt: skip
+    todo = {"fp8": 25.0, "reference": 35.0}
+    if args.precision != "both":
+        todo = {args.precision: todo[args.precision]}
+    for precision, target in todo.items():
+        res = subprocess.run([sys.executable, __file__, "clip1", "--precision", precision, "--", *base],
+                             text=True, cwd=ROOT, stdout=subprocess.PIPE)  # fmt: skip
         row = json.loads(res.stdout.strip().splitlines()[-1])
         row.update(target_s=target, met=row["clip_s_without_load"] <= target)
-        rows.append(row)
-        print(row, flush=True)
-    _save(
-        "clip_4step_lightx2v",
-        {
-            "what": "81-frame 480p clip, lightx2v recipe (4 steps x 2 passes), random weights "
-            "+ random rank-32 LoRA, generate_video after a 1-step warm-up",
-            "rows": rows,
-        },
-    )
-    del out
+        _save(f"clip_4step_lightx2v_{'bf16' if precision == 'reference' else precision}",
+              {"what": "81-frame 480p clip, lightx2v recipe (4 steps x 2 passes), random weights + random "
+                       "rank-32 LoRA, generate_video after a 1-step warm-up (compile)", **row})  # fmt: skip
 
 
 def cmd_clip1(args) -> None:
     over = list(args.overrides) + [f"model.precision={args.precision}"]
-    rec = run_clip(over, Path(os.environ.get("OUT", "/tmp/out")), warm_steps=1, repeat=False)
+    rec = run_clip(over, VIDEOS, warm_steps=1)
     print(json.dumps(rec), flush=True)
 
 
@@ -287,7 +275,7 @@ def cmd_clip40(args) -> None:
         "model.precision=fp8",
         *INPUTS,
     ]
-    rec = run_clip(over, Path(os.environ.get("OUT", "/tmp/out")), warm_steps=1, repeat=False)
+    rec = run_clip(over, VIDEOS, warm_steps=1)
     rec.update(target_s=270.0, met=rec["clip_s_without_load"] <= 270.0)
     _save(
         "clip_40step_fp8",
@@ -299,12 +287,54 @@ def cmd_clip40(args) -> None:
     )
 
 
+def _small_notebook(src: Path, dst: Path, limit: int = 200_000) -> None:
+    """Copy an executed notebook, dropping outputs larger than `limit` bytes (embedded video)."""
+    import nbformat
+
+    nb = nbformat.read(src, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if len(json.dumps(o)) <= limit]
+    nbformat.write(nb, dst)
+
+
+def cmd_notebooks(args) -> None:
+    """mtlib run over notebooks 00-03 with the real configuration and random weights
+    (lightx2v recipe: 4 steps x 2 passes, bf16, eager), kept small under $OUT."""
+    import shutil
+
+    from mtlib.runner import RunError, run_notebooks
+
+    over = ["model.weights.random=true"]
+    t0 = time.perf_counter()
+    failed = None
+    try:
+        run_notebooks("multitalk-480-lightx2v", over, only="00,01,02,03", runs_dir="/tmp/h200_runs")
+    except RunError as e:  # keep what ran: the failing notebook is the record
+        failed = str(e)
+        print(failed, flush=True)
+    secs = time.perf_counter() - t0
+    run_dir = max(Path("/tmp/h200_runs").iterdir(), key=lambda p: p.stat().st_mtime)
+    keep = Path(os.environ.get("OUT", "/tmp/out")) / "notebooks_random"
+    keep.mkdir(parents=True, exist_ok=True)
+    for p in run_dir.iterdir():
+        if p.suffix == ".ipynb":
+            _small_notebook(p, keep / p.name)
+        elif p.name in ("summary.txt", "config.yaml", "env.json", "run.log", "plan.json"):
+            shutil.copy(p, keep / p.name)
+    _save("notebooks_random", {"what": "mtlib run (papermill) over notebooks 00-03, preset multitalk-480-lightx2v, "
+                                       "model.weights.random=true, on the GPU", "overrides": over,
+                               "failed": failed, "total_s": round(secs, 1),
+                               "summary": (run_dir / "summary.txt").read_text().splitlines()
+                               if (run_dir / "summary.txt").exists() else []})  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["rss", "load1", "clip4", "clip1", "clip40"])
+    ap.add_argument("what", choices=["rss", "load1", "clip4", "clip1", "clip40", "notebooks"])
     ap.add_argument("--dir", default="/tmp/dit14b")
     ap.add_argument("--mode", default="resident")
-    ap.add_argument("--precision", default="fp8")
+    ap.add_argument("--precision", default="both", choices=["fp8", "reference", "both"])
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     if args.what == "load1":

@@ -1497,6 +1497,10 @@ def weights_status(config) -> str:
     wcfg = model.weights
     if model.name == "tiny":
         return verify_layout(layout_for_config(config), "tiny", strict=False).table()
+    if wcfg.random:
+        from mtlib.random_weights import RANDOM_WEIGHTS_NOTE
+
+        return f"*** {RANDOM_WEIGHTS_NOTE} ***\nNo checkpoint is read (model.weights.random: true)."
     try:
         layout = resolve_layout(wcfg, check_files=False)
     except WeightsError as e:

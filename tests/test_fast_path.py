@@ -145,3 +145,44 @@ def test_direct_loader_gives_the_checkpoint_weights_exactly():
     assert streamed_blocks(mine, None) == [0, 1]
     assert streamed_blocks(mine, n_other + per_block) == [1]
     assert streamed_blocks(mine, n_other + 2 * per_block) == []
+
+
+def test_random_weights_fill_the_architecture_and_are_named_loudly(tmp_path):
+    """The random source materialises every tensor (none left on meta, finite outputs); a
+    run's summary and options say RANDOM WEIGHTS."""
+    import dataclasses
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from mtlib.bench import DitShape, denoise_step, dit_inputs
+    from mtlib.dit_load import load_run_dit
+    from mtlib.generation import GenerationOutput, summary
+    from mtlib.models.dit import CONFIGS
+
+    opts = dataclasses.replace(resolve_dit_options(load_config("tiny"), cuda=False), random=True)
+    model = load_run_dit(CONFIGS["tiny"], "cpu", opts, seed=3)
+    assert not any(t.is_meta for t in model.state_dict().values())
+    inp = dit_inputs(CONFIGS["tiny"], DitShape(5, 32, 32), "cpu", torch.float32)
+    with torch.inference_mode():
+        assert torch.isfinite(denoise_step(model, inp)).all()
+    out = GenerationOutput(
+        video=None,
+        path=Path("v.mp4"),
+        plan=SimpleNamespace(clips=[0]),
+        seed=42,
+        frames=81,
+        height=448,
+        width=896,
+        fps=25,
+        duration_s=3.24,
+        audio_seconds=5.0,
+        dit_options=opts.to_dict(),
+    )
+    text = summary(out)
+    banner = "*** RANDOM WEIGHTS (model.weights.random): no checkpoint was loaded; the video is noise ***"
+    assert text.splitlines()[0] == banner and text.splitlines()[-1] == banner
+    assert "dit.blocks linears float32 [RANDOM (no checkpoint)]" in text
+    with pytest.raises(
+        ConfigError, match=r"^model.weights.random: the tiny model already has random weights"
+    ):
+        resolve_dit_options(load_config("tiny", ["model.weights.random=true"]), cuda=False)
