@@ -102,16 +102,10 @@ def resolve_device(device: str) -> str:
 
 
 def effective_precision(device: str, precision: str) -> str:
-    """fp32 on the CPU (bf16 matmuls there are slow and the golden parity is fp32). fp8 is a
-    GPU speed option: asked for elsewhere, it is refused rather than silently dropped."""
-    if str(device).startswith("cuda"):
-        return precision
-    if precision == "fp8":
-        raise ConfigError(
-            f"model.precision: 'fp8' needs a CUDA GPU (fp8 tensor cores), but the run's device "
-            f"is {device}. Use model.precision=reference, or model.device=cuda on a Hopper-class GPU."
-        )
-    return "fp32"
+    """fp32 on the CPU, the config's choice on CUDA; fp8 off a GPU is refused (mtlib.runopts)."""
+    from mtlib.runopts import effective_precision as rule
+
+    return rule(device, precision)
 
 
 def _config(cfg: RunConfig | str | os.PathLike | dict | None) -> RunConfig:

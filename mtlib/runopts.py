@@ -84,18 +84,24 @@ class DiTOptions:
         return d
 
 
+def effective_precision(device: str, precision: str) -> str:
+    """fp32 on the CPU (bf16 matmuls there are slow and the golden parity is fp32). fp8 is a
+    GPU speed option: asked for elsewhere, it is refused rather than silently dropped."""
+    if str(device).startswith("cuda"):
+        return precision
+    if precision == "fp8":
+        raise ConfigError(
+            f"model.precision: 'fp8' needs a CUDA GPU (fp8 tensor cores), but the run's device "
+            f"is {device}. Use model.precision=reference, or model.device=cuda on a Hopper-class GPU."
+        )
+    return "fp32"
+
+
 def resolve_dit_options(cfg, cuda: bool) -> DiTOptions:
     """The effective DiT options of `cfg` on a CUDA (cuda=True) or CPU device."""
     m = cfg.model
     notes: list[str] = []
-    precision = m.precision
-    if not cuda:
-        if precision == "fp8":
-            raise ConfigError(
-                f"model.precision: 'fp8' needs a CUDA GPU (fp8 tensor cores), but the run's device "
-                f"is {m.device}. Use model.precision=reference, or model.device=cuda on a Hopper-class GPU."
-            )
-        precision = "fp32"
+    precision = effective_precision(m.device if not cuda else "cuda", m.precision)
     head_dim = _HEAD_DIMS.get(m.name, 128)
     attention = m.attention
     if attention == "auto":
