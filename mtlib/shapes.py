@@ -336,6 +336,9 @@ class ShapePlan:
     # {path, scale, format, params_touched, params, unmatched}
     loras: list = field(default_factory=list)
     parallel: dict = field(default_factory=dict)  # ranks > 1: mtlib.parallel.layout
+    # the DiT's resolved speed options (mtlib.runopts.DiTOptions.to_dict()): weights' precision
+    # per group, offload, attention kernel, compile, RoPE dtype, LoRAs; None: not resolvable
+    dit_options: dict | None = None
 
     @property
     def valid(self) -> bool:
@@ -488,6 +491,7 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
         frame_num_requested=req, motion_frame=g.motion_frame, sampling_steps=g.sampling_steps,
         passes_per_step=2 if text_one else 3, loras=loras,
     )
+    p.dit_options = _dit_options(cfg)
     v = p.violations
 
     # --- image -> bucket -> latent grid
@@ -852,6 +856,20 @@ def _schedule(p: ShapePlan, g, F: int, eff: list[int], lat_h: int, lat_w: int, m
     p.video_frames = out
 
 
+def _dit_options(cfg) -> dict | None:
+    """What the loader will build (mtlib.runopts: one home); a device "auto" plans the GPU for
+    the real model. An option the device cannot take is the prepare step's error, not the plan's."""
+    from mtlib.config import ConfigError
+    from mtlib.runopts import resolve_dit_options
+
+    dev = cfg.model.device
+    cuda = dev.startswith("cuda") or (dev == "auto" and cfg.model.name != "tiny")
+    try:
+        return resolve_dit_options(cfg, cuda=cuda).to_dict()
+    except ConfigError:
+        return None
+
+
 def _dtypes(precision: str) -> dict[str, str]:
     if precision == "fp32":
         return dict.fromkeys(("lat", "dit", "clip", "t5", "vae", "aud", "img"), "float32")
@@ -1079,9 +1097,19 @@ def plan_table(plan: ShapePlan, max_rows: int | None = None) -> str:
         head.append(
             f"latent grid T x N_h x N_w = {' x '.join(map(str, plan.token_grid))}, seq_len {plan.seq_len} | "
             f"clips {len(plan.clips)} | video {plan.video_frames} frames -> output {plan.output_frames}"
+            f" | {plan.sampling_steps} steps x {plan.passes_per_step} DiT passes"
         )
     for lo in plan.loras:
         head.append(f"LoRA {lo['summary']}")
+    if plan.dit_options is not None and plan.valid:  # what would run (an invalid plan runs nothing)
+        from mtlib.runopts import DiTOptions
+
+        o = dict(plan.dit_options)
+        o.pop("weight_precisions", None)
+        opts = DiTOptions(**{k: tuple(map(tuple, v)) if k == "loras" else (tuple(v) if k == "notes" else v)
+                             for k, v in o.items()})  # fmt: skip
+        head.append(opts.line())
+        head.append("weights: " + "; ".join(f"{k} {v}" for k, v in opts.weight_precisions().items()))
     for a in plan.policy_actions:
         head.append(f"policy {a.policy}: {a.what}")
     for n in plan.notes:

@@ -1497,6 +1497,10 @@ def weights_status(config) -> str:
     wcfg = model.weights
     if model.name == "tiny":
         return verify_layout(layout_for_config(config), "tiny", strict=False).table()
+    if wcfg.random:
+        from mtlib.random_weights import RANDOM_WEIGHTS_NOTE
+
+        return f"*** {RANDOM_WEIGHTS_NOTE} ***\nNo checkpoint is read (model.weights.random: true)."
     try:
         layout = resolve_layout(wcfg, check_files=False)
     except WeightsError as e:
@@ -1553,6 +1557,8 @@ def add_arguments_setup(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="multitalk-14b", choices=("multitalk-14b", "tiny"),
                         help="which model's shapes to verify against")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--lora", choices=("lightx2v", "fusionx"),
+                        help="download a distillation recipe's LoRA (the repo the README links) into --root")  # fmt: skip
 
 
 def run_setup(args: argparse.Namespace) -> int:
@@ -1581,6 +1587,16 @@ def run_setup(args: argparse.Namespace) -> int:
             "mtlib setup: --tiny DIR stands alone (it writes random checkpoints).", file=sys.stderr
         )
         return 2
+    if getattr(args, "lora", None):
+        from mtlib.setup_extras import download_lora
+
+        try:
+            path = download_lora(args.lora, args.root)
+        except ValueError as e:
+            print(f"mtlib setup: {e}", file=sys.stderr)
+            return 1
+        print(f"{args.lora} LoRA: {path}\nuse it: mtlib generate --config multitalk-480-{args.lora} --lora {path}:1.0 ...")
+        return 0
     try:
         if args.tiny:
             from mtlib.models.tiny import write_tiny_checkpoints
@@ -1610,5 +1626,15 @@ def run_setup(args: argparse.Namespace) -> int:
         else:
             print(str(e), file=sys.stderr)
         return 1
-    print(json.dumps(report.to_json(), indent=1) if args.json else report.table())
-    return 0 if report.ok else 1
+    from mtlib.setup_extras import find_quant_files
+
+    quant = [] if args.tiny else find_quant_files(layout.multitalk_dir)
+    if args.json:
+        rec = report.to_json()
+        rec["quant_files"] = [{"path": str(q.path), "ok": q.ok, "detail": q.detail} for q in quant]
+        print(json.dumps(rec, indent=1))
+    else:
+        print(report.table())
+        for q in quant:
+            print(q.line())
+    return 0 if report.ok and all(q.ok for q in quant) else 1

@@ -88,7 +88,7 @@ def test_bad_yaml_file_names_the_file(tmp_path):
 
 
 def test_unknown_preset_or_file():
-    with pytest.raises(ConfigError, match="no such file and no preset of that name. Presets: tiny, multitalk-480, multitalk-720."):
+    with pytest.raises(ConfigError, match="no such file and no preset of that name. Presets: tiny, multitalk-480, multitalk-480-lightx2v, multitalk-480-fusionx, multitalk-720."):
         load_config("nope")
 
 
