@@ -44,6 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mtlib import trace
+from mtlib.guards import check_state_finite
 from mtlib.io import InputError
 from mtlib.models.checkpoint import CheckpointError, pick_config, state_diff
 
@@ -351,13 +352,12 @@ _FLASH_MODES = {"triton": "bf16", "triton-fp8": "fp8"}
 
 
 class SelfAttention(nn.Module):
-    # which kernel runs the self-attention: "sdpa" (default, torch), "triton" (bf16 flash
-    # kernel of mtlib.kernels; slower than cuDNN on the H100) or "triton-fp8" (e4m3, faster,
-    # changes results); set_attention_kernel()
-    kernel = "sdpa"
-
     def __init__(self, cfg: DiTConfig):
         super().__init__()
+        # which kernel runs this self-attention: "sdpa" (default, torch), "triton" (bf16 flash
+        # kernel of mtlib.kernels; slower than cuDNN on the H100) or "triton-fp8" (e4m3, faster,
+        # changes results); per instance, set by set_attention_kernel() (model.attention)
+        self.kernel = "sdpa"
         dim = cfg.dim
         self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
         self.q = nn.Linear(dim, dim)
@@ -567,9 +567,9 @@ class Block(nn.Module):
         self.norm_x = (
             LayerNormF32(dim, cfg.eps, affine=True) if cfg.norm_input_visual else nn.Identity()
         )
-
-    # set by compile_blocks(): a torch.compile'd Block.body shared by every block
-    compiled_body = None
+        # set per instance by compile_blocks() (model.compile): a torch.compile'd Block.body
+        # shared by every block of that model
+        self.compiled_body = None
 
     def forward(self, x, e0, index: int, ctx: _BlockInputs):
         """x [1, L, C] (activation dtype), e0 [1, 6, C] fp32 -> [1, L, C]."""
@@ -1010,12 +1010,13 @@ class MultiTalkDiT(nn.Module):
 # Building and loading
 
 
-def compile_blocks(model: MultiTalkDiT, rope_fp32: bool = True, **compile_kwargs) -> MultiTalkDiT:
+def compile_blocks(model: MultiTalkDiT, rope_fp32: bool = False, **compile_kwargs) -> MultiTalkDiT:
     """Speed mode for GPUs: torch.compile the block body once (shared by all blocks: the
     parameters are graph inputs) so the fp32 islands, casts and RoPE fuse into a few kernels
     instead of ~40 separate element-wise passes over [L, C]. Numerics stay those of the
-    reference up to kernel order; `rope_fp32` rotates in float32 instead of float64 (within the
-    golden tolerance, see tests). Tracing falls back to the eager body."""
+    reference up to kernel order. RoPE keeps the model's rope_dtype (model.rope_precision in a
+    run config); `rope_fp32=True` sets float32 (within the golden tolerance, see tests).
+    Tracing falls back to the eager body."""
     if rope_fp32:
         model.rope_dtype = torch.float32
     body = torch.compile(Block.body, dynamic=False, **compile_kwargs)
@@ -1179,5 +1180,6 @@ def load_dit(
         with safe_open(str(f), framework="pt") as h:
             for k in keys:
                 state[k] = h.get_tensor(k).to(device=device, dtype=dtype)
+        check_state_finite({k: state[k] for k in keys}, "DiT", repr(str(f)))
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)
