@@ -239,14 +239,18 @@ def spawn(fn: Callable, world: int, args: tuple = ()) -> Any:
 # ------------------------------------------------------------------------------ generate
 
 
-def _generate_rank(cfg, out, trace_dir, progress: bool, compile: bool):
+def _generate_rank(cfg, out, trace_dir, progress: bool, compile: bool, noise=None):
     from mtlib.generation import generate_video
 
-    return generate_video(cfg, out, trace_dir=trace_dir, progress=progress, compile=compile)
+    kw = {} if noise is None else {"noise": noise}
+    return generate_video(cfg, out, trace_dir=trace_dir, progress=progress, compile=compile, **kw)
 
 
-def spawn_generate(cfg, out, trace_dir=None, progress: bool = True, compile: bool = False):
-    """`generate_video` on parallel.gpus spawned ranks; rank 0's GenerationOutput."""
+def spawn_generate(
+    cfg, out, trace_dir=None, progress: bool = True, compile: bool = False, noise=None
+):
+    """`generate_video` on parallel.gpus spawned ranks; rank 0's GenerationOutput. `noise`
+    (a picklable pipeline.NoiseSource, e.g. InjectedNoise) goes to every rank."""
     from mtlib.config import ConfigError
 
     check_config(cfg)
@@ -260,4 +264,4 @@ def spawn_generate(cfg, out, trace_dir=None, progress: bool = True, compile: boo
                 f"parallel.gpus = {n} but this machine has {have} CUDA device(s). Fix: "
                 f"parallel.gpus={max(have, 1)}, or model.device=cpu for {n} CPU processes."
             )
-    return spawn(_generate_rank, n, (cfg, out, trace_dir, progress, compile))
+    return spawn(_generate_rank, n, (cfg, out, trace_dir, progress, compile, noise))
