@@ -1109,10 +1109,19 @@ def run_compare(args: argparse.Namespace) -> int:
     except InputError as e:
         print(f"mtlib compare: {e}", file=sys.stderr)
         return 2
+    from mtlib.reference.settings import format_settings_diff, settings_diff
+
     cmp = compare(a, b, tols, args.only or None)
     if args.json:
-        print(json.dumps(cmp.to_dict(), indent=1))
+        doc = cmp.to_dict()
+        doc["settings_diff"] = [dict(section=s, key=k, a=va, b=vb)
+                                for s, k, va, vb in settings_diff(a.meta, b.meta)]
+        print(json.dumps(doc, indent=1, default=str))
     else:
+        # what the runs were told to do, and where they ran, before any tensor
+        block = format_settings_diff(a.meta, b.meta)
+        if block:
+            print(block)
         print(cmp.table(), end="")
         fd = cmp.first_divergence
         if fd is not None:
