@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("mtlib.compare", "compare two traces / run directories tensor by tensor"),
     "setup": ("mtlib.weights", "download, lay out and verify the checkpoints"),
     "bench": ("mtlib.bench", "GPU benchmark of the real-size model with random weights"),
+    "config": ("mtlib.cli.config", "make a run config (from-official: from a generate_multitalk.py command)"),
 }
 
 
