@@ -1073,7 +1073,7 @@ def heatmap_point(cmp: Comparison, point: str = "") -> str | None:
 
 
 def add_arguments_compare(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("a", help="trace dir, run dir (with trace/), golden case .json, golden dir, "
+    parser.add_argument("a", help="trace dir (or its .tar.gz), run dir (with trace/), golden case .json, golden dir, "
                                   "or <golden dir>/<case>")
     parser.add_argument("b", help="the reference, same kinds as A")
     parser.add_argument("--report", metavar="HTML", help="write a self-contained HTML report here")
@@ -1102,10 +1102,12 @@ def parse_tolerances(items: Iterable[str]) -> dict[str, float]:
 
 def run_compare(args: argparse.Namespace) -> int:
     """0: every compared point passes; 1: something diverges (or nothing in common); 2: usage."""
+    from mtlib.reference.archive import resolve
+
     try:
         tols = parse_tolerances(args.tol)
-        a = load_trace(args.a)
-        b = load_trace(args.b)
+        a = load_trace(resolve(args.a))  # a trace archive (.tar.gz) is unpacked beside itself
+        b = load_trace(resolve(args.b))
     except InputError as e:
         print(f"mtlib compare: {e}", file=sys.stderr)
         return 2

@@ -50,9 +50,10 @@ class CudaNoise:
 
 def trace_draws(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], int | None]:
     """The random draws (`*.rand.*` points stored in full) of a trace and its seed."""
+    from mtlib.reference.archive import resolve
     from mtlib.trace import load_trace
 
-    tr = load_trace(path)
+    tr = load_trace(resolve(path))
     names = [n for n in tr.names if ".rand." in n]
     missing = [n for n in names if not tr.has_tensor(n)]
     if not names or missing:
