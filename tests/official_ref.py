@@ -16,7 +16,9 @@ import torch
 
 from tests.golden import ROOT, GoldenCase, _missing
 
-OFFICIAL_DIR = Path(os.environ.get("MTLIB_OFFICIAL_FIXTURE", ROOT.parent / "shared" / "reference" / "official"))
+OFFICIAL_DIR = Path(
+    os.environ.get("MTLIB_OFFICIAL_FIXTURE", ROOT.parent / "shared" / "reference" / "official")
+)
 
 
 def official_cpu():
@@ -43,7 +45,9 @@ def input_data(golden, case: GoldenCase, tmpdir: Path) -> dict[str, Any]:
     embs = []
     for name in p["input_refs"]["audio_cases"]:
         audio = golden.case(name)
-        embs += [audio[k] for k in sorted(k for k in audio.tensors if k.startswith("audio.embedding"))]
+        embs += [
+            audio[k] for k in sorted(k for k in audio.tensors if k.startswith("audio.embedding"))
+        ]
     for i, emb in enumerate(embs):
         path = Path(tmpdir) / f"{case.name}_person{i + 1}.pt"
         torch.save(emb.clone(), path)
@@ -78,7 +82,11 @@ def merged_lora(pipe, case: GoldenCase):
 
     @contextlib.contextmanager
     def ctx():
-        merged = {k[len("lora.merged."):]: v for k, v in case.tensors.items() if k.startswith("lora.merged.")}
+        merged = {
+            k[len("lora.merged.") :]: v
+            for k, v in case.tensors.items()
+            if k.startswith("lora.merged.")
+        }
         params = dict(pipe.model.named_parameters())
         saved = {k: params[k].detach().clone() for k in merged}
         with torch.no_grad():

@@ -22,7 +22,7 @@ from mtlib.reference import tracing
 from mtlib.reference.noise import trace_draws
 from mtlib.trace import load_trace
 from tests import official_ref as R
-from tests.golden import get_case, golden_cases
+from tests.golden import E2E_TOL, assert_close, get_case, golden_cases
 from tests.test_golden_e2e import _settings, golden_models  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.golden, pytest.mark.slow]
@@ -62,8 +62,8 @@ def test_official_trace_equals_golden_case(golden, official, case_name):
     assert cmp.only_in_b == []
     for name in e2e_names:  # the recorded tensors themselves, not only their statistics
         assert ref.has_tensor(name), name
-        assert torch.allclose(ref.tensor(name).double(), gold.tensor(name).double(), rtol=0, atol=1e-5), name
-    assert torch.allclose(video, case["e2e.video"], rtol=0, atol=1e-5)
+        assert_close(ref.tensor(name), gold.tensor(name), name, E2E_TOL)
+    assert_close(video, case["e2e.video"], "e2e.video", E2E_TOL)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["status"] == "complete" and meta["source"] == "official"
     official_meta = meta["reference"]["official"]
@@ -79,10 +79,19 @@ def test_tracing_does_not_change_the_video(golden, official):
     import wan.multitalk as wm
 
     oc, pipe, tmp, _ = official
-    before = (wm.MultiTalkPipeline.generate, torch.randn, torch.randn_like, wm.match_and_blend_colors)
+    before = (
+        wm.MultiTalkPipeline.generate,
+        torch.randn,
+        torch.randn_like,
+        wm.match_and_blend_colors,
+    )
     _, traced = traced_run(golden, official, "e2e_stream_1p", level="stats")
-    assert (wm.MultiTalkPipeline.generate, torch.randn, torch.randn_like,
-            wm.match_and_blend_colors) == before
+    assert (
+        wm.MultiTalkPipeline.generate,
+        torch.randn,
+        torch.randn_like,
+        wm.match_and_blend_colors,
+    ) == before
     untraced = R.run_official(oc, pipe, golden, golden.case("e2e_stream_1p"), tmp)
     assert torch.equal(traced, untraced)
 
@@ -96,11 +105,18 @@ def test_stats_trace_stores_draws_and_conditioning(golden, official):
     assert set(draws) <= stored
     for n in draws:
         assert torch.equal(ref.tensor(n), case[n]), n
-    assert {"e2e.clip0.cond_image", "e2e.clip0.context", "e2e.clip0.context_null",
-            "e2e.clip0.ref_target_masks", "e2e.input.audio_embedding.person1"} <= stored
+    assert {
+        "e2e.clip0.cond_image",
+        "e2e.clip0.context",
+        "e2e.clip0.context_null",
+        "e2e.clip0.ref_target_masks",
+        "e2e.input.audio_embedding.person1",
+    } <= stored
     assert "e2e.clip0.step0.cond" not in stored  # statistics only
-    assert ref.stats("e2e.clip0.step0.cond")["hash"] == load_trace(
-        case.dir / "e2e_stream_1p.json").stats("e2e.clip0.step0.cond")["hash"]
+    assert (
+        ref.stats("e2e.clip0.step0.cond")["hash"]
+        == load_trace(case.dir / "e2e_stream_1p.json").stats("e2e.clip0.step0.cond")["hash"]
+    )
 
 
 def test_mtlib_replays_the_reference_trace(golden, official, golden_models, tmp_path):  # noqa: F811
@@ -115,25 +131,36 @@ def test_mtlib_replays_the_reference_trace(golden, official, golden_models, tmp_
     draws, seed = trace_draws(out)
     assert seed == 7
     case = golden.case("e2e_stream_1p")
-    models = Models(dit=DiTCall(golden_models["dit"]), vae=golden_models["vae"], clip=golden_models["clip"])
+    models = Models(
+        dit=DiTCall(golden_models["dit"]), vae=golden_models["vae"], clip=golden_models["clip"]
+    )
     run_dir = tmp_path / "mtlib_trace"
     with trace.TraceWriter(run_dir, "stats", meta={"config": {"generation": {"seed": seed}}}) as w:
         with trace.recording(w):
-            generate(models, ref.tensor("e2e.clip0.cond_image"),
-                     [ref.tensor("e2e.input.audio_embedding.person1")],
-                     ref.tensor("e2e.clip0.context"), ref.tensor("e2e.clip0.context_null"),
-                     ref.tensor("e2e.clip0.ref_target_masks"), _settings(case),
-                     InjectedNoise(draws, seed))
+            generate(
+                models,
+                ref.tensor("e2e.clip0.cond_image"),
+                [ref.tensor("e2e.input.audio_embedding.person1")],
+                ref.tensor("e2e.clip0.context"),
+                ref.tensor("e2e.clip0.context_null"),
+                ref.tensor("e2e.clip0.ref_target_masks"),
+                _settings(case),
+                InjectedNoise(draws, seed),
+            )
     cmp = compare(run_dir, out)
     assert cmp.passed, cmp.summary()
     assert len(cmp.compared) >= 80
     assert main(["compare", str(run_dir), str(out)]) == 0
 
 
-@pytest.mark.parametrize("change,first", [
-    ({"seed": 8}, "e2e.clip0.rand.noise"),
-    ({"audio_guide_scale": 3.5}, "e2e.clip0.step0.noise_pred"),
-], ids=["seed", "audio_scale"])
+@pytest.mark.parametrize(
+    "change,first",
+    [
+        ({"seed": 8}, "e2e.clip0.rand.noise"),
+        ({"audio_guide_scale": 3.5}, "e2e.clip0.step0.noise_pred"),
+    ],
+    ids=["seed", "audio_scale"],
+)
 def test_changed_official_setting_is_named(golden, official, change, first, capsys):
     from mtlib.cli import main
 

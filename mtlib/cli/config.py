@@ -21,11 +21,16 @@ from mtlib.io import InputError, atomic_write
 def add_arguments_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["from-official"], help="what to make the config from")
     parser.add_argument("--out", metavar="YAML", help="write the config here (default: print it)")
-    parser.add_argument("--base-dir", default=".", help="the official script's working directory "
-                        "(relative paths of the command and of input.json start there)")
+    parser.add_argument(
+        "--base-dir",
+        default=".",
+        help="the official script's working directory "
+        "(relative paths of the command and of input.json start there)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no flag-by-flag notes on stderr")
-    parser.add_argument("official", nargs=argparse.REMAINDER,
-                        help="-- then the generate_multitalk.py arguments")
+    parser.add_argument(
+        "official", nargs=argparse.REMAINDER, help="-- then the generate_multitalk.py arguments"
+    )
 
 
 def run_config(args: argparse.Namespace) -> int:
@@ -60,8 +65,11 @@ def run_config(args: argparse.Namespace) -> int:
         print(tr.table(), file=sys.stderr)
     unknown = _unknown_keys(tr.config)
     if unknown:
-        print(f"note: this mtlib build does not know {', '.join(unknown)} yet; "
-              "`mtlib generate` refuses the config until it does.", file=sys.stderr)
+        print(
+            f"note: this mtlib build does not know {', '.join(unknown)} yet; "
+            "`mtlib generate` refuses the config until it does.",
+            file=sys.stderr,
+        )
     if args.out:
         atomic_write(args.out, text)
         print(f"config: {args.out}", file=sys.stderr)
@@ -84,7 +92,11 @@ def _unknown_keys(cfg: dict) -> list[str]:
             if k not in fields:
                 out.append(prefix + k)
                 continue
-            sub = fields[k].default_factory if fields[k].default_factory is not dataclasses.MISSING else None
+            sub = (
+                fields[k].default_factory
+                if fields[k].default_factory is not dataclasses.MISSING
+                else None
+            )
             if isinstance(v, dict) and sub is not None and dataclasses.is_dataclass(sub):
                 walk(v, sub, prefix + k + ".")
 

@@ -71,7 +71,9 @@ def parse_official_args(argv: list[str]) -> dict[str, Any]:
         if argv[0].endswith(".py") or argv[0].split("/")[-1].startswith("python"):
             argv = argv[1:]
         else:
-            raise InputError(f"generate_multitalk.py arguments: unexpected {argv[0]!r} before the flags.")
+            raise InputError(
+                f"generate_multitalk.py arguments: unexpected {argv[0]!r} before the flags."
+            )
     args, unknown = official_parser().parse_known_args(argv)
     if unknown:
         raise InputError(
@@ -82,7 +84,9 @@ def parse_official_args(argv: list[str]) -> dict[str, Any]:
     if values["offload_model"] is not None:
         v = values["offload_model"].lower()
         if v not in ("yes", "true", "t", "y", "1", "no", "false", "f", "n", "0"):
-            raise InputError(f"--offload_model {values['offload_model']!r}: expected a boolean (true / false).")
+            raise InputError(
+                f"--offload_model {values['offload_model']!r}: expected a boolean (true / false)."
+            )
         values["offload_model"] = v in ("yes", "true", "t", "y", "1")
     if values["sample_steps"] is None:  # _validate_args
         values["sample_steps"] = 40

@@ -20,17 +20,28 @@ from pathlib import Path
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mtlib.reference",
-        description="run the official generate_multitalk.py in-process under the mtlib tracer")
+        description="run the official generate_multitalk.py in-process under the mtlib tracer",
+    )
     parser.add_argument("--trace", required=True, metavar="DIR", help="trace directory to write")
-    parser.add_argument("--level", choices=["stats", "full"], default="stats",
-                        help="stats: statistics + hash of every point (draws and conditioning in "
-                             "full); full: every tensor")
-    parser.add_argument("--keep", action="append", default=[], metavar="GLOB",
-                        help="also store these points in full (repeatable), e.g. 'e2e.clip0.step0.*'")
+    parser.add_argument(
+        "--level",
+        choices=["stats", "full"],
+        default="stats",
+        help="stats: statistics + hash of every point (draws and conditioning in "
+        "full); full: every tensor",
+    )
+    parser.add_argument(
+        "--keep",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="also store these points in full (repeatable), e.g. 'e2e.clip0.step0.*'",
+    )
     parser.add_argument("--no-archive", action="store_true", help="do not write DIR.tar.gz")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing trace in DIR")
-    parser.add_argument("script", nargs=argparse.REMAINDER,
-                        help="-- generate_multitalk.py and its arguments")
+    parser.add_argument(
+        "script", nargs=argparse.REMAINDER, help="-- generate_multitalk.py and its arguments"
+    )
     return parser
 
 
@@ -46,13 +57,19 @@ def main(argv: list[str] | None = None) -> int:
     if cmd and Path(cmd[0]).name.startswith("python"):
         cmd = cmd[1:]  # "python3 generate_multitalk.py ..." pasted whole
     if not cmd or not cmd[0].endswith(".py"):
-        print("python -m mtlib.reference: give the official script after --, e.g. "
-              "-- generate_multitalk.py --input_json input.json ...", file=sys.stderr)
+        print(
+            "python -m mtlib.reference: give the official script after --, e.g. "
+            "-- generate_multitalk.py --input_json input.json ...",
+            file=sys.stderr,
+        )
         return 2
     script = Path(cmd[0]).resolve()
     if not script.is_file():
-        print(f"python -m mtlib.reference: {cmd[0]!r}: no such file. Fix: run from the root of the "
-              "MultiTalk checkout, or give the script's path.", file=sys.stderr)
+        print(
+            f"python -m mtlib.reference: {cmd[0]!r}: no such file. Fix: run from the root of the "
+            "MultiTalk checkout, or give the script's path.",
+            file=sys.stderr,
+        )
         return 2
     # what `python SCRIPT` would do: the script's folder first on sys.path (import wan, src)
     if str(script.parent) not in sys.path:
@@ -62,8 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = [str(script), *cmd[1:]]
     code = 0
     try:
-        with tracing(args.trace, level=args.level, keep=args.keep, overwrite=args.overwrite,
-                     meta={"command": ["python", cmd[0], *cmd[1:]]}):
+        with tracing(
+            args.trace,
+            level=args.level,
+            keep=args.keep,
+            overwrite=args.overwrite,
+            meta={"command": ["python", cmd[0], *cmd[1:]]},
+        ):
             try:
                 runpy.run_path(str(script), run_name="__main__")
             except SystemExit as e:  # the script's own exit (argparse errors, asserts)
@@ -74,8 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m mtlib.reference: {e}", file=sys.stderr)
         return 2
     except SystemExit:
-        print(f"python -m mtlib.reference: the official script exited with {code}; the trace "
-              f"so far is in {args.trace} (status failed).", file=sys.stderr)
+        print(
+            f"python -m mtlib.reference: the official script exited with {code}; the trace "
+            f"so far is in {args.trace} (status failed).",
+            file=sys.stderr,
+        )
         return code
     finally:
         sys.argv = saved_argv

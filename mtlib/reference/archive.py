@@ -39,11 +39,19 @@ def resolve(path: str | os.PathLike) -> Path:
         return out
     with tarfile.open(p, "r:gz") as tar:
         members = tar.getmembers()
-        bad = [m.name for m in members if not m.isfile() or m.name.split("/")[0] != name
-               or ".." in m.name.split("/") or m.name.count("/") != 1]
+        bad = [
+            m.name
+            for m in members
+            if not m.isfile()
+            or m.name.split("/")[0] != name
+            or ".." in m.name.split("/")
+            or m.name.count("/") != 1
+        ]
         if bad:
-            raise InputError(f"trace archive {str(p)!r}: unexpected member {bad[0]!r}; a trace archive "
-                             f"holds only {name}/<file>. Fix: pass the archive `python -m mtlib.reference` wrote.")
+            raise InputError(
+                f"trace archive {str(p)!r}: unexpected member {bad[0]!r}; a trace archive "
+                f"holds only {name}/<file>. Fix: pass the archive `python -m mtlib.reference` wrote."
+            )
         tmp = p.with_name(f".{name}.unpacking")
         tar.extractall(tmp, filter="data")
     os.replace(tmp / name, out)

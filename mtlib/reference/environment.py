@@ -79,8 +79,9 @@ def official_version(root: str | Path | None = None) -> dict[str, Any]:
     root = Path(root) if root is not None else official_root()
     commit = None
     try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                           text=True, timeout=5)
+        r = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        )
         commit = r.stdout.strip() or None if r.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         pass
@@ -94,8 +95,11 @@ def official_version(root: str | Path | None = None) -> dict[str, Any]:
         "git_commit": commit,
         "files": files,
         "matches_golden_commit": same,
-        "version": (f"c1ad840-compatible ({commit[:7] if commit else 'no git metadata'})" if same
-                    else f"differs from c1ad840 in {[k for k, v in files.items() if v != 'same']}"),
+        "version": (
+            f"c1ad840-compatible ({commit[:7] if commit else 'no git metadata'})"
+            if same
+            else f"differs from c1ad840 in {[k for k, v in files.items() if v != 'same']}"
+        ),
     }
 
 
@@ -111,8 +115,12 @@ def _package_version(name: str) -> str | None:
         try:
             from importlib.metadata import version
 
-            dist = {"PIL": "Pillow", "skimage": "scikit-image", "optimum.quanto": "optimum-quanto",
-                    "flash_attn": "flash-attn"}.get(name, name)
+            dist = {
+                "PIL": "Pillow",
+                "skimage": "scikit-image",
+                "optimum.quanto": "optimum-quanto",
+                "flash_attn": "flash-attn",
+            }.get(name, name)
             return version(dist)
         except Exception:  # noqa: BLE001  (importable without metadata: say so)
             return "installed"
@@ -128,7 +136,9 @@ def attention_backends() -> dict[str, Any]:
         out["flash_attn_2"] = bool(getattr(att, "FLASH_ATTN_2_AVAILABLE", False))
         out["flash_attn_3"] = bool(getattr(att, "FLASH_ATTN_3_AVAILABLE", False))
         fa = getattr(att, "flash_attention", None)
-        out["flash_attention_fn"] = f"{getattr(fa, '__module__', '?')}.{getattr(fa, '__name__', '?')}"
+        out["flash_attention_fn"] = (
+            f"{getattr(fa, '__module__', '?')}.{getattr(fa, '__name__', '?')}"
+        )
     if mt is not None:
         out["sageattention"] = bool(getattr(mt, "USE_SAGEATTN", False))
     out["xformers"] = _package_version("xformers")
@@ -156,8 +166,12 @@ def reference_environment() -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        env["gpu"] = {"name": p.name, "capability": f"{p.major}.{p.minor}",
-                      "memory_gb": round(p.total_memory / 2**30, 1), "count": torch.cuda.device_count()}
+        env["gpu"] = {
+            "name": p.name,
+            "capability": f"{p.major}.{p.minor}",
+            "memory_gb": round(p.total_memory / 2**30, 1),
+            "count": torch.cuda.device_count(),
+        }
     try:
         env["official"] = official_version()
     except (InputError, OSError):
@@ -186,7 +200,11 @@ def generate_settings(pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {
         "generate": call,
         "input_data": kwargs.get("input_data"),
-        "flags": {k: v for k, v in flags.items() if isinstance(v, str | int | float | bool | list | type(None))},
+        "flags": {
+            k: v
+            for k, v in flags.items()
+            if isinstance(v, str | int | float | bool | list | type(None))
+        },
         "pipeline": {
             "device": str(getattr(pipe, "device", None)),
             "param_dtype": str(getattr(pipe, "param_dtype", None)).removeprefix("torch."),

@@ -1,15 +1,15 @@
 """Where a run's random draws come from: `generation.noise` (cpu | cuda | trace).
 
-    cpu    (default) one seeded CPU generator in the reference's draw order (SeededNoise):
-           equals the reference run on a CPU, the same on every machine
-    cuda   the reference's own draws on a GPU: it seeds with torch.manual_seed(seed) and draws
-           every tensor on the CUDA default generator (facts §9, golden README "Draw order":
-           clip 0 noise; per later clip noise, motion_init, motion_step0..). A CUDA generator
-           seeded the same way gives the same stream, so the same seed on the same GPU type
-           reproduces the Colab's noise bit for bit (the CUDA kernels' output may depend on
-           the GPU model)
-    trace  the draws recorded in a trace (generation.noise_trace: a reference trace made by
-           `python -m mtlib.reference`, or an mtlib run's trace at level full): any device
+cpu    (default) one seeded CPU generator in the reference's draw order (SeededNoise):
+       equals the reference run on a CPU, the same on every machine
+cuda   the reference's own draws on a GPU: it seeds with torch.manual_seed(seed) and draws
+       every tensor on the CUDA default generator (facts §9, golden README "Draw order":
+       clip 0 noise; per later clip noise, motion_init, motion_step0..). A CUDA generator
+       seeded the same way gives the same stream, so the same seed on the same GPU type
+       reproduces the Colab's noise bit for bit (the CUDA kernels' output may depend on
+       the GPU model)
+trace  the draws recorded in a trace (generation.noise_trace: a reference trace made by
+       `python -m mtlib.reference`, or an mtlib run's trace at level full): any device
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ class CudaNoise:
         self.generator = torch.Generator(self.device).manual_seed(seed)
 
     def draw(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
-        x = torch.randn(tuple(shape), generator=self.generator, dtype=torch.float32, device=self.device)
+        x = torch.randn(
+            tuple(shape), generator=self.generator, dtype=torch.float32, device=self.device
+        )
         return x.cpu()
 
 
@@ -100,8 +102,10 @@ def noise_source(generation: Any, device: str = "cpu", clips: int | None = None)
     if mode == "trace":
         path = getattr(generation, "noise_trace", None)
         if not path:
-            raise InputError("generation.noise 'trace' needs generation.noise_trace: the path of "
-                             "the trace whose draws to inject.")
+            raise InputError(
+                "generation.noise 'trace' needs generation.noise_trace: the path of "
+                "the trace whose draws to inject."
+            )
         draws, seed_used = trace_draws(path)
         if clips is not None:
             check_trace_draws(draws, clips, str(path))

@@ -46,7 +46,9 @@ def _official(meta: dict) -> dict[str, Any]:
         "teacache": flags.get("use_teacache"), "teacache_thresh": flags.get("teacache_thresh"),
         "dit_dtype": pipe.get("dit_dtype"), "device": device,
         "noise": None if device is None else ("cuda" if str(device).startswith("cuda") else "cpu"),
-        "loras": [{"path": p, "scale": s} for p, s in zip(flags.get("lora_dir") or [], flags.get("lora_scale") or [])],
+        # the reference zips files and scales (the shorter list wins)
+        "loras": [{"path": p, "scale": s}
+                  for p, s in zip(flags.get("lora_dir") or [], flags.get("lora_scale") or [], strict=False)],
         "offload": flags.get("num_persistent_param_in_dit"), "quant": flags.get("quant"),
     }  # fmt: skip
     if not out["use_apg"]:  # APG parameters only matter with APG
@@ -60,7 +62,9 @@ def _official(meta: dict) -> dict[str, Any]:
     env = {
         "python": ref.get("python"), "torch": (ref.get("packages") or {}).get("torch"),
         "cuda": ref.get("cuda"), "gpu": gpu.get("name") if gpu else "cpu",
-        "attention": att.get("flash_attention_fn"), "official": official.get("version"),
+        "attention": att.get("flash_attention_fn"),
+        "official": None if not official else (
+            "c1ad840" if official.get("matches_golden_commit") else official.get("version")),
     }  # fmt: skip
     return {"settings": out, "environment": env}
 
@@ -72,18 +76,39 @@ def _mtlib(meta: dict) -> dict[str, Any]:
     shift = g.get("shift")
     if shift == "auto" and size:
         shift = 11.0 if size == "multitalk-720" else 7.0
-    out = {k: g.get(k) for k in ("seed", "mode", "frame_num", "motion_frame", "sampling_steps",
-                                  "text_guide_scale", "audio_guide_scale", "color_correction_strength",
-                                  "face_scale", "use_apg", "apg_momentum", "apg_norm_threshold",
-                                  "teacache", "teacache_thresh", "noise")}
+    out = {
+        k: g.get(k)
+        for k in (
+            "seed",
+            "mode",
+            "frame_num",
+            "motion_frame",
+            "sampling_steps",
+            "text_guide_scale",
+            "audio_guide_scale",
+            "color_correction_strength",
+            "face_scale",
+            "use_apg",
+            "apg_momentum",
+            "apg_norm_threshold",
+            "teacache",
+            "teacache_thresh",
+            "noise",
+        )
+    }
     if meta.get("frames") is not None and g.get("frame_num") == "auto":
         out["frame_num"] = (meta.get("plan") or {}).get("frame_num")
     device = m.get("device")
     precision = m.get("precision")
     out.update(
-        size=size, shift=shift, device=device, loras=m.get("loras"),
+        size=size,
+        shift=shift,
+        device=device,
+        loras=m.get("loras"),
         dit_dtype="float32" if device == "cpu" else _PRECISION_DTYPE.get(precision, precision),
-        offload=(m.get("offload") or {}).get("resident_params") if isinstance(m.get("offload"), dict) else None,
+        offload=(m.get("offload") or {}).get("resident_params")
+        if isinstance(m.get("offload"), dict)
+        else None,
         quant=(m.get("weights") or {}).get("quant"),
     )
     if not out["use_apg"]:
@@ -93,23 +118,41 @@ def _mtlib(meta: dict) -> dict[str, Any]:
     env = meta.get("environment") or {}
     dev = env.get("device")
     environment = {
-        "python": env.get("python"), "torch": env.get("torch"), "cuda": env.get("cuda"),
+        "python": env.get("python"),
+        "torch": env.get("torch"),
+        "cuda": env.get("cuda"),
         "gpu": dev.split(": ", 1)[1] if isinstance(dev, str) and ": " in dev else dev,
-        "attention": m.get("attention"), "official": None,
+        "attention": m.get("attention"),
+        "official": None,
     }
     return {"settings": out, "environment": environment}
 
 
 def _golden(meta: dict) -> dict[str, Any]:
     kw = (meta.get("params") or {}).get("generate_kwargs") or {}
-    out = {k: kw.get(k) for k in ("seed", "mode", "frame_num", "motion_frame", "sampling_steps",
-                                   "shift", "text_guide_scale", "audio_guide_scale",
-                                   "color_correction_strength", "face_scale", "use_apg")}
+    out = {
+        k: kw.get(k)
+        for k in (
+            "seed",
+            "mode",
+            "frame_num",
+            "motion_frame",
+            "sampling_steps",
+            "shift",
+            "text_guide_scale",
+            "audio_guide_scale",
+            "color_correction_strength",
+            "face_scale",
+            "use_apg",
+        )
+    }
     out["size"] = kw.get("size_buckget")
     if out["use_apg"]:
-        out.update(apg_momentum=kw.get("apg_momentum"), apg_norm_threshold=kw.get("apg_norm_threshold"))
+        out.update(
+            apg_momentum=kw.get("apg_momentum"), apg_norm_threshold=kw.get("apg_norm_threshold")
+        )
     out.update(dit_dtype="float32", device="cpu", noise="cpu")
-    return {"settings": out, "environment": {"official": "c1ad840 (golden set)"}}
+    return {"settings": out, "environment": {"official": "c1ad840"}}
 
 
 def run_settings(meta: dict) -> dict[str, dict[str, Any]]:

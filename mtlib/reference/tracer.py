@@ -93,7 +93,9 @@ class _Run:
         self.pipe = pipe
         self.bound = bound
         tg = float(bound.get("text_guide_scale", 5.0))
-        self.passes = ("cond", "drop_audio") if math.isclose(tg, 1.0) else ("cond", "drop_text", "uncond")
+        self.passes = (
+            ("cond", "drop_audio") if math.isclose(tg, 1.0) else ("cond", "drop_text", "uncond")
+        )
         self.clip = -1
         self.calls = 0  # DiT calls in the current clip
         self.pending_step: int | None = None  # step whose noise_pred is not recorded yet
@@ -214,7 +216,6 @@ class OfficialTracer:
     # ----- installation ----------------------------------------------------------------
     def install(self) -> None:
         import torch
-
         import wan.modules.clip as clip_mod
         import wan.modules.t5 as t5_mod
         import wan.modules.vae as vae_mod
@@ -323,8 +324,10 @@ class OfficialTracer:
             def post(_m, _inputs, output):
                 run.rec(f"{prefix}.out", output)
 
-            handles = [encoder.model.register_forward_pre_hook(pre),
-                       encoder.model.register_forward_hook(post)]
+            handles = [
+                encoder.model.register_forward_pre_hook(pre),
+                encoder.model.register_forward_hook(post),
+            ]
             try:
                 return orig(encoder, *args, **kwargs)
             finally:
