@@ -1051,7 +1051,9 @@ def resolve_pair(run_a: str, run_b: str, workdir: str | Path, base: Any = "tiny"
         return tiny_pair(Path(workdir) / "tiny_pair", base=base)
     if not run_a or not run_b:
         raise InputError(f"run_a={run_a!r}, run_b={run_b!r}: give both traces (or neither, for the demo).")
-    return run_a, run_b
+    from mtlib.reference.archive import resolve  # a reference trace archive (.tar.gz) is unpacked
+
+    return resolve(run_a), resolve(run_b)
 
 
 def heatmap_point(cmp: Comparison, point: str = "") -> str | None:
