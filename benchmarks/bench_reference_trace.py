@@ -45,13 +45,17 @@ def _sync():
 
 def load_official(official: Path):
     if not (official / "official_cpu").is_dir():
-        raise SystemExit(f"official fixture not found at {official} (copy ../shared/reference/official there)")
+        raise SystemExit(
+            f"official fixture not found at {official} (copy ../shared/reference/official there)"
+        )
     sys.path.insert(0, str(official))
     try:
         import official_cpu
     except ImportError as e:
-        raise SystemExit(f"the official code cannot be imported here: {e}. Install the `reference` extra's "
-                         "packages (diffusers 0.33.1, einops, easydict, ftfy, loguru, torchvision, ...).") from e
+        raise SystemExit(
+            f"the official code cannot be imported here: {e}. Install the `reference` extra's "
+            "packages (diffusers 0.33.1, einops, easydict, ftfy, loguru, torchvision, ...)."
+        ) from e
     return official_cpu
 
 
@@ -101,29 +105,57 @@ def part_a(official: Path, golden: Path, work: Path) -> dict:
     # 1. the draws: mtlib's CudaNoise in the loop's order vs the official CUDA draws
     noise = CudaNoise(kw["seed"])
     draws = [d["name"] for d in case.params["random_draws_in_order"]]
-    equal = {n: bool(torch.equal(noise.draw(n, tuple(ref.tensor(n).shape)), ref.tensor(n).cpu())) for n in draws}
-    cpu_equal = bool(torch.equal(ref.tensor(draws[0]).cpu(), case[draws[0]]))  # expected False: CPU != CUDA stream
+    equal = {
+        n: bool(torch.equal(noise.draw(n, tuple(ref.tensor(n).shape)), ref.tensor(n).cpu()))
+        for n in draws
+    }
+    cpu_equal = bool(
+        torch.equal(ref.tensor(draws[0]).cpu(), case[draws[0]])
+    )  # expected False: CPU != CUDA stream
 
     # 2. mtlib's loop on CUDA, golden tiny networks, fed from the official trace, CudaNoise
     tc = g.tiny_configs
     dev = "cuda"
-    dit = load_dit(g.weights / "dit", config=DiTConfig.from_official(tc["dit"]["tiny"], tc["dit"]["hardcoded_tiny"]),
-                   device=dev)
-    vae = load_vae(g.weights / "vae.safetensors", config=VAEConfig.from_official(tc["vae"]["tiny"]), device=dev)
-    clip = load_clip(g.weights / "clip.safetensors", config=CLIPConfig.from_official(tc["clip"]["tiny"]), device=dev)
+    dit = load_dit(
+        g.weights / "dit",
+        config=DiTConfig.from_official(tc["dit"]["tiny"], tc["dit"]["hardcoded_tiny"]),
+        device=dev,
+    )
+    vae = load_vae(
+        g.weights / "vae.safetensors", config=VAEConfig.from_official(tc["vae"]["tiny"]), device=dev
+    )
+    clip = load_clip(
+        g.weights / "clip.safetensors",
+        config=CLIPConfig.from_official(tc["clip"]["tiny"]),
+        device=dev,
+    )
     settings = GenerationSettings(
-        mode=kw["mode"], frame_num=kw["frame_num"], motion_frame=kw["motion_frame"],
-        max_frames_num=kw["max_frames_num"], sampling_steps=kw["sampling_steps"], shift=float(kw["shift"]),
-        text_guide_scale=kw["text_guide_scale"], audio_guide_scale=kw["audio_guide_scale"],
-        color_correction_strength=kw["color_correction_strength"], use_apg=kw["use_apg"], seed=kw["seed"],
-        progress=False)
+        mode=kw["mode"],
+        frame_num=kw["frame_num"],
+        motion_frame=kw["motion_frame"],
+        max_frames_num=kw["max_frames_num"],
+        sampling_steps=kw["sampling_steps"],
+        shift=float(kw["shift"]),
+        text_guide_scale=kw["text_guide_scale"],
+        audio_guide_scale=kw["audio_guide_scale"],
+        color_correction_strength=kw["color_correction_strength"],
+        use_apg=kw["use_apg"],
+        seed=kw["seed"],
+        progress=False,
+    )
     run_dir = work / "mtlib_cuda_trace"
     t0 = time.perf_counter()
     with trace.TraceWriter(run_dir, "full", overwrite=True) as w, trace.recording(w):
-        generate(Models(dit=DiTCall(dit), vae=vae, clip=clip), ref.tensor("e2e.clip0.cond_image"),
-                 [ref.tensor("e2e.input.audio_embedding.person1")], ref.tensor("e2e.clip0.context"),
-                 ref.tensor("e2e.clip0.context_null"), ref.tensor("e2e.clip0.ref_target_masks"), settings,
-                 CudaNoise(kw["seed"]))
+        generate(
+            Models(dit=DiTCall(dit), vae=vae, clip=clip),
+            ref.tensor("e2e.clip0.cond_image"),
+            [ref.tensor("e2e.input.audio_embedding.person1")],
+            ref.tensor("e2e.clip0.context"),
+            ref.tensor("e2e.clip0.context_null"),
+            ref.tensor("e2e.clip0.ref_target_masks"),
+            settings,
+            CudaNoise(kw["seed"]),
+        )
     _sync()
     t_mtlib = time.perf_counter() - t0
     cmp = compare(run_dir, ref_dir, points="e2e.*")
@@ -132,70 +164,91 @@ def part_a(official: Path, golden: Path, work: Path) -> dict:
         "gpu": torch.cuda.get_device_name(0),
         "draws_bitwise_equal": equal,
         "cuda_draw_equals_cpu_golden_draw": cpu_equal,
-        "official_seconds": round(t_official, 2), "mtlib_seconds": round(t_mtlib, 2),
-        "compare": cmp.summary(), "passed": cmp.passed, "first_divergence": cmp.first_divergence,
+        "official_seconds": round(t_official, 2),
+        "mtlib_seconds": round(t_mtlib, 2),
+        "compare": cmp.summary(),
+        "passed": cmp.passed,
+        "first_divergence": cmp.first_divergence,
         "largest_error": {"point": worst.name, "max_abs": worst.max_abs, "rel_l2": worst.rel_l2},
         "video_shape": list(video.shape),
     }
 
 
-def build_real_dit(official: Path):
+def build_real_dit(official: Path, tiny: bool = False, device: str = "cuda"):
+    """The official WanModel with random bf16 weights: real size, or (smoke test) the tiny one."""
     load_official(official)
+    import official_cpu.build as B
     import official_cpu.configs as C
     import wan.modules.multitalk_model as mm
 
-    kw = dict(C.DIT_REAL)
+    if tiny:
+        hc = C.DIT_HARDCODED_TINY
+        consts = B.dit_constants(
+            hc["img_emb_in_dim"],
+            hc["audio_proj_blocks"],
+            hc["audio_proj_channels"],
+            C.DIT_TINY["text_dim"],
+        )
+    else:
+        import contextlib
+
+        consts = contextlib.nullcontext()
+    kw = dict(C.DIT_TINY if tiny else C.DIT_REAL)
     kw["patch_size"] = tuple(kw["patch_size"])
     kw["window_size"] = tuple(kw["window_size"])
     old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
+    # bf16 like the reference's param_dtype; the CPU smoke test in float32 (the official
+    # forward relies on CUDA autocast to run its float32 islands with bf16 weights)
+    torch.set_default_dtype(torch.float32 if tiny else torch.bfloat16)
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), consts:
             model = mm.WanModel(weight_init=False, **kw)
     finally:
         torch.set_default_dtype(old)
-    model = model.to_empty(device="cuda").eval().requires_grad_(False)
-    g = torch.Generator("cuda").manual_seed(0)
+    model = model.to_empty(device=device).eval().requires_grad_(False)
+    g = torch.Generator(device).manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim >= 2:
                 fan_in = p[0].numel()
-                p.normal_(0.0, fan_in ** -0.5, generator=g)
+                p.normal_(0.0, fan_in**-0.5, generator=g)
             elif name.endswith("bias"):
                 p.zero_()
             elif "modulation" in name:
                 p.normal_(0.0, p.shape[-1] ** -0.5, generator=g)
             else:
                 p.fill_(1.0)
-        for name, b in model.named_buffers():
-            if b.is_floating_point():
-                b.zero_()
     model.init_freqs()  # the RoPE table was built on the meta device
     model.disable_teacache()  # sets the flag forward() reads (generate() does it per run)
     return model, kw
 
 
-def part_b(official: Path, work: Path, steps: int) -> dict:
+def part_b(official: Path, work: Path, steps: int, tiny: bool = False) -> dict:
     from mtlib.reference.tracer import _Run
     from mtlib.trace import TraceWriter
 
-    model, kw = build_real_dit(official)
-    dev = "cuda"
-    F, lat_h, lat_w = 81, 56, 112  # 480p bucket 448 x 896
+    dev = "cpu" if tiny else "cuda"
+    model, kw = build_real_dit(official, tiny, dev)
+    F, lat_h, lat_w = (13, 6, 8) if tiny else (81, 56, 112)  # 480p bucket 448 x 896
     T = (F - 1) // 4 + 1
     seq_len = T * lat_h * lat_w // 4
     gen = torch.Generator(dev).manual_seed(1)
     x = torch.randn(16, T, lat_h, lat_w, device=dev, generator=gen)
     t = torch.tensor([999.0], device=dev)
-    ctx = torch.randn(40, 4096, device=dev, generator=gen, dtype=torch.bfloat16)
-    ctx_null = torch.randn(120, 4096, device=dev, generator=gen, dtype=torch.bfloat16)
-    clip_fea = torch.randn(1, 257, 1280, device=dev, generator=gen, dtype=torch.bfloat16)
-    y = torch.randn(1, 20, T, lat_h, lat_w, device=dev, generator=gen, dtype=torch.bfloat16)
-    audio = torch.randn(1, F, 5, 12, 768, device=dev, generator=gen, dtype=torch.bfloat16)
+    text_dim, clip_dim, layers, width = (32, 80, 3, 48) if tiny else (4096, 1280, 12, 768)
+    bf16 = torch.float32 if tiny else torch.bfloat16
+    ctx = torch.randn(40, text_dim, device=dev, generator=gen, dtype=bf16)
+    ctx_null = torch.randn(120, text_dim, device=dev, generator=gen, dtype=bf16)
+    clip_fea = torch.randn(1, 257, clip_dim, device=dev, generator=gen, dtype=bf16)
+    y = torch.randn(1, 20, T, lat_h, lat_w, device=dev, generator=gen, dtype=bf16)
+    audio = torch.randn(1, F, 5, layers, width, device=dev, generator=gen, dtype=bf16)
     masks = torch.ones(3, lat_h, lat_w, device=dev)
     base = dict(clip_fea=clip_fea, seq_len=seq_len, y=y, ref_target_masks=masks)
-    passes = [dict(context=[ctx], audio=audio), dict(context=[ctx_null], audio=audio),
-              dict(context=[ctx_null], audio=torch.zeros_like(audio)[-1:])]
+    passes = [
+        dict(context=[ctx], audio=audio),
+        dict(context=[ctx_null], audio=audio),
+        dict(context=[ctx_null], audio=torch.zeros_like(audio)[-1:]),
+    ]
 
     def step():
         preds = [model([x], t=t, **base, **p)[0] for p in passes]
@@ -215,12 +268,19 @@ def part_b(official: Path, work: Path, steps: int) -> dict:
             _sync()
             plain.append(time.perf_counter() - t0)
             writer = TraceWriter(work / "overhead_trace", "stats", overwrite=True)
-            run = _Run(type("T", (), {"writer": writer, "generate_code": None})(), FakePipe(),
-                       {"text_guide_scale": 5.0})
+            run = _Run(
+                type("T", (), {"writer": writer, "generate_code": None})(),
+                FakePipe(),
+                {"text_guide_scale": 5.0},
+            )
             run.clip = 0
-            run.calls = len(run.passes)  # steady state: not the clip's first call (no clip-level points)
-            hooks = [model.register_forward_pre_hook(run.dit_pre, with_kwargs=True),
-                     model.register_forward_hook(run.dit_post, with_kwargs=True)]
+            run.calls = len(
+                run.passes
+            )  # steady state: not the clip's first call (no clip-level points)
+            hooks = [
+                model.register_forward_pre_hook(run.dit_pre, with_kwargs=True),
+                model.register_forward_hook(run.dit_post, with_kwargs=True),
+            ]
             _sync()
             t0 = time.perf_counter()
             noise_pred = step()
@@ -233,10 +293,14 @@ def part_b(official: Path, work: Path, steps: int) -> dict:
             recorded = writer.count
     p, q = statistics.median(plain), statistics.median(traced)
     return {
-        "dit": {k: kw[k] for k in ("dim", "num_layers", "num_heads", "ffn_dim")}, "tokens": seq_len,
-        "step_seconds_untraced": [round(v, 4) for v in plain], "step_seconds_traced": [round(v, 4) for v in traced],
-        "points_per_step": recorded, "overhead_percent": round(100 * (q - p) / p, 3),
-        "target_percent": 3.0, "within_target": (q - p) / p <= 0.03,
+        "dit": {k: kw[k] for k in ("dim", "num_layers", "num_heads", "ffn_dim")},
+        "tokens": seq_len,
+        "step_seconds_untraced": [round(v, 4) for v in plain],
+        "step_seconds_traced": [round(v, 4) for v in traced],
+        "points_per_step": recorded,
+        "overhead_percent": round(100 * (q - p) / p, 3),
+        "target_percent": 3.0,
+        "within_target": (q - p) / p <= 0.03,
     }
 
 
@@ -248,7 +312,14 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=2, help="timed steps per variant in (b)")
     ap.add_argument("--skip-a", action="store_true")
     ap.add_argument("--skip-b", action="store_true")
+    ap.add_argument(
+        "--tiny-cpu", action="store_true", help="smoke test of (b) with the tiny DiT on the CPU"
+    )
     args = ap.parse_args()
+    if args.tiny_cpu:
+        work = Path(tempfile.mkdtemp(prefix="bench_ref_"))
+        print(json.dumps(part_b(Path(args.official), work, args.steps, tiny=True), indent=1))
+        return 0
     if not torch.cuda.is_available():
         print("bench_reference_trace: needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -263,7 +334,9 @@ def main() -> int:
         print(json.dumps(result["b_tracer_overhead"], indent=1), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_reference_trace.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    (out / "bench_reference_trace.json").write_text(
+        json.dumps(result, indent=1, default=str) + "\n"
+    )
     print(f"wrote {out / 'bench_reference_trace.json'}")
     return 0
 
