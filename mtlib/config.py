@@ -177,6 +177,24 @@ class GenerationConfig:
     face_scale: float = field(default=0.05, metadata=_check(_unit_interval))
     # 25 only: the one home of the rule (mtlib.guards is not needed: refused on load)
     fps: int = field(default=25, metadata=_check(_fps_25))
+    # Where the random draws come from (mtlib.reference.noise): cpu = one seeded CPU
+    # generator in the reference's order; cuda = the reference's own draws on the CUDA
+    # generator after torch.manual_seed(seed) (same seed + GPU type -> the Colab's noise);
+    # trace = the draws recorded in the trace at noise_trace (any device).
+    noise: Literal["cpu", "cuda", "trace"] = "cpu"
+    noise_trace: str | None = None
+
+    def __post_init__(self):
+        if self.noise == "trace" and not self.noise_trace:
+            raise ConfigError(
+                "generation.noise: 'trace' needs generation.noise_trace (the path of a trace "
+                "holding the draws, e.g. the one `python -m mtlib.reference` wrote)."
+            )
+        if self.noise_trace and self.noise != "trace":
+            raise ConfigError(
+                f"generation.noise_trace is set but generation.noise is {self.noise!r}: the trace "
+                "would be ignored. Fix: generation.noise=trace, or drop noise_trace."
+            )
 
     def resolved_shift(self, size: str) -> float:
         if self.shift != "auto":

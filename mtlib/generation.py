@@ -12,7 +12,8 @@ what `mtlib generate` and notebook 03 call:
                           planned -> wav2vec2 embedding (cached); image -> bucket crop ->
                           person masks on the latent grid
     encode_prompts()      T5 on [prompt, negative prompt]
-    pipeline.generate()   the clip / streaming loop, noise from SeededNoise(seed)
+    pipeline.generate()   the clip / streaming loop; noise from generation.noise (cpu: SeededNoise(seed),
+                          cuda: the reference's CUDA draws, trace: a trace's draws; mtlib.reference.noise)
     write                 video trimmed back to the real audio, muxed with the ORIGINAL
                           (unpadded, loudness-normalised, summed) speech at 25 fps, the resolved
                           config and seed in the mp4 metadata, written atomically
@@ -667,7 +668,8 @@ def generate_video(
     the DiT splits its tokens over the ranks, and only rank 0 writes the video and the trace."""
     from mtlib import parallel
     from mtlib.models.t5 import DEFAULT_NEGATIVE_PROMPT
-    from mtlib.pipeline import Models, SeededNoise, encode_prompts, generate
+    from mtlib.pipeline import Models, encode_prompts, generate
+    from mtlib.reference.noise import noise_source
     from mtlib.video import write_mp4
 
     t_start = time.perf_counter()
@@ -689,6 +691,9 @@ def generate_video(
         _guard_outputs(run, out, trace_dir)
     if rank is not None:
         run.device = rank.device(run.device)
+    # the noise source before any weights: a missing CUDA device or trace fails here
+    if noise is None:
+        noise = noise_source(cfg.generation, run.device, clips=len(run.plan.clips))
     t = _timed(timings, "plan", t_start)
     if models is None:
         models = parallel.agree(
@@ -729,7 +734,7 @@ def generate_video(
                     context_null,
                     inputs.ref_target_masks,
                     s,
-                    noise if noise is not None else SeededNoise(cfg.generation.seed),
+                    noise,
                 )
             t = _timed(timings, "generate", t)
             # padded audio made extra frames: keep the ones that show the real speech

@@ -55,7 +55,7 @@ BAD = [
      "config: generation.framenum: unknown key. Did you mean 'frame_num'? Allowed keys here: mode, "
      "frame_num, short_audio, motion_frame, max_frames_num, sampling_steps, text_guide_scale, "
      "audio_guide_scale, shift, seed, color_correction_strength, use_apg, apg_momentum, "
-     "apg_norm_threshold, teacache, teacache_thresh, face_scale, fps."),
+     "apg_norm_threshold, teacache, teacache_thresh, face_scale, fps, noise, noise_trace."),
     ({"generation": {"frame_num": "abc"}},
      "config: generation.frame_num: expected an integer or 'auto', got 'abc' (str)."),
     ({"generation": {"sampling_steps": -3}},
