@@ -26,6 +26,7 @@ import json
 import os
 import socket
 import tempfile
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -197,6 +198,7 @@ def _rank_entry(index: int, world: int, port: int, fn: Callable, args: tuple, bo
         )
         record = dict(zip(("rank", "module", "name", "message"), origin, strict=True))
         record["traceback"] = traceback.format_exc()
+        record["time"] = time.time()  # the first failure is the cause, later ones its echoes
         (Path(box) / f"error-{index}.json").write_text(json.dumps(record))
         raise
     finally:
@@ -222,12 +224,10 @@ def spawn(fn: Callable, world: int, args: tuple = ()) -> Any:
             while not ctx.join():
                 pass
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
-            records = {}  # process index -> its error record (naming the rank it came from)
-            for p in Path(box).glob("error-*.json"):
-                records[int(p.stem.split("-")[1])] = json.loads(p.read_text())
-            first = records.get(getattr(e, "error_index", -1)) or next(
-                (records[k] for k in sorted(records)), None
-            )
+            # error records (each naming the rank it came from); a rank that fails first
+            # makes the others fail in their next collective: the earliest is the cause
+            records = [json.loads(p.read_text()) for p in Path(box).glob("error-*.json")]
+            first = min(records, key=lambda r: r["time"], default=None)
             if first is None:  # died without a word (killed, segfault): torch's message
                 raise RuntimeError(f"a rank of the parallel run died: {e}") from None
             err = _rebuild(first["rank"], first["module"], first["name"], first["message"])
