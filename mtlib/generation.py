@@ -676,6 +676,11 @@ def add_arguments_generate(parser: argparse.ArgumentParser) -> None:
         "--compile", action="store_true", help="torch.compile the DiT blocks (CUDA)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--from-official", metavar="ARGS",
+        help="the generate_multitalk.py arguments as one quoted string: the config is translated "
+             "from them (mtlib config from-official; replaces --config)",
+    )  # fmt: skip
 
 
 def _cli_overrides(args: argparse.Namespace) -> list[str] | dict:
@@ -721,7 +726,12 @@ def run_generate(args: argparse.Namespace) -> int:
     from mtlib.weights import WeightsError
 
     try:
-        cfg = load_config(args.config, _cli_overrides(args))
+        base = args.config
+        if getattr(args, "from_official", None):
+            from mtlib.reference.command import from_official
+
+            base = from_official(args.from_official).config
+        cfg = load_config(base, _cli_overrides(args))
         result = generate_video(
             cfg, args.out, trace_dir=args.trace, progress=not args.no_progress, compile=args.compile
         )
