@@ -895,6 +895,11 @@ def add_arguments_generate(parser: argparse.ArgumentParser) -> None:
         "--lora-allow-unmatched", action="store_true",
         help="merge the matching part of a LoRA whose modules match the DiT only partly",
     )  # fmt: skip
+    parser.add_argument(
+        "--from-official", metavar="ARGS",
+        help="the generate_multitalk.py arguments as one quoted string: the config is translated "
+             "from them (mtlib config from-official; replaces --config)",
+    )  # fmt: skip
 
 
 def _cli_overrides(args: argparse.Namespace) -> list[str] | dict:
@@ -953,7 +958,12 @@ def run_generate(args: argparse.Namespace) -> int:
     # under torchrun every rank gets every agreed error: rank 0 alone prints it
     err = sys.stderr if os.environ.get("RANK", "0") == "0" else open(os.devnull, "w")  # noqa: SIM115
     try:
-        cfg = load_config(args.config, _cli_overrides(args))
+        base = args.config
+        if getattr(args, "from_official", None):
+            from mtlib.reference.command import from_official
+
+            base = from_official(args.from_official).config
+        cfg = load_config(base, _cli_overrides(args))
         result = generate_video(
             cfg, args.out, trace_dir=args.trace, progress=not args.no_progress, compile=args.compile
         )
