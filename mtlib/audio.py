@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from mtlib import io, trace
+from mtlib.extras import require
 
 if TYPE_CHECKING:
     import torch
@@ -467,7 +468,7 @@ def _pyplot():
     """matplotlib.pyplot, on the Agg backend when there is no display and no notebook."""
     import sys
 
-    import matplotlib
+    matplotlib = require("matplotlib", "notebooks", "the audio plot")
 
     if (
         "ipykernel" not in sys.modules

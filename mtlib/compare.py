@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from mtlib import trace
+from mtlib.extras import require
 from mtlib.io import InputError, atomic_write, atomic_write_url, is_output_url
 from mtlib.trace import Trace, load_trace
 
@@ -583,7 +584,7 @@ _STEP_RE = re.compile(r"^(.*?step(\d+))\.(.+)$")
 def _pyplot():
     import os
 
-    import matplotlib
+    matplotlib = require("matplotlib", "notebooks", "the comparison plot")
 
     if not os.environ.get("DISPLAY") and "ipykernel" not in sys.modules:
         matplotlib.use("Agg")
