@@ -276,7 +276,11 @@ class OfficialTracer:
 
     def _from_official(self) -> bool:
         """Is the caller of the wrapped torch function the official generate()?"""
-        return sys._getframe(2).f_code.co_filename == self.multitalk_file
+        f = sys._getframe(2)
+        return (
+            f.f_globals.get("__name__") == self.wm.__name__
+            or f.f_code.co_filename == self.multitalk_file
+        )
 
     def _wrap_draw(self, orig, event: str):
         tracer = self
