@@ -159,5 +159,5 @@ def test_whole_runs_over_two_ranks_equal_one_process(tmp_path):
         diff = (video - one.video).abs().max().item()
         print(f"{case}: {list(video.shape)} max abs diff {diff:.3g}")
         assert video.shape == one.video.shape and diff <= TOL, (case, diff)
-        assert text.splitlines()[-1] == "sequence parallel: 2 ranks"
+        assert "sequence parallel: 2 ranks" in text.splitlines()
         assert (tmp_path / f"{case}.mp4").is_file()
