@@ -186,3 +186,30 @@ def test_random_weights_fill_the_architecture_and_are_named_loudly(tmp_path):
         ConfigError, match=r"^model.weights.random: the tiny model already has random weights"
     ):
         resolve_dit_options(load_config("tiny", ["model.weights.random=true"]), cuda=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_offload_with_a_resident_budget_matches_the_resident_model_on_cuda():
+    """model.offload blocks + resident_params: block 0 stays on the GPU, block 1 is parked in
+    exact-size pinned memory and streamed; the output is the resident model's, bit for bit."""
+    import dataclasses
+
+    from mtlib import weights
+    from mtlib.bench import DitShape, denoise_step, dit_inputs
+    from mtlib.dit_load import load_run_dit
+    from mtlib.models.dit import CONFIGS
+
+    cfg = load_config("tiny", ["model.device=cuda", "model.precision=reference"])
+    files = weights.layout_for_config(cfg).dit_files()
+    resident = resolve_dit_options(cfg, cuda=True)
+    model = load_run_dit(CONFIGS["tiny"], "cuda", resident, files=files)
+    n_other = sum(p.numel() for k, p in model.named_parameters() if not k.startswith("blocks."))
+    budget = n_other + sum(p.numel() for p in model.blocks[0].parameters())
+    streamed = load_run_dit(CONFIGS["tiny"], "cuda", dataclasses.replace(
+        resident, offload="blocks", resident_params=budget), files=files)  # fmt: skip
+    assert all(p.is_cuda for p in streamed.blocks[0].parameters())
+    assert all(p.device.type == "cpu" for p in streamed.blocks[1].parameters())
+    inp = dit_inputs(CONFIGS["tiny"], DitShape(13, 48, 64), "cuda", torch.bfloat16)
+    with torch.inference_mode():
+        a, b = denoise_step(model, inp), denoise_step(streamed, inp)
+    assert torch.equal(a, b)
