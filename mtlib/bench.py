@@ -421,8 +421,8 @@ def run_bench(args) -> int:
             return 2
         print(what, json.dumps(rec.results[what]), flush=True)
         torch.cuda.empty_cache()  # between benchmarks, never inside a loop
-    if args.json:
-        from mtlib.io import atomic_write
+    if args.json:  # a local path or an fsspec URL (s3://...), complete or not at all
+        from mtlib.io import atomic_write_url
 
-        atomic_write(args.json, rec.to_json())
+        atomic_write_url(args.json, rec.to_json())
     return 0

@@ -46,6 +46,16 @@ def _frame_num(v):
     return None if v >= 1 else "must be 'auto' or a positive integer (4n+1, e.g. 81)"
 
 
+def _fps_25(v):
+    # wav2vec2 features are cut into 25 fps windows (the audio adapter was trained so) and the
+    # soundtrack is muxed at 25 fps: another rate makes lips and sound drift apart
+    return None if v == 25 else (
+        "must be 25: MultiTalk's audio adapter is trained on 25 video frames per second of "
+        "speech, so other rates make lips and sound drift. Fix: keep 25 and resample the video "
+        "afterwards (e.g. ffmpeg -i in.mp4 -r 30 out.mp4)"
+    )
+
+
 def _check(fn, help_: str = ""):
     return {"check": fn, "help": help_}
 
@@ -83,9 +93,13 @@ class OffloadConfig:
 
 @dataclass(frozen=True)
 class LoraConfig:
-    # model.loras entries (golden, #14): a LoRA file merged into the DiT at load, times scale.
+    """One LoRA file merged into the DiT at load (mtlib.lora; the reference's --lora_dir /
+    --lora_scale pair). The scale has no default: the reference's 1.2 surprises."""
+
     path: str
-    scale: float
+    scale: float = field(metadata={"help": "the LoRA strength, e.g. 1.0 (the reference's --lora_scale)"})
+    # a file whose modules match the DiT only partly is refused unless this is true
+    allow_unmatched: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,8 +128,9 @@ class ModelConfig:
     # A published distillation recipe (mtlib.recipes): lightx2v (4 steps) or fusionx (8 steps)
     # need their LoRA in model.loras (or, fusionx, the int8 FusionX checkpoint).
     recipe: Literal["none", "lightx2v", "fusionx"] = "none"
-    loras: tuple[LoraConfig, ...] = ()
     weights: WeightsConfig = field(default_factory=WeightsConfig)
+    # LoRA files merged into the DiT weights at load, in order, each with its scale
+    loras: tuple[LoraConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,7 +167,26 @@ class GenerationConfig:
     teacache: bool = False
     teacache_thresh: float = field(default=0.2, metadata=_check(_non_negative))
     face_scale: float = field(default=0.05, metadata=_check(_unit_interval))
-    fps: int = field(default=25, metadata=_check(_positive))
+    # 25 only: the one home of the rule (mtlib.guards is not needed: refused on load)
+    fps: int = field(default=25, metadata=_check(_fps_25))
+    # Where the random draws come from (mtlib.reference.noise): cpu = one seeded CPU
+    # generator in the reference's order; cuda = the reference's own draws on the CUDA
+    # generator after torch.manual_seed(seed) (same seed + GPU type -> the Colab's noise);
+    # trace = the draws recorded in the trace at noise_trace (any device).
+    noise: Literal["cpu", "cuda", "trace"] = "cpu"
+    noise_trace: str | None = None
+
+    def __post_init__(self):
+        if self.noise == "trace" and not self.noise_trace:
+            raise ConfigError(
+                "generation.noise: 'trace' needs generation.noise_trace (the path of a trace "
+                "holding the draws, e.g. the one `python -m mtlib.reference` wrote)."
+            )
+        if self.noise_trace and self.noise != "trace":
+            raise ConfigError(
+                f"generation.noise_trace is set but generation.noise is {self.noise!r}: the trace "
+                "would be ignored. Fix: generation.noise=trace, or drop noise_trace."
+            )
 
     def resolved_shift(self, size: str) -> float:
         if self.shift != "auto":
@@ -174,12 +208,24 @@ class TraceConfig:
 
 
 @dataclass(frozen=True)
+class ParallelConfig:
+    # Ranks of one run (sequence parallel: the DiT's video tokens split across them, see
+    # mtlib.parallel). 1: one device. N > 1 without torchrun: mtlib spawns N processes (GPUs
+    # 0..N-1 with NCCL; on the CPU N gloo processes). Under torchrun its --nproc-per-node
+    # decides and gpus stays 1 (or equals it). N must divide the DiT's heads (40: 2, 4, 5, 8).
+    gpus: int = field(default=1, metadata=_check(_positive))
+    # Seconds a collective may wait for the other ranks before the run fails (no hang).
+    timeout_s: int = field(default=900, metadata=_check(_positive))
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "run"
     model: ModelConfig = field(default_factory=ModelConfig)
     inputs: InputsConfig = field(default_factory=InputsConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     trace: TraceConfig = field(default_factory=TraceConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def replace(self, **overrides: Any) -> RunConfig:
         """A copy with dotted-path overrides applied: `cfg.replace(**{"generation.seed": 1})`."""
@@ -263,11 +309,18 @@ def load_config(
             )
         where = str(source)
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
             raise ConfigError(f"{where}: not valid YAML ({e}).") from None
-        if not isinstance(loaded, dict):
+        if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{where}: the top level must be a mapping of keys to values.")
+        if not loaded or ("base" not in loaded and "name" not in (loaded.get("model") or {})):
+            # defaults would run the tiny model at the official sizes and 40 steps, silently
+            raise ConfigError(
+                f"{where}: {'the file is empty' if not loaded else 'names no model'}: a config "
+                "must start from a preset (`base: tiny`, `base: multitalk-480`, `base: "
+                "multitalk-720`) or set model.name. Fix: add `base: tiny` as its first line."
+            )
         data = loaded
     base = data.pop("base", None) if isinstance(data, dict) else None
     if base is not None:
@@ -336,12 +389,16 @@ def from_dict(data: dict, cls: type = RunConfig, path: str = "") -> Any:
             raise ConfigError(
                 f"{_join(path, key)}: unknown key.{hint} Allowed keys here: {', '.join(fields)}."
             )
+    for name, f in fields.items():
+        no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if no_default and name not in data:
+            help_ = f.metadata.get("help")
+            raise ConfigError(
+                f"{_join(path, name)}: required, missing.{f' It is {help_}.' if help_ else ''}"
+            )
     kwargs = {}
     for name, f in fields.items():
         if name not in data:
-            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            if required:
-                raise ConfigError(f"{_join(path, name)}: missing (required). Keys here: {', '.join(fields)}.")
             continue
         key_path = _join(path, name)
         value = _coerce(data[name], hints[name], key_path)

@@ -1546,6 +1546,10 @@ def add_arguments_setup(parser: argparse.ArgumentParser) -> None:
         "--verify", action="store_true", help="check every file (default when not downloading)"
     )
     parser.add_argument(
+        "--full", action="store_true",
+        help="with --verify: also read every tensor and find NaN / inf (one read of all files)",
+    )
+    parser.add_argument(
         "--tiny",
         metavar="DIR",
         help="write (if missing) and verify the tiny random checkpoints in DIR",
@@ -1609,6 +1613,13 @@ def run_setup(args: argparse.Namespace) -> int:
             layout = resolve_layout(root=args.root, wan_dir=args.wan_dir, multitalk_dir=args.multitalk_dir,
                                     wav2vec_dir=args.wav2vec_dir, check_files=False)  # fmt: skip
         report = verify_layout(layout, config_name, strict=False)
+        if getattr(args, "full", False) and report.ok:  # data check only on sound headers
+            from mtlib.datacheck import check_layout_finite
+
+            cost = check_layout_finite(layout, report, progress=not args.json)
+            if not args.json:
+                print(f"full data check: {cost['bytes'] / 1e9:.2f} GB in {cost['seconds']:.1f} s",
+                      file=sys.stderr)  # fmt: skip
     except WeightsError as e:
         if args.json:
             print(json.dumps({"ok": False, "error": str(e)}))

@@ -55,7 +55,7 @@ BAD = [
      "config: generation.framenum: unknown key. Did you mean 'frame_num'? Allowed keys here: mode, "
      "frame_num, short_audio, motion_frame, max_frames_num, sampling_steps, text_guide_scale, "
      "audio_guide_scale, shift, seed, color_correction_strength, use_apg, apg_momentum, "
-     "apg_norm_threshold, teacache, teacache_thresh, face_scale, fps."),
+     "apg_norm_threshold, teacache, teacache_thresh, face_scale, fps, noise, noise_trace."),
     ({"generation": {"frame_num": "abc"}},
      "config: generation.frame_num: expected an integer or 'auto', got 'abc' (str)."),
     ({"generation": {"sampling_steps": -3}},
@@ -82,7 +82,7 @@ def test_bad_config_gives_one_readable_error(data, message):
 
 def test_bad_yaml_file_names_the_file(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("generation:\n  sampling_steps: -1\n")
+    path.write_text("base: tiny\ngeneration:\n  sampling_steps: -1\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: generation\.sampling_steps: must be >= 1, got -1"):
         load_config(path)
 
