@@ -93,13 +93,6 @@ class OffloadConfig:
 
 @dataclass(frozen=True)
 class LoraConfig:
-    # model.loras entries (golden, #14): a LoRA file merged into the DiT at load, times scale.
-    path: str
-    scale: float
-
-
-@dataclass(frozen=True)
-class LoraConfig:
     """One LoRA file merged into the DiT at load (mtlib.lora; the reference's --lora_dir /
     --lora_scale pair). The scale has no default: the reference's 1.2 surprises."""
 
@@ -135,7 +128,6 @@ class ModelConfig:
     # A published distillation recipe (mtlib.recipes): lightx2v (4 steps) or fusionx (8 steps)
     # need their LoRA in model.loras (or, fusionx, the int8 FusionX checkpoint).
     recipe: Literal["none", "lightx2v", "fusionx"] = "none"
-    loras: tuple[LoraConfig, ...] = ()
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     # LoRA files merged into the DiT weights at load, in order, each with its scale
     loras: tuple[LoraConfig, ...] = ()
@@ -407,9 +399,6 @@ def from_dict(data: dict, cls: type = RunConfig, path: str = "") -> Any:
     kwargs = {}
     for name, f in fields.items():
         if name not in data:
-            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            if required:
-                raise ConfigError(f"{_join(path, name)}: missing (required). Keys here: {', '.join(fields)}.")
             continue
         key_path = _join(path, name)
         value = _coerce(data[name], hints[name], key_path)
