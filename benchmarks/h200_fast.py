@@ -340,7 +340,7 @@ def main() -> None:
     ap.add_argument("--precision", default="both", choices=["fp8", "reference", "both"])
     ap.add_argument("--no-lora", action="store_true", help="clip4 without the random LoRA")
     ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()  # options may come before the overrides
     if args.what == "load1":
         print(json.dumps(load_once(Path(args.dir), args.mode)), flush=True)
     else:
