@@ -335,6 +335,15 @@ def load_config(
         raise ConfigError(f"{where}: {e}") from None
 
 
+def _override_value(text: str) -> Any:
+    """A `-p key=value` value parsed as YAML, except YAML 1.1's yes/no/on/off booleans: only
+    true/false are booleans, so `-p trace.level=off` means the string 'off'."""
+    value = yaml.safe_load(text)
+    if isinstance(value, bool) and text.strip().lower() not in ("true", "false"):
+        return text.strip()
+    return value
+
+
 def apply_overrides(data: dict, overrides: dict[str, Any] | list[str]) -> dict:
     if isinstance(overrides, list | tuple):
         parsed = {}
@@ -342,7 +351,7 @@ def apply_overrides(data: dict, overrides: dict[str, Any] | list[str]) -> dict:
             if "=" not in item:
                 raise ConfigError(f"override {item!r}: expected key.path=value, e.g. generation.seed=3.")
             key, value = item.split("=", 1)
-            parsed[key.strip()] = yaml.safe_load(value)
+            parsed[key.strip()] = _override_value(value)
         overrides = parsed
     out = _merge({}, data)
     for key, value in overrides.items():

@@ -95,3 +95,12 @@ def test_unknown_preset_or_file():
 def test_override_syntax_error():
     with pytest.raises(ConfigError, match=r"override 'seed': expected key.path=value"):
         load_config("tiny", ["seed"])
+
+
+def test_override_off_is_a_string_not_yaml11_false():
+    # YAML 1.1 reads `off` as False: `-p trace.level=off` must still mean the level 'off'
+    assert load_config("tiny", ["trace.level=off"]).trace.level == "off"
+    assert load_config("tiny", ["generation.use_apg=true"]).generation.use_apg is True
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", ["generation.use_apg=yes"])
+    assert str(e.value) == "preset 'tiny': generation.use_apg: expected true or false, got 'yes' (str)."
