@@ -256,3 +256,15 @@ def test_lora_merged_block_by_block_equals_the_whole_model_merge(tmp_path):
         == len(sd) // 2
     )
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_random_clip_has_real_position_ids():
+    # to_empty leaves integer buffers uninitialised: the random CLIP must get arange position
+    # ids back (garbage ids made a CUDA gather assert on the H200)
+    import torch
+
+    from mtlib.random_weights import random_networks
+
+    _, clip, _, _ = random_networks("tiny", "cpu", "fp32")
+    emb = clip.visual.hf.vision_model.embeddings if hasattr(clip.visual.hf, "vision_model") else clip.visual.hf.embeddings
+    assert torch.equal(emb.position_ids[0], torch.arange(emb.num_positions))

@@ -260,11 +260,12 @@ class VisionTransformer(nn.Module):
                 native[self._hf_prefix + k] = v
         return native
 
-    def rebuild_buffers(self) -> None:
+    def rebuild_buffers(self, force: bool = False) -> None:
         """transformers' position_ids buffer is not in any checkpoint: a model built on the meta
-        device gets it back here, on the device the loaded weights are on."""
+        device gets it back here, on the device the loaded weights are on. force: also when it
+        holds memory already (`to_empty` leaves it uninitialised: random-weight models)."""
         emb = getattr(self.hf, "vision_model", self.hf).embeddings
-        if emb.position_ids.is_meta:
+        if force or emb.position_ids.is_meta:
             device = emb.position_embedding.weight.device
             ids = torch.arange(emb.num_positions, device=device).expand((1, -1))
             emb.register_buffer("position_ids", ids, persistent=False)
