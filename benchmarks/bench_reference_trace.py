@@ -218,6 +218,16 @@ def build_real_dit(official: Path, tiny: bool = False, device: str = "cuda"):
                 p.normal_(0.0, p.shape[-1] ** -0.5, generator=g)
             else:
                 p.fill_(1.0)
+    if not tiny:
+        # the fixture's attention computes in its input dtype (float32 there: 160 GB of scores
+        # at this size); the official flash_attention casts q, k, v to bf16 first: do the same
+        fp32_attention = mm.flash_attention
+
+        def flash_attention_bf16(q, k, v, *args, **kwargs):
+            bf = torch.bfloat16
+            return fp32_attention(q.to(bf), k.to(bf), v.to(bf), *args, **kwargs).to(q.dtype)
+
+        mm.flash_attention = flash_attention_bf16
     model.init_freqs()  # the RoPE table was built on the meta device
     model.disable_teacache()  # sets the flag forward() reads (generate() does it per run)
     return model, kw
