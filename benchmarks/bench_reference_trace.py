@@ -219,13 +219,19 @@ def build_real_dit(official: Path, tiny: bool = False, device: str = "cuda"):
             else:
                 p.fill_(1.0)
     if not tiny:
-        # the fixture's attention computes in its input dtype (float32 there: 160 GB of scores
-        # at this size); the official flash_attention casts q, k, v to bf16 first: do the same
-        fp32_attention = mm.flash_attention
-
-        def flash_attention_bf16(q, k, v, *args, **kwargs):
-            bf = torch.bfloat16
-            return fp32_attention(q.to(bf), k.to(bf), v.to(bf), *args, **kwargs).to(q.dtype)
+        # the fixture's attention computes in float32 (160 GB of scores at this size); the
+        # official flash_attention casts q, k, v to bf16 and runs flash: SDPA in bf16 here
+        # (batch 1, keys cut to k_lens as the official varlen call does)
+        def flash_attention_bf16(q, k, v, q_lens=None, k_lens=None, dropout_p=0.0,
+                                 softmax_scale=None, q_scale=None, causal=False,
+                                 window_size=(-1, -1), deterministic=False,
+                                 dtype=torch.bfloat16, version=None):  # fmt: skip
+            out_dtype = q.dtype
+            if k_lens is not None:
+                k, v = k[:, : int(k_lens[0])], v[:, : int(k_lens[0])]
+            q, k, v = (x.to(torch.bfloat16).transpose(1, 2) for x in (q, k, v))
+            o = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=softmax_scale)
+            return o.transpose(1, 2).to(out_dtype)
 
         mm.flash_attention = flash_attention_bf16
     model.init_freqs()  # the RoPE table was built on the meta device
