@@ -163,10 +163,15 @@ def _random_like(like: torch.Tensor, name: str, device, gen) -> torch.Tensor:
 
 def _assign(module: nn.Module, prefix: str, source: TensorSource, device, dtype_of) -> None:
     """Materialise every parameter / buffer of `module` (meta) from the source, on device."""
+    from mtlib.guards import check_state_finite
+
     state = {}
     for name, t in module.state_dict(keep_vars=True).items():
         like = torch.empty(t.shape, dtype=dtype_of(prefix + name, t), device="meta")
         state[name] = source.get(prefix + name, like, device)
+        if not source.random:  # a damaged data byte (NaN / inf) named at load, on the device
+            key = source.key_map(prefix + name)
+            check_state_finite({key: state[name]}, "DiT", repr(str(source.where[key].path)))
     module.load_state_dict(state, strict=True, assign=True)
 
 
