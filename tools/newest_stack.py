@@ -126,8 +126,8 @@ def main(argv: list[str]) -> int:
             f"{n} {o} -> {v}" for n, o, v, _ in downgrades))
         return 1
 
-    sh(py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", f"{ROOT}[{EXTRAS}]")
-    install(py, "pytest>=8", "hypothesis>=6.100", "librosa>=0.10")
+    # what pip's dry run listed, plus the test tools (uv when present: the same resolution, faster)
+    install(py, "-e", f"{ROOT}[{EXTRAS}]", "pytest>=8", "hypothesis>=6.100", "librosa>=0.10")
     after = versions(py)
     moved = [n for n in ["torch", *NEWEST] if after[canon(n)] != before[canon(n)]]
     if moved:
