@@ -242,13 +242,16 @@ def loudness_norm(
 ) -> np.ndarray:
     """Gain-normalise to `target` LUFS like the reference: unchanged when |loudness| > 100
     (silence gives -inf), no clipping protection. Clips shorter than one 0.4 s block raise."""
-    import pyloudnorm
 
     loudness = integrated_loudness(x, sr, what)
     if abs(loudness) > 100:
         out = x
     else:
-        out = pyloudnorm.normalize.loudness(x, loudness, target)
+        # pyloudnorm.normalize.loudness is `10 ** (delta / 20) * x`; the gain is cast to x's
+        # dtype first, as NumPy 1 did (the reference's stack): NumPy 2 would promote float32
+        # audio to float64 here.
+        gain = np.power(10.0, (target - loudness) / 20.0)
+        out = x * np.asarray(gain, dtype=x.dtype)
     if trace.active():
         trace.point("audio.loudnorm", _as_tensor(out))
     return out
