@@ -481,7 +481,7 @@ def _fix_buttons(view: View) -> None:
 
 
 def plan_view(
-    config: Any = "tiny",
+    config: Any = "multitalk-480",
     image_size: tuple[int, int] | str | None = None,
     audio_seconds: float | list[float] | None = None,
     frame_num: int | str | None = None,
