@@ -122,7 +122,9 @@ class ClipSpan:
     audio_start: int  # audio frames [audio_start, audio_end) feed this clip's video frames
     audio_end: int
     kept: int  # frames this clip adds to the video (clip 0: all; later: without the motion frames)
-    audio_len: tuple[int, ...]  # per person embedding length this clip reads (tail padding included)
+    audio_len: tuple[
+        int, ...
+    ]  # per person embedding length this clip reads (tail padding included)
     window_range: tuple[int, int]  # first / last audio frame the +-window//2 windows read (clamped)
 
 
@@ -143,7 +145,9 @@ def max_frames_of(mode: str, frame_num: int, max_frames_num: int) -> int:
     return frame_num if mode == "clip" else max_frames_num
 
 
-def streaming_clip_count(frame_num: int, motion_frame: int, max_frames: int, audio_frames: int) -> int:
+def streaming_clip_count(
+    frame_num: int, motion_frame: int, max_frames: int, audio_frames: int
+) -> int:
     """Clips the streaming loop runs (closed form of `clip_schedule`, for refusing huge plans)."""
     if max_frames <= frame_num:
         return 1

@@ -68,7 +68,9 @@ class ModelSpec:
         audio_block = 2 * D * D + 2 * self.output_dim * D + 6 * D
         ab, aw, it = self.audio_layers, self.audio_width, self.intermediate_dim
         ct, od = self.context_tokens, self.output_dim
-        audio_proj = (self.audio_window * ab * aw * it + it) + (8 * ab * aw * it + it) + (it * it + it)
+        audio_proj = (
+            (self.audio_window * ab * aw * it + it) + (8 * ab * aw * it + it) + (it * it + it)
+        )
         audio_proj += it * ct * od + ct * od + 2 * od
         c = self.clip_dim
         top = (self.in_dim * pv * D + D) + (self.text_dim * D + D + D * D + D)

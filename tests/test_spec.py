@@ -30,14 +30,30 @@ def test_every_reader_takes_its_geometry_from_the_spec_registry():
     from mtlib.models import dit, wav2vec
     from mtlib.weights import WAV2VEC2_GEOMETRY
 
-    assert set(typing.get_args(typing.get_type_hints(ModelConfig)["name"])) == {"tiny", "multitalk-14b"}
+    assert set(typing.get_args(typing.get_type_hints(ModelConfig)["name"])) == {
+        "tiny",
+        "multitalk-14b",
+    }
     assert set(spec.SPECS) == {"tiny", "multitalk-14b"}
     assert shapes.MODEL_SIZES is spec.SPECS
     # the real DiT config is the constructor's defaults (WanModel's), the tiny one the golden's
     assert dit.CONFIGS["multitalk-14b"] == dit.DiTConfig()
     t = dit.CONFIGS["tiny"]
-    assert (t.dim, t.ffn_dim, t.num_heads, t.num_layers, t.text_dim, t.clip_dim) == (64, 96, 4, 2, 32, 80)
-    assert (t.audio_layers, t.audio_width, t.context_tokens, t.intermediate_dim, t.output_dim) == (3, 48, 6, 24, 40)
+    assert (t.dim, t.ffn_dim, t.num_heads, t.num_layers, t.text_dim, t.clip_dim) == (
+        64,
+        96,
+        4,
+        2,
+        32,
+        80,
+    )
+    assert (t.audio_layers, t.audio_width, t.context_tokens, t.intermediate_dim, t.output_dim) == (
+        3,
+        48,
+        6,
+        24,
+        40,
+    )
     assert (wav2vec.REAL_GEOMETRY.num_layers, wav2vec.REAL_GEOMETRY.hidden_size) == (12, 768)
     assert (wav2vec.TINY_GEOMETRY.num_layers, wav2vec.TINY_GEOMETRY.hidden_size) == (3, 48)
     for name, s in spec.SPECS.items():
@@ -63,9 +79,23 @@ def test_unknown_model_names_the_registry():
 
 def test_frame_arithmetic_by_hand():
     assert (frames.SAMPLE_RATE, frames.VIDEO_FPS) == (16000, 25)
-    assert [frames.is_valid_frame_num(n) for n in (1, 5, 43, 81, 82)] == [False, True, False, True, False]
-    assert (frames.snap_frame_num(43), frames.snap_frame_num_up(43), frames.snap_frame_num_up(2)) == (41, 45, 5)
-    assert (frames.latent_frames(81), frames.latent_frames(25), frames.pixel_frames(21)) == (21, 7, 81)
+    assert [frames.is_valid_frame_num(n) for n in (1, 5, 43, 81, 82)] == [
+        False,
+        True,
+        False,
+        True,
+        False,
+    ]
+    assert (
+        frames.snap_frame_num(43),
+        frames.snap_frame_num_up(43),
+        frames.snap_frame_num_up(2),
+    ) == (41, 45, 5)
+    assert (frames.latent_frames(81), frames.latent_frames(25), frames.pixel_frames(21)) == (
+        21,
+        7,
+        81,
+    )
     assert frames.seq_len(81, 56, 112) == 21 * 28 * 56
     assert frames.embedding_frames(28640) == 44  # 1.79 s at 16 kHz
     assert frames.largest_frame_num_for(44) == 41
@@ -123,7 +153,9 @@ def _run(plan, lengths, mode="clip", frame_num=13):
     cond, embs, ctx, neg, masks = fake_inputs(lengths)
     s = GenerationSettings(mode=mode, frame_num=frame_num, motion_frame=5, max_frames_num=45,
                            sampling_steps=1, color_correction_strength=0.0, progress=False)  # fmt: skip
-    return generate(Models(LinearDiT(), MeanVAE(), ZeroCLIP()), cond, embs, ctx, neg, masks, s, plan=plan)
+    return generate(
+        Models(LinearDiT(), MeanVAE(), ZeroCLIP()), cond, embs, ctx, neg, masks, s, plan=plan
+    )
 
 
 def test_engine_runs_the_planned_clips():
@@ -131,7 +163,8 @@ def test_engine_runs_the_planned_clips():
     assert p.valid and [c.audio_start_idx for c in p.clips] == [0, 8, 16, 24]  # step 13 - 5
     result = _run(p, [30], "streaming")
     assert [(c.audio_start, c.audio_end, c.n_cond, c.frames_kept) for c in result.clips] == [
-        (c.audio_start_idx, c.audio_end_idx, c.cur_motion_frames_num, c.kept_frames) for c in p.clips
+        (c.audio_start_idx, c.audio_end_idx, c.cur_motion_frames_num, c.kept_frames)
+        for c in p.clips
     ]
     assert result.video.shape == (3, p.video_frames, 16, 32)
     assert result.miss_lengths == list(p.miss)
@@ -149,13 +182,19 @@ def test_a_wrong_plan_is_caught_where_it_drifts():
     with pytest.raises(PlanDriftError) as e:  # a plan made for longer audio
         _run(_plan(audio_frames=(40,)), [30])
     assert str(e.value) == (
-        "plan drift at audio_embs frames per person: the plan says [40], the engine has [30]. " + DRIFT_TAIL
+        "plan drift at audio_embs frames per person: the plan says [40], the engine has [30]. "
+        + DRIFT_TAIL
     )
     s = _plan("streaming")
-    wrong_kept = dataclasses.replace(s, clips=[s.clips[0], dataclasses.replace(s.clips[1], kept_frames=9)] + s.clips[2:])
+    wrong_kept = dataclasses.replace(
+        s, clips=[s.clips[0], dataclasses.replace(s.clips[1], kept_frames=9)] + s.clips[2:]
+    )
     with pytest.raises(PlanDriftError) as e:
         _run(wrong_kept, [30], "streaming")
-    assert str(e.value) == "plan drift at e2e.clip1 kept frames: the plan says 9, the engine has 8. " + DRIFT_TAIL
+    assert (
+        str(e.value)
+        == "plan drift at e2e.clip1 kept frames: the plan says 9, the engine has 8. " + DRIFT_TAIL
+    )
 
 
 def test_an_invalid_plan_is_not_run():
@@ -176,7 +215,10 @@ def test_teacache_at_text_scale_one_is_refused_with_the_reason():
     v = p.violations[0]
     assert v.reference_message is None
     assert v.why.startswith("TeaCache assumes 3 DiT calls per step (cond, drop_text, uncond)")
-    assert v.fixes[0] == "set generation.teacache=false (text_guide_scale 1 already saves a third of the DiT calls)"
+    assert (
+        v.fixes[0]
+        == "set generation.teacache=false (text_guide_scale 1 already saves a third of the DiT calls)"
+    )
     assert _plan(teacache=True, text_guide_scale=5.0).valid and _plan(text_guide_scale=1.0).valid
 
 
@@ -192,4 +234,7 @@ def test_plan_cli_defaults_to_the_real_model(capsys):
     code = main(["plan", "--config", "tiny", "--image", "data/landscape_16x9.png", "--audio",
                  "data/speech_1p79s.wav", "--frame-num", "41"])  # fmt: skip
     out = capsys.readouterr().out
-    assert code == 0 and "note: model tiny: the small random-weight test model, not MultiTalk-14B" in out
+    assert (
+        code == 0
+        and "note: model tiny: the small random-weight test model, not MultiTalk-14B" in out
+    )
