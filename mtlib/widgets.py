@@ -359,7 +359,9 @@ def _plan_state(config: Any, image_size, audio_seconds, frame_num, motion_frame,
         from mtlib.probe import probe_audio
 
         files = _audio_list(audio) or list(cfg.inputs.audio)
-        audio_seconds = [probe_audio(_local(a)).samples_16k / 16000 for a in files]
+        from mtlib.frames import SAMPLE_RATE
+
+        audio_seconds = [probe_audio(_local(a)).samples_16k / SAMPLE_RATE for a in files]
     if isinstance(audio_seconds, int | float):
         audio_seconds = [audio_seconds]
     audio_seconds = [float(s) for s in audio_seconds]
