@@ -184,7 +184,7 @@ def bench_dit(shape: DitShape, steps: int = 2, config: str = "multitalk-14b", of
     if compile_blocks:
         from mtlib.models.dit import compile_blocks as _compile
 
-        _compile(model)
+        _compile(model, rope_fp32=True)
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 16)
     build_s = time.perf_counter() - t0
     inp = dit_inputs(cfg, shape, dev, torch.bfloat16)
@@ -260,7 +260,7 @@ def bench_deviation(shape: DitShape, config: str = "multitalk-14b", layers: int 
         exact = denoise_step(ref, inp32)
         model = ref.to(torch.bfloat16)  # same weights, rounded to bf16 as the reference does
         plain = denoise_step(model, inp16)
-        compile_blocks(model)
+        compile_blocks(model, rope_fp32=True)
         fast = denoise_step(model, inp16)
         from mtlib.kernels.attention import available
 
@@ -328,7 +328,7 @@ def bench_clip(shape: DitShape, steps: int = 40, config: str = "multitalk-14b", 
 
         enable_fp8_dit(dit, dev)
     if cuda:
-        compile_blocks(dit)
+        compile_blocks(dit, rope_fp32=True)
     build_s = time.perf_counter() - t0
     text = t5_mod.T5TextEncoder(t5, t5_mod.StandInTokenizer(t5.config.vocab_size))
     g = torch.Generator("cpu").manual_seed(0)
@@ -426,8 +426,8 @@ def run_bench(args) -> int:
             return 2
         print(what, json.dumps(rec.results[what]), flush=True)
         torch.cuda.empty_cache()  # between benchmarks, never inside a loop
-    if args.json:
-        from mtlib.io import atomic_write
+    if args.json:  # a local path or an fsspec URL (s3://...), complete or not at all
+        from mtlib.io import atomic_write_url
 
-        atomic_write(args.json, rec.to_json())
+        atomic_write_url(args.json, rec.to_json())
     return 0

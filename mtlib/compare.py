@@ -15,8 +15,13 @@ integer and bool tensors must be equal. `e2e.*` points get at least 1e-3 (golden
 three sampling steps amplify differences ~20x). Glob overrides (`{"vae.*": 1e-3}`) replace
 these; the last matching pattern wins. Shapes or dtype kinds (float vs int vs bool) that
 differ are reported as mismatches, never raised. When one side holds only statistics
-(trace level "stats"), equal content hashes prove identity, else mean / std / absmax must be
-within the same bound: such rows say `stats`.
+(trace level "stats"), equal content hashes prove identity (`hash`, pass); otherwise the row
+can never pass, because statistics do not prove two tensors close (colour correction makes
+the statistics of different videos equal): it says `differs (stats only)` (failing) when
+mean / std / absmax or the NaN / Inf counts are outside the bound, else `unverified (stats
+only)`, and the comparison as a whole does not pass. Record the tensors (trace.full) to
+decide. A trace whose recording did not complete (status "recording": the run was killed;
+"failed: ...") is refused by `mtlib compare` unless --allow-incomplete; `incomplete` names it.
 
 `first_divergence` is the first failing point in execution order: everything before it
 agrees, so the cause sits between it and its predecessor. `replay` separates a difference
@@ -45,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from mtlib import trace
-from mtlib.io import InputError, atomic_write
+from mtlib.io import InputError, atomic_write, atomic_write_url, is_output_url
 from mtlib.trace import Trace, load_trace
 
 # max|a-b| <= tol * max(1, max|ref|); keys are torch dtype names without "torch."
@@ -64,7 +69,9 @@ STATUS_SHAPE = "shape mismatch"
 STATUS_DTYPE = "dtype mismatch"
 STATUS_ONLY_A = "only in a"
 STATUS_ONLY_B = "only in b"
-FAILING = (STATUS_FAIL, STATUS_SHAPE, STATUS_DTYPE)
+STATUS_DIFFERS_STATS = "differs (stats only)"  # statistics outside the bound: a divergence
+STATUS_UNVERIFIED = "unverified (stats only)"  # statistics agree, which proves nothing
+FAILING = (STATUS_FAIL, STATUS_SHAPE, STATUS_DTYPE, STATUS_DIFFERS_STATS)
 
 
 def _dtype_kind(dtype: str | None) -> str:
@@ -230,11 +237,11 @@ def _compare_stats(row: PointResult, sa: dict, sb: dict) -> None:
     row.note = _join(row.note, "stats only")
     ha, hb = sa.get("hash") or "", sb.get("hash") or ""
     if ha and hb and ha.split(":", 1)[0] == hb.split(":", 1)[0]:
-        # passing statistics do not prove equality: say that the bytes differ
+        # agreeing statistics do not prove equality: say that the bytes differ
         row.note = _join(row.note, "bytes differ (hash)")
     keys = ("mean", "std", "absmax")
     if any(sa.get(k) is None or sb.get(k) is None for k in keys):
-        row.status = STATUS_FAIL
+        row.status = STATUS_DIFFERS_STATS
         row.note = _join(row.note, "no statistics to compare")
         return
     row.bound = row.tol * max(1.0, abs(sb["absmax"]) if math.isfinite(sb["absmax"]) else 1.0)
@@ -243,10 +250,9 @@ def _compare_stats(row: PointResult, sa: dict, sb: dict) -> None:
     counts_equal = (row.nan_a, row.inf_a) == (row.nan_b, row.inf_b)
     if not counts_equal:
         row.note = _join(row.note, f"NaN {row.nan_a}/{row.nan_b}, Inf {row.inf_a}/{row.inf_b}")
-    if row.tol == 0.0:  # integers without their bytes: equal statistics are all we can ask
-        row.status = STATUS_PASS if row.stat_diff == 0.0 and counts_equal else STATUS_FAIL
-    else:
-        row.status = STATUS_PASS if row.stat_diff <= row.bound and counts_equal else STATUS_FAIL
+    # statistics can only show a difference, never prove agreement
+    within = (row.stat_diff == 0.0) if row.tol == 0.0 else (row.stat_diff <= row.bound)
+    row.status = STATUS_UNVERIFIED if within and counts_equal else STATUS_DIFFERS_STATS
 
 
 def _join(note: str, more: str) -> str:
@@ -327,13 +333,26 @@ class Comparison:
         return [r.name for r in self.rows if r.status == STATUS_ONLY_B]
 
     @property
+    def unverified(self) -> list[str]:
+        """Points whose statistics agree but whose tensors / hashes were not there to prove it."""
+        return [r.name for r in self.rows if r.status == STATUS_UNVERIFIED]
+
+    @property
+    def incomplete(self) -> list[str]:
+        """'A' / 'B' for a side whose recording did not complete (meta status not complete)."""
+        return [k for k, t in (("A", self.a), ("B", self.b)) if trace_incomplete(t)]
+
+    @property
     def passed(self) -> bool:
-        """Every compared point passes (and there was at least one)."""
-        return bool(self.compared) and not self.failures
+        """Every compared point was checked and passes (at least one), both traces complete."""
+        return (bool(self.compared) and not self.failures and not self.unverified
+                and not self.incomplete)  # fmt: skip
 
     def summary(self) -> str:
-        n, f = len(self.compared), len(self.failures)
-        head = f"{n} points compared: {n - f} pass, {f} fail"
+        n, f, u = len(self.compared), len(self.failures), len(self.unverified)
+        head = f"{n} points compared: {n - f - u} pass, {f} fail"
+        if u:
+            head += f", {u} unverified (stats only)"
         extra = []
         if self.only_in_a:
             extra.append(f"{len(self.only_in_a)} only in A")
@@ -343,11 +362,21 @@ class Comparison:
             head += " (" + ", ".join(extra) + ")"
         if not n:
             return head + ". Nothing in common: check that both traces name their points alike."
+        warn = "".join(
+            f" Trace {k} is INCOMPLETE (status {trace_status(t)!r}): its missing points are not compared."
+            for k, t in (("A", self.a), ("B", self.b)) if trace_incomplete(t)
+        )  # fmt: skip
         fd = self.first_divergence
         if fd is None:
-            return head + ". No divergence."
+            if u:
+                return head + (
+                    ". No divergence found, but NOT verified: the unverified points hold "
+                    "statistics only (agreeing statistics prove nothing). Record their tensors "
+                    "(trace.level full / trace.full) to compare them." + warn
+                )
+            return head + ". No divergence." + warn
         r = self[fd]
-        return head + f". FIRST DIVERGENCE: {fd} ({_describe(r)})"
+        return head + f". FIRST DIVERGENCE: {fd} ({_describe(r)})" + warn
 
     # ----- output -----------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -363,7 +392,9 @@ class Comparison:
             "first_divergence": self.first_divergence,
             "only_in_a": self.only_in_a,
             "only_in_b": self.only_in_b,
-            "counts": {"compared": len(self.compared), "failed": len(self.failures)},
+            "counts": {"compared": len(self.compared), "failed": len(self.failures),
+                       "unverified": len(self.unverified)},
+            "incomplete": self.incomplete,
             "tolerances": dict(self.tolerances),
             "points": [{k: clean(v) for k, v in asdict(r).items()} for r in self.rows],
         }
@@ -440,6 +471,8 @@ class Comparison:
             f"<p><b>{html.escape(self.summary())}</b></p>{images}<h2>All points</h2>"
             f"{_html_table(self)}</body></html>\n"
         )
+        if is_output_url(path):  # s3:// ... through fsspec, complete or not at all
+            return atomic_write_url(path, page)
         return atomic_write(path, page)
 
 
@@ -454,8 +487,13 @@ def _describe(r: PointResult) -> str:
         return f"{r.status}: {r.note}"
     if r.mode == "exact":
         return f"exact values differ (max|a-b| {_fmt(r.max_abs)}; integer / bool points must be equal)"
+    if r.status == STATUS_UNVERIFIED:
+        return (f"unverified (stats only): max stat diff {_fmt(r.stat_diff)} <= bound "
+                f"{_fmt(r.bound)}, which does not prove the tensors close; {r.note}")
     if r.mode == "stats":
-        return f"stats-only, max stat diff {_fmt(r.stat_diff)} > bound {_fmt(r.bound)}"
+        return (f"differs (stats only): max stat diff {_fmt(r.stat_diff)} > bound {_fmt(r.bound)}"
+                + (f"; NaN {r.nan_a}/{r.nan_b}, Inf {r.inf_a}/{r.inf_b}"
+                   if (r.nan_a, r.inf_a) != (r.nan_b, r.inf_b) else ""))
     return f"max|a-b| {_fmt(r.max_abs)} > bound {_fmt(r.bound)}, rel L2 {_fmt(r.rel_l2)}" + (
         f"; {r.note}" if r.note else "")
 
@@ -495,6 +533,16 @@ def _html_table(cmp: Comparison) -> str:
                    + f"<td>{html.escape(r.note)}</td></tr>")
     out.append("</table>")
     return "".join(out)
+
+
+def trace_status(t: Trace) -> str:
+    """The recording status of an mtlib trace ("complete", "recording", "failed: ..."); other
+    sources (golden cases, safetensors files) are complete by construction."""
+    return str(t.meta.get("status", "complete")) if t.kind == "mtlib" else "complete"
+
+
+def trace_incomplete(t: Trace) -> bool:
+    return trace_status(t) != "complete"
 
 
 def compare(a: Trace | str | Path, b: Trace | str | Path, tolerances: dict[str, float] | None = None,
@@ -735,6 +783,21 @@ def _register_boundaries() -> None:
 
 _register_boundaries()
 
+# the reference's DiT passes of one step -> their stage (cond, drop_text, uncond with text
+# guidance; cond, drop_audio when the text scale is 1)
+DIT_PASSES = {"cond": "dit", "drop_text": "dit.drop_text", "uncond": "dit.uncond",
+              "drop_audio": "dit.drop_audio"}  # fmt: skip
+
+
+def dit_stage(kind: str) -> str:
+    """The STAGES name of a DiT pass kind (a golden case's dit_passes_per_step entry)."""
+    if kind not in DIT_PASSES:
+        raise InputError(
+            f"replay: no DiT pass kind {kind!r}. The reference's passes are "
+            f"{', '.join(DIT_PASSES)} (stages {', '.join(DIT_PASSES.values())})."
+        )
+    return DIT_PASSES[kind]
+
 
 def register_model_stages(models: Any) -> dict[str, Stage]:
     """Bind the STAGES to loaded networks so `replay` can re-run them.
@@ -900,6 +963,8 @@ def replay(trace_a: Trace | str | Path, stage: str | Stage, run_stage: Callable[
     A and B: inputs that differ mean the difference is carried from upstream."""
     a = trace_a if isinstance(trace_a, Trace) else load_trace(trace_a)
     if isinstance(stage, str):
+        if stage.startswith("dit.") and stage[4:] in DIT_PASSES:
+            stage = DIT_PASSES[stage[4:]]  # "dit.cond" names the cond pass too
         if stage not in STAGES:
             raise InputError(f"replay: unknown stage {stage!r}. Known: {', '.join(STAGES)}; "
                              "or pass a Stage(name, inputs, outputs, run).")
@@ -1085,6 +1150,8 @@ def add_arguments_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
                         help="compare only points matching this glob (repeatable)")
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="compare a trace whose run did not complete (killed / failed)")
 
 
 def parse_tolerances(items: Iterable[str]) -> dict[str, float]:
@@ -1103,11 +1170,21 @@ def parse_tolerances(items: Iterable[str]) -> dict[str, float]:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    """0: every compared point passes; 1: something diverges (or nothing in common); 2: usage."""
+    """0: every compared point was checked and passes; 1: something diverges, is unverified
+    (stats only) or nothing is in common; 2: usage, unreadable or incomplete trace."""
     try:
         tols = parse_tolerances(args.tol)
         a = load_trace(args.a)
         b = load_trace(args.b)
+        if not args.allow_incomplete:
+            for src, t in ((args.a, a), (args.b, b)):
+                if trace_incomplete(t):
+                    raise InputError(
+                        f"trace {src!r}: incomplete (status {trace_status(t)!r}: the run was "
+                        "killed or failed while recording), so points are missing and its last "
+                        "tensors were never written. Fix: re-run it, or --allow-incomplete to "
+                        "compare what was recorded."
+                    )
     except InputError as e:
         print(f"mtlib compare: {e}", file=sys.stderr)
         return 2

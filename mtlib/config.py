@@ -49,6 +49,16 @@ def _frame_num(v):
     return None if v >= 1 else "must be 'auto' or a positive integer (4n+1, e.g. 81)"
 
 
+def _fps_25(v):
+    # wav2vec2 features are cut into 25 fps windows (the audio adapter was trained so) and the
+    # soundtrack is muxed at 25 fps: another rate makes lips and sound drift apart
+    return None if v == 25 else (
+        "must be 25: MultiTalk's audio adapter is trained on 25 video frames per second of "
+        "speech, so other rates make lips and sound drift. Fix: keep 25 and resample the video "
+        "afterwards (e.g. ffmpeg -i in.mp4 -r 30 out.mp4)"
+    )
+
+
 def _check(fn, help_: str = ""):
     return {"check": fn, "help": help_}
 
@@ -62,6 +72,37 @@ class WeightsConfig:
     # Tiny random checkpoints (model "tiny"): written here on first use, in the real formats.
     tiny_dir: str | None = None
     tiny_seed: int = 0
+    # The real-size architecture with random weights instead of checkpoints (model
+    # multitalk-14b): speed runs and notebooks on a GPU without downloads. Every output says
+    # so (generate's summary, the video metadata, the run record): the video is noise.
+    random: bool = False
+    # The reference's quantised checkpoints (optimum-quanto format, read without it):
+    # int8 = quant_models/dit_model_int8.safetensors + dit_model_map_int8.json under
+    # quant_dir (default: multitalk_dir), or the FusionX-merged one for model.recipe fusionx.
+    quant: Literal["none", "int8"] = "none"
+    quant_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class OffloadConfig:
+    # none: every DiT weight on the GPU. blocks: the 40 transformer blocks live in pinned host
+    # memory and stream to the GPU one block ahead of compute (mtlib.offload).
+    mode: Literal["none", "blocks"] = "none"
+    # With mode blocks: keep this many DiT parameters on the GPU (whole blocks, in order, after
+    # the non-block modules), streaming the rest: the reference's --num_persistent_param_in_dit
+    # (0 or null: stream every block).
+    resident_params: int | None = field(default=None, metadata=_check(_non_negative))
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """One LoRA file merged into the DiT at load (mtlib.lora; the reference's --lora_dir /
+    --lora_scale pair). The scale has no default: the reference's 1.2 surprises."""
+
+    path: str
+    scale: float = field(metadata={"help": "the LoRA strength, e.g. 1.0 (the reference's --lora_scale)"})
+    # a file whose modules match the DiT only partly is refused unless this is true
+    allow_unmatched: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,8 +118,23 @@ class ModelConfig:
     # plus the DiT blocks' linears and self-attention in float8 on the GPU (faster, changes
     # the output: see mtlib.fp8; CUDA only).
     precision: Literal["fp32", "reference", "fp8"] = "reference"
-    attention: Literal["sdpa", "math"] = "sdpa"
+    # DiT self-attention kernel: sdpa (torch), triton (mtlib's bf16 flash kernel), triton-fp8
+    # (e4m3, changes results); auto = triton-fp8 under precision fp8 where the head dim allows,
+    # else sdpa. Resolved in one place (mtlib.runopts), named in the plan and the run record.
+    attention: Literal["auto", "sdpa", "triton", "triton-fp8"] = "auto"
+    # torch.compile the DiT block body (CUDA only; ignored on the CPU, and the plan says so).
+    compile: bool = False
+    # 3-D RoPE rotation: float64 (the official complex128 math) or float32 (~1e-7 relative,
+    # half the traffic); auto = float32 when compiled, else float64 (the results so far).
+    rope_precision: Literal["auto", "float64", "float32"] = "auto"
+    offload: OffloadConfig = field(default_factory=OffloadConfig)
+    # A published distillation recipe (mtlib.recipes): lightx2v (4 steps) or fusionx (8 steps)
+    # need their LoRA in model.loras (or, fusionx, the int8 FusionX checkpoint).
+    recipe: Literal["none", "lightx2v", "fusionx"] = "none"
+    loras: tuple[LoraConfig, ...] = ()
     weights: WeightsConfig = field(default_factory=WeightsConfig)
+    # LoRA files merged into the DiT weights at load, in order, each with its scale
+    loras: tuple[LoraConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,7 +171,8 @@ class GenerationConfig:
     teacache: bool = False
     teacache_thresh: float = field(default=0.2, metadata=_check(_non_negative))
     face_scale: float = field(default=0.05, metadata=_check(_unit_interval))
-    fps: int = field(default=25, metadata=_check(_positive))
+    # 25 only: the one home of the rule (mtlib.guards is not needed: refused on load)
+    fps: int = field(default=25, metadata=_check(_fps_25))
 
     def resolved_shift(self, size: str) -> float:
         if self.shift != "auto":
@@ -137,12 +194,24 @@ class TraceConfig:
 
 
 @dataclass(frozen=True)
+class ParallelConfig:
+    # Ranks of one run (sequence parallel: the DiT's video tokens split across them, see
+    # mtlib.parallel). 1: one device. N > 1 without torchrun: mtlib spawns N processes (GPUs
+    # 0..N-1 with NCCL; on the CPU N gloo processes). Under torchrun its --nproc-per-node
+    # decides and gpus stays 1 (or equals it). N must divide the DiT's heads (40: 2, 4, 5, 8).
+    gpus: int = field(default=1, metadata=_check(_positive))
+    # Seconds a collective may wait for the other ranks before the run fails (no hang).
+    timeout_s: int = field(default=900, metadata=_check(_positive))
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "run"
     model: ModelConfig = field(default_factory=ModelConfig)
     inputs: InputsConfig = field(default_factory=InputsConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     trace: TraceConfig = field(default_factory=TraceConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def replace(self, **overrides: Any) -> RunConfig:
         """A copy with dotted-path overrides applied: `cfg.replace(**{"generation.seed": 1})`."""
@@ -164,6 +233,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         "name": "multitalk-480",
         "model": {"name": "multitalk-14b", "size": "multitalk-480", "device": "cuda"},
         "generation": {"frame_num": 81, "sampling_steps": 40, "shift": 7.0},
+        "trace": {"level": "stats"},
+    },
+    # The README's distillation recipes (text scale 1: 2 DiT passes per step, shift 2, LoRA
+    # scale 1.0); the LoRA file is the one required input (mtlib.recipes names its source).
+    "multitalk-480-lightx2v": {
+        "name": "multitalk-480-lightx2v",
+        "model": {"name": "multitalk-14b", "size": "multitalk-480", "device": "cuda",
+                  "recipe": "lightx2v"},
+        "generation": {"frame_num": 81, "sampling_steps": 4, "text_guide_scale": 1.0,
+                       "audio_guide_scale": 2.0, "shift": 2.0},
+        "trace": {"level": "stats"},
+    },
+    "multitalk-480-fusionx": {
+        "name": "multitalk-480-fusionx",
+        "model": {"name": "multitalk-14b", "size": "multitalk-480", "device": "cuda",
+                  "recipe": "fusionx"},
+        "generation": {"frame_num": 81, "sampling_steps": 8, "text_guide_scale": 1.0,
+                       "audio_guide_scale": 2.0, "shift": 2.0},
         "trace": {"level": "stats"},
     },
     "multitalk-720": {
@@ -208,11 +295,18 @@ def load_config(
             )
         where = str(source)
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
             raise ConfigError(f"{where}: not valid YAML ({e}).") from None
-        if not isinstance(loaded, dict):
+        if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{where}: the top level must be a mapping of keys to values.")
+        if not loaded or ("base" not in loaded and "name" not in (loaded.get("model") or {})):
+            # defaults would run the tiny model at the official sizes and 40 steps, silently
+            raise ConfigError(
+                f"{where}: {'the file is empty' if not loaded else 'names no model'}: a config "
+                "must start from a preset (`base: tiny`, `base: multitalk-480`, `base: "
+                "multitalk-720`) or set model.name. Fix: add `base: tiny` as its first line."
+            )
         data = loaded
     base = data.pop("base", None) if isinstance(data, dict) else None
     if base is not None:
@@ -281,9 +375,19 @@ def from_dict(data: dict, cls: type = RunConfig, path: str = "") -> Any:
             raise ConfigError(
                 f"{_join(path, key)}: unknown key.{hint} Allowed keys here: {', '.join(fields)}."
             )
+    for name, f in fields.items():
+        no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if no_default and name not in data:
+            help_ = f.metadata.get("help")
+            raise ConfigError(
+                f"{_join(path, name)}: required, missing.{f' It is {help_}.' if help_ else ''}"
+            )
     kwargs = {}
     for name, f in fields.items():
         if name not in data:
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if required:
+                raise ConfigError(f"{_join(path, name)}: missing (required). Keys here: {', '.join(fields)}.")
             continue
         key_path = _join(path, name)
         value = _coerce(data[name], hints[name], key_path)

@@ -42,13 +42,23 @@ class FP8Linear(nn.Module):
         return y.reshape(*lead, self.out_features)
 
 
+def fp8_block(block: nn.Module) -> nn.Module:
+    """Swap the Linear layers of one block for FP8Linear in place (int8 QuantLinear layers of
+    the reference's int8 checkpoint too: from their dequantised weight)."""
+    from mtlib.quant import QuantLinear
+
+    for module in list(block.modules()):
+        for child_name, child in list(module.named_children()):
+            if (isinstance(child, nn.Linear | QuantLinear) and child.in_features % 16 == 0
+                    and child.out_features % 16 == 0):
+                setattr(module, child_name, FP8Linear(child))
+    return block
+
+
 def enable_fp8(model: nn.Module) -> nn.Module:
     """Swap the Linear layers of `model.blocks` for FP8Linear in place (CUDA, bf16 model)."""
     for block in model.blocks:
-        for module in list(block.modules()):
-            for child_name, child in list(module.named_children()):
-                if isinstance(child, nn.Linear) and child.in_features % 16 == 0 and child.out_features % 16 == 0:
-                    setattr(module, child_name, FP8Linear(child))
+        fp8_block(block)
     return model
 
 

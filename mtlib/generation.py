@@ -101,16 +101,10 @@ def resolve_device(device: str) -> str:
 
 
 def effective_precision(device: str, precision: str) -> str:
-    """fp32 on the CPU (bf16 matmuls there are slow and the golden parity is fp32). fp8 is a
-    GPU speed option: asked for elsewhere, it is refused rather than silently dropped."""
-    if str(device).startswith("cuda"):
-        return precision
-    if precision == "fp8":
-        raise ConfigError(
-            f"model.precision: 'fp8' needs a CUDA GPU (fp8 tensor cores), but the run's device "
-            f"is {device}. Use model.precision=reference, or model.device=cuda on a Hopper-class GPU."
-        )
-    return "fp32"
+    """fp32 on the CPU, the config's choice on CUDA; fp8 off a GPU is refused (mtlib.runopts)."""
+    from mtlib.runopts import effective_precision as rule
+
+    return rule(device, precision)
 
 
 def _config(cfg: RunConfig | str | os.PathLike | dict | None) -> RunConfig:
@@ -127,16 +121,22 @@ def prepare_run(
     """
     from mtlib.image import _check_bbox
     from mtlib.pipeline import GenerationSettings
+    from mtlib.recipes import check_recipe
+    from mtlib.runopts import resolve_dit_options
 
     cfg = _config(cfg)
+    check_recipe(cfg)  # a distillation recipe without its LoRA: refused before anything
     plan = shapes.plan(cfg)  # reads file headers only
     if not plan.valid:
         raise PlanError(plan)
     resolved = cfg.replace(**{"generation.frame_num": int(plan.frame_num)})
+    _guard_inputs(cfg, plan)
     # bbox pixel ranges need the source size: checked here (the plan only counts the boxes)
     if cfg.inputs.bbox is not None:
         _check_bbox(cfg.inputs.bbox, plan.persons, plan.src_hw[0], plan.src_hw[1])
     device = resolve_device(cfg.model.device)
+    _guard_gpu_memory(plan, device)
+    resolve_dit_options(cfg, cuda=str(device).startswith("cuda"))  # refuses impossible options now
     settings = GenerationSettings.from_config(
         resolved.generation, cfg.model.size, progress=progress
     )
@@ -152,6 +152,27 @@ def prepare_run(
         pad_to_samples=tuple(plan.pad_to_samples),
         output_frames=int(plan.output_frames),
     )
+
+
+def _guard_inputs(cfg: RunConfig, plan: shapes.ShapePlan) -> None:
+    """What the header-only plan cannot see: a bbox for one speaker, truncated audio."""
+    from mtlib import guards
+
+    guards.check_bbox_persons(cfg, plan.persons)
+    guards.check_audio_complete(list(cfg.inputs.audio))
+
+
+def _guard_gpu_memory(plan: shapes.ShapePlan, device: str) -> None:
+    """Refuse a clip whose activations alone cannot fit the GPU (mtlib.guards.memory_refusal)."""
+    if not str(device).startswith("cuda"):
+        return
+    import torch
+
+    from mtlib import guards
+
+    reason = guards.memory_refusal(plan, torch.cuda.get_device_properties(device).total_memory)
+    if reason:
+        raise ConfigError(reason)
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,6 +234,10 @@ def load_audio_encoder(cfg: RunConfig | str, device: str = "cpu", layout=None):
     from mtlib.models import wav2vec
 
     cfg = _config(cfg)
+    if cfg.model.weights.random and cfg.model.name != "tiny":
+        from mtlib.random_weights import random_audio_encoder
+
+        return random_audio_encoder(device)
     layout = layout if layout is not None else weights.layout_for_config(cfg)
     tiny = cfg.model.name == "tiny"
     geometry = wav2vec.TINY_GEOMETRY if tiny else wav2vec.REAL_GEOMETRY
@@ -226,10 +251,12 @@ class LoadedModels:
     clip: Any  # XLMRobertaCLIP (visual tower only)
     text_encoder: Any  # T5TextEncoder
     audio_encoder: Any  # wav2vec.AudioEncoder
-    layout: Any = None  # mtlib.weights.WeightsLayout the files came from
+    layout: Any = None  # mtlib.weights.WeightsLayout the files came from (None: random weights)
     device: str = "cpu"
     precision: str = "fp32"
     seconds: float = 0.0
+    loras: list = field(default_factory=list)  # mtlib.lora.LoraCheck of each merged file
+    options: Any = None  # mtlib.runopts.DiTOptions the DiT was built with
 
 
 def load_models(
@@ -237,43 +264,64 @@ def load_models(
     device: str | None = None,
     precision: str | None = None,
     compile: bool = False,
+    progress: bool = False,
 ) -> LoadedModels:
     """The five networks of the config, loaded from a checkpoint layout (mtlib.weights).
 
     model "tiny": random checkpoints in the real file names/formats, written once under
     model.weights.tiny_dir (default <project>/.cache/tiny-weights), loaded by the SAME loaders
     as the real ones with the tiny configs. model "multitalk-14b": the published directories
-    (model.weights.*_dir, else the hub cache). compile: torch.compile the DiT blocks (CUDA).
+    (model.weights.*_dir, else the hub cache), or (model.weights.random) the real-size
+    networks with random weights. The DiT is built as mtlib.runopts resolves model.* (offload,
+    attention, compile, RoPE, int8 checkpoint): every tensor goes from its file to the GPU
+    (mtlib.dit_load). compile=True is model.compile=true (the CLI's --compile).
     """
     import torch
 
     from mtlib import weights
+    from mtlib.dit_load import load_run_dit
     from mtlib.models import clip as clip_mod
     from mtlib.models import dit as dit_mod
     from mtlib.models import t5 as t5_mod
     from mtlib.models import vae as vae_mod
+    from mtlib.runopts import resolve_dit_options
 
     cfg = _config(cfg)
+    if compile and not cfg.model.compile:
+        cfg = cfg.replace(**{"model.compile": True})
+    if precision is not None and precision != cfg.model.precision:
+        cfg = cfg.replace(**{"model.precision": precision})
     t0 = time.perf_counter()
     device = resolve_device(device or cfg.model.device)
-    precision = effective_precision(device, precision or cfg.model.precision)
+    opts = resolve_dit_options(cfg, cuda=str(device).startswith("cuda"))
+    precision = opts.precision
     name = cfg.model.name
+    # fp8 = the reference dtype policy for every network, then fp8 DiT blocks on top
+    load_precision = "reference" if precision == "fp8" else precision
+    if opts.random:
+        from mtlib.random_weights import random_networks
+
+        lora_hook = _lora_hook(cfg, dit_mod.CONFIGS[name])
+        dit = load_run_dit(dit_mod.CONFIGS[name], device, opts, seed=cfg.model.weights.tiny_seed,
+                           block_hook=lora_hook, progress=progress)  # fmt: skip
+        vae, clip, text_encoder, audio_encoder = random_networks(name, device, load_precision)
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        return LoadedModels(dit, vae, clip, text_encoder, audio_encoder, None, device, precision,
+                            time.perf_counter() - t0, lora_hook.checks if lora_hook else [], opts)  # fmt: skip
     layout = weights.layout_for_config(cfg)
+    # headers, sizes and shapes of every file before any tensor is read (truncated / wrong files)
+    weights.verify_layout(layout, "tiny" if name == "tiny" else "multitalk-14b", strict=True)
     if name == "tiny":
         dit_config = dit_mod.CONFIGS["tiny"]
     else:  # what WanModel.from_pretrained builds from the Wan directory's config.json
         dit_config = dit_mod.DiTConfig.from_config_json(json.loads(layout.dit_config.read_text()))
-    # fp8 = the reference dtype policy for every network, then fp8 DiT blocks on top
-    load_precision = "reference" if precision == "fp8" else precision
-    dit = dit_mod.load_dit(
-        layout.dit_files(), config=dit_config, device=device, precision=load_precision
-    )
-    if precision == "fp8":
-        from mtlib.fp8 import enable_fp8_dit
-
-        enable_fp8_dit(dit, device)
-    if compile and str(device).startswith("cuda"):
-        dit = dit_mod.compile_blocks(dit)
+    # LoRA files are checked against the DiT's shapes from their headers BEFORE any weight
+    # is read (the hook is built here), and merged block by block as the DiT loads: fp8
+    # quantisation, offload pinning and torch.compile all see the merged weights
+    lora_hook = _lora_hook(cfg, dit_config)
+    dit = load_run_dit(dit_config, device, opts, files=layout.dit_files(), quant=quant_files(cfg, layout),
+                       block_hook=lora_hook, progress=progress)  # fmt: skip
     vae = vae_mod.load_vae(layout.vae_file, config=vae_mod.CONFIGS[name], device=device)
     clip = clip_mod.load_clip(
         layout.clip_file, config=name, device=device, precision=load_precision, visual_only=True
@@ -286,8 +334,51 @@ def load_models(
         torch.cuda.synchronize()
     return LoadedModels(
         dit, vae, clip, text_encoder, audio_encoder, layout, device, precision,
-        time.perf_counter() - t0,
+        time.perf_counter() - t0, lora_hook.checks if lora_hook else [], opts,
     )  # fmt: skip
+
+
+def quant_files(cfg: RunConfig, layout) -> tuple[Path, Path] | None:
+    """The int8 DiT checkpoint and its map (model.weights.quant), or None."""
+    from mtlib.recipes import FUSIONX_QUANT_FILE, FUSIONX_QUANT_MAP
+
+    w = cfg.model.weights
+    if w.quant == "none":
+        return None
+    root = Path(w.quant_dir).expanduser() if w.quant_dir else Path(layout.multitalk_dir)
+    d = root / "quant_models" if (root / "quant_models").is_dir() else root
+    if cfg.model.recipe == "fusionx":
+        return d / FUSIONX_QUANT_FILE, d / FUSIONX_QUANT_MAP
+    return d / "dit_model_int8.safetensors", d / "dit_model_map_int8.json"
+
+
+def _lora_hook(cfg: RunConfig, dit_config):
+    """Per-block LoRA merging for mtlib.dit_load (model.loras through mtlib.lora): every file
+    is checked against the DiT's shapes first, then each block's deltas are merged on the
+    device as the block arrives, before fp8 conversion and offload parking."""
+    if not cfg.model.loras:
+        return None
+    import dataclasses
+
+    try:
+        from mtlib.lora import check_loras, dit_param_shapes, merge_checked
+    except ImportError:  # the LoRA loader lives on the golden branch (#14)
+        raise ConfigError("model.loras: this mtlib has no LoRA loader (mtlib.lora).") from None
+    checks = check_loras(cfg.model.loras, dit_param_shapes(dit_config))
+
+    def hook(i: int | None, module) -> None:  # i None: the model, its blocks not loaded yet
+        for c in checks:
+            if i is None:
+                mine = [d for d in c.deltas if not d.param.startswith("blocks.")]
+            else:
+                pre = f"blocks.{i}."
+                mine = [dataclasses.replace(d, param=d.param[len(pre):]) for d in c.deltas
+                        if d.param.startswith(pre)]  # fmt: skip
+            if mine:
+                merge_checked(module, dataclasses.replace(c, deltas=mine))
+
+    hook.checks = checks
+    return hook
 
 
 # --------------------------------------------------------------------------------------------
@@ -488,7 +579,7 @@ def _readable(path: Path) -> None:
 @dataclass
 class GenerationOutput:
     video: torch.Tensor  # [3, N, H, W] in [-1, 1], trimmed to the real audio
-    path: Path  # the written mp4
+    path: Path | str  # the written mp4 (the URL when written through fsspec)
     plan: shapes.ShapePlan
     seed: int
     frames: int  # N
@@ -504,19 +595,39 @@ class GenerationOutput:
     teacache_skipped: int | None = None  # of those, calls TeaCache answered from its cache
     # TeaCache's decisions: (call in the clip, rel change of e0 or None, accumulator, computed)
     teacache_decisions: list | None = None
+    parallel: str | None = None  # the layout over several devices, e.g. "sequence parallel: 2 ranks"
+    rank: int = 0  # which rank returned this (only rank 0 writes the video and the trace)
+    dit_options: dict | None = None  # mtlib.runopts.DiTOptions.to_dict(): what ran in which precision
 
 
 def summary(out: GenerationOutput) -> str:
     """Lines for the CLI and notebook 03: file, frames, duration, clips, wall times."""
     tm = out.timings
     stages = ", ".join(f"{k} {v:.2f} s" for k, v in tm.items() if k != "total")
-    return "\n".join([
+    opts = out.dit_options or {}
+    loud = []
+    if opts.get("random"):
+        from mtlib.random_weights import RANDOM_WEIGHTS_NOTE
+
+        loud = [f"*** {RANDOM_WEIGHTS_NOTE} ***"]
+    return "\n".join(loud + [
         str(out.path),
         f"{out.frames} frames {out.width}x{out.height} @ {out.fps} fps = {out.duration_s:.2f} s "
         f"(audio {out.audio_seconds:.2f} s), {len(out.plan.clips)} clip(s), seed {out.seed}",
         f"wall {tm.get('total', 0.0):.2f} s ({stages})",
-    ] + ([f"TeaCache: {out.teacache_skipped} of {out.dit_calls} DiT calls answered from "
-          "the cache"] if out.teacache_skipped is not None else []))  # fmt: skip
+    ] + ([out.parallel] if out.parallel else [])
+        + ([f"TeaCache: {out.teacache_skipped} of {out.dit_calls} DiT calls answered from "
+            "the cache"] if out.teacache_skipped is not None else [])
+        + run_warnings(out.plan)
+        + (["model tiny: random weights, the video is noise by design"]
+           if out.config is not None and out.config.model.name == "tiny" else [])
+        + ([opts_line(opts)] if opts else []) + loud)  # fmt: skip
+
+
+def opts_line(opts: dict) -> str:
+    """The DiT's options of a run record as one line (precision per weight group)."""
+    w = opts.get("weight_precisions", {})
+    return "DiT weights: " + "; ".join(f"{k} {v}" for k, v in w.items())
 
 
 def display_video(path: str | os.PathLike, max_embed_bytes: int = 4_000_000):
@@ -542,23 +653,52 @@ def generate_video(
     progress: bool = True,
     models: LoadedModels | None = None,
     compile: bool = False,
+    noise: Any = None,
 ) -> GenerationOutput:
     """The whole run: plan (refusing bad inputs before loading anything), load, preprocess,
-    generate, trim, write `out` (mp4 with sound, atomically). `models`: reuse loaded ones."""
+    generate, trim, write `out` (mp4 with sound, atomically). `models`: reuse loaded ones.
+    `noise`: a pipeline.NoiseSource giving every random tensor by its trace name (e.g.
+    InjectedNoise of a recorded run); default SeededNoise(generation.seed).
+
+    Several devices (mtlib.parallel): with parallel.gpus = N > 1 this process plans, then
+    spawns N ranks that run this function and returns rank 0's result; under torchrun every
+    process runs it as one rank. Every rank plans, checks and loads (one failure stops all),
+    the DiT splits its tokens over the ranks, and only rank 0 writes the video and the trace."""
+    from mtlib import parallel
     from mtlib.models.t5 import DEFAULT_NEGATIVE_PROMPT
     from mtlib.pipeline import Models, SeededNoise, encode_prompts, generate
     from mtlib.video import write_mp4
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    run = prepare_run(cfg, progress=progress)
+    cfg = _config(cfg)
+    rank = parallel.join(cfg)  # None for one device; torchrun / spawned ranks join here
+    main = rank is None or rank.is_main
+    run = parallel.agree(rank, prepare_run, cfg, progress=progress and main)
+    if rank is None and cfg.parallel.gpus > 1:  # the plan is valid: start the ranks
+        if models is not None:
+            raise ConfigError(
+                "generate_video(models=...) with parallel.gpus > 1: loaded models cannot be "
+                "handed to spawned ranks. Fix: drop models= (each rank loads its own), or run "
+                "under torchrun and load them in every process."
+            )
+        return parallel.launch.spawn_generate(run.config, out, trace_dir, progress, compile)
     cfg = run.config
+    if main:
+        _guard_outputs(run, out, trace_dir)
+    if rank is not None:
+        run.device = rank.device(run.device)
     t = _timed(timings, "plan", t_start)
     if models is None:
-        models = load_models(cfg, run.device, run.precision, compile=compile)
+        models = parallel.agree(
+            rank, load_models, cfg, run.device, run.precision, compile=compile, progress=progress and main
+        )
+    if rank is not None:
+        parallel.enable_sequence_parallel(models.dit)
     t = _timed(timings, "load", t)
+    dit_options = models.options.to_dict() if models.options is not None else None
 
-    writer = open_trace(trace_dir, cfg)
+    writer = open_trace(trace_dir, cfg) if main else None
     try:
         with trace.recording(writer) if writer is not None else contextlib.nullcontext():
             inputs = preprocess_inputs(run, models.audio_encoder)
@@ -577,17 +717,20 @@ def generate_video(
                     cfg.model.size, s.sampling_steps, cfg.generation.teacache_thresh
                 )
             dit_call = DiTCall(models.dit, teacache)
-            result = generate(
-                Models(dit=dit_call, vae=models.vae, clip=models.clip),
-                inputs.cond_image,
-                inputs.audio_embs,
-                context,
-                context_null,
-                inputs.ref_target_masks,
-                s,
-                SeededNoise(cfg.generation.seed),
-                plan=run.plan,  # the loop runs the planned clips and checks itself against them
-            )
+            # cuDNN first for SDPA on a GPU (1.6x flash at this attention shape on the H100)
+            sdpa_order = sdpa_priority("cudnn" if str(run.device).startswith("cuda") else "default")
+            with sdpa_order:
+                result = generate(
+                    Models(dit=dit_call, vae=models.vae, clip=models.clip),
+                    inputs.cond_image,
+                    inputs.audio_embs,
+                    context,
+                    context_null,
+                    inputs.ref_target_masks,
+                    s,
+                    noise if noise is not None else SeededNoise(cfg.generation.seed),
+                    plan=run.plan,  # the loop runs the planned clips, checking itself against them
+                )
             t = _timed(timings, "generate", t)
             # padded audio made extra frames: keep the ones that show the real speech
             video = result.video[:, : run.output_frames]
@@ -609,20 +752,36 @@ def generate_video(
         "plan": {"frame_num": run.plan.frame_num, "video_frames": run.plan.video_frames,
                  "output_frames": run.output_frames, "clips": len(run.plan.clips),
                  "policies": [a.policy for a in run.plan.policy_actions]},
+        "dit": dit_options,
     }  # fmt: skip
+    if models.loras:  # the merged LoRA files, by content: path, scale, sha256, params touched
+        from mtlib.lora import record as lora_record
+
+        meta["loras"] = lora_record(models.loras)
+    if rank is not None:
+        meta["parallel"] = {"layout": rank.layout, "ranks": rank.world, "backend": rank.backend}
+    if dit_options and dit_options.get("random"):
+        from mtlib.random_weights import RANDOM_WEIGHTS_NOTE
+
+        meta["WARNING"] = RANDOM_WEIGHTS_NOTE
     if writer is not None:
         # the trace's meta.json gets the video's metadata too (rewritten at close)
-        writer.meta.update(seed=meta["seed"], frames=meta["frames"], plan=meta["plan"])
+        writer.meta.update(seed=meta["seed"], frames=meta["frames"], plan=meta["plan"], dit=dit_options)
+        for key in ("loras", "parallel", "WARNING"):
+            if key in meta:
+                writer.meta[key] = meta[key]
         writer.meta["timings"] = dict(timings)
         writer.close()
         t = _timed(timings, "trace", t)
-    path = write_mp4(video, out, fps=fps, audio=(inputs.soundtrack, SAMPLE_RATE), metadata=meta)
+    path = Path(out)
+    if main:
+        path = _write_or_rescue(write_mp4, video, out, fps, inputs.soundtrack, meta)
     t = _timed(timings, "write", t)
     timings["total"] = round(time.perf_counter() - t_start, 4)
     n, (H, W) = int(video.shape[1]), run.target_hw
     return GenerationOutput(
         video=video,
-        path=Path(path),
+        path=path,  # a Path, or the URL it was uploaded to
         plan=run.plan,
         seed=cfg.generation.seed,
         frames=n,
@@ -637,7 +796,57 @@ def generate_video(
         dit_calls=dit_call.calls,
         teacache_skipped=teacache.skipped if teacache is not None else None,
         teacache_decisions=list(teacache.decisions) if teacache is not None else None,
+        parallel=rank.layout if rank is not None else None,
+        rank=rank.rank if rank is not None else 0,
+        dit_options=dit_options,
     )
+
+
+def _guard_outputs(run: PreparedRun, out, trace_dir) -> None:
+    """Before loading anything: the mp4 and trace destinations are writable and have room;
+    the notices of the run (random tiny model, ignored settings, cuts) go to stderr."""
+    from mtlib import guards
+
+    H, W = run.target_hw
+    need = guards.video_bytes_estimate(run.output_frames, H, W)
+    guards.check_output_file(out, need_bytes=need + guards.RUN_HEADROOM_BYTES)
+    if trace_dir is not None and run.config.trace.level != "off":
+        guards.check_output_dir(trace_dir, "--trace", guards.RUN_HEADROOM_BYTES)
+    for line in guards.run_notices(run.config) + run_warnings(run.plan):
+        print(line, file=sys.stderr)
+
+
+def run_warnings(plan: shapes.ShapePlan) -> list[str]:
+    """The plan's WARNING notes (cuts, frames beyond training): before the run and in its summary."""
+    return [n for n in plan.notes if n.startswith("WARNING")]
+
+
+def _write_or_rescue(write_mp4, video, out, fps: int, soundtrack, meta: dict) -> Path:
+    """Write the mp4 (a local path atomically, a URL through mtlib.io.open_output). What fails
+    only now (disk full, folder gone, upload refused) keeps the frames for `mtlib finish`."""
+    from mtlib import guards
+    from mtlib.io import OutputError, is_output_url, open_output
+
+    try:
+        if not is_output_url(out):
+            return write_mp4(video, out, fps=fps, audio=(soundtrack, SAMPLE_RATE), metadata=meta)
+        with open_output(out) as tmp:
+            write_mp4(video, tmp, fps=fps, audio=(soundtrack, SAMPLE_RATE), metadata=meta)
+        return out
+    except (OSError, OutputError) as e:
+        kept = guards.save_rescue(video, soundtrack, fps, meta, str(out))
+        raise OutputError(
+            f"--out {str(out)!r}: the video was computed but could not be written "
+            f"({type(e).__name__}: {e}). The frames are kept in {str(kept)!r}; finish with: "
+            f"mtlib finish {kept} --out {out}"
+        ) from None
+
+
+def sdpa_priority(name: str):
+    """SDPA backend preference for the run ("cudnn": cuDNN first, then flash, efficient, math)."""
+    from mtlib.bench import attention_backend
+
+    return attention_backend(name)
 
 
 def _version() -> str:
@@ -672,6 +881,15 @@ def add_arguments_generate(parser: argparse.ArgumentParser) -> None:
         "--compile", action="store_true", help="torch.compile the DiT blocks (CUDA)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--lora", action="append", default=[], metavar="PATH:SCALE",
+        help="LoRA file merged into the DiT with this scale, e.g. lightx2v.safetensors:1.0 "
+        "(repeatable, merged in order; replaces the config's model.loras)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--lora-allow-unmatched", action="store_true",
+        help="merge the matching part of a LoRA whose modules match the DiT only partly",
+    )  # fmt: skip
 
 
 def _cli_overrides(args: argparse.Namespace) -> list[str] | dict:
@@ -691,6 +909,14 @@ def _cli_overrides(args: argparse.Namespace) -> list[str] | dict:
         over["generation.frame_num"] = fn if fn == "auto" else _int(fn, "--frame-num")
     if args.seed is not None:
         over["generation.seed"] = args.seed
+    if getattr(args, "lora", None):
+        from mtlib.lora import parse_lora_arg
+
+        specs = [parse_lora_arg(text) for text in args.lora]
+        over["model.loras"] = [
+            {"path": sp.path, "scale": sp.scale, "allow_unmatched": args.lora_allow_unmatched}
+            for sp in specs
+        ]
     return over
 
 
@@ -714,22 +940,30 @@ def _int(s: str, what: str) -> int:
 def run_generate(args: argparse.Namespace) -> int:
     """`mtlib generate`: 0 and the summary on success; 2 (nothing written) when the plan,
     an input or the config is refused; 1 when the checkpoints are missing or damaged."""
+    from mtlib.guards import NonFiniteError
     from mtlib.weights import WeightsError
 
+    # under torchrun every rank gets every agreed error: rank 0 alone prints it
+    err = sys.stderr if os.environ.get("RANK", "0") == "0" else open(os.devnull, "w")  # noqa: SIM115
     try:
         cfg = load_config(args.config, _cli_overrides(args))
         result = generate_video(
             cfg, args.out, trace_dir=args.trace, progress=not args.no_progress, compile=args.compile
         )
     except PlanError as e:
-        print(f"mtlib generate: {e}", file=sys.stderr)
+        print(f"mtlib generate: {e}", file=err)
         return 2
     except (InputError, ConfigError) as e:
-        print(f"mtlib generate: {e}", file=sys.stderr)
+        print(f"mtlib generate: {e}", file=err)
         return 2
     except WeightsError as e:  # missing / damaged checkpoints: the message names the fix
-        print(f"mtlib generate: {e}", file=sys.stderr)
+        print(f"mtlib generate: {e}", file=err)
         return 1
+    except NonFiniteError as e:  # NaN / inf in a checkpoint, a latent or the frames
+        print(f"mtlib generate: {e}", file=err)
+        return 1
+    if result.rank != 0:  # torchrun: rank 0 reports for the run
+        return 0
     print(summary(result))
     if result.trace_dir is not None:
         print(f"trace: {result.trace_dir}")

@@ -41,7 +41,18 @@ MIN_SIDE = (
 )
 LARGEST_BUCKET_SIDE = 2048  # multitalk-720's widest bucket (448 x 2048)
 HUGE_SIDE = 4 * LARGEST_BUCKET_SIDE  # above this, reduce before resizing (memory)
-MAX_PIXELS = 20000 * 20000  # decompression-bomb guard: refuse before decoding
+# decompression-bomb guard, checked on the header before decoding (image and plan alike);
+# below Pillow's own DecompressionBombError threshold (2 x 89.5 M px), so mtlib's guard speaks
+MAX_PIXELS = 12000 * 12000
+
+
+def check_pixel_count(w: int, h: int, what: str, name: str) -> None:
+    """mtlib's size guard on a header's width x height (before any pixel is decoded)."""
+    if w * h > MAX_PIXELS:
+        raise ImageInputError(
+            f"{what} {name!r}: {w}x{h} = {w * h} pixels exceeds the {MAX_PIXELS}-pixel limit "
+            "(decompression-bomb guard). Fix: downscale the picture first."
+        )
 
 
 class ImageInputError(io.InputError):
@@ -113,11 +124,7 @@ def load_image(src: Any, what: str = "image") -> PILImage.Image:
                 f"{what} {name!r}: not an image Pillow can read. Fix: pass a PNG, JPEG, WebP, BMP or TIFF picture."
             ) from None
     w, h = im.size
-    if w * h > MAX_PIXELS:
-        raise ImageInputError(
-            f"{what} {name!r}: {w}x{h} = {w * h} pixels exceeds the {MAX_PIXELS}-pixel limit "
-            "(decompression-bomb guard). Fix: downscale the picture first."
-        )
+    check_pixel_count(w, h, what, name)
     if min(w, h) < MIN_SIDE:
         raise ImageInputError(
             f"{what} {name!r}: {w}x{h} pixels is too small; the minimum is {MIN_SIDE}x{MIN_SIDE} "

@@ -93,3 +93,86 @@ def atomic_write(target: str | os.PathLike, data: bytes | str) -> Path:
         else:
             tmp.write_bytes(data)
     return Path(target)
+
+
+# ---------------------------------------------------------------------------------------
+# Output URLs: one primitive for every artefact that may go to a local path or to fsspec
+
+
+class OutputError(InputError):
+    """An output location mtlib refuses before any compute (remote directory, bad scheme ...)."""
+
+
+def _fs_and_path(url: str, what: str = "output"):
+    """(fsspec filesystem, path inside it) for a remote output URL; OutputError when the
+    scheme's fsspec driver is not installed (e.g. s3:// without s3fs)."""
+    try:
+        import fsspec
+
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as e:
+        raise OutputError(
+            f"{what} {url!r}: cannot write there ({type(e).__name__}: {e}). Fix: install the "
+            "filesystem's fsspec driver (s3://: pip install s3fs) or write to a local path."
+        ) from None
+
+
+def is_output_url(path: str | os.PathLike) -> bool:
+    """A `scheme://` output (s3://, gs://, memory:// ...): written through fsspec."""
+    s = str(path)
+    return "://" in s and not s.startswith("file://")
+
+
+@contextlib.contextmanager
+def open_output(url: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a LOCAL temporary path to write one artefact into; on success it becomes `url`.
+
+    Complete object or none:
+    - local path: a temporary file beside the target, renamed over it (`atomic_path`);
+    - `scheme://` URL (fsspec): the file is written locally first, uploaded to a temporary key
+      `<dir>/.<name>.<random>.tmp` and moved onto the final key (`fs.mv`; on S3 a server-side
+      copy + delete, so readers of the final key see the old object or the whole new one); the
+      temporary key and the local file are removed on any failure.
+    """
+    s = str(url)
+    if not is_output_url(s):
+        with atomic_path(s[len("file://"):] if s.startswith("file://") else s, suffix) as tmp:
+            yield tmp
+        return
+    import uuid
+
+    fs, rpath = _fs_and_path(s)
+    name = rpath.rstrip("/").rsplit("/", 1)[-1]
+    parent = rpath.rstrip("/")[: -len(name)].rstrip("/")
+    tmp_key = f"{parent}/.{name}.{uuid.uuid4().hex[:12]}.tmp" if parent else f".{name}.tmp"
+    suffix = Path(name).suffix if suffix is None else suffix
+    fd, local = tempfile.mkstemp(prefix=".mtlib-upload.", suffix=suffix)
+    os.close(fd)
+    local_path = Path(local)
+    try:
+        yield local_path
+        try:
+            if parent:
+                fs.makedirs(parent, exist_ok=True)
+            fs.put_file(str(local_path), tmp_key)
+            fs.mv(tmp_key, rpath)
+        except Exception as e:
+            raise OutputError(
+                f"output {s!r}: upload failed ({type(e).__name__}: {e}); nothing was written "
+                "there. Fix: check the bucket / credentials, or write to a local path."
+            ) from None
+    finally:
+        local_path.unlink(missing_ok=True)
+        with contextlib.suppress(Exception):
+            if fs.exists(tmp_key):
+                fs.rm(tmp_key)
+
+
+def atomic_write_url(url: str | os.PathLike, data: bytes | str) -> str:
+    """Write bytes or text to a local path or fsspec URL, complete or not at all (open_output)."""
+    with open_output(url) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data)
+        else:
+            tmp.write_bytes(data)
+    return str(url)

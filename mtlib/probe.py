@@ -127,6 +127,8 @@ def probe_image(src: str | os.PathLike) -> ImageInfo:
                     orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
                 except Exception:  # broken EXIF block: treat as unrotated
                     orientation = 1
+        except Image.DecompressionBombError:
+            w, h = _header_size(src)  # Pillow refused before mtlib's own guard could speak
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise InputError(
                 f"image {src!r}: not a readable image ({type(e).__name__}: {e}). "
@@ -134,8 +136,24 @@ def probe_image(src: str | os.PathLike) -> ImageInfo:
             ) from None
     if w <= 0 or h <= 0:
         raise InputError(f"image {src!r}: empty image ({w}x{h}).")
+    from mtlib.image import check_pixel_count
+
+    check_pixel_count(w, h, "image", src)
     dw, dh = (h, w) if orientation in _SWAPPING_ORIENTATIONS else (w, h)
     return ImageInfo(dw, dh, mode, fmt, orientation, w, h)
+
+
+def _header_size(src: str) -> tuple[int, int]:
+    """(width, height) from the header with Pillow's bomb check off: mtlib.image's guard decides."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with _open_binary(src) as f, Image.open(f) as im:
+            return im.size
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def probe_audio(src: str | os.PathLike) -> AudioInfo:

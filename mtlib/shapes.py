@@ -234,6 +234,13 @@ class ShapePlan:
     activation_bytes: int | None = None  # peak activations of one DiT pass (estimate)
     flops_per_pass: dict = field(default_factory=dict)  # linear / self_attention / other
     flops_per_step: float | None = None
+    # LoRA files merged into the DiT at load (model.loras), checked from their headers:
+    # {path, scale, format, params_touched, params, unmatched}
+    loras: list = field(default_factory=list)
+    parallel: dict = field(default_factory=dict)  # ranks > 1: mtlib.parallel.layout
+    # the DiT's resolved speed options (mtlib.runopts.DiTOptions.to_dict()): weights' precision
+    # per group, offload, attention kernel, compile, RoPE dtype, LoRAs; None: not resolvable
+    dit_options: dict | None = None
 
     @property
     def valid(self) -> bool:
@@ -377,14 +384,16 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
     _pos_int(g.motion_frame, "motion_frame")
     _pos_int(g.max_frames_num, "max_frames_num")
 
+    loras = _lora_plan(cfg)  # a LoRA file that does not fit the DiT is refused here
     n_persons = len(inputs.audio_frames) if inputs.audio_frames is not None else len(inputs.audio_samples_16k)
     text_one = math.isclose(g.text_guide_scale, 1.0)
     p = ShapePlan(
         model=m.name, mode=g.mode, size=cfg.model.size, buckets=cfg.model.buckets,
         precision=cfg.model.precision, persons=n_persons, audio_type=audio_type,
         frame_num_requested=req, motion_frame=g.motion_frame, sampling_steps=g.sampling_steps,
-        passes_per_step=2 if text_one else 3,
+        passes_per_step=2 if text_one else 3, loras=loras,
     )
+    p.dit_options = _dit_options(cfg)
     if m.name == "tiny":
         p.notes.append("model tiny: the small random-weight test model, not MultiTalk-14B (for the real "
                        "shapes: --config multitalk-480)")
@@ -588,7 +597,30 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
         p.notes.append("T5 context lengths depend on the prompt's token count: not planned")
     _tensors(p, m, H, W, F, T, lat_h, lat_w, P, raw, tracks, pad_to, eff, inputs, g)
     _costs(p, m, P)
+    from mtlib.guards import plan_warnings  # frames beyond training, audio the video cuts off
+
+    p.notes += plan_warnings(p, g)
+    from mtlib.parallel.layout import plan_parallel, ranks_of
+
+    plan_parallel(p, ranks_of(cfg), m)
     return p
+
+
+def _lora_plan(cfg: Any) -> list[dict]:
+    """model.loras checked against the DiT of model.name from their headers (mtlib.lora):
+    raises LoraError for a file that is missing, truncated, of no known format, partly
+    matching (unless allowed) or made for another model size."""
+    if not getattr(cfg.model, "loras", ()):
+        return []
+    from mtlib import lora
+
+    shapes = lora.dit_param_shapes(cfg.model.name)
+    out = []
+    for check in lora.check_loras(cfg.model.loras, shapes, model=cfg.model.name):
+        out.append({"path": str(check.spec.path), "scale": check.spec.scale, "format": check.format,
+                    "params_touched": len(check.params), "params": check.params,
+                    "unmatched": list(check.unmatched), "summary": check.describe()})  # fmt: skip
+    return out
 
 
 def plan_for(config: Any = "tiny", image: str | None = None, audio: list[str] | str | None = None,
@@ -721,6 +753,20 @@ def _schedule(p: ShapePlan, g, F: int, eff: list[int], lat_h: int, lat_w: int, m
         p.notes.append("the 1000-frame cap and the tail padding both apply: the reference output is shorter than the audio - 3")
     p.miss = miss
     p.video_frames = out
+
+
+def _dit_options(cfg) -> dict | None:
+    """What the loader will build (mtlib.runopts: one home); a device "auto" plans the GPU for
+    the real model. An option the device cannot take is the prepare step's error, not the plan's."""
+    from mtlib.config import ConfigError
+    from mtlib.runopts import resolve_dit_options
+
+    dev = cfg.model.device
+    cuda = dev.startswith("cuda") or (dev == "auto" and cfg.model.name != "tiny")
+    try:
+        return resolve_dit_options(cfg, cuda=cuda).to_dict()
+    except ConfigError:
+        return None
 
 
 def _dtypes(precision: str) -> dict[str, str]:
@@ -950,7 +996,19 @@ def plan_table(plan: ShapePlan, max_rows: int | None = None) -> str:
         head.append(
             f"latent grid T x N_h x N_w = {' x '.join(map(str, plan.token_grid))}, seq_len {plan.seq_len} | "
             f"clips {len(plan.clips)} | video {plan.video_frames} frames -> output {plan.output_frames}"
+            f" | {plan.sampling_steps} steps x {plan.passes_per_step} DiT passes"
         )
+    for lo in plan.loras:
+        head.append(f"LoRA {lo['summary']}")
+    if plan.dit_options is not None and plan.valid:  # what would run (an invalid plan runs nothing)
+        from mtlib.runopts import DiTOptions
+
+        o = dict(plan.dit_options)
+        o.pop("weight_precisions", None)
+        opts = DiTOptions(**{k: tuple(map(tuple, v)) if k == "loras" else (tuple(v) if k == "notes" else v)
+                             for k, v in o.items()})  # fmt: skip
+        head.append(opts.line())
+        head.append("weights: " + "; ".join(f"{k} {v}" for k, v in opts.weight_precisions().items()))
     for a in plan.policy_actions:
         head.append(f"policy {a.policy}: {a.what}")
     for n in plan.notes:
@@ -980,6 +1038,9 @@ def plan_table(plan: ShapePlan, max_rows: int | None = None) -> str:
             f"| activations/pass ~{plan.activation_bytes / 1e9:.2f} GB | {plan.flops_per_step / 1e15:.3f} PFLOP/step "
             f"({plan.passes_per_step} passes)"
         )
+        from mtlib.parallel.layout import parallel_lines
+
+        body += parallel_lines(plan)
     tail = ["VALID" if plan.valid else f"INVALID: {len(plan.violations)} violation(s)"]
     tail += [explain(v) for v in plan.violations]
     sections = [head, body, tail]
@@ -1044,6 +1105,7 @@ def add_arguments_plan(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=sorted(MODEL_SIZES), default=None)
     parser.add_argument("--config", default=None,
                         help="preset name or YAML file (default: multitalk-480, the real model; tiny: the test model)")
+    parser.add_argument("--gpus", type=int, default=None, help="ranks of a sequence-parallel run (parallel.gpus)")
     parser.add_argument("--json", action="store_true", help="print ShapePlan.to_dict() as JSON")
 
 
@@ -1059,7 +1121,8 @@ def run_plan(args: argparse.Namespace) -> int:
         overrides["generation.frame_num"] = fn if fn == "auto" else _int_arg(fn)
     for key, val in (("model.size", args.size), ("model.buckets", args.buckets),
                      ("generation.mode", args.mode), ("generation.short_audio", args.short_audio),
-                     ("inputs.audio_type", args.audio_type), ("model.name", args.model)):
+                     ("inputs.audio_type", args.audio_type), ("model.name", args.model),
+                     ("parallel.gpus", args.gpus)):
         if val is not None:
             overrides[key] = val
     if args.image is not None:
@@ -1107,6 +1170,10 @@ def _print_rich(p: ShapePlan) -> None:
     if p.valid:
         con.print(f"VALID: seq_len {p.seq_len}, {len(p.clips)} clip(s), {p.output_frames} frames, "
                   f"{p.flops_per_step / 1e15:.3f} PFLOP per step", markup=False, style="bold green")
+        from mtlib.parallel.layout import parallel_lines
+
+        for line in parallel_lines(p):
+            con.print(line, markup=False, highlight=False)
     else:
         con.print(f"INVALID: {len(p.violations)} violation(s)", style="bold red")
         for v in p.violations:

@@ -1485,6 +1485,10 @@ def weights_status(config) -> str:
     wcfg = model.weights
     if model.name == "tiny":
         return verify_layout(layout_for_config(config), "tiny", strict=False).table()
+    if wcfg.random:
+        from mtlib.random_weights import RANDOM_WEIGHTS_NOTE
+
+        return f"*** {RANDOM_WEIGHTS_NOTE} ***\nNo checkpoint is read (model.weights.random: true)."
     try:
         layout = resolve_layout(wcfg, check_files=False)
     except WeightsError as e:
@@ -1530,6 +1534,10 @@ def add_arguments_setup(parser: argparse.ArgumentParser) -> None:
         "--verify", action="store_true", help="check every file (default when not downloading)"
     )
     parser.add_argument(
+        "--full", action="store_true",
+        help="with --verify: also read every tensor and find NaN / inf (one read of all files)",
+    )
+    parser.add_argument(
         "--tiny",
         metavar="DIR",
         help="write (if missing) and verify the tiny random checkpoints in DIR",
@@ -1537,6 +1545,8 @@ def add_arguments_setup(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="multitalk-14b", choices=("multitalk-14b", "tiny"),
                         help="which model's shapes to verify against")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--lora", choices=("lightx2v", "fusionx"),
+                        help="download a distillation recipe's LoRA (the repo the README links) into --root")  # fmt: skip
 
 
 def run_setup(args: argparse.Namespace) -> int:
@@ -1565,6 +1575,16 @@ def run_setup(args: argparse.Namespace) -> int:
             "mtlib setup: --tiny DIR stands alone (it writes random checkpoints).", file=sys.stderr
         )
         return 2
+    if getattr(args, "lora", None):
+        from mtlib.setup_extras import download_lora
+
+        try:
+            path = download_lora(args.lora, args.root)
+        except ValueError as e:
+            print(f"mtlib setup: {e}", file=sys.stderr)
+            return 1
+        print(f"{args.lora} LoRA: {path}\nuse it: mtlib generate --config multitalk-480-{args.lora} --lora {path}:1.0 ...")
+        return 0
     try:
         if args.tiny:
             from mtlib.models.tiny import write_tiny_checkpoints
@@ -1581,11 +1601,28 @@ def run_setup(args: argparse.Namespace) -> int:
             layout = resolve_layout(root=args.root, wan_dir=args.wan_dir, multitalk_dir=args.multitalk_dir,
                                     wav2vec_dir=args.wav2vec_dir, check_files=False)  # fmt: skip
         report = verify_layout(layout, config_name, strict=False)
+        if getattr(args, "full", False) and report.ok:  # data check only on sound headers
+            from mtlib.datacheck import check_layout_finite
+
+            cost = check_layout_finite(layout, report, progress=not args.json)
+            if not args.json:
+                print(f"full data check: {cost['bytes'] / 1e9:.2f} GB in {cost['seconds']:.1f} s",
+                      file=sys.stderr)  # fmt: skip
     except WeightsError as e:
         if args.json:
             print(json.dumps({"ok": False, "error": str(e)}))
         else:
             print(str(e), file=sys.stderr)
         return 1
-    print(json.dumps(report.to_json(), indent=1) if args.json else report.table())
-    return 0 if report.ok else 1
+    from mtlib.setup_extras import find_quant_files
+
+    quant = [] if args.tiny else find_quant_files(layout.multitalk_dir)
+    if args.json:
+        rec = report.to_json()
+        rec["quant_files"] = [{"path": str(q.path), "ok": q.ok, "detail": q.detail} for q in quant]
+        print(json.dumps(rec, indent=1))
+    else:
+        print(report.table())
+        for q in quant:
+            print(q.line())
+    return 0 if report.ok and all(q.ok for q in quant) else 1

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mtlib.frames import SAMPLE_RATE
 from mtlib.io import InputError
 
 # ------------------------------------------------------------------------------ headless rule
@@ -297,7 +298,7 @@ class Fix:
 def plan_fixes(p, state: dict | None = None) -> list[Fix]:
     """Fixes as (state key, value) changes, derived from each Violation's `values` with the
     same arithmetic as mtlib.shapes (its `fixes` are prose). State keys are plan_view's."""
-    from mtlib.shapes import snap_frame_num, snap_frame_num_up
+    from mtlib.frames import snap_frame_num, snap_frame_num_up
 
     state = state or {}
     out: list[Fix] = []
@@ -329,7 +330,7 @@ def plan_fixes(p, state: dict | None = None) -> list[Fix]:
             out.append(Fix(v.rule, f"motion_frame = {good}", {"motion_frame": good}))
             out.append(Fix(v.rule, f"motion_frame = {good + 4}", {"motion_frame": good + 4}))
         elif v.rule == "para_equal_length":
-            secs = round(int(vals["samples_16k"][0]) / 16000, 2)
+            secs = round(int(vals["samples_16k"][0]) / SAMPLE_RATE, 2)
             out.append(Fix(v.rule, f"speaker 2 = {secs} s", {"audio_seconds_b": secs}))
             out.append(Fix(v.rule, "audio_type = add", {"audio_type": "add"}))
         elif v.rule == "audio_min_duration":
@@ -359,8 +360,6 @@ def _plan_state(config: Any, image_size, audio_seconds, frame_num, motion_frame,
         from mtlib.probe import probe_audio
 
         files = _audio_list(audio) or list(cfg.inputs.audio)
-        from mtlib.frames import SAMPLE_RATE
-
         audio_seconds = [probe_audio(_local(a)).samples_16k / SAMPLE_RATE for a in files]
     if isinstance(audio_seconds, int | float):
         audio_seconds = [audio_seconds]

@@ -23,6 +23,15 @@ def golden_audio_embs(golden, case: GoldenCase) -> list[torch.Tensor]:
     return embs
 
 
+def golden_contexts(case: GoldenCase) -> tuple[torch.Tensor, torch.Tensor]:
+    """(context, context_null) of the run: the recorded ones, else the T5 call's rows trimmed
+    to their token counts (a text-scale-1 run never uses context_null, so it is not recorded)."""
+    out, mask = case["e2e.t5.call0.out"], case["e2e.t5.call0.mask"]  # [2, text_len, dim], [2, L]
+    trimmed = [out[i, : int(mask[i].gt(0).sum())] for i in range(2)]
+    names = ("e2e.clip0.context", "e2e.clip0.context_null")
+    return tuple(case[n] if n in case.tensors else t for n, t in zip(names, trimmed, strict=True))
+
+
 def n_clips(case: GoldenCase) -> int:
     return len(case.params["clips"])
 

@@ -82,13 +82,13 @@ def test_bad_config_gives_one_readable_error(data, message):
 
 def test_bad_yaml_file_names_the_file(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("generation:\n  sampling_steps: -1\n")
+    path.write_text("base: tiny\ngeneration:\n  sampling_steps: -1\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: generation\.sampling_steps: must be >= 1, got -1"):
         load_config(path)
 
 
 def test_unknown_preset_or_file():
-    with pytest.raises(ConfigError, match="no such file and no preset of that name. Presets: tiny, multitalk-480, multitalk-720."):
+    with pytest.raises(ConfigError, match="no such file and no preset of that name. Presets: tiny, multitalk-480, multitalk-480-lightx2v, multitalk-480-fusionx, multitalk-720."):
         load_config("nope")
 
 

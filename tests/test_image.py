@@ -253,7 +253,7 @@ def test_decompression_bomb_guard():
     with pytest.raises(image.ImageInputError) as e:
         image.load_image(im)
     assert str(e.value) == (
-        "image '<PIL 1 20001x20001>': 20001x20001 = 400040001 pixels exceeds the 400000000-pixel "
+        "image '<PIL 1 20001x20001>': 20001x20001 = 400040001 pixels exceeds the 144000000-pixel "
         "limit (decompression-bomb guard). Fix: downscale the picture first."
     )
 

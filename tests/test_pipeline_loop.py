@@ -17,28 +17,18 @@ from mtlib.pipeline import (
     generate,
     plan_clips,
 )
-from tests.golden import E2E_TOL, assert_close, get_case, golden_cases
-from tests.pipeline_replay import ReplayCLIP, ReplayDiT, ReplayVAE, golden_audio_embs
+from tests.golden import E2E_TOL, assert_close, case_settings, dit_passes, get_case, golden_cases
+from tests.pipeline_replay import (
+    ReplayCLIP,
+    ReplayDiT,
+    ReplayVAE,
+    golden_audio_embs,
+    golden_contexts,
+)
 
 
 def settings_of(case, **overrides) -> GenerationSettings:
-    kw = case.params["generate_kwargs"]
-    values = dict(
-        mode=kw["mode"],
-        frame_num=kw["frame_num"],
-        motion_frame=kw["motion_frame"],
-        max_frames_num=kw["max_frames_num"],
-        sampling_steps=kw["sampling_steps"],
-        shift=kw["shift"],
-        text_guide_scale=kw["text_guide_scale"],
-        audio_guide_scale=kw["audio_guide_scale"],
-        color_correction_strength=kw["color_correction_strength"],
-        use_apg=kw["use_apg"],
-        seed=kw["seed"],
-        progress=False,
-    )
-    values.update(overrides)
-    return GenerationSettings(**values)
+    return case_settings(case, **overrides)
 
 
 def rand_tensors(case) -> dict:
@@ -49,6 +39,7 @@ def rand_tensors(case) -> dict:
 @pytest.mark.parametrize("case_name", golden_cases("e2e"), ids=str)
 def test_golden_e2e_loop_replay(golden, case_name):
     case = get_case(golden, case_name)
+    dit_passes(case)  # the case's pass layout, checked against the reference's rule
     models = Models(dit=ReplayDiT(case), vae=ReplayVAE(case), clip=ReplayCLIP(case))
     recorder = trace.MemoryRecorder(["e2e.*"])
     with trace.recording(recorder):
@@ -56,8 +47,8 @@ def test_golden_e2e_loop_replay(golden, case_name):
             models,
             cond_image=case["e2e.clip0.cond_image"],
             audio_embs=golden_audio_embs(golden, case),
-            prompt_context=case["e2e.clip0.context"],
-            neg_context=case["e2e.clip0.context_null"],
+            prompt_context=golden_contexts(case)[0],
+            neg_context=golden_contexts(case)[1],
             ref_target_masks=case["e2e.clip0.ref_target_masks"],
             settings=settings_of(case),
             noise_source=InjectedNoise(rand_tensors(case)),
@@ -70,7 +61,7 @@ def test_golden_e2e_loop_replay(golden, case_name):
         (c["audio_start_idx"], c["audio_end_idx"]) for c in case.params["clips"]
     ]
     # every golden e2e tensor (but the T5 call, which runs before generate) was recorded, equal
-    expected = [k for k in case.tensors if not k.startswith("e2e.t5.")]
+    expected = [k for k in case.tensors if not k.startswith(("e2e.t5.", "lora."))]
     missing = [k for k in expected if k not in recorder]
     assert not missing, f"not recorded: {missing}"
     for name in expected:

@@ -12,45 +12,64 @@ passes.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
 from mtlib import compare as cmpmod
 from mtlib import trace
-from mtlib.buckets import table_from_json
 from mtlib.compare import compare, register_model_stages, replay
 from mtlib.generation import DiTCall, PromptEncoder
-from mtlib.image import prepare_image, ref_target_masks
 from mtlib.models.wav2vec import Wav2VecGeometry, load_wav2vec
 from mtlib.pipeline import InjectedNoise, Models, encode_prompts, generate
 from mtlib.trace import Trace, load_trace
-from tests.golden import get_case, golden_cases
-from tests.pipeline_replay import golden_audio_embs, n_clips
-from tests.test_golden_e2e import _negative_prompt, _settings, golden_models  # noqa: F401
+from tests.golden import dit_passes, fail_case, generate_kwargs, get_case, golden_cases
+from tests.pipeline_replay import n_clips
+from tests.test_golden_e2e import (  # noqa: F401
+    _negative_prompt,
+    _settings,
+    case_conditioning,
+    dit_for_case,
+    golden_models,
+)
 
 
 @pytest.fixture
 def bound_stages(golden, golden_models):  # noqa: F811
-    """STAGES bound to the golden tiny networks for one test; the registry restored after."""
+    """bind(case): STAGES bound to the golden tiny networks (the DiT with the case's LoRA
+    merged when it has one) for one test; the registry restored after."""
     saved = dict(cmpmod.STAGES)
     cfg = golden.tiny_configs["wav2vec2"]["tiny"]
     audio = load_wav2vec(
         golden.weights / "wav2vec2",
         expected=Wav2VecGeometry(cfg["num_hidden_layers"], cfg["hidden_size"]),
     )
-    bound = register_model_stages(
-        {
-            "dit": golden_models["dit"],
-            "vae": golden_models["vae"],
-            "clip": golden_models["clip"],
-            "text_encoder": golden_models["text"],
-            "audio_encoder": audio,
-        }
-    )
-    yield bound
+
+    def bind(case=None):
+        return register_model_stages(
+            {
+                "dit": golden_models["dit"] if case is None else dit_for_case(golden_models, case),
+                "vae": golden_models["vae"],
+                "clip": golden_models["clip"],
+                "text_encoder": golden_models["text"],
+                "audio_encoder": audio,
+            }
+        )
+
+    yield bind
     cmpmod.STAGES.clear()
     cmpmod.STAGES.update(saved)
+
+
+def _dit_step(case) -> int:
+    """The step whose DiT pass the perturbation tests use: the second, or the only one."""
+    return min(1, case.params["generate_kwargs"]["sampling_steps"] - 1)
+
+
+def _at_step(case, *names: str) -> list[str]:
+    return [n.replace("step1.", f"step{_dit_step(case)}.") for n in names]
 
 
 def _stage_calls(case) -> list[tuple[str, str]]:
@@ -61,8 +80,8 @@ def _stage_calls(case) -> list[tuple[str, str]]:
         scope = f"e2e.clip{c}."
         calls += [("clip", scope), ("vae.encode", scope)]
         for i in range(steps):
-            for kind in case.params["dit_passes_per_step"]:
-                calls.append(("dit" if kind == "cond" else f"dit.{kind}", f"{scope}step{i}."))
+            for kind in dit_passes(case):
+                calls.append((cmpmod.dit_stage(kind), f"{scope}step{i}."))
         calls.append(("vae.decode", scope))
     return calls
 
@@ -84,6 +103,7 @@ def _bump(x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("case_name", golden_cases("e2e"), ids=str)
 def test_golden_every_stage_replays_without_local_difference(golden, bound_stages, case_name):
     case = get_case(golden, case_name)
+    bound_stages(case)
     a = load_trace(case.file(f"{case.name}.json"))
     calls = _stage_calls(case)
     assert {s for s, _ in calls} >= {"t5", "clip", "vae.encode", "vae.decode", "dit"}
@@ -93,12 +113,13 @@ def test_golden_every_stage_replays_without_local_difference(golden, bound_stage
         assert res.comparison.passed and res.inputs_differ == [] and res.outputs_differ == []
         assert "no local difference" in res.verdict
     # the DiT pass reads the step's own inputs and its clip's conditioning
-    res = replay(a, "dit", prefix="e2e.clip0.step1.")
+    (scope,) = _at_step(case, "e2e.clip0.step1.")
+    res = replay(a, "dit", prefix=scope)
     assert res.inputs == [
-        "e2e.clip0.step1.latent_in", "e2e.clip0.step1.t", "e2e.clip0.context",
+        f"{scope}latent_in", f"{scope}t", "e2e.clip0.context",
         "e2e.clip0.clip_fea", "e2e.clip0.y", "e2e.clip0.audio", "e2e.clip0.ref_target_masks",
     ]  # fmt: skip
-    assert [r.name for r in res.comparison.rows] == ["e2e.clip0.step1.cond"]
+    assert [r.name for r in res.comparison.rows] == [f"{scope}cond"]
 
 
 @pytest.mark.golden
@@ -115,6 +136,8 @@ def test_golden_perturbed_output_is_a_local_difference(
     golden, bound_stages, case_name, stage, scope, output
 ):
     case = get_case(golden, case_name)
+    bound_stages(case)
+    scope, output = _at_step(case, scope, output)
     reference = load_trace(case.file(f"{case.name}.json"))
     tensors = _case_tensors(case)
     tensors[output] = _bump(tensors[output])
@@ -142,6 +165,8 @@ def test_golden_perturbed_input_is_carried_from_upstream(
 ):
     """A run whose stage input differs (and whose stage computes its output from it)."""
     case = get_case(golden, case_name)
+    bound_stages(case)
+    scope, changed, output = _at_step(case, scope, changed, output)
     reference = load_trace(case.file(f"{case.name}.json"))
     tensors = _case_tensors(case)
     tensors[changed] = _bump(tensors[changed])
@@ -158,6 +183,7 @@ def test_golden_perturbed_input_is_carried_from_upstream(
 @pytest.mark.parametrize("case_name", golden_cases("audio"), ids=str)
 def test_golden_audio_encoder_replays_an_audio_case(golden, bound_stages, case_name):
     case = get_case(golden, case_name)
+    bound_stages()
     a = load_trace(case.file(f"{case.name}.json"))
     if "audio.input_values" not in a:  # two-speaker cases record the combined tracks only
         assert "audio.embedding1" in a or "audio.embedding" not in a
@@ -167,19 +193,49 @@ def test_golden_audio_encoder_replays_an_audio_case(golden, bound_stages, case_n
     assert res.comparison.rows[0].max_abs <= 1e-4 * max(1.0, float(a.tensor("audio.embedding").abs().max()))
 
 
+def dit_case_call(golden, case):
+    """(e2e case, clip, step, pass kind) of a single-stage DiT case, from its note
+    "inputs of DiT call #<n> of <e2e case>" and that case's pass layout and steps."""
+    m = re.fullmatch(r"inputs of DiT call #(\d+) of (\S+)", case.params.get("note", ""))
+    if m is None:
+        fail_case(case, f"its note {case.params.get('note')!r} does not name the e2e call")
+    n, e2e = int(m.group(1)), golden.case(m.group(2))
+    passes = dit_passes(e2e)
+    steps = e2e.params["generate_kwargs"]["sampling_steps"]
+    return e2e, n // (len(passes) * steps), n // len(passes) % steps, passes[n % len(passes)]
+
+
 @pytest.mark.golden
 @pytest.mark.parametrize("case_name", golden_cases("dit") + golden_cases("vae"), ids=str)
 def test_golden_single_stage_cases_replay(golden, bound_stages, case_name):
     case = get_case(golden, case_name)
     a = load_trace(case.file(f"{case.name}.json"))
     if case.stage == "dit":
-        call = case.name.rsplit("_", 1)[-1] if not case.name.endswith("drop_text") else "drop_text"
-        stage = {"cond": "dit", "uncond": "dit.uncond", "drop_text": "dit.drop_text"}[call]
+        e2e, c, i, kind = dit_case_call(golden, case)
+        bound_stages(e2e)
+        # the call really is that pass of the e2e run: same latent in, same prediction out
+        assert torch.equal(a.tensor("dit.in.x"), e2e[f"e2e.clip{c}.step{i}.latent_in"])
+        assert torch.equal(a.tensor("dit.out"), e2e[f"e2e.clip{c}.step{i}.{kind}"])
+        stage = cmpmod.dit_stage(kind)
     else:
+        bound_stages()
         stage = "vae.encode" if "vae.encode.in" in a else "vae.decode"
     res = replay(a, stage)
     assert not res.local, res.verdict
     assert res.comparison.rows[0].tol == 1e-4  # single-stage tolerance, not the e2e one
+
+
+def test_dit_stage_names_every_pass_kind():
+    assert [cmpmod.dit_stage(k) for k in ("cond", "drop_text", "uncond", "drop_audio")] == [
+        "dit", "dit.drop_text", "dit.uncond", "dit.drop_audio",
+    ]  # fmt: skip
+    assert all(cmpmod.dit_stage(k) in cmpmod.STAGES for k in cmpmod.DIT_PASSES)
+    with pytest.raises(cmpmod.InputError) as e:
+        cmpmod.dit_stage("audio")
+    assert str(e.value) == (
+        "replay: no DiT pass kind 'audio'. The reference's passes are cond, drop_text, uncond, "
+        "drop_audio (stages dit, dit.drop_text, dit.uncond, dit.drop_audio)."
+    )
 
 
 def test_replay_in_a_pipeline_trace_names_the_scopes_when_prefix_is_missing(tmp_path):
@@ -198,29 +254,21 @@ def test_replay_in_a_pipeline_trace_names_the_scopes_when_prefix_is_missing(tmp_
 
 
 def _run_golden_case(golden, golden_models, case, recorder) -> None:  # noqa: F811
-    """mtlib's pipeline on the case's inputs, golden tiny weights, injected golden noise."""
+    """mtlib's pipeline on the case's inputs, golden tiny weights (the case's LoRA merged),
+    injected golden noise."""
     params = case.params
-    kw = params["generate_kwargs"]
-    size = kw["size_buckget"]  # (sic) the reference's kwarg name
-    image_case = golden.case(params["input_refs"]["image_case"])
-    table = table_from_json(golden.tiny_configs["buckets_tiny"][size])
-    prepared = prepare_image(image_case.file(image_case.params["source"]["file"]), size, table)
-    H, W = prepared.target_hw
-    audio_embs = golden_audio_embs(golden, case)
-    src = image_case.params[size]
-    masks = ref_target_masks(
-        src["src_h"], src["src_w"], H, W, len(audio_embs), params["input_refs"]["bbox"],
-        kw["face_scale"],
-    )  # fmt: skip
+    kw = generate_kwargs(case)
+    cond, masks, audio_embs = case_conditioning(golden, case)
     models = Models(
-        dit=DiTCall(golden_models["dit"]), vae=golden_models["vae"], clip=golden_models["clip"]
-    )
+        dit=DiTCall(dit_for_case(golden_models, case)), vae=golden_models["vae"],
+        clip=golden_models["clip"],
+    )  # fmt: skip
     noise = InjectedNoise({k: v for k, v in case.tensors.items() if ".rand." in k}, seed=kw["seed"])
     with trace.recording(recorder):
         context, context_null = encode_prompts(
             PromptEncoder(golden_models["text"]), params["input_data"]["prompt"], _negative_prompt(case)
         )
-        generate(models, prepared.cond, audio_embs, context, context_null, masks, _settings(case), noise)
+        generate(models, cond, audio_embs, context, context_null, masks, _settings(case), noise)
 
 
 @pytest.mark.golden
@@ -233,7 +281,8 @@ def test_golden_pipeline_run_trace_compares_clean_with_the_golden_case(
         _run_golden_case(golden, golden_models, case, tw)
     run = load_trace(tmp_path / "run")
     ref = load_trace(case.file(f"{case.name}.json"))
-    res = compare(run, ref)
+    ref = Trace.from_tensors({n: ref.tensor(n) for n in ref.names if not n.startswith("lora.")})
+    res = compare(run, ref)  # the merged LoRA weights are no trace point of the run
     assert res.only_in_b == []  # every golden point was recorded by the run
     assert len(res.compared) == len(ref.names)
     assert res.first_divergence is None and res.passed, res.summary()

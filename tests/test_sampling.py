@@ -7,7 +7,14 @@ import torch
 
 from mtlib import sampling
 from mtlib.color import match_and_blend_colors
-from tests.golden import E2E_TOL, assert_close, get_case, golden_cases
+from tests.golden import (
+    E2E_TOL,
+    assert_close,
+    case_settings,
+    dit_passes,
+    get_case,
+    golden_cases,
+)
 from tests.pipeline_replay import golden_audio_embs
 
 
@@ -16,15 +23,15 @@ def clip_indices(case):
 
 
 def steps_of(case) -> int:
-    return case.params["generate_kwargs"]["sampling_steps"]
+    return case_settings(case).sampling_steps
 
 
 @pytest.mark.golden
 @pytest.mark.parametrize("case_name", golden_cases("e2e"), ids=str)
 def test_golden_timesteps(golden, case_name):
     case = get_case(golden, case_name)
-    kw = case.params["generate_kwargs"]
-    ts = sampling.timesteps(kw["sampling_steps"], kw["shift"])
+    s = case_settings(case)
+    ts = sampling.timesteps(s.sampling_steps, s.shift)
     for c in clip_indices(case):
         assert ts.dtype == torch.float32
         assert_close(ts, case[f"e2e.clip{c}.timesteps"], "timesteps", 1e-6)
@@ -70,20 +77,44 @@ def test_audio_windows_clamp_both_ends():
     assert win[5].tolist() == [3, 4, 5, 5, 5]
 
 
+def guided_velocity(case, passes, preds, buffers):
+    """The guided velocity of one step from the case's pass layout and guidance settings
+    (plain CFG or APG with the case's momentum / threshold; buffers: one per term, per clip)."""
+    s = case_settings(case)
+    if passes == ("cond", "drop_text", "uncond"):
+        cond, drop_text, uncond = (preds[k] for k in passes)
+        if not s.use_apg:
+            return sampling.guide(
+                cond, drop_text, uncond, s.text_guide_scale, s.audio_guide_scale
+            )
+        return sampling.guide_apg(
+            cond, drop_text, uncond, s.text_guide_scale, s.audio_guide_scale,
+            buffers[0], buffers[1], s.apg_norm_threshold,
+        )  # fmt: skip
+    cond, drop_audio = (preds[k] for k in passes)  # ("cond", "drop_audio"): text scale 1
+    if not s.use_apg:
+        return sampling.guide_text_one(cond, drop_audio, s.audio_guide_scale)
+    return sampling.guide_apg_text_one(
+        cond, drop_audio, s.audio_guide_scale, buffers[1], s.apg_norm_threshold
+    )
+
+
 @pytest.mark.golden
 @pytest.mark.parametrize("case_name", golden_cases("e2e"), ids=str)
 def test_golden_guidance_and_euler(golden, case_name):
-    """noise_pred = −guide(cond, drop_text, uncond); latent_{i+1} = euler_step(latent_i, ...)."""
+    """noise_pred = −guide(the case's passes, its guidance), latent_{i+1} = euler_step(...)."""
     case = get_case(golden, case_name)
-    kw = case.params["generate_kwargs"]
-    ts = sampling.timesteps(kw["sampling_steps"], kw["shift"])
+    passes = dit_passes(case)
+    s = case_settings(case)
+    ts = sampling.timesteps(s.sampling_steps, s.shift)
     for c in clip_indices(case):
+        # APG: one momentum buffer per guidance term, fresh for every clip
+        buffers = [sampling.MomentumBuffer(s.apg_momentum) for _ in range(2)]
         for i in range(steps_of(case)):
             p = f"e2e.clip{c}.step{i}."
-            velocity = sampling.guide(
-                case[p + "cond"], case[p + "drop_text"], case[p + "uncond"],
-                kw["text_guide_scale"], kw["audio_guide_scale"],
-            )  # fmt: skip
+            absent = [k for k in ("drop_text", "uncond", "drop_audio") if k not in passes]
+            assert not any(p + k in case.tensors for k in absent), f"{p}: passes beyond {passes}"
+            velocity = guided_velocity(case, passes, {k: case[p + k] for k in passes}, buffers)
             assert_close(-velocity, case[p + "noise_pred"], p + "noise_pred", E2E_TOL)
             updated = sampling.euler_step(
                 case[p + "latent_in"], case[p + "noise_pred"], ts[i : i + 1], ts[i + 1 : i + 2]
@@ -128,7 +159,7 @@ def test_golden_set_has_streaming_case(golden):
 @pytest.mark.parametrize("case_name", golden_cases("e2e"), ids=str)
 def test_golden_color_correction(golden, case_name):
     case = get_case(golden, case_name)
-    strength = case.params["generate_kwargs"]["color_correction_strength"]
+    strength = case_settings(case).color_correction_strength
     for c in clip_indices(case):
         p = f"e2e.clip{c}."
         assert torch.equal(

@@ -179,6 +179,8 @@ def _e2e_plan(golden, c):
         "generation.frame_num": gk["frame_num"], "generation.motion_frame": gk["motion_frame"],
         "generation.sampling_steps": gk["sampling_steps"], "generation.max_frames_num": gk["max_frames_num"],
         "generation.text_guide_scale": gk["text_guide_scale"], "generation.short_audio": "error",
+        "model.loras": [{"path": str(c.dir / lo["file"]), "scale": lo["scale"]}
+                        for lo in ([prm["lora"]] if "lora" in prm else [])],
     })
     return plan(cfg, PlanInputs(image_size=(img["width"], img["height"]), audio_samples_16k=tuple(samples),
                                 audio_type=audio_type))
@@ -199,8 +201,13 @@ def test_golden_e2e_bookkeeping(golden, case):
         assert (mine.lat_h * 8, mine.lat_w * 8) == (ref["target_h"], ref["target_w"])
     assert [3, p.video_frames, *p.target_hw] == c.params["video_shape"]
     assert list(p.shape_of("e2e.video")) == c.params["video_shape"]
+    # the merged LoRA weights (lora.merged.<param>) are planned as the parameters it touches
+    merged = sorted(n[len("lora.merged."):] for n in c.tensor_index if n.startswith("lora."))
+    assert [p for lo in p.loras for p in lo["params"]] == merged
     unplanned = []
     for name, meta in c.tensor_index.items():
+        if name.startswith("lora."):
+            continue
         t = p.tensor(name)
         if t is None:
             unplanned.append(name)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mtlib.guards import check_state_finite
 from mtlib.io import InputError, resolve_local
 
 
@@ -82,11 +83,12 @@ def read_state_dict(
             from safetensors import safe_open
 
             with safe_open(str(p), framework="pt") as f:
-                return {k: f.get_tensor(k) for k in f.keys() if keep(k)}
-        try:
-            sd = torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) .pth files cannot be memory-mapped
-            sd = torch.load(str(p), map_location="cpu", weights_only=True)
+                sd = {k: f.get_tensor(k) for k in f.keys() if keep(k)}
+        else:
+            try:
+                sd = torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # legacy (non-zip) .pth files cannot be memory-mapped
+                sd = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:
         raise InputError(
             f"{what} checkpoint {str(p)!r}: cannot be read ({type(e).__name__}: {e}). "
@@ -94,7 +96,9 @@ def read_state_dict(
         ) from e
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise InputError(f"{what} checkpoint {str(p)!r}: is not a flat state dict of tensors.")
-    return {k: v for k, v in sd.items() if keep(k)}
+    sd = {k: v for k, v in sd.items() if keep(k)}
+    check_state_finite(sd, what, repr(str(p)))  # one isfinite per tensor: a NaN byte -> error
+    return sd
 
 
 def assign_state_dict(

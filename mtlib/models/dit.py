@@ -37,13 +37,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from mtlib import trace
+from mtlib.guards import check_state_finite
 from mtlib.io import InputError
 from mtlib.models.checkpoint import CheckpointError, pick_config, state_diff
 from mtlib.spec import SPECS, torch_dtype
@@ -335,13 +336,12 @@ _FLASH_MODES = {"triton": "bf16", "triton-fp8": "fp8"}
 
 
 class SelfAttention(nn.Module):
-    # which kernel runs the self-attention: "sdpa" (default, torch), "triton" (bf16 flash
-    # kernel of mtlib.kernels; slower than cuDNN on the H100) or "triton-fp8" (e4m3, faster,
-    # changes results); set_attention_kernel()
-    kernel = "sdpa"
-
     def __init__(self, cfg: DiTConfig):
         super().__init__()
+        # which kernel runs this self-attention: "sdpa" (default, torch), "triton" (bf16 flash
+        # kernel of mtlib.kernels; slower than cuDNN on the H100) or "triton-fp8" (e4m3, faster,
+        # changes results); per instance, set by set_attention_kernel() (model.attention)
+        self.kernel = "sdpa"
         dim = cfg.dim
         self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
         self.q = nn.Linear(dim, dim)
@@ -351,31 +351,47 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(dim, cfg.eps) if cfg.qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, cfg.eps) if cfg.qk_norm else nn.Identity()
 
-    def forward(self, x, rope, token_masks, frame_tokens, want_ref_map: bool = True):
-        """x [1, L, C] -> (out [1, L, C], x_ref_attn_map [3, L] or None when not wanted)."""
+    def forward(self, x, rope, token_masks, frame_tokens, want_ref_map: bool = True, shard=None):
+        """x [1, L, C] -> (out [1, L, C], x_ref_attn_map [3, L] or None when not wanted).
+
+        shard (mtlib.parallel.sequence.TokenShard, sequence parallel): x holds this rank's
+        tokens; q, k, v are exchanged to all tokens x this rank's heads (Ulysses) around the
+        attention, and the map still covers all L tokens."""
         B, L, _ = x.shape
         H, d = self.num_heads, self.head_dim
         q = rope3d_apply(self.norm_q(self.q(x)).view(B, L, H, d), *rope)  # [B, L, H, d] fp32
         k = rope3d_apply(self.norm_k(self.k(x)).view(B, L, H, d), *rope)
         v = self.v(x).view(B, L, H, d)
+        if shard is not None:
+            if self.kernel != "triton-fp8":  # every other kernel casts q, k to v's dtype: do it
+                q, k = q.to(v.dtype), k.to(v.dtype)  # before the exchange (half the bytes)
+            q, k, v = shard.to_heads(q), shard.to_heads(k), shard.to_heads(v)  # [B, L_all, H/N, d]
         if self.kernel == "sdpa":
             out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
         else:  # Triton flash attention, reads and writes [B, L, H, d] (mtlib.kernels.attention)
             from mtlib.kernels.attention import attention as flash
 
             out = flash(q, k, v, mode=_FLASH_MODES[self.kernel])
+        if shard is not None:
+            out = shard.to_tokens(out)  # [B, L, H, d] again (this rank's tokens)
         out = self.o(out.reshape(B, L, H * d).to(x.dtype))
         if not want_ref_map:
             return out, None
         with torch.no_grad():
             ref_map = x_ref_attn_map(
-                q.transpose(1, 2).to(x.dtype), k.transpose(1, 2).to(x.dtype), token_masks, frame_tokens
-            )
+                q.transpose(1, 2).to(x.dtype), k.transpose(1, 2).to(x.dtype), token_masks,
+                frame_tokens, shard, H,
+            )  # fmt: skip
         return out, ref_map
 
 
 def x_ref_attn_map(
-    q: torch.Tensor, k: torch.Tensor, token_masks: torch.Tensor, frame_tokens: int
+    q: torch.Tensor,
+    k: torch.Tensor,
+    token_masks: torch.Tensor,
+    frame_tokens: int,
+    shard=None,
+    num_heads: int | None = None,
 ) -> torch.Tensor:
     """How much each token attends to each class region of latent frame 0.
 
@@ -386,18 +402,26 @@ def x_ref_attn_map(
     fused GPU kernels (flash, cuDNN) need equal q/k/v head dims (zero columns change nothing).
     Heads are averaged per chunk, chunks averaged (the official 2-chunk split; a last odd
     head is dropped as there). -> [3, L].
+
+    shard (sequence parallel): q, k hold this rank's heads of `num_heads` for all L tokens;
+    the heads are summed here, then over the ranks (equal chunks: the mean of the chunk
+    means is the mean over the used heads), so every rank gets the whole map.
     """
     B, H, L, d = q.shape
     n_cls = token_masks.shape[0]
-    chunk = H // REF_MAP_HEAD_CHUNKS
+    chunk = (H if shard is None else num_heads) // REF_MAP_HEAD_CHUNKS
     used = chunk * REF_MAP_HEAD_CHUNKS
+    first = 0 if shard is None else shard.heads(num_heads)[0]
+    n = max(0, min(H, used - first))  # heads of this call that count
     masks = token_masks.to(q.dtype)  # [3, S]
     values = F.pad(masks.t(), (0, max(d - n_cls, 0)))  # [S, d]: mask c in column c
-    values = values.expand(B, used, frame_tokens, values.shape[-1])  # [B, H, S, d]
-    r = F.scaled_dot_product_attention(q[:, :used], k[:, :used, :frame_tokens], values)[
+    values = values.expand(B, n, frame_tokens, values.shape[-1])  # [B, H, S, d]
+    r = F.scaled_dot_product_attention(q[:, :n], k[:, :n, :frame_tokens], values)[
         ..., :n_cls
     ]  # [B, H, L, 3]
     r = r / masks.sum(-1)  # masked mean over the reference tokens
+    if shard is not None:
+        return (shard.sum(r.float().sum(1)) / used).to(q.dtype)[0].t()  # [3, L]
     r = (
         r.view(B, REF_MAP_HEAD_CHUNKS, chunk, L, n_cls).mean(2).sum(1) / REF_MAP_HEAD_CHUNKS
     )  # [B, L, 3]
@@ -448,23 +472,31 @@ class AudioCrossAttention(nn.Module):
         self.kv_linear = nn.Linear(cfg.output_dim, 2 * dim)  # rows: K (head-major), then V
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x, audio_embedding, grid, ref_map, human_num: int):
+    def forward(self, x, audio_embedding, grid, ref_map, human_num: int, shard=None):
         """x [1, L, C], audio_embedding [1, T, N_a, C_a] (N_a = context_tokens * persons),
-        ref_map [3, L] -> [1, L, C]."""
+        ref_map [3, L] -> [1, L, C]. shard (sequence parallel): x holds this rank's tokens,
+        placed in the latent frames they touch; ref_map covers all L tokens."""
         T, Nh, Nw = grid
         S, H, d = Nh * Nw, self.num_heads, self.head_dim
         B, L, C = x.shape
-        q = self.q_linear(x).view(T, S, H, d).transpose(1, 2)  # [T, H, S, d]
+        first, stop = (0, T) if shard is None else shard.frames
+        q = self.q_linear(x)
+        if shard is not None:
+            q = shard.frame_window(q)  # [1, (stop - first) * S, C]
+        T = stop - first
+        q = q.view(T, S, H, d).transpose(1, 2)  # [T, H, S, d]
         N_a = audio_embedding.shape[2]
-        kv = self.kv_linear(audio_embedding[0]).view(T, N_a, 2, H, d)
+        kv = self.kv_linear(audio_embedding[0, first:stop]).view(T, N_a, 2, H, d)
         k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # [T, H, N_a, d]
         if human_num == 2:
-            q = rope1d_apply(q, lrope_positions(ref_map).view(T, S))
+            q = rope1d_apply(q, lrope_positions(ref_map)[first * S : stop * S].view(T, S))
             # person 1's tokens come first: keys at the middle of each person's range (2, 22)
             key_pos = torch.full((N_a,), sum(PERSON2_RANGE) / 2, dtype=k.dtype, device=k.device)
             key_pos[: N_a // 2] = sum(PERSON1_RANGE) / 2
             k = rope1d_apply(k, key_pos)
-        out = attention(q, k, v).transpose(1, 2).reshape(B, L, C)  # [T, S, H, d] -> [1, L, C]
+        out = attention(q, k, v).transpose(1, 2).reshape(B, T * S, C)  # [T, S, H, d] -> [1, L, C]
+        if shard is not None:
+            out = shard.frame_unwindow(out)
         return self.proj(out)
 
 
@@ -495,6 +527,7 @@ class _BlockInputs:
     context: torch.Tensor  # [1, 257 + text_len, C]
     audio_embedding: torch.Tensor  # [1, T, context_tokens * persons, output_dim]
     human_num: int  # persons in the audio (1 or 2)
+    shard: Any = None  # mtlib.parallel.sequence.TokenShard under sequence parallel, else None
 
 
 class Block(nn.Module):
@@ -518,13 +551,14 @@ class Block(nn.Module):
         self.norm_x = (
             LayerNormF32(dim, cfg.eps, affine=True) if cfg.norm_input_visual else nn.Identity()
         )
-
-    # set by compile_blocks(): a torch.compile'd Block.body shared by every block
-    compiled_body = None
+        # set per instance by compile_blocks() (model.compile): a torch.compile'd Block.body
+        # shared by every block of that model
+        self.compiled_body = None
 
     def forward(self, x, e0, index: int, ctx: _BlockInputs):
         """x [1, L, C] (activation dtype), e0 [1, 6, C] fp32 -> [1, L, C]."""
-        tracing = trace.active()
+        # under sequence parallel a block sees a slice of the tokens: no per-block points
+        tracing = trace.active() and ctx.shard is None
         if self.compiled_body is not None and not tracing:
             # index is only used for trace names: a constant keeps one compiled graph for all
             return self.compiled_body(self, x, e0, -1, ctx, False)
@@ -545,6 +579,7 @@ class Block(nn.Module):
             ctx.token_masks,
             ctx.frame_tokens,
             want_ref_map=ctx.human_num > 1 or (tracing and trace.wanted(map_point)),
+            shard=ctx.shard,
         )
         if tracing:
             trace.point(f"dit.block{index}.self_attn", y)
@@ -558,7 +593,7 @@ class Block(nn.Module):
         x = x + y
 
         y = self.audio_cross_attn(
-            self.norm_x(x), ctx.audio_embedding, ctx.grid, ref_map, ctx.human_num
+            self.norm_x(x), ctx.audio_embedding, ctx.grid, ref_map, ctx.human_num, ctx.shard
         )
         if tracing:
             trace.point(f"dit.block{index}.audio_cross_attn", y)
@@ -737,6 +772,8 @@ class MultiTalkDiT(nn.Module):
         self.head = Head(cfg)
         self.img_emb = MLPProj(cfg.clip_dim, dim)
         self.audio_proj = AudioProjModel(cfg)
+        # mtlib.parallel.sequence.SequenceParallel: split the tokens over ranks (None: one device)
+        self.sequence_parallel = None
         # 3-D RoPE cos/sin per (grid, device, dtype): not parameters, never in the state dict
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         # float64 is the official math. float32 rotation differs by ~1e-7 relative (within
@@ -918,9 +955,12 @@ class MultiTalkDiT(nn.Module):
         if tracing:
             trace.point("dit.token_ref_target_masks", token_masks)
 
-        inputs = _BlockInputs(
-            self.rope_table(grid, x.device), token_masks, S, grid, ctx, audio_embedding, human_num
-        )
+        rope = self.rope_table(grid, x.device)
+        shard = None
+        if self.sequence_parallel is not None:  # this rank's tokens only, until the head
+            shard = self.sequence_parallel.shard(x.shape[1], S)
+            x, rope = shard.scatter(x), tuple(shard.rows(r) for r in rope)
+        inputs = _BlockInputs(rope, token_masks, S, grid, ctx, audio_embedding, human_num, shard)
         if teacache is not None and not teacache.should_compute(e0):
             x = x + teacache.previous_residual[teacache.calls % 3]
             teacache.skipped += 1
@@ -932,6 +972,8 @@ class MultiTalkDiT(nn.Module):
                 teacache.previous_residual[teacache.calls % 3] = x - x_in
 
         out = self.head(x, e)  # [1, L, p*q*r*c] fp32
+        if shard is not None:
+            out = shard.gather(out)  # every rank: all L tokens
         if tracing:
             trace.point("dit.head", out)
         if teacache is not None:
@@ -952,12 +994,13 @@ class MultiTalkDiT(nn.Module):
 # Building and loading
 
 
-def compile_blocks(model: MultiTalkDiT, rope_fp32: bool = True, **compile_kwargs) -> MultiTalkDiT:
+def compile_blocks(model: MultiTalkDiT, rope_fp32: bool = False, **compile_kwargs) -> MultiTalkDiT:
     """Speed mode for GPUs: torch.compile the block body once (shared by all blocks: the
     parameters are graph inputs) so the fp32 islands, casts and RoPE fuse into a few kernels
     instead of ~40 separate element-wise passes over [L, C]. Numerics stay those of the
-    reference up to kernel order; `rope_fp32` rotates in float32 instead of float64 (within the
-    golden tolerance, see tests). Tracing falls back to the eager body."""
+    reference up to kernel order. RoPE keeps the model's rope_dtype (model.rope_precision in a
+    run config); `rope_fp32=True` sets float32 (within the golden tolerance, see tests).
+    Tracing falls back to the eager body."""
     if rope_fp32:
         model.rope_dtype = torch.float32
     body = torch.compile(Block.body, dynamic=False, **compile_kwargs)
@@ -1121,5 +1164,6 @@ def load_dit(
         with safe_open(str(f), framework="pt") as h:
             for k in keys:
                 state[k] = h.get_tensor(k).to(device=device, dtype=dtype)
+        check_state_finite({k: state[k] for k in keys}, "DiT", repr(str(f)))
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)

@@ -111,12 +111,17 @@ def check_geometry(config: dict, expected: Wav2VecGeometry, name: str) -> None:
 
 
 def _fingerprint(model_dir: Path, config: dict) -> str:
-    """Identity of the weights + config for the embedding cache: the config JSON and the
-    weight files' names and sizes (hub snapshot directories are named by commit, too)."""
+    """Identity of the weights + config for the embedding cache: the config JSON, the other
+    JSON files' bytes and the weight files' CONTENT digests (mtlib.filehash: hashed once,
+    remembered by path + size + mtime), so different weights of the same size miss the cache."""
+    from mtlib.filehash import content_digest
+
     h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for f in sorted(model_dir.iterdir()):
-        if f.suffix in (".bin", ".safetensors", ".pt", ".json"):
-            h.update(f"{f.name}:{f.stat().st_size}".encode())
+        if f.suffix in (".bin", ".safetensors", ".pt"):
+            h.update(f"{f.name}:{content_digest(f)}".encode())
+        elif f.suffix == ".json":
+            h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -161,6 +166,9 @@ class AudioEncoder:
         finally:
             hf_logging.set_verbosity(verbosity)
         model.to(device=device, dtype=torch.float32)
+        from mtlib.guards import check_state_finite
+
+        check_state_finite(model.state_dict(), "wav2vec2", repr(str(model_dir)))
         return cls(model, fe, str(path_or_repo), _fingerprint(model_dir, config))
 
     @property
