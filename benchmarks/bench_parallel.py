@@ -83,7 +83,7 @@ def _rank_main(args: argparse.Namespace) -> dict | None:
 
         enable_fp8_dit(model, dev)
     if args.compile:
-        compile_blocks(model)
+        compile_blocks(model, rope_fp32=True)  # what model.compile with rope_precision auto runs
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     sync()
     build_s = time.perf_counter() - t0

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from mtlib import io, trace
+from mtlib.extras import require
 
 # 16 kHz (wav2vec2's rate, every waveform in mtlib) and 25 video frames per second: mtlib.frames
 from mtlib.frames import SAMPLE_RATE, VIDEO_FPS, embedding_frames
@@ -479,7 +480,7 @@ def _pyplot():
     """matplotlib.pyplot, on the Agg backend when there is no display and no notebook."""
     import sys
 
-    import matplotlib
+    matplotlib = require("matplotlib", "notebooks", "the audio plot")
 
     if (
         "ipykernel" not in sys.modules

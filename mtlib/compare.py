@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from mtlib import trace
+from mtlib.extras import require
 from mtlib.io import InputError, atomic_write, atomic_write_url, is_output_url
 from mtlib.trace import Trace, load_trace
 
@@ -583,7 +584,7 @@ _STEP_RE = re.compile(r"^(.*?step(\d+))\.(.+)$")
 def _pyplot():
     import os
 
-    import matplotlib
+    matplotlib = require("matplotlib", "notebooks", "the comparison plot")
 
     if not os.environ.get("DISPLAY") and "ipykernel" not in sys.modules:
         matplotlib.use("Agg")
@@ -1118,7 +1119,9 @@ def resolve_pair(run_a: str, run_b: str, workdir: str | Path, base: Any = "tiny"
         return tiny_pair(Path(workdir) / "tiny_pair", base=base)
     if not run_a or not run_b:
         raise InputError(f"run_a={run_a!r}, run_b={run_b!r}: give both traces (or neither, for the demo).")
-    return run_a, run_b
+    from mtlib.reference.archive import resolve  # a reference trace archive (.tar.gz) is unpacked
+
+    return resolve(run_a), resolve(run_b)
 
 
 def heatmap_point(cmp: Comparison, point: str = "") -> str | None:
@@ -1140,7 +1143,7 @@ def heatmap_point(cmp: Comparison, point: str = "") -> str | None:
 
 
 def add_arguments_compare(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("a", help="trace dir, run dir (with trace/), golden case .json, golden dir, "
+    parser.add_argument("a", help="trace dir (or its .tar.gz), run dir (with trace/), golden case .json, golden dir, "
                                   "or <golden dir>/<case>")
     parser.add_argument("b", help="the reference, same kinds as A")
     parser.add_argument("--report", metavar="HTML", help="write a self-contained HTML report here")
@@ -1172,10 +1175,12 @@ def parse_tolerances(items: Iterable[str]) -> dict[str, float]:
 def run_compare(args: argparse.Namespace) -> int:
     """0: every compared point was checked and passes; 1: something diverges, is unverified
     (stats only) or nothing is in common; 2: usage, unreadable or incomplete trace."""
+    from mtlib.reference.archive import resolve
+
     try:
         tols = parse_tolerances(args.tol)
-        a = load_trace(args.a)
-        b = load_trace(args.b)
+        a = load_trace(resolve(args.a))  # a trace archive (.tar.gz) is unpacked beside itself
+        b = load_trace(resolve(args.b))
         if not args.allow_incomplete:
             for src, t in ((args.a, a), (args.b, b)):
                 if trace_incomplete(t):
@@ -1188,10 +1193,19 @@ def run_compare(args: argparse.Namespace) -> int:
     except InputError as e:
         print(f"mtlib compare: {e}", file=sys.stderr)
         return 2
+    from mtlib.reference.settings import format_settings_diff, settings_diff
+
     cmp = compare(a, b, tols, args.only or None)
     if args.json:
-        print(json.dumps(cmp.to_dict(), indent=1))
+        doc = cmp.to_dict()
+        doc["settings_diff"] = [dict(section=s, key=k, a=va, b=vb)
+                                for s, k, va, vb in settings_diff(a.meta, b.meta)]
+        print(json.dumps(doc, indent=1, default=str))
     else:
+        # what the runs were told to do, and where they ran, before any tensor
+        block = format_settings_diff(a.meta, b.meta)
+        if block:
+            print(block)
         print(cmp.table(), end="")
         fd = cmp.first_divergence
         if fd is not None:

@@ -131,7 +131,6 @@ class ModelConfig:
     # A published distillation recipe (mtlib.recipes): lightx2v (4 steps) or fusionx (8 steps)
     # need their LoRA in model.loras (or, fusionx, the int8 FusionX checkpoint).
     recipe: Literal["none", "lightx2v", "fusionx"] = "none"
-    loras: tuple[LoraConfig, ...] = ()
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     # LoRA files merged into the DiT weights at load, in order, each with its scale
     loras: tuple[LoraConfig, ...] = ()
@@ -173,6 +172,24 @@ class GenerationConfig:
     face_scale: float = field(default=0.05, metadata=_check(_unit_interval))
     # 25 only: the one home of the rule (mtlib.guards is not needed: refused on load)
     fps: int = field(default=25, metadata=_check(_fps_25))
+    # Where the random draws come from (mtlib.reference.noise): cpu = one seeded CPU
+    # generator in the reference's order; cuda = the reference's own draws on the CUDA
+    # generator after torch.manual_seed(seed) (same seed + GPU type -> the Colab's noise);
+    # trace = the draws recorded in the trace at noise_trace (any device).
+    noise: Literal["cpu", "cuda", "trace"] = "cpu"
+    noise_trace: str | None = None
+
+    def __post_init__(self):
+        if self.noise == "trace" and not self.noise_trace:
+            raise ConfigError(
+                "generation.noise: 'trace' needs generation.noise_trace (the path of a trace "
+                "holding the draws, e.g. the one `python -m mtlib.reference` wrote)."
+            )
+        if self.noise_trace and self.noise != "trace":
+            raise ConfigError(
+                f"generation.noise_trace is set but generation.noise is {self.noise!r}: the trace "
+                "would be ignored. Fix: generation.noise=trace, or drop noise_trace."
+            )
 
     def resolved_shift(self, size: str) -> float:
         if self.shift != "auto":
@@ -321,6 +338,15 @@ def load_config(
         raise ConfigError(f"{where}: {e}") from None
 
 
+def _override_value(text: str) -> Any:
+    """A `-p key=value` value parsed as YAML, except YAML 1.1's yes/no/on/off booleans: only
+    true/false are booleans, so `-p trace.level=off` means the string 'off'."""
+    value = yaml.safe_load(text)
+    if isinstance(value, bool) and text.strip().lower() not in ("true", "false"):
+        return text.strip()
+    return value
+
+
 def apply_overrides(data: dict, overrides: dict[str, Any] | list[str]) -> dict:
     if isinstance(overrides, list | tuple):
         parsed = {}
@@ -328,7 +354,7 @@ def apply_overrides(data: dict, overrides: dict[str, Any] | list[str]) -> dict:
             if "=" not in item:
                 raise ConfigError(f"override {item!r}: expected key.path=value, e.g. generation.seed=3.")
             key, value = item.split("=", 1)
-            parsed[key.strip()] = yaml.safe_load(value)
+            parsed[key.strip()] = _override_value(value)
         overrides = parsed
     out = _merge({}, data)
     for key, value in overrides.items():
@@ -385,9 +411,6 @@ def from_dict(data: dict, cls: type = RunConfig, path: str = "") -> Any:
     kwargs = {}
     for name, f in fields.items():
         if name not in data:
-            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            if required:
-                raise ConfigError(f"{_join(path, name)}: missing (required). Keys here: {', '.join(fields)}.")
             continue
         key_path = _join(path, name)
         value = _coerce(data[name], hints[name], key_path)

@@ -12,7 +12,8 @@ what `mtlib generate` and notebook 03 call:
                           planned -> wav2vec2 embedding (cached); image -> bucket crop ->
                           person masks on the latent grid
     encode_prompts()      T5 on [prompt, negative prompt]
-    pipeline.generate()   the clip / streaming loop, noise from SeededNoise(seed)
+    pipeline.generate()   the clip / streaming loop; noise from generation.noise (cpu: SeededNoise(seed),
+                          cuda: the reference's CUDA draws, trace: a trace's draws; mtlib.reference.noise)
     write                 video trimmed back to the real audio, muxed with the ORIGINAL
                           (unpadded, loudness-normalised, summed) speech at 25 fps, the resolved
                           config and seed in the mp4 metadata, written atomically
@@ -666,7 +667,8 @@ def generate_video(
     the DiT splits its tokens over the ranks, and only rank 0 writes the video and the trace."""
     from mtlib import parallel
     from mtlib.models.t5 import DEFAULT_NEGATIVE_PROMPT
-    from mtlib.pipeline import Models, SeededNoise, encode_prompts, generate
+    from mtlib.pipeline import Models, encode_prompts, generate
+    from mtlib.reference.noise import noise_source
     from mtlib.video import write_mp4
 
     t_start = time.perf_counter()
@@ -682,12 +684,15 @@ def generate_video(
                 "handed to spawned ranks. Fix: drop models= (each rank loads its own), or run "
                 "under torchrun and load them in every process."
             )
-        return parallel.launch.spawn_generate(run.config, out, trace_dir, progress, compile)
+        return parallel.launch.spawn_generate(run.config, out, trace_dir, progress, compile, noise)
     cfg = run.config
     if main:
         _guard_outputs(run, out, trace_dir)
     if rank is not None:
         run.device = rank.device(run.device)
+    # the noise source before any weights: a missing CUDA device or trace fails here
+    if noise is None:
+        noise = noise_source(cfg.generation, run.device, clips=len(run.plan.clips))
     t = _timed(timings, "plan", t_start)
     if models is None:
         models = parallel.agree(
@@ -728,7 +733,7 @@ def generate_video(
                     context_null,
                     inputs.ref_target_masks,
                     s,
-                    noise if noise is not None else SeededNoise(cfg.generation.seed),
+                    noise,
                     plan=run.plan,  # the loop runs the planned clips, checking itself against them
                 )
             t = _timed(timings, "generate", t)
@@ -754,7 +759,7 @@ def generate_video(
                  "policies": [a.policy for a in run.plan.policy_actions]},
         "dit": dit_options,
     }  # fmt: skip
-    if models.loras:  # the merged LoRA files, by content: path, scale, sha256, params touched
+    if getattr(models, "loras", None):  # the merged LoRA files, by content: path, scale, sha256, params touched
         from mtlib.lora import record as lora_record
 
         meta["loras"] = lora_record(models.loras)
@@ -833,7 +838,7 @@ def _write_or_rescue(write_mp4, video, out, fps: int, soundtrack, meta: dict) ->
         with open_output(out) as tmp:
             write_mp4(video, tmp, fps=fps, audio=(soundtrack, SAMPLE_RATE), metadata=meta)
         return out
-    except (OSError, OutputError) as e:
+    except Exception as e:  # OSError, PyAV's errors, a refused upload: the frames are kept
         kept = guards.save_rescue(video, soundtrack, fps, meta, str(out))
         raise OutputError(
             f"--out {str(out)!r}: the video was computed but could not be written "
@@ -890,6 +895,11 @@ def add_arguments_generate(parser: argparse.ArgumentParser) -> None:
         "--lora-allow-unmatched", action="store_true",
         help="merge the matching part of a LoRA whose modules match the DiT only partly",
     )  # fmt: skip
+    parser.add_argument(
+        "--from-official", metavar="ARGS",
+        help="the generate_multitalk.py arguments as one quoted string: the config is translated "
+             "from them (mtlib config from-official; replaces --config)",
+    )  # fmt: skip
 
 
 def _cli_overrides(args: argparse.Namespace) -> list[str] | dict:
@@ -939,14 +949,21 @@ def _int(s: str, what: str) -> int:
 
 def run_generate(args: argparse.Namespace) -> int:
     """`mtlib generate`: 0 and the summary on success; 2 (nothing written) when the plan,
-    an input or the config is refused; 1 when the checkpoints are missing or damaged."""
+    an input, an output or the config is refused (also: the mp4 could not be written after
+    the compute; the frames are then kept for `mtlib finish`); 1 when the checkpoints are
+    missing or damaged, or NaN / inf appear during the run."""
     from mtlib.guards import NonFiniteError
     from mtlib.weights import WeightsError
 
     # under torchrun every rank gets every agreed error: rank 0 alone prints it
     err = sys.stderr if os.environ.get("RANK", "0") == "0" else open(os.devnull, "w")  # noqa: SIM115
     try:
-        cfg = load_config(args.config, _cli_overrides(args))
+        base = args.config
+        if getattr(args, "from_official", None):
+            from mtlib.reference.command import from_official
+
+            base = from_official(args.from_official).config
+        cfg = load_config(base, _cli_overrides(args))
         result = generate_video(
             cfg, args.out, trace_dir=args.trace, progress=not args.no_progress, compile=args.compile
         )

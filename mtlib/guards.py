@@ -225,8 +225,8 @@ def check_state_finite(state: dict[str, torch.Tensor], what: str, source: str) -
             raise NonFiniteError(
                 f"{what} checkpoint {source}: tensor {key!r} {list(t.shape)} holds {nan} NaN and "
                 f"{inf} inf values: the file is damaged (a corrupted download or disk). Fix: "
-                "re-download it (`mtlib setup --download` fetches damaged files again); "
-                "`mtlib setup --verify --full` checks every tensor."
+                "delete the file and download it again (`mtlib setup --download` fetches "
+                "missing files); `mtlib setup --verify --full` checks every tensor."
             )
 
 
@@ -359,23 +359,16 @@ def check_audio_complete(files: list[str]) -> None:
 # ------------------------------------------------------------------------------ late failures
 
 
-def rescue_path(out: str | os.PathLike) -> Path:
-    """Where the frames of a run whose mp4 could not be written are kept: beside `out` when
-    that folder is writable, else in the current directory, else the temp directory."""
-    name = Path(str(out).rstrip("/")).stem + ".rescue.safetensors"
-    candidates = [] if is_output_url(out) else [Path(out).expanduser().absolute().parent]
-    candidates += [Path.cwd(), Path(tempfile.gettempdir())]
-    for d in candidates:
-        try:
-            _probe_writable(d, "rescue", str(d))
-            return d / name
-        except OutputError:
-            continue
-    return Path(tempfile.gettempdir()) / name
+def rescue_dirs(out: str | os.PathLike) -> list[Path]:
+    """Where the frames of a run whose mp4 could not be written are kept, in order: beside
+    `out` (a local path), the current directory, the temp directory."""
+    dirs = [] if is_output_url(out) else [Path(out).expanduser().absolute().parent]
+    return dirs + [Path.cwd(), Path(tempfile.gettempdir())]
 
 
 def save_rescue(video: torch.Tensor, soundtrack: Any, fps: int, meta: dict, out: str) -> Path:
-    """Keep the computed frames (uint8) and soundtrack so `mtlib finish` can write the mp4."""
+    """Keep the computed frames (uint8) and soundtrack so `mtlib finish` can write the mp4:
+    in the first of `rescue_dirs` where the whole file can be written (a full disk moves on)."""
     import json
 
     import numpy as np
@@ -387,8 +380,15 @@ def save_rescue(video: torch.Tensor, soundtrack: Any, fps: int, meta: dict, out:
 
     frames = torch.from_numpy(np.ascontiguousarray(to_uint8_frames(video)))  # [N, H, W, 3]
     sound = torch.from_numpy(np.ascontiguousarray(soundtrack, dtype=np.float32))
-    path = rescue_path(out)
-    with atomic_path(path) as tmp:
-        save_file({"frames": frames, "soundtrack": sound}, str(tmp),
-                  metadata={"fps": str(fps), "out": str(out), "meta": json.dumps(meta, default=str)})  # fmt: skip
-    return path
+    name = Path(str(out).rstrip("/")).stem + ".rescue.safetensors"
+    meta_s = {"fps": str(fps), "out": str(out), "meta": json.dumps(meta, default=str)}
+    error: Exception | None = None
+    for d in rescue_dirs(out):
+        try:
+            with atomic_path(d / name) as tmp:
+                save_file({"frames": frames, "soundtrack": sound}, str(tmp), metadata=meta_s)
+                os.chmod(tmp, 0o644)  # safetensors re-creates the file owner-only
+            return d / name
+        except Exception as e:  # not a folder, read-only, full (safetensors' own error): next
+            error = e
+    raise OutputError(f"the computed frames could not be kept anywhere ({error}).")

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mtlib import buckets, io, trace
+from mtlib.extras import require
 
 if TYPE_CHECKING:
     import torch
@@ -325,7 +326,7 @@ def plot_crop(src: Any, prepared: PreparedImage, masks: torch.Tensor | None = No
     and optionally the person masks [3, H, W] over the crop. Returns a matplotlib Figure."""
     import sys
 
-    import matplotlib
+    matplotlib = require("matplotlib", "notebooks", "the image plot")
 
     if (
         "ipykernel" not in sys.modules

@@ -52,6 +52,8 @@ def random_networks(name: str, device, precision: str):
         vae = vae_mod.CausalVAE(vae_mod.CONFIGS[name])
     t5 = _materialise(t5, dev, torch.bfloat16 if cuda and precision != "fp32" else torch.float32, 1)
     clip = _materialise(clip, dev, torch.float32, 2)
+    # to_empty left the integer position ids uninitialised (random_init_ fills floats only)
+    clip.visual.rebuild_buffers(force=True)
     if cuda and precision != "fp32":
         clip = clip.to(torch.float16).set_precision("reference")
     vae = _materialise(vae, dev, torch.float32, 3)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtlib.config import ConfigError, dump_config, load_config
+from mtlib.extras import require
 from mtlib.io import atomic_write, project_root
 
 NOTEBOOKS = ("00_setup", "01_preprocessing", "02_shape_inspection", "03_inference", "04_compare")
@@ -134,7 +135,7 @@ def run_notebooks(
     runs_dir: str | Path | None = None,
     verbose: bool = True,
 ) -> RunResult:
-    import papermill as pm
+    pm = require("papermill", "notebooks", "mtlib run (the notebooks, headless)")
 
     from mtlib.env import write_report
 

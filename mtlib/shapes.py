@@ -34,6 +34,7 @@ from os import PathLike
 from typing import Any
 
 from mtlib.buckets import bucket_table, choose_bucket
+from mtlib.extras import require
 from mtlib.frames import SAMPLE_RATE as AUDIO_SR
 from mtlib.frames import (  # noqa: F401 (audio_padding: re-exported, shapes' public name)
     audio_padding,
@@ -1051,7 +1052,7 @@ def plot_frame_grouping(frame_num: int = 13, audio_start: int = 0, audio_frames:
     """A matplotlib figure: pixel frames -> latent frames (frame 0 repeated x4, then groups of
     4) and the audio frames feeding each latent frame (latent 0: 5 window slots; latent k >= 1:
     8 slots = audio frames 4k-5 .. 4k+2, clamped to the track)."""
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "notebooks", "the shape-plan figure")
     from matplotlib.patches import Rectangle
 
     F = int(frame_num)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtlib.extras import require
 from mtlib.io import InputError, atomic_path
 
 AAC_FRAME_SIZE = 1024  # samples per AAC frame
@@ -198,7 +199,7 @@ def read_mp4(path: str | os.PathLike) -> tuple[np.ndarray, tuple[np.ndarray, int
 
 def frame_strip(video: torch.Tensor | np.ndarray, n: int = 8, title: str | None = None):
     """A matplotlib figure with n evenly spaced frames of the video (for notebooks)."""
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "notebooks", "the frame plot")
 
     frames = to_uint8_frames(video)  # [N, H, W, 3]
     count = min(n, frames.shape[0])

@@ -15,7 +15,7 @@ does none of that: it reads the three directories where they are, writes nothing
 them, and also accepts a directory that was already linked the official way.
 
 Verification never loads tensor data: safetensors headers (8-byte length + JSON) and the
-pickle of `.pth` zip archives (read by a restricted unpickler that builds no tensors) give
+pickle of `.pth` zip archives (torch's weights-only loader onto the meta device) give
 every key, shape and dtype; file sizes are checked against what those headers promise.
 The expected key -> shape maps come from the networks themselves (`EXPECTED`, models built
 on the meta device), so a checkpoint and the code that loads it cannot silently disagree.
@@ -27,7 +27,6 @@ import argparse
 import fnmatch
 import json
 import os
-import pickle
 import re
 import shutil
 import struct
@@ -274,12 +273,6 @@ SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32"
                         "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2,
                         "U32": 4, "U64": 8}  # fmt: skip
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
-# torch storage class name (as pickled in .pth files) -> safetensors dtype name
-_STORAGE_DTYPES = {"FloatStorage": "F32", "DoubleStorage": "F64", "HalfStorage": "F16",
-                   "BFloat16Storage": "BF16", "LongStorage": "I64", "IntStorage": "I32",
-                   "ShortStorage": "I16", "CharStorage": "I8", "ByteStorage": "U8",
-                   "BoolStorage": "BOOL", "UntypedStorage": "U8",
-                   "Float8_e4m3fnStorage": "F8_E4M3", "Float8_e5m2Storage": "F8_E5M2"}  # fmt: skip
 MAX_HEADER_BYTES = 100_000_000
 
 
@@ -364,98 +357,49 @@ def read_safetensors_header(path: str | os.PathLike) -> FileHeader:
     return FileHeader(path, tensors, size, expected, problem)
 
 
-@dataclass(frozen=True)
-class _StorageRef:
-    dtype: str
-    key: str
-    numel: int
+_TORCH_DTYPES = {"float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "BF16",
+                 "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8",
+                 "bool": "BOOL", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+                 "uint16": "U16", "uint32": "U32", "uint64": "U64"}  # fmt: skip
 
 
-class _StorageType:
-    def __init__(self, name: str):
-        self.dtype = _STORAGE_DTYPES.get(name)
-        self.name = name
-
-
-def _rebuild_tensor(storage, offset, size, stride, *_rest):
-    return _PickledTensor(storage, int(offset), tuple(int(s) for s in size), tuple(stride))
-
-
-def _rebuild_parameter(data, *_rest):
-    return data
-
-
-@dataclass(frozen=True)
-class _PickledTensor:
-    storage: _StorageRef
-    offset: int
-    shape: tuple[int, ...]
-    stride: tuple[int, ...]
-
-    def extent(self) -> int:
-        """Elements of the storage this view reaches (offset + furthest element + 1)."""
-        if any(s == 0 for s in self.shape):
-            return 0
-        return (
-            self.offset
-            + sum((n - 1) * st for n, st in zip(self.shape, self.stride, strict=True))
-            + 1
-        )
-
-
-_ALLOWED_GLOBALS = {
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("collections", "OrderedDict"): dict,
-    ("builtins", "dict"): dict,
-}
-
-
-class _MetaUnpickler(pickle.Unpickler):
-    """Unpickles a torch state dict into _PickledTensor records: no storage is ever read,
-    and any global beyond the handful a state dict needs is refused (no code runs)."""
-
-    def __init__(self, fh, where: str):
-        super().__init__(fh)
-        self.where = where
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in _ALLOWED_GLOBALS:
-            return _ALLOWED_GLOBALS[(module, name)]
-        if module in ("torch", "torch.storage") and name.endswith("Storage"):
-            return _StorageType(name)
-        if module == "torch" and name in ("float32", "bfloat16", "float16", "float64"):
-            return name
-        raise pickle.UnpicklingError(
-            f"refers to {module}.{name}, which a plain state dict never contains"
-        )
-
-    def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
-        _, storage_type, key, _location, numel = pid
-        dtype = storage_type.dtype if isinstance(storage_type, _StorageType) else None
-        return _StorageRef(dtype or "?", str(key), int(numel))
-
-
-def _flatten_state(obj, prefix: str = "") -> dict[str, _PickledTensor]:
-    out: dict[str, _PickledTensor] = {}
+def _flatten_state(obj, prefix: str = "") -> dict:
+    out: dict = {}
     for k, v in obj.items():
         name = f"{prefix}{k}"
-        if isinstance(v, _PickledTensor):
-            out[name] = v
-        elif isinstance(v, dict):
+        if isinstance(v, dict):
             out.update(_flatten_state(v, name + "."))
+        else:
+            out[name] = v
     return out
 
 
-def read_pth_header(path: str | os.PathLike) -> FileHeader:
-    """Keys, shapes and dtypes of a torch zip checkpoint (.pth/.bin) from its data.pkl only.
+def _member_data_offsets(path: Path, zf: zipfile.ZipFile) -> dict[int, zipfile.ZipInfo]:
+    """File offset of each archive member's data -> its ZipInfo (from the 30-byte local headers,
+    whose extra field may differ from the central directory's: torch pads it for alignment)."""
+    out = {}
+    with open(path, "rb") as f:
+        for info in zf.infolist():
+            f.seek(info.header_offset + 26)
+            n_name, n_extra = struct.unpack("<HH", f.read(4))
+            out[info.header_offset + 30 + n_name + n_extra] = info
+    return out
 
-    Integrity without reading tensor data: the zip's end-of-archive record must be there
-    (a cut-off file loses it), every storage the pickle names must be an archive member of
+
+def _load_meta(path: Path):
+    """torch's safe loader on the meta device: the weights-only unpickler (no code runs), no
+    tensor data read; each storage remembers where its bytes start in the file."""
+    import torch
+
+    return torch.load(str(path), map_location="meta", weights_only=True, mmap=True)
+
+
+def read_pth_header(path: str | os.PathLike) -> FileHeader:
+    """Keys, shapes and dtypes of a torch zip checkpoint (.pth/.bin) without its tensor data.
+
+    torch.load(map_location="meta", weights_only=True) reads the pickle (refusing anything but
+    tensors and containers). Integrity without reading tensor data: the zip's end-of-archive
+    record must be there (a cut-off file loses it), every storage must be an archive member of
     exactly numel x itemsize bytes, and every tensor view must fit in its storage.
     """
     path = Path(path)
@@ -483,41 +427,45 @@ def read_pth_header(path: str | os.PathLike) -> FileHeader:
         if not pkl:
             msg = f"{path}: zip archive without <name>/data.pkl; not a torch checkpoint. {fix}"
             return FileHeader(path, {}, size, None, Problem("corrupt", str(path), msg))
-        prefix = pkl[0].rsplit("/", 1)[0]
         try:
-            with zf.open(pkl[0]) as fh:
-                obj = _MetaUnpickler(fh, str(path)).load()
+            obj = _load_meta(path)
         except Exception as e:  # noqa: BLE001 - any unpickling failure is a corrupt file
             msg = f"{path}: data.pkl cannot be read as a state dict ({e}). {fix}"
             return FileHeader(path, {}, size, None, Problem("corrupt", str(path), msg))
         if not isinstance(obj, dict):
             msg = f"{path}: holds a {type(obj).__name__}, not a state dict of tensors. {fix}"
             return FileHeader(path, {}, size, None, Problem("corrupt", str(path), msg))
-        state = _flatten_state(obj)
-        infos = {i.filename: i for i in zf.infolist()}
+        members = _member_data_offsets(path, zf)
         tensors: dict[str, TensorInfo] = {}
         problem = None
-        storage_bytes = 0
-        seen: set[str] = set()
-        for key, t in state.items():
-            tensors[key] = TensorInfo(t.shape, t.storage.dtype)
-            member = f"{prefix}/data/{t.storage.key}"
-            info = infos.get(member)
-            need = t.storage.numel * SAFETENSORS_ITEMSIZE.get(t.storage.dtype, 1)
-            if problem is None and info is None:
+        for key, t in _flatten_state(obj).items():
+            if not hasattr(t, "untyped_storage"):
+                continue  # a non-tensor entry (an int, a string): not a weight
+            dtype = _TORCH_DTYPES.get(str(t.dtype).removeprefix("torch."), "?")
+            tensors[key] = TensorInfo(tuple(t.shape), dtype)
+            if problem is not None:
+                continue
+            storage = t.untyped_storage()
+            itemsize = t.element_size()
+            numel = storage.nbytes() // itemsize
+            offset = getattr(storage, "_checkpoint_offset", None)  # torch >= 2.5
+            info = members.get(offset)
+            if offset is None:
+                continue
+            if info is None:
                 problem = Problem("corrupt", str(path), f"{path}: tensor {key!r}: its storage "
-                                  f"{member!r} is not in the archive. {fix}")  # fmt: skip
-            elif problem is None and info.file_size != need:
+                                  f"is not a member of the archive. {fix}")  # fmt: skip
+            elif info.file_size != storage.nbytes():
                 problem = Problem("truncated", str(path), (
-                    f"{path}: tensor {key!r}: storage {member!r} holds {info.file_size} bytes, "
-                    f"expected {need} ({t.storage.numel} x {t.storage.dtype}). {fix}"))  # fmt: skip
-            elif problem is None and t.extent() > t.storage.numel:
-                problem = Problem("corrupt", str(path), (
-                    f"{path}: tensor {key!r} {list(t.shape)} reaches element {t.extent()} of a "
-                    f"storage of {t.storage.numel}. {fix}"))  # fmt: skip
-            if info is not None and member not in seen:
-                seen.add(member)
-                storage_bytes += info.file_size
+                    f"{path}: tensor {key!r}: storage {info.filename!r} holds {info.file_size} "
+                    f"bytes, expected {storage.nbytes()} ({numel} x {dtype}). {fix}"))  # fmt: skip
+            else:
+                extent = 0 if t.numel() == 0 else t.storage_offset() + 1 + sum(
+                    (n - 1) * st for n, st in zip(t.shape, t.stride(), strict=True))
+                if extent > numel:
+                    problem = Problem("corrupt", str(path), (
+                        f"{path}: tensor {key!r} {list(t.shape)} reaches element {extent} of a "
+                        f"storage of {numel}. {fix}"))  # fmt: skip
         # Members must not overlap each other or the central directory: a file rewritten
         # in place with fewer bytes would show up here.
         ordered = sorted(zf.infolist(), key=lambda i: i.header_offset)

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mtlib.extras import require
 from mtlib.frames import SAMPLE_RATE
 from mtlib.io import InputError
 
@@ -83,7 +84,7 @@ def _pyplot():
     """pyplot, on Agg when nothing can show a window or an inline figure."""
     import sys
 
-    import matplotlib
+    matplotlib = require("matplotlib", "notebooks", "mtlib.widgets plots")
 
     if "ipykernel" not in sys.modules and not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND"):
         matplotlib.use("Agg")
@@ -188,7 +189,7 @@ class View:
             return _error_view(self.title, e)
 
     def _build(self) -> None:
-        import ipywidgets as w
+        w = require("ipywidgets", "notebooks", "mtlib.widgets")
 
         for key, make in self._factories.items():
             ctl = make()
@@ -469,7 +470,7 @@ def render_plan(state: dict) -> RenderedView:
 
 
 def _fix_buttons(view: View) -> None:
-    import ipywidgets as w
+    w = require("ipywidgets", "notebooks", "mtlib.widgets")
 
     buttons = []
     for fix in view.rendered.data.get("fixes", []):
@@ -504,7 +505,7 @@ def plan_view(
                         buckets, short_audio, audio_type, audio)
 
     def controls() -> dict:
-        import ipywidgets as w
+        w = require("ipywidgets", "notebooks", "mtlib.widgets")
 
         lay = {"style": {"description_width": "110px"}, "layout": w.Layout(width="400px")}
         small = {"style": {"description_width": "110px"}, "layout": w.Layout(width="260px")}
@@ -660,7 +661,7 @@ def preprocessing_view(
     }
 
     def controls() -> dict:
-        import ipywidgets as w
+        w = require("ipywidgets", "notebooks", "mtlib.widgets")
 
         lay = {"style": {"description_width": "110px"}, "layout": w.Layout(width="520px")}
         return {
@@ -674,7 +675,7 @@ def preprocessing_view(
         }
 
     def uploads(view: View) -> None:
-        import ipywidgets as w
+        w = require("ipywidgets", "notebooks", "mtlib.widgets")
 
         if view.extra_box.children:
             return
@@ -848,7 +849,7 @@ def video_view(source: str | os.PathLike, trace_dir: str | os.PathLike | None = 
     state["_frames"], _a, state["_info"] = read_mp4(mp4)
 
     def controls() -> dict:
-        import ipywidgets as w
+        w = require("ipywidgets", "notebooks", "mtlib.widgets")
 
         n = int(state["_frames"].shape[0])
         lay = {"style": {"description_width": "90px"}, "layout": w.Layout(width="520px")}
@@ -861,7 +862,7 @@ def video_view(source: str | os.PathLike, trace_dir: str | os.PathLike | None = 
 
     def player(view: View) -> None:
         # the Output widget is re-drawn on each change: keep one player outside it
-        import ipywidgets as w
+        w = require("ipywidgets", "notebooks", "mtlib.widgets")
 
         if view.extra_box.children:
             return
@@ -946,7 +947,7 @@ def compare_view(run_a: str | os.PathLike = "", run_b: str | os.PathLike = "", p
     choices = _run_dirs(runs_dir)
 
     def controls() -> dict:
-        import ipywidgets as w
+        w = require("ipywidgets", "notebooks", "mtlib.widgets")
 
         lay = {"style": {"description_width": "90px"}, "layout": w.Layout(width="720px")}
         return {
@@ -957,7 +958,7 @@ def compare_view(run_a: str | os.PathLike = "", run_b: str | os.PathLike = "", p
         }
 
     def point_picker(view: View) -> None:
-        import ipywidgets as w
+        w = require("ipywidgets", "notebooks", "mtlib.widgets")
 
         names = view.rendered.data.get("points", [])
         opts = [("(first divergence)", "")] + [(n, n) for n in names]

@@ -13,6 +13,39 @@ if str(ROOT) not in sys.path:  # worktrees and plain checkouts import their own 
 
 from tests.golden import GoldenSet, golden_dir  # noqa: E402
 
+_TORCHVISION_SCHEMAS = None
+
+
+def _torchvision_without_ops() -> None:
+    """The reference tests need torchvision's Python transforms (the official code imports
+    them); on a CPU machine its PyPI wheel (a CUDA build) cannot load its C++ ops and its
+    import fails ("operator torchvision::nms does not exist"), taking transformers' Wav2Vec2
+    import down with it. Then declare the two op schemas its Python side registers fake
+    kernels for (what the official_cpu fixture does) and import it again; no torchvision C++
+    op is ever called. Nothing happens where torchvision is absent or loads normally."""
+    global _TORCHVISION_SCHEMAS
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        return
+    try:
+        import torchvision  # noqa: F401
+        return
+    except RuntimeError:
+        pass
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]
+    import torch
+
+    lib = torch.library.Library("torchvision", "DEF")
+    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    lib.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
+    _TORCHVISION_SCHEMAS = lib  # the definitions live as long as this object
+    import torchvision  # noqa: F401,F811
+
+
+_torchvision_without_ops()
+
 
 @pytest.fixture(scope="session")
 def golden() -> GoldenSet:

@@ -97,11 +97,10 @@ def dying_rank(bad_rank: int):
 # end-to-end: (config overrides) per case; frame_num 9 = 3 latent frames of 6x3 tokens (L = 54)
 E2E_BASE = {"generation.sampling_steps": 2, "generation.frame_num": 9}
 E2E_CASES = {
-    "clip-2-speakers": {
+    # streaming: 3 clips (the first one is a clip-mode clip), two speakers (L-RoPE)
+    "streaming-2-speakers": {
         "inputs.image": "data/two_person_16x9.png",
         "inputs.audio": ["data/speech_1p79s.wav", "data/speech_b_1p79s.wav"],
-    },
-    "streaming-1-speaker": {
         "generation.mode": "streaming",
         "generation.motion_frame": 5,
         "generation.max_frames_num": 17,

@@ -152,12 +152,14 @@ def test_batch_writes_video_and_record_then_resumes_and_forces(bucket, s3, capsy
     assert [r["status"] for r in third.rows] == ["done", "failed"] and third.model_loads == 0
     assert "models reused" in storage.read_bytes(f"{out}/ok/log.txt").decode()
 
+    storage.put_bytes("{}", f"{out}/ok/trace/stale.json")  # an earlier run's leftover
     fast = sum((["-p", o] for o in FAST), [])
     code = cli.main(["batch", jobs, "--out", out, "--force", "--no-progress", *fast])
     assert code == 1  # f43 still fails
     text = capsys.readouterr().out
     assert "1/2 job(s) ok, 1 failed, models loaded 1x" in text
     assert [r["status"] for r in _summary(b)["jobs"]] == ["done", "failed"]
+    assert s3.keys(b, "out/ok/") == keys  # the leftover went with the rerun
 
 
 @pytest.mark.slow

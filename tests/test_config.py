@@ -55,7 +55,7 @@ BAD = [
      "config: generation.framenum: unknown key. Did you mean 'frame_num'? Allowed keys here: mode, "
      "frame_num, short_audio, motion_frame, max_frames_num, sampling_steps, text_guide_scale, "
      "audio_guide_scale, shift, seed, color_correction_strength, use_apg, apg_momentum, "
-     "apg_norm_threshold, teacache, teacache_thresh, face_scale, fps."),
+     "apg_norm_threshold, teacache, teacache_thresh, face_scale, fps, noise, noise_trace."),
     ({"generation": {"frame_num": "abc"}},
      "config: generation.frame_num: expected an integer or 'auto', got 'abc' (str)."),
     ({"generation": {"sampling_steps": -3}},
@@ -95,3 +95,12 @@ def test_unknown_preset_or_file():
 def test_override_syntax_error():
     with pytest.raises(ConfigError, match=r"override 'seed': expected key.path=value"):
         load_config("tiny", ["seed"])
+
+
+def test_override_off_is_a_string_not_yaml11_false():
+    # YAML 1.1 reads `off` as False: `-p trace.level=off` must still mean the level 'off'
+    assert load_config("tiny", ["trace.level=off"]).trace.level == "off"
+    assert load_config("tiny", ["generation.use_apg=true"]).generation.use_apg is True
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", ["generation.use_apg=yes"])
+    assert str(e.value) == "preset 'tiny': generation.use_apg: expected true or false, got 'yes' (str)."

@@ -26,7 +26,6 @@ from mtlib.models.t5 import (
     T5TextEncoder,
     clean_text,
     load_t5,
-    relative_position_buckets,
 )
 from tests.golden import SINGLE_STAGE_TOL, assert_close, get_case, golden_cases
 
@@ -220,17 +219,6 @@ def test_golden_t5_manifest(golden):
 # ------------------------------------------------------------ behaviour (no golden data)
 
 
-def test_relative_position_buckets_match_transformers():
-    from transformers.models.t5.modeling_t5 import T5Attention
-
-    n = 600  # beyond max_distance both ways
-    rel = torch.arange(n)[None, :] - torch.arange(n)[:, None]
-    expected = T5Attention._relative_position_bucket(
-        rel, bidirectional=True, num_buckets=32, max_distance=128
-    )
-    assert torch.equal(relative_position_buckets(n, 32, 128), expected)
-
-
 def test_standin_tokenizer_truncates_keeping_eos():
     tok = StandInTokenizer(vocab_size=384, text_len=8)
     ids, mask = tok(["a b c d e f g h i j", "", "x  y"])
@@ -292,7 +280,7 @@ def test_clip_loader_refuses_real_config_for_tiny_file(tmp_path):
 def test_clip_visual_only_ignores_text_tower_damage(tmp_path):
     path = _tiny_clip_checkpoint(tmp_path, lambda sd: sd.pop("textual.norm.bias"))
     model = load_clip(path, "tiny", visual_only=True)
-    assert model.visual.pre_norm.weight.device.type == "cpu"
+    assert model.visual.head.device.type == "cpu"
     with pytest.raises(CheckpointError, match="1 missing: textual.norm.bias"):
         load_clip(path, "tiny")
 
@@ -332,7 +320,7 @@ def test_t5_pth_and_reference_precision(tmp_path):
     ids, mask = StandInTokenizer(384, 16)(["one two three"])
     assert torch.equal(model(ids, mask), ref(ids, mask))
     bf16 = load_t5(tmp_path / "t5.pth", "tiny", precision="reference")
-    assert bf16.token_embedding.weight.dtype == torch.bfloat16
+    assert bf16.state_dict()["token_embedding.weight"].dtype == torch.bfloat16
     assert bf16(ids, mask).dtype == torch.bfloat16
 
 
@@ -387,52 +375,3 @@ def test_hf_tokenizer_missing_dir(tmp_path):
 
     with pytest.raises(InputError, match="T5 tokenizer .*: directory not found"):
         HFTokenizer(tmp_path / "google" / "umt5-xxl")
-
-
-def test_t5_matches_transformers_umt5_encoder():
-    """An independent implementation (transformers' UMT5EncoderModel, key map of facts §6)
-    gives the same output at every position, padding included."""
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    torch.manual_seed(0)
-    model = T5Encoder("tiny").eval()
-    for p in model.parameters():
-        p.data.normal_(0, 0.3)
-    c = model.config
-    hf = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=c.vocab_size,
-            d_model=c.dim,
-            d_kv=c.dim_attn // c.num_heads,
-            d_ff=c.dim_ffn,
-            num_layers=c.num_layers,
-            num_heads=c.num_heads,
-            relative_attention_num_buckets=c.num_buckets,
-            relative_attention_max_distance=c.max_distance,
-            feed_forward_proj="gated-gelu",
-            layer_norm_epsilon=c.eps,
-            dropout_rate=0.0,
-        )
-    ).eval()
-    sd = {
-        "shared.weight": model.token_embedding.weight,
-        "encoder.embed_tokens.weight": model.token_embedding.weight,
-        "encoder.final_layer_norm.weight": model.norm.weight,
-    }
-    for i, b in enumerate(model.blocks):
-        p = f"encoder.block.{i}.layer."
-        for x in "qkvo":
-            sd[p + f"0.SelfAttention.{x}.weight"] = getattr(b.attn, x).weight
-        sd[p + "0.SelfAttention.relative_attention_bias.weight"] = b.pos_embedding.embedding.weight
-        sd[p + "0.layer_norm.weight"] = b.norm1.weight
-        sd[p + "1.layer_norm.weight"] = b.norm2.weight
-        sd[p + "1.DenseReluDense.wi_0.weight"] = b.ffn.gate[0].weight
-        sd[p + "1.DenseReluDense.wi_1.weight"] = b.ffn.fc1.weight
-        sd[p + "1.DenseReluDense.wo.weight"] = b.ffn.fc2.weight
-    hf.load_state_dict(sd, strict=True)
-    ids, mask = StandInTokenizer(c.vocab_size, c.text_len)(
-        ["a b c d e f g", " ".join(map(str, range(300)))]
-    )
-    with torch.no_grad():
-        expected = hf(input_ids=ids, attention_mask=mask).last_hidden_state
-    assert_close(model(ids, mask), expected, "umt5 vs transformers", 1e-5)

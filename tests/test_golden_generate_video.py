@@ -10,6 +10,8 @@ real audio -> an mp4 written. Everything the run takes comes from the case's JSO
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 
@@ -18,6 +20,7 @@ from mtlib.config import load_config
 from mtlib.generation import LoadedModels, generate_video
 from mtlib.models.wav2vec import Wav2VecGeometry, load_wav2vec
 from mtlib.pipeline import InjectedNoise
+from mtlib.video import read_mp4
 from tests.golden import (
     E2E_TOL,
     assert_close,
@@ -133,3 +136,13 @@ def test_golden_generate_video_from_the_case_files(
     assert out.frames == out.plan.output_frames <= golden_video.shape[1]
     assert out.video.dtype == torch.float32
     assert_close(out.video, golden_video[:, : out.frames], "e2e.video (trimmed)", E2E_TOL)
+    # the run record: the merged LoRA files by content
+    meta = read_mp4(out.path)[2]["metadata"]
+    expected = []
+    lora = case_lora(case)
+    if lora is not None:
+        digest = hashlib.sha256(lora["path"].read_bytes()).hexdigest()
+        expected = [(str(lora["path"]), float(lora["scale"]), digest, lora["changed_params"])]
+    assert [
+        (r["path"], r["scale"], r["sha256"], r["params_touched"]) for r in meta.get("loras", [])
+    ] == expected

@@ -12,6 +12,7 @@ from PIL import Image
 
 from mtlib import buckets, image, trace
 from mtlib.io import InputError
+from tests import versions
 from tests.golden import get_case, golden_cases
 
 SIZES = ("multitalk-480", "multitalk-720")
@@ -42,13 +43,18 @@ def test_golden_image(golden, case_name):
         assert [[g.resized_w, g.resized_h]] == [r["size_wh"] for r in p["pil_resize"]]
         assert all(r["resample"] == Image.BILINEAR for r in p["pil_resize"])
         golden_u8 = np.asarray(Image.open(case.file(p["cond_u8_png"])).convert("RGB"))
-        np.testing.assert_array_equal(prepared.crop_u8, golden_u8)
+        # bitwise equal, except for Pillow >= 13's documented +-1 (tests/versions.py)
+        exact = versions.assert_crop_equal(prepared.crop_u8, golden_u8, f"{case_name}:{size}")
         assert list(prepared.cond.shape) == p["cond_shape"] and prepared.cond.dtype == torch.float32
-        assert prepared.cond_sha256 == p["cond_sha256_float32"]
         tag = size.rsplit("-", 1)[-1]
         name = f"image.b{tag}.cond"
+        if exact:
+            assert prepared.cond_sha256 == p["cond_sha256_float32"]
         if name in case.tensor_index:  # tiny cases store the tensor too: bitwise equal
-            assert torch.equal(rec[name], case[name])
+            if exact:
+                assert torch.equal(rec[name], case[name])
+            else:  # one u8 level is 2/255 in [-1, 1]
+                assert (rec[name] - case[name]).abs().max() <= 2 / 255 + 1e-6
         checked += 1
     assert checked >= 1
 

@@ -463,3 +463,36 @@ def test_dit_param_shapes_are_the_registry_models():
         13824,
         5120,
     )
+
+
+@pytest.mark.slow
+def test_fp8_quantises_the_merged_weights(tmp_path, monkeypatch):
+    """load_models merges before the fp8 conversion (which would otherwise quantise W alone):
+    the fp8 step is observed through its own entry point (CPU: fp8 itself needs a GPU)."""
+    import mtlib.fp8
+    import mtlib.runopts
+    from mtlib import generation
+
+    q = "diffusion_model.blocks.0.ffn.2"
+    up, down = rand(64, 4, seed=3), rand(4, 96, seed=4)
+    path = tmp_path / "l.safetensors"
+    save_file({f"{q}.lora_up.weight": up, f"{q}.lora_down.weight": down}, path)
+    seen = {}
+
+    def fake_fp8(block):  # mtlib.dit_load converts each block as it arrives (block 0 first)
+        seen.setdefault("w", block.state_dict()["ffn.2.weight"].float().clone())
+        return block
+
+    monkeypatch.setattr(mtlib.fp8, "fp8_block", fake_fp8)
+    monkeypatch.setattr(mtlib.runopts, "effective_precision", lambda device, precision: precision)
+    base = generation.load_models(
+        load_config("tiny", {"model.device": "cpu"}), precision="reference"
+    )
+    cfg = load_config(
+        "tiny", {"model.device": "cpu", "model.loras": [{"path": str(path), "scale": 1.0}]}
+    )
+    generation.load_models(cfg, precision="fp8")
+    w0 = base.dit.state_dict()["blocks.0.ffn.2.weight"]  # bf16, as the fp8 path loads it
+    assert torch.equal(
+        seen["w"], (w0.float() + up.bfloat16().float() @ down.bfloat16().float()).bfloat16().float()
+    )

@@ -3,7 +3,7 @@
 The DiT split over 2 and 4 processes (the tiny DiT has 4 heads) against the same DiT in
 this process, for 1 and 2 speakers and a token count that no rank count divides; one rank's
 error stops every rank with that error (no hang); the plan's per-rank layout; and, marked
-slow, whole runs (clip with 2 speakers, streaming) through `parallel.gpus: 2`.
+slow, a whole streaming run with 2 speakers over 2 spawned ranks.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def test_whole_runs_over_two_ranks_equal_one_process(tmp_path):
     got = spawn(cases.generate_rank, 2, (str(tmp_path),))
     from mtlib.generation import generate_video
 
-    models = load_models(cases.e2e_config("clip-2-speakers"))
+    models = load_models(cases.e2e_config(next(iter(cases.E2E_CASES))))
     for case in cases.E2E_CASES:
         one = generate_video(
             cases.e2e_config(case), tmp_path / f"{case}-1.mp4", progress=False, models=models
@@ -159,5 +159,5 @@ def test_whole_runs_over_two_ranks_equal_one_process(tmp_path):
         diff = (video - one.video).abs().max().item()
         print(f"{case}: {list(video.shape)} max abs diff {diff:.3g}")
         assert video.shape == one.video.shape and diff <= TOL, (case, diff)
-        assert text.splitlines()[-1] == "sequence parallel: 2 ranks"
+        assert "sequence parallel: 2 ranks" in text.splitlines()
         assert (tmp_path / f"{case}.mp4").is_file()

@@ -111,9 +111,13 @@ def test_pth_header_refuses_code_in_the_pickle(tmp_path):
         def __reduce__(self):
             return (os.system, ("touch " + str(tmp_path / "pwned"),))
 
-    p = tmp_path / "evil.pth"
-    with zipfile.ZipFile(p, "w") as z:
-        z.writestr("archive/data.pkl", pickle.dumps({"w": Evil()}, protocol=2))
+    good = tmp_path / "good.pth"
+    torch.save({"w": torch.zeros(3)}, good)
+    p = tmp_path / "evil.pth"  # a real torch archive whose pickle calls os.system
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(p, "w") as zout:
+        for i in zin.infolist():
+            evil = pickle.dumps({"w": Evil()}, protocol=2)
+            zout.writestr(i.filename, evil if i.filename.endswith("data.pkl") else zin.read(i.filename))
     h = W.read_pth_header(p)
     assert h.problem is not None and h.problem.kind == "corrupt"
     assert "posix.system" in h.problem.message or "os.system" in h.problem.message

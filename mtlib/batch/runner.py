@@ -15,8 +15,8 @@ For each job, in order:
                trace/ (stats-level), log.txt [, 03_inference.ipynb], then video.mp4, then
                record.json LAST: the record is the commit mark a rerun trusts
 
-Every file goes up complete or not at all (mtlib.batch.storage), and a job's old record.json and
-video.mp4 are removed before it reruns, so an interruption leaves the job "not done". The
+Every file goes up complete or not at all (mtlib.batch.storage), and a job's old files are
+removed before it reruns (record.json first), so an interruption leaves the job "not done". The
 summary (summary.json / .csv / .html) is rewritten after every job.
 """
 
@@ -175,8 +175,9 @@ class _Batch:
                     return dict(row, status="skipped", seconds=done.get("seconds"),
                                 frames=done.get("frames"), video=storage.join(url, VIDEO))  # fmt: skip
             # from here on the job reruns: its old result stops counting first
-            storage.remove(storage.join(url, RECORD))
-            storage.remove(storage.join(url, VIDEO))
+            storage.remove(storage.join(url, RECORD))  # the commit mark first
+            for old in storage.list_files(url):  # then what an earlier run left (video, trace)
+                storage.remove(old)
             cfg = job.config(self.base, {k: str(p) for k, (p, _) in staged.items()})
             result = self._generate(job, cfg, cfg_urls, outdir, log, record)
             row.update(status="done", frames=result["frames"], video=storage.join(url, VIDEO))

@@ -31,6 +31,11 @@ from mtlib.io import InputError, atomic_path, is_remote, resolve_local
 SINGLE_PUT_BYTES = 100 * 2**20  # s3fs uploads below 2 x its 50 MB chunk in one PutObject
 
 
+NOT_AN_OUTPUT = (
+    "only local paths and s3:// URLs can be batch outputs. Fix: a local folder or an s3:// prefix."
+)
+
+
 class StorageError(InputError):
     """An input or output URL that cannot be read or written: names the URL, cause and fix."""
 
@@ -201,7 +206,7 @@ def exists(url: str) -> bool:
         except Exception as e:
             raise s3_error(url, e, "look up", fs) from None
     if is_remote(url):
-        raise StorageError(f"{url}: only local paths and s3:// URLs can be batch outputs.")
+        raise StorageError(f"{url}: {NOT_AN_OUTPUT}")
     return Path(url).is_file()
 
 
@@ -219,7 +224,7 @@ def put_file(local: str | os.PathLike, url: str) -> str:
             raise s3_error(url, e, "write", fs) from None
         return url
     if is_remote(url):
-        raise StorageError(f"{url}: only local paths and s3:// URLs can be batch outputs.")
+        raise StorageError(f"{url}: {NOT_AN_OUTPUT}")
     with atomic_path(url) as tmp:
         shutil.copyfile(local, tmp)
     return url
@@ -238,7 +243,7 @@ def put_bytes(data: bytes | str, url: str) -> str:
             raise s3_error(url, e, "write", fs) from None
         return url
     if is_remote(url):
-        raise StorageError(f"{url}: only local paths and s3:// URLs can be batch outputs.")
+        raise StorageError(f"{url}: {NOT_AN_OUTPUT}")
     with atomic_path(url) as tmp:
         tmp.write_bytes(data)
     return url

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("mtlib.bench", "GPU benchmark of the real-size model with random weights"),
     "finish": ("mtlib.cli.finish", "write the mp4 of a run whose frames were kept (.rescue)"),
     "batch": ("mtlib.cli.batch", "run a jobs file (local / https / s3 inputs) into a folder or S3"),
+    "config": ("mtlib.cli.config", "make a run config (from-official: from a generate_multitalk.py command)"),
 }
 
 

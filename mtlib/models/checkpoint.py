@@ -145,3 +145,38 @@ def pick_config(config, registry: Mapping, what: str, default: str = "multitalk-
             raise ValueError(f"unknown {what} config {config!r}; known: {sorted(registry)}")
         return registry[config]
     return config
+
+
+class KeyMap:
+    """Renames between a checkpoint's key layout and a library module's own one.
+
+    rules: (checkpoint pattern, module pattern) pairs; `{i}` stands for a layer index and
+    `{x}` for any one dotted-name segment. The first matching rule wins; a key that no rule
+    matches is kept as it is.
+    """
+
+    def __init__(self, rules: Sequence[tuple[str, str]]):
+        import re
+
+        def compile_(pattern: str):
+            rx = re.escape(pattern).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{x\}", r"(?P<x>[^.]+)")
+            return re.compile(rx + "$")
+
+        self.rules = [(compile_(a), a, compile_(b), b) for a, b in rules]
+
+    @staticmethod
+    def _apply(key: str, rx, template: str) -> str | None:
+        m = rx.match(key)
+        return None if m is None else template.format(**m.groupdict())
+
+    def to_module(self, key: str) -> str:
+        for rx, _, _, tmpl in self.rules:
+            if (out := self._apply(key, rx, tmpl)) is not None:
+                return out
+        return key
+
+    def to_checkpoint(self, key: str) -> str:
+        for _, tmpl, rx, _ in self.rules:
+            if (out := self._apply(key, rx, tmpl)) is not None:
+                return out
+        return key

@@ -10,10 +10,13 @@ antialias, aspect ratio not kept), x*0.5+0.5, CLIP mean/std normalisation, patch
 bias), cls token, position embedding, `pre_norm`, then every transformer block EXCEPT the
 last (`use_31_block=True`). No post_norm, no head: the output is the residual stream.
 
-The published checkpoint `models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth` holds the
-whole XLMRobertaCLIP (visual.*, textual.* and log_scale). `XLMRobertaCLIP` here reproduces
-that key layout exactly so the file loads strictly; the text tower (`TextTower`) is a
-parameter container only, with no forward, because MultiTalk never encodes text with CLIP.
+The vision tower is transformers' `CLIPVisionModel` (same numerics: pre-norm ViT, exact GELU,
+scaled dot-product attention, LayerNorm eps 1e-5), loaded from the official key layout through
+a key map (to_qkv is split into q/k/v_proj; cls/pos embeddings are reshaped). The published
+checkpoint `models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth` holds the whole
+XLMRobertaCLIP (visual.*, textual.* and log_scale): `XLMRobertaCLIP.state_dict()` speaks those
+keys so the file loads strictly; the text tower (`TextTower`) is a parameter container only,
+with no forward, because MultiTalk never encodes text with CLIP.
 `load_clip(..., visual_only=True)` skips the text tower and log_scale altogether.
 
 The checked checkpoint reader and key check live in checkpoint.py (`read_state_dict`,
@@ -31,6 +34,7 @@ from torch import nn
 from mtlib import trace
 from mtlib.io import InputError
 from mtlib.models.checkpoint import (
+    KeyMap,
     assign_state_dict,
     check_config_keys,
     config_label,
@@ -146,79 +150,130 @@ def get_config(config: CLIPConfig | str | None) -> CLIPConfig:
 
 # --------------------------------------------------------------------------- vision tower
 
-
-class LayerNormFP32(nn.LayerNorm):
-    """LayerNorm whose statistics and affine run in fp32 whatever the weight dtype (the
-    official fp16 path normalises in fp32 and casts back to the stream dtype)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight.float() if self.weight is not None else None
-        b = self.bias.float() if self.bias is not None else None
-        with torch.autocast(x.device.type, enabled=False):
-            y = F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps)
-        return y.to(x.dtype)
-
-
-class VisionAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.to_qkv = nn.Linear(dim, 3 * dim)  # rows [q | k | v], each head-major
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, s, c = x.shape  # [B, L, C]
-        n = self.num_heads
-        q, k, v = self.to_qkv(x).view(b, s, 3, n, c // n).permute(2, 0, 3, 1, 4)  # 3 x [B, n, L, d]
-        x = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(d), no mask
-        return self.proj(x.transpose(1, 2).reshape(b, s, c))
+# official `visual.*` key (prefix dropped) -> transformers CLIP vision key (prefix dropped).
+# Not listed: cls_embedding / pos_embedding (reshaped), transformer.{i}.attn.to_qkv (split into
+# q/k/v_proj), head (a plain parameter of ours: the image projection MultiTalk never runs).
+_VISUAL_KEYS = KeyMap([
+    ("patch_embedding.weight", "embeddings.patch_embedding.weight"),
+    ("cls_embedding", "embeddings.class_embedding"),
+    ("pos_embedding", "embeddings.position_embedding.weight"),
+    ("pre_norm.{x}", "pre_layrnorm.{x}"),
+    ("post_norm.{x}", "post_layernorm.{x}"),
+    ("transformer.{i}.norm1.{x}", "encoder.layers.{i}.layer_norm1.{x}"),
+    ("transformer.{i}.norm2.{x}", "encoder.layers.{i}.layer_norm2.{x}"),
+    ("transformer.{i}.attn.proj.{x}", "encoder.layers.{i}.self_attn.out_proj.{x}"),
+    ("transformer.{i}.mlp.0.{x}", "encoder.layers.{i}.mlp.fc1.{x}"),
+    ("transformer.{i}.mlp.2.{x}", "encoder.layers.{i}.mlp.fc2.{x}"),
+])  # fmt: skip
 
 
-class VisionBlock(nn.Module):
-    """Pre-norm transformer block; `mlp` keeps the official Sequential indices 0 and 2."""
+def clip_vision_config(cfg: CLIPConfig, num_layers: int):
+    from transformers import CLIPVisionConfig
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: int, eps: float):
-        super().__init__()
-        self.norm1 = LayerNormFP32(dim, eps=eps)
-        self.attn = VisionAttention(dim, num_heads)
-        self.norm2 = LayerNormFP32(dim, eps=eps)
-        self.mlp = nn.Sequential(
-            nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+    return CLIPVisionConfig(
+        hidden_size=cfg.vision_dim, intermediate_size=cfg.vision_mlp_ratio * cfg.vision_dim,
+        num_hidden_layers=num_layers, num_attention_heads=cfg.vision_heads,
+        image_size=cfg.image_size, patch_size=cfg.patch_size, num_channels=3,
+        hidden_act="gelu", layer_norm_eps=cfg.norm_eps, projection_dim=cfg.embed_dim,
+        attention_dropout=0.0,
+    )  # fmt: skip
 
 
 class VisionTransformer(nn.Module):
+    """The official visual tower on transformers' `CLIPVisionModel` (`.hf`, sdpa attention).
+
+    `use_31_block`: the reference runs every block but the last, without post_norm. `.hf` is
+    built with vision_layers - 1 layers (its last_hidden_state is exactly that: transformers
+    applies post_layernorm to the pooled token only); the last block's weights sit in
+    `.skipped` (a transformers CLIPEncoderLayer that never runs) so the file loads strictly.
+    """
+
     def __init__(self, cfg: CLIPConfig):
         super().__init__()
-        dim = cfg.vision_dim
-        self.patch_embedding = nn.Conv2d(3, dim, cfg.patch_size, stride=cfg.patch_size, bias=False)
-        self.cls_embedding = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embedding = nn.Parameter(torch.zeros(1, cfg.num_tokens, dim))
-        self.pre_norm = LayerNormFP32(dim, eps=cfg.norm_eps)
-        self.transformer = nn.Sequential(
-            *[
-                VisionBlock(dim, cfg.vision_heads, cfg.vision_mlp_ratio, cfg.norm_eps)
-                for _ in range(cfg.vision_layers)
-            ]
-        )
-        # In the checkpoint, unused by MultiTalk (features are taken before them).
-        self.post_norm = LayerNormFP32(dim, eps=cfg.norm_eps)
-        self.head = nn.Parameter(torch.zeros(dim, cfg.embed_dim))
+        from transformers import CLIPVisionModel
+        from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+
+        self.config = cfg
+        hf_cfg = clip_vision_config(cfg, cfg.vision_layers - 1)
+        self.hf = CLIPVisionModel._from_config(hf_cfg, attn_implementation="sdpa")
+        self.skipped = CLIPEncoderLayer(hf_cfg)
+        self.head = nn.Parameter(torch.zeros(cfg.vision_dim, cfg.embed_dim))
+        inner = getattr(self.hf, "vision_model", self.hf)  # transformers 5 dropped the level
+        self._hf_prefix = "hf." + ("vision_model." if inner is not self.hf else "")
+        # The reference's LayerNorm returns the input dtype (fp16 under autocast); torch's
+        # autocast LayerNorm returns fp32, which would turn the whole residual stream fp32.
+        inner.pre_layrnorm.register_forward_hook(lambda m, args, out: out.to(args[0].dtype))
+
+    def official_state(self, native: dict) -> dict:
+        """Native (transformers) keys, prefix-free -> the official visual keys."""
+        last = self.config.vision_layers - 1
+        out, qkv = {}, {}
+        for k, v in native.items():
+            if k.startswith(self._hf_prefix):
+                k = k[len(self._hf_prefix):]
+            elif k.startswith("skipped."):
+                k = f"encoder.layers.{last}." + k[len("skipped."):]
+            elif k == "head":
+                out[k] = v
+                continue
+            if ".self_attn." in k and k.rsplit(".", 2)[-2] in ("q_proj", "k_proj", "v_proj"):
+                layer, proj, kind = k.split(".")[2], k.rsplit(".", 2)[-2], k.rsplit(".", 1)[-1]
+                qkv.setdefault((int(layer), kind), {})[proj] = v
+                continue
+            official = _VISUAL_KEYS.to_checkpoint(k)
+            if official == "cls_embedding":
+                v = v.reshape(1, 1, -1)
+            elif official == "pos_embedding":
+                v = v.unsqueeze(0)
+            out[official] = v
+        for (i, kind), parts in sorted(qkv.items()):  # rows [q | k | v], as the reference packs them
+            out[f"transformer.{i}.attn.to_qkv.{kind}"] = torch.cat(
+                [parts["q_proj"], parts["k_proj"], parts["v_proj"]]
+            )
+        return out
+
+    def native_state(self, official: dict) -> dict:
+        """The official visual keys -> native keys (the inverse of official_state)."""
+        last = self.config.vision_layers - 1
+        out = {}
+        for k, v in official.items():
+            if k == "head":
+                out[k] = v
+                continue
+            parts = k.split(".")
+            if k.endswith((".to_qkv.weight", ".to_qkv.bias")):
+                for proj, chunk in zip(("q_proj", "k_proj", "v_proj"), v.chunk(3), strict=True):
+                    out[f"encoder.layers.{parts[1]}.self_attn.{proj}.{parts[-1]}"] = chunk
+                continue
+            if k == "cls_embedding":
+                v = v.reshape(-1)
+            elif k == "pos_embedding":
+                v = v.reshape(v.shape[-2], v.shape[-1])
+            out[_VISUAL_KEYS.to_module(k)] = v
+        native = {}
+        for k, v in out.items():
+            if k.startswith(f"encoder.layers.{last}."):
+                native["skipped." + k[len(f"encoder.layers.{last}."):]] = v
+            elif k == "head":
+                native[k] = v
+            else:
+                native[self._hf_prefix + k] = v
+        return native
+
+    def rebuild_buffers(self, force: bool = False) -> None:
+        """transformers' position_ids buffer is not in any checkpoint: a model built on the meta
+        device gets it back here, on the device the loaded weights are on. force: also when it
+        holds memory already (`to_empty` leaves it uninitialised: random-weight models)."""
+        emb = getattr(self.hf, "vision_model", self.hf).embeddings
+        if force or emb.position_ids.is_meta:
+            device = emb.position_embedding.weight.device
+            ids = torch.arange(emb.num_positions, device=device).expand((1, -1))
+            emb.register_buffer("position_ids", ids, persistent=False)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels [B, 3, S, S] normalised -> residual stream after the second-to-last block
         [B, num_tokens, vision_dim]."""
-        x = pixels.to(self.patch_embedding.weight.dtype)
-        x = self.patch_embedding(x).flatten(2).transpose(1, 2)  # [B, num_patches, C]
-        x = torch.cat([self.cls_embedding.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
-        x = self.pre_norm(x + self.pos_embedding.to(x.dtype))  # [B, num_tokens, C]
-        for block in self.transformer[:-1]:  # use_31_block: the last block is skipped
-            x = block(x)
-        return x
+        return self.hf(pixel_values=pixels).last_hidden_state
 
 
 # ------------------------------------------------------------------ text tower (no forward)
@@ -288,6 +343,21 @@ class XLMRobertaCLIP(nn.Module):
             self.log_scale = nn.Parameter(torch.zeros([]))
         self.precision = "fp32"
 
+    def state_dict(self, *args, **kwargs):
+        """The official XLMRobertaCLIP keys (visual.*, textual.*, log_scale)."""
+        native = super().state_dict(*args, **kwargs)
+        visual = {k[len("visual."):]: v for k, v in native.items() if k.startswith("visual.")}
+        rest = {k: v for k, v in native.items() if not k.startswith("visual.")}
+        return {**{f"visual.{k}": v for k, v in self.visual.official_state(visual).items()}, **rest}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        visual = {k[len("visual."):]: v for k, v in state_dict.items() if k.startswith("visual.")}
+        rest = {k: v for k, v in state_dict.items() if not k.startswith("visual.")}
+        native = {f"visual.{k}": v for k, v in self.visual.native_state(visual).items()}
+        result = super().load_state_dict({**native, **rest}, strict=strict, assign=assign)
+        self.visual.rebuild_buffers()
+        return result
+
     def set_precision(self, precision: str) -> XLMRobertaCLIP:
         """Cast the parameters for `precision` (see class docstring); returns self."""
         if precision not in PRECISIONS:
@@ -301,7 +371,7 @@ class XLMRobertaCLIP(nn.Module):
     def _half(self) -> bool:
         return (
             self.precision == "reference"
-            and self.visual.patch_embedding.weight.device.type == "cuda"
+            and self.visual.head.device.type == "cuda"
         )
 
     def preprocess(self, cond: torch.Tensor) -> torch.Tensor:
@@ -317,7 +387,7 @@ class XLMRobertaCLIP(nn.Module):
                 f"CLIP input cond: dtype {cond.dtype} is not floating point. Fix: scale u8 to [-1, 1]."
             )
         s = self.config.image_size
-        device = self.visual.patch_embedding.weight.device
+        device = self.visual.head.device
         x = cond[:, :, -1].to(device, torch.float32)  # [B, 3, H, W]
         x = F.interpolate(x, size=(s, s), mode="bicubic", align_corners=False)
         x = x * 0.5 + 0.5  # back to [0, 1] before the CLIP statistics

@@ -5,9 +5,9 @@ together as a batch of two; each output row is trimmed to its true token count (
 included) and becomes `context` / `context_null` [L_i, 4096] for the DiT's text
 cross-attention (the DiT re-pads them with zeros to 512).
 
-The network (multitalk-facts §6, golden README §2.4) is the encoder half of umT5 in the
-official `T5Encoder` key layout (`models_t5_umt5-xxl-enc-bf16.pth`): token embedding, pre-norm
-blocks with a per-layer relative position bias (32 buckets, bidirectional, max distance 128),
+The network (multitalk-facts §6, golden README §2.4) is transformers' `UMT5EncoderModel`,
+loaded from the official `T5Encoder` key layout (`models_t5_umt5-xxl-enc-bf16.pth`) through a
+key map. It is the reference's network: token embedding, pre-norm blocks with a per-layer relative position bias (32 buckets, bidirectional, max distance 128),
 attention WITHOUT 1/sqrt(d) scaling, padded keys filled with the dtype minimum before an fp32
 softmax, gated-GELU(tanh) FFN, T5 RMSNorm (fp32 statistics, eps 1e-6), final RMSNorm.
 
@@ -20,19 +20,18 @@ end without the real tokenizer. Both see the text after the official cleaning (`
 from __future__ import annotations
 
 import html
-import math
 import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mtlib import trace
 from mtlib.io import InputError
 from mtlib.models.checkpoint import (
+    KeyMap,
     assign_state_dict,
     check_config_keys,
     config_label,
@@ -106,134 +105,74 @@ def get_config(config: T5Config | str | None) -> T5Config:
 
 # ------------------------------------------------------------------------------ network
 
-
-def relative_position_buckets(
-    length: int, num_buckets: int, max_distance: int, device=None
-) -> torch.Tensor:
-    """Bidirectional T5 bucket of (key - query) for a square [length, length] grid.
-
-    Half the buckets hold keys after the query. Within a half, distances below a quarter of
-    num_buckets map one to one, larger ones logarithmically up to max_distance, then clamp.
-    """
-    rel = (
-        torch.arange(length, device=device)[None, :] - torch.arange(length, device=device)[:, None]
-    )  # [Lq, Lk]
-    half = num_buckets // 2
-    exact = half // 2
-    bucket = (rel > 0).long() * half
-    dist = rel.abs()
-    # float32 log exactly as the reference computes it, so bucket edges agree
-    far = (
-        exact
-        + (torch.log(dist.float() / exact) / math.log(max_distance / exact) * (half - exact)).long()
-    )
-    far = far.clamp(max=half - 1)
-    return bucket + torch.where(dist < exact, dist, far)
+# official `T5Encoder` key -> transformers `UMT5EncoderModel` key (inside `T5Encoder.hf`).
+# The official FFN is fc2(fc1(x) * gelu(gate(x))): gate = wi_0 (the activated half), fc1 = wi_1.
+_KEYS = KeyMap([
+    ("token_embedding.weight", "hf.shared.weight"),
+    ("blocks.{i}.norm1.weight", "hf.encoder.block.{i}.layer.0.layer_norm.weight"),
+    ("blocks.{i}.pos_embedding.embedding.weight",  # before the q/k/v/o rule, which {x} would match
+     "hf.encoder.block.{i}.layer.0.SelfAttention.relative_attention_bias.weight"),
+    ("blocks.{i}.attn.{x}.weight", "hf.encoder.block.{i}.layer.0.SelfAttention.{x}.weight"),
+    ("blocks.{i}.norm2.weight", "hf.encoder.block.{i}.layer.1.layer_norm.weight"),
+    ("blocks.{i}.ffn.gate.0.weight", "hf.encoder.block.{i}.layer.1.DenseReluDense.wi_0.weight"),
+    ("blocks.{i}.ffn.fc1.weight", "hf.encoder.block.{i}.layer.1.DenseReluDense.wi_1.weight"),
+    ("blocks.{i}.ffn.fc2.weight", "hf.encoder.block.{i}.layer.1.DenseReluDense.wo.weight"),
+    ("norm.weight", "hf.encoder.final_layer_norm.weight"),
+])  # fmt: skip
+# the token embedding is one module under two names (shared, encoder.embed_tokens)
+_TIED = "hf.encoder.embed_tokens.weight"
 
 
-class RelativePositionBias(nn.Module):
-    def __init__(self, num_buckets: int, num_heads: int, max_distance: int):
-        super().__init__()
-        self.num_buckets, self.max_distance = num_buckets, max_distance
-        self.embedding = nn.Embedding(num_buckets, num_heads)
+def umt5_config(cfg: T5Config):
+    """The transformers UMT5Config of the same network (encoder only, no dropout)."""
+    from transformers import UMT5Config
 
-    def forward(self, length: int) -> torch.Tensor:
-        buckets = relative_position_buckets(
-            length, self.num_buckets, self.max_distance, self.embedding.weight.device
-        )
-        return self.embedding(buckets).permute(2, 0, 1).unsqueeze(0)  # [1, n, Lq, Lk]
-
-
-class RMSNorm(nn.Module):
-    """T5 LayerNorm: no mean, no bias; statistics in fp32, cast to a half weight dtype
-    before the gain."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        if self.weight.dtype in (torch.float16, torch.bfloat16):
-            x = x.to(self.weight.dtype)
-        return self.weight * x
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, dim_attn: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim_attn, bias=False)
-        self.k = nn.Linear(dim, dim_attn, bias=False)
-        self.v = nn.Linear(dim, dim_attn, bias=False)
-        self.o = nn.Linear(dim_attn, dim, bias=False)
-
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        b, s, _ = x.shape  # [B, L, C]
-        n = self.num_heads
-        q, k, v = (
-            proj(x).view(b, s, n, -1).transpose(1, 2) for proj in (self.q, self.k, self.v)
-        )  # [B, n, L, d]
-        # T5 folds the 1/sqrt(d) into its init, hence scale=1; `bias` carries positions + padding
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
-        return self.o(x.transpose(1, 2).reshape(b, s, -1))
-
-
-class FeedForward(nn.Module):
-    def __init__(self, dim: int, dim_ffn: int):
-        super().__init__()
-        # `gate` is a Sequential in the official layout (key gate.0); its activation is applied here
-        self.gate = nn.Sequential(nn.Linear(dim, dim_ffn, bias=False))
-        self.fc1 = nn.Linear(dim, dim_ffn, bias=False)
-        self.fc2 = nn.Linear(dim_ffn, dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.fc1(x) * F.gelu(self.gate(x), approximate="tanh"))
-
-
-class EncoderBlock(nn.Module):
-    def __init__(self, cfg: T5Config):
-        super().__init__()
-        self.norm1 = RMSNorm(cfg.dim, cfg.eps)
-        self.attn = Attention(cfg.dim, cfg.dim_attn, cfg.num_heads)
-        self.norm2 = RMSNorm(cfg.dim, cfg.eps)
-        self.ffn = FeedForward(cfg.dim, cfg.dim_ffn)
-        if not cfg.shared_pos:
-            self.pos_embedding = RelativePositionBias(
-                cfg.num_buckets, cfg.num_heads, cfg.max_distance
-            )
-
-    def forward(
-        self, x: torch.Tensor, pad: torch.Tensor, shared_bias: torch.Tensor | None
-    ) -> torch.Tensor:
-        pos = (
-            shared_bias if shared_bias is not None else self.pos_embedding(x.shape[1])
-        )  # [1, n, L, L]
-        bias = (
-            pos.to(x.dtype)
-            .expand(x.shape[0], -1, -1, -1)
-            .masked_fill(pad, torch.finfo(x.dtype).min)
-        )
-        x = x + self.attn(self.norm1(x), bias)
-        return x + self.ffn(self.norm2(x))
+    return UMT5Config(
+        vocab_size=cfg.vocab_size, d_model=cfg.dim, d_kv=cfg.dim_attn // cfg.num_heads,
+        d_ff=cfg.dim_ffn, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+        relative_attention_num_buckets=cfg.num_buckets,
+        relative_attention_max_distance=cfg.max_distance, feed_forward_proj="gated-gelu",
+        layer_norm_epsilon=cfg.eps, dropout_rate=0.0, pad_token_id=cfg.pad_id,
+        eos_token_id=cfg.eos_id, is_encoder_decoder=False, use_cache=False,
+    )  # fmt: skip
 
 
 class T5Encoder(nn.Module):
-    """umT5 encoder in the official key layout. forward(ids, mask) -> [B, L, dim] at every
-    position, padding included (callers trim with the mask)."""
+    """umT5 encoder: transformers' `UMT5EncoderModel` (`.hf`) seen through the official
+    `T5Encoder` key layout: state_dict() / load_state_dict() speak the official keys, so the
+    published .pth loads strictly. forward(ids, mask) -> [B, L, dim] at every position,
+    padding included (callers trim with the mask).
+
+    UMT5 is the reference's network: no 1/sqrt(d) attention scaling, a relative position
+    bias table in every layer, gated GELU(tanh), fp32 softmax and RMSNorm statistics.
+    """
 
     def __init__(self, config: T5Config | str | None = None):
         super().__init__()
+        from transformers import UMT5EncoderModel
+
         self.config = cfg = get_config(config)
-        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.dim)
         if cfg.shared_pos:
-            self.pos_embedding = RelativePositionBias(
-                cfg.num_buckets, cfg.num_heads, cfg.max_distance
+            raise ValueError(
+                "T5Config.shared_pos=True (one position bias for all layers, T5 v1) is not "
+                "umT5; mtlib runs the umT5 encoder (shared_pos=False)."
             )
-        self.blocks = nn.ModuleList([EncoderBlock(cfg) for _ in range(cfg.num_layers)])
-        self.norm = RMSNorm(cfg.dim, cfg.eps)
+        self.hf = UMT5EncoderModel(umt5_config(cfg))
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.hf.encoder.block
+
+    def state_dict(self, *args, **kwargs):
+        native = super().state_dict(*args, **kwargs)
+        native.pop(_TIED, None)
+        return {_KEYS.to_checkpoint(k): v for k, v in native.items()}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        native = {_KEYS.to_module(k): v for k, v in state_dict.items()}
+        if "hf.shared.weight" in native:
+            native[_TIED] = native["hf.shared.weight"]
+        return super().load_state_dict(native, strict=strict, assign=assign)
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -243,14 +182,8 @@ class T5Encoder(nn.Module):
                 f"T5 input: ids {tuple(ids.shape)} and mask {tuple(mask.shape)} must both be [B, L]. "
                 "Fix: tokenize with padding to text_len."
             )
-        device = self.token_embedding.weight.device
-        ids, mask = ids.to(device), mask.to(device)
-        x = self.token_embedding(ids)  # [B, L, C]
-        pad = (mask == 0)[:, None, None, :]  # [B, 1, 1, Lk]: padded keys are never attended
-        shared = self.pos_embedding(ids.shape[1]) if self.config.shared_pos else None
-        for block in self.blocks:
-            x = block(x, pad, shared)
-        x = self.norm(x)
+        device = self.hf.shared.weight.device
+        x = self.hf(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
         if trace.active():
             trace.point("t5.out_full", x)
         return x

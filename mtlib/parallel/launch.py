@@ -26,6 +26,7 @@ import json
 import os
 import socket
 import tempfile
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -197,6 +198,7 @@ def _rank_entry(index: int, world: int, port: int, fn: Callable, args: tuple, bo
         )
         record = dict(zip(("rank", "module", "name", "message"), origin, strict=True))
         record["traceback"] = traceback.format_exc()
+        record["time"] = time.time()  # the first failure is the cause, later ones its echoes
         (Path(box) / f"error-{index}.json").write_text(json.dumps(record))
         raise
     finally:
@@ -222,12 +224,10 @@ def spawn(fn: Callable, world: int, args: tuple = ()) -> Any:
             while not ctx.join():
                 pass
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
-            records = {}  # process index -> its error record (naming the rank it came from)
-            for p in Path(box).glob("error-*.json"):
-                records[int(p.stem.split("-")[1])] = json.loads(p.read_text())
-            first = records.get(getattr(e, "error_index", -1)) or next(
-                (records[k] for k in sorted(records)), None
-            )
+            # error records (each naming the rank it came from); a rank that fails first
+            # makes the others fail in their next collective: the earliest is the cause
+            records = [json.loads(p.read_text()) for p in Path(box).glob("error-*.json")]
+            first = min(records, key=lambda r: r["time"], default=None)
             if first is None:  # died without a word (killed, segfault): torch's message
                 raise RuntimeError(f"a rank of the parallel run died: {e}") from None
             err = _rebuild(first["rank"], first["module"], first["name"], first["message"])
@@ -239,14 +239,18 @@ def spawn(fn: Callable, world: int, args: tuple = ()) -> Any:
 # ------------------------------------------------------------------------------ generate
 
 
-def _generate_rank(cfg, out, trace_dir, progress: bool, compile: bool):
+def _generate_rank(cfg, out, trace_dir, progress: bool, compile: bool, noise=None):
     from mtlib.generation import generate_video
 
-    return generate_video(cfg, out, trace_dir=trace_dir, progress=progress, compile=compile)
+    kw = {} if noise is None else {"noise": noise}
+    return generate_video(cfg, out, trace_dir=trace_dir, progress=progress, compile=compile, **kw)
 
 
-def spawn_generate(cfg, out, trace_dir=None, progress: bool = True, compile: bool = False):
-    """`generate_video` on parallel.gpus spawned ranks; rank 0's GenerationOutput."""
+def spawn_generate(
+    cfg, out, trace_dir=None, progress: bool = True, compile: bool = False, noise=None
+):
+    """`generate_video` on parallel.gpus spawned ranks; rank 0's GenerationOutput. `noise`
+    (a picklable pipeline.NoiseSource, e.g. InjectedNoise) goes to every rank."""
     from mtlib.config import ConfigError
 
     check_config(cfg)
@@ -260,4 +264,4 @@ def spawn_generate(cfg, out, trace_dir=None, progress: bool = True, compile: boo
                 f"parallel.gpus = {n} but this machine has {have} CUDA device(s). Fix: "
                 f"parallel.gpus={max(have, 1)}, or model.device=cpu for {n} CPU processes."
             )
-    return spawn(_generate_rank, n, (cfg, out, trace_dir, progress, compile))
+    return spawn(_generate_rank, n, (cfg, out, trace_dir, progress, compile, noise))

@@ -1,0 +1,343 @@
+"""GPU check for issue #17: the transformers-backed umT5 encoder and CLIP vision tower against
+the hand-written ones they replaced (kept here, verbatim, as the baseline only), at real size
+with random weights: same output (max abs difference) and not slower (median ms).
+
+    python benchmarks/bench_encoders_hf.py            # needs CUDA; prints one JSON object
+
+Real size: umT5-XXL (24 layers, 4096 wide) in bf16 on 2 x 512 tokens (prompt + negative
+prompt, as generate() encodes them); CLIP ViT-H/14 visual (31 of 32 blocks) in fp16 autocast
+("reference" precision) on one 224x224 frame. Weights are random (seeded); both
+implementations load the same official-layout state dict.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mtlib import trace  # noqa: E402
+from mtlib.io import InputError  # noqa: E402
+from mtlib.models import clip as clip_mod  # noqa: E402
+from mtlib.models import t5 as t5_mod  # noqa: E402
+from mtlib.models.clip import CLIPConfig  # noqa: E402
+from mtlib.models.t5 import StandInTokenizer, T5Config  # noqa: E402
+
+
+# ------------------------------------------------------------ the replaced code (baseline)
+def relative_position_buckets(
+    length: int, num_buckets: int, max_distance: int, device=None
+) -> torch.Tensor:
+    """Bidirectional T5 bucket of (key - query) for a square [length, length] grid.
+
+    Half the buckets hold keys after the query. Within a half, distances below a quarter of
+    num_buckets map one to one, larger ones logarithmically up to max_distance, then clamp.
+    """
+    rel = (
+        torch.arange(length, device=device)[None, :] - torch.arange(length, device=device)[:, None]
+    )  # [Lq, Lk]
+    half = num_buckets // 2
+    exact = half // 2
+    bucket = (rel > 0).long() * half
+    dist = rel.abs()
+    # float32 log exactly as the reference computes it, so bucket edges agree
+    far = (
+        exact
+        + (torch.log(dist.float() / exact) / math.log(max_distance / exact) * (half - exact)).long()
+    )
+    far = far.clamp(max=half - 1)
+    return bucket + torch.where(dist < exact, dist, far)
+
+
+class RelativePositionBias(nn.Module):
+    def __init__(self, num_buckets: int, num_heads: int, max_distance: int):
+        super().__init__()
+        self.num_buckets, self.max_distance = num_buckets, max_distance
+        self.embedding = nn.Embedding(num_buckets, num_heads)
+
+    def forward(self, length: int) -> torch.Tensor:
+        buckets = relative_position_buckets(
+            length, self.num_buckets, self.max_distance, self.embedding.weight.device
+        )
+        return self.embedding(buckets).permute(2, 0, 1).unsqueeze(0)  # [1, n, Lq, Lk]
+
+
+class RMSNorm(nn.Module):
+    """T5 LayerNorm: no mean, no bias; statistics in fp32, cast to a half weight dtype
+    before the gain."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        if self.weight.dtype in (torch.float16, torch.bfloat16):
+            x = x.to(self.weight.dtype)
+        return self.weight * x
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, dim_attn: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim_attn, bias=False)
+        self.k = nn.Linear(dim, dim_attn, bias=False)
+        self.v = nn.Linear(dim, dim_attn, bias=False)
+        self.o = nn.Linear(dim_attn, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape  # [B, L, C]
+        n = self.num_heads
+        q, k, v = (
+            proj(x).view(b, s, n, -1).transpose(1, 2) for proj in (self.q, self.k, self.v)
+        )  # [B, n, L, d]
+        # T5 folds the 1/sqrt(d) into its init, hence scale=1; `bias` carries positions + padding
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+        return self.o(x.transpose(1, 2).reshape(b, s, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, dim_ffn: int):
+        super().__init__()
+        # `gate` is a Sequential in the official layout (key gate.0); its activation is applied here
+        self.gate = nn.Sequential(nn.Linear(dim, dim_ffn, bias=False))
+        self.fc1 = nn.Linear(dim, dim_ffn, bias=False)
+        self.fc2 = nn.Linear(dim_ffn, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.fc1(x) * F.gelu(self.gate(x), approximate="tanh"))
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, cfg: T5Config):
+        super().__init__()
+        self.norm1 = RMSNorm(cfg.dim, cfg.eps)
+        self.attn = Attention(cfg.dim, cfg.dim_attn, cfg.num_heads)
+        self.norm2 = RMSNorm(cfg.dim, cfg.eps)
+        self.ffn = FeedForward(cfg.dim, cfg.dim_ffn)
+        if not cfg.shared_pos:
+            self.pos_embedding = RelativePositionBias(
+                cfg.num_buckets, cfg.num_heads, cfg.max_distance
+            )
+
+    def forward(
+        self, x: torch.Tensor, pad: torch.Tensor, shared_bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        pos = (
+            shared_bias if shared_bias is not None else self.pos_embedding(x.shape[1])
+        )  # [1, n, L, L]
+        bias = (
+            pos.to(x.dtype)
+            .expand(x.shape[0], -1, -1, -1)
+            .masked_fill(pad, torch.finfo(x.dtype).min)
+        )
+        x = x + self.attn(self.norm1(x), bias)
+        return x + self.ffn(self.norm2(x))
+
+
+class LegacyT5Encoder(nn.Module):
+    """umT5 encoder in the official key layout. forward(ids, mask) -> [B, L, dim] at every
+    position, padding included (callers trim with the mask)."""
+
+    def __init__(self, config: T5Config | str | None = None):
+        super().__init__()
+        self.config = cfg = config
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.dim)
+        if cfg.shared_pos:
+            self.pos_embedding = RelativePositionBias(
+                cfg.num_buckets, cfg.num_heads, cfg.max_distance
+            )
+        self.blocks = nn.ModuleList([EncoderBlock(cfg) for _ in range(cfg.num_layers)])
+        self.norm = RMSNorm(cfg.dim, cfg.eps)
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """ids [B, L] int, mask [B, L] (1 = token, 0 = padding) -> [B, L, dim]."""
+        if ids.ndim != 2 or ids.shape != mask.shape:
+            raise InputError(
+                f"T5 input: ids {tuple(ids.shape)} and mask {tuple(mask.shape)} must both be [B, L]. "
+                "Fix: tokenize with padding to text_len."
+            )
+        device = self.token_embedding.weight.device
+        ids, mask = ids.to(device), mask.to(device)
+        x = self.token_embedding(ids)  # [B, L, C]
+        pad = (mask == 0)[:, None, None, :]  # [B, 1, 1, Lk]: padded keys are never attended
+        shared = self.pos_embedding(ids.shape[1]) if self.config.shared_pos else None
+        for block in self.blocks:
+            x = block(x, pad, shared)
+        x = self.norm(x)
+        if trace.active():
+            trace.point("t5.out_full", x)
+        return x
+
+
+class LayerNormFP32(nn.LayerNorm):
+    """LayerNorm whose statistics and affine run in fp32 whatever the weight dtype (the
+    official fp16 path normalises in fp32 and casts back to the stream dtype)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.float() if self.weight is not None else None
+        b = self.bias.float() if self.bias is not None else None
+        with torch.autocast(x.device.type, enabled=False):
+            y = F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps)
+        return y.to(x.dtype)
+
+
+class VisionAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.to_qkv = nn.Linear(dim, 3 * dim)  # rows [q | k | v], each head-major
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, c = x.shape  # [B, L, C]
+        n = self.num_heads
+        q, k, v = self.to_qkv(x).view(b, s, 3, n, c // n).permute(2, 0, 3, 1, 4)  # 3 x [B, n, L, d]
+        x = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(d), no mask
+        return self.proj(x.transpose(1, 2).reshape(b, s, c))
+
+
+class VisionBlock(nn.Module):
+    """Pre-norm transformer block; `mlp` keeps the official Sequential indices 0 and 2."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: int, eps: float):
+        super().__init__()
+        self.norm1 = LayerNormFP32(dim, eps=eps)
+        self.attn = VisionAttention(dim, num_heads)
+        self.norm2 = LayerNormFP32(dim, eps=eps)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class LegacyVisionTransformer(nn.Module):
+    def __init__(self, cfg: CLIPConfig):
+        super().__init__()
+        dim = cfg.vision_dim
+        self.patch_embedding = nn.Conv2d(3, dim, cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.cls_embedding = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embedding = nn.Parameter(torch.zeros(1, cfg.num_tokens, dim))
+        self.pre_norm = LayerNormFP32(dim, eps=cfg.norm_eps)
+        self.transformer = nn.Sequential(
+            *[
+                VisionBlock(dim, cfg.vision_heads, cfg.vision_mlp_ratio, cfg.norm_eps)
+                for _ in range(cfg.vision_layers)
+            ]
+        )
+        # In the checkpoint, unused by MultiTalk (features are taken before them).
+        self.post_norm = LayerNormFP32(dim, eps=cfg.norm_eps)
+        self.head = nn.Parameter(torch.zeros(dim, cfg.embed_dim))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels [B, 3, S, S] normalised -> residual stream after the second-to-last block
+        [B, num_tokens, vision_dim]."""
+        x = pixels.to(self.patch_embedding.weight.dtype)
+        x = self.patch_embedding(x).flatten(2).transpose(1, 2)  # [B, num_patches, C]
+        x = torch.cat([self.cls_embedding.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        x = self.pre_norm(x + self.pos_embedding.to(x.dtype))  # [B, num_tokens, C]
+        for block in self.transformer[:-1]:  # use_31_block: the last block is skipped
+            x = block(x)
+        return x
+
+
+
+# ------------------------------------------------------------------------------ measure
+
+
+def _median_ms(fn, n: int = 10) -> float:
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t) * 1e3)
+    return round(statistics.median(times), 2)
+
+
+def _random_state(model: nn.Module, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(v.shape, generator=g) * (0.02 if v.ndim > 1 else 0.1) + (1.0 if "norm" in k and v.ndim == 1 else 0.0)
+            for k, v in model.state_dict().items()}  # fmt: skip
+
+
+@torch.no_grad()
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("needs CUDA", file=sys.stderr)
+        return 2
+    dev = "cuda"
+    out = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name()}
+    import transformers
+
+    out["transformers"] = transformers.__version__
+
+    # T5: bf16 (the reference's precision), prompt + negative prompt padded to 512
+    cfg: T5Config = t5_mod.CONFIGS["multitalk-14b"]
+    with torch.device("meta"):
+        new = t5_mod.T5Encoder(cfg)
+        old = LegacyT5Encoder(cfg)
+    sd = _random_state(new, 0)
+    new.load_state_dict(sd, assign=True)
+    old.load_state_dict(sd, strict=True, assign=True)
+    del sd
+    new = new.to(dev, torch.bfloat16).eval()
+    old = old.to(dev, torch.bfloat16).eval()
+    ids, mask = StandInTokenizer(cfg.vocab_size, cfg.text_len)(
+        ["a woman talks to the camera in a quiet room", t5_mod.DEFAULT_NEGATIVE_PROMPT])
+    a, b = new(ids, mask).float(), old(ids, mask).float()
+    out["t5"] = {"max_abs_diff": float((a - b).abs().max()), "max_abs_ref": float(b.abs().max()),
+                 "ms_transformers": _median_ms(lambda: new(ids, mask)),
+                 "ms_handwritten": _median_ms(lambda: old(ids, mask))}  # fmt: skip
+    new = old = None  # free the GPU memory before CLIP
+    torch.cuda.empty_cache()
+
+    # CLIP visual: fp16 autocast, one 224x224 frame
+    ccfg: CLIPConfig = clip_mod.CONFIGS["multitalk-14b"]
+    with torch.device("meta"):
+        newc = clip_mod.XLMRobertaCLIP(ccfg, with_text_tower=False)
+        oldc = LegacyVisionTransformer(ccfg)
+    sd = _random_state(newc, 1)
+    newc.load_state_dict(sd, assign=True)
+    oldc.load_state_dict({k[len("visual."):]: v for k, v in sd.items()}, strict=True, assign=True)
+    newc = newc.to(dev, torch.float16).eval()
+    newc.visual.rebuild_buffers()
+    newc.precision = "reference"
+    oldc = oldc.to(dev, torch.float16).eval()
+    pixels = torch.randn(1, 3, 224, 224, device=dev)
+
+    def run_new():
+        with torch.autocast("cuda", dtype=torch.float16):
+            return newc.visual(pixels)
+
+    def run_old():
+        with torch.autocast("cuda", dtype=torch.float16):
+            return oldc(pixels)
+
+    a, b = run_new().float(), run_old().float()
+    out["clip"] = {"max_abs_diff": float((a - b).abs().max()), "max_abs_ref": float(b.abs().max()),
+                   "ms_transformers": _median_ms(run_new), "ms_handwritten": _median_ms(run_old)}  # fmt: skip
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
