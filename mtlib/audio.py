@@ -35,13 +35,14 @@ import numpy as np
 from mtlib import io, trace
 from mtlib.extras import require
 
+# 16 kHz (wav2vec2's rate, every waveform in mtlib) and 25 video frames per second: mtlib.frames
+from mtlib.frames import SAMPLE_RATE, VIDEO_FPS, embedding_frames
+
 if TYPE_CHECKING:
     import torch
 
     from mtlib.models.wav2vec import AudioEncoder
 
-SAMPLE_RATE = 16000  # wav2vec2 input rate; every waveform in mtlib is at this rate
-VIDEO_FPS = 25  # the reference assumes 25 video frames per second of audio
 LOUDNESS_TARGET_LUFS = -23.0  # reference `loudness_norm` target
 LOUDNESS_BLOCK_S = 0.4  # BS.1770 gating block: pyloudnorm needs at least one
 
@@ -295,13 +296,24 @@ class SpeakerTracks:
     real_samples: tuple[int, int]  # unpadded lengths of the two inputs
 
 
+def para_length_message(n1: int, n2: int) -> str:
+    """The refusal of unequal 'para' tracks (the plan's para_equal_length says the same)."""
+    return (
+        f"audio_type 'para' (both speak at once): the two tracks have {n1} and {n2} samples at "
+        "16 kHz; 'para' sums them sample by sample for the soundtrack, so they must be equally "
+        "long (the reference fails with 'operands could not be broadcast'). Fix: trim or pad the "
+        "two recordings to the same length, or use audio_type 'add' if they speak one after the other."
+    )
+
+
 def combine_speakers(
     a: np.ndarray | None, b: np.ndarray | None, mode: Literal["para", "add"] = "para"
 ) -> SpeakerTracks:
     """Reference `audio_prepare_multi` on prepared waveforms.
 
-    'para' (simultaneous): the tracks as they are. The reference crashes on unequal
-    lengths; here the shorter one is padded with trailing zeros instead.
+    'para' (simultaneous): the tracks as they are; they must be equally long (one rule with
+    the shape plan's para_equal_length: the reference crashes on unequal lengths, mtlib
+    refuses them with the fix).
     'add' (turns): person1 = [a; zeros(len b)], person2 = [zeros(len a); b]. As in the
     reference the zeros are float64, so the 'add' tracks are float64.
     None for one speaker stands for the reference's 'None' path: zeros of the other's length.
@@ -316,9 +328,9 @@ def combine_speakers(
         b = np.zeros(a.shape[0])
     real = (int(a.shape[0]), int(b.shape[0]))
     if mode == "para":
-        n = max(real)
-        p1 = a if a.shape[0] == n else np.concatenate([a, np.zeros(n - a.shape[0], a.dtype)])
-        p2 = b if b.shape[0] == n else np.concatenate([b, np.zeros(n - b.shape[0], b.dtype)])
+        if real[0] != real[1]:
+            raise AudioInputError(para_length_message(*real))
+        p1, p2 = a, b
     elif mode == "add":
         p1 = np.concatenate([a, np.zeros(b.shape[0])])
         p2 = np.concatenate([np.zeros(a.shape[0]), b])
@@ -340,7 +352,7 @@ def combine_speakers(
 
 def audio_frames(num_samples: int, sr: int = SAMPLE_RATE, fps: int = VIDEO_FPS) -> int:
     """Embedding frames the reference derives from a waveform: int(len / sr * fps)."""
-    return int(num_samples / sr * fps)
+    return embedding_frames(num_samples, sr, fps)
 
 
 @dataclass

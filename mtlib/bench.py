@@ -18,6 +18,10 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
+from mtlib.frames import latent_frames
+from mtlib.spec import SPECS
+
+IMAGE_TOKENS = SPECS["multitalk-14b"].clip_tokens  # CLIP cls + 16x16 patches (every spec)
 MATMUL_BOUND_TFLOPS = {"H100": 776.0, "H200": 790.0}  # bf16 8192³ matmul measured there
 
 
@@ -31,7 +35,8 @@ class DitShape:
 
     @property
     def grid(self) -> tuple[int, int, int]:
-        return (self.frames - 1) // 4 + 1, self.height // 16, self.width // 16
+        unit = SPECS["multitalk-14b"].size_unit  # VAE stride 8 x DiT patch 2
+        return latent_frames(self.frames), self.height // unit, self.width // unit
 
     @property
     def seq_len(self) -> int:
@@ -44,7 +49,7 @@ def dit_flops_per_pass(cfg, shape: DitShape, persons: int | None = None) -> dict
     P = shape.persons if persons is None else persons
     T, Nh, Nw = shape.grid
     L, S, D, F = T * Nh * Nw, Nh * Nw, cfg.dim, cfg.ffn_dim
-    ctx_img, ctx_txt = 257, cfg.text_len
+    ctx_img, ctx_txt = IMAGE_TOKENS, cfg.text_len
     audio_tokens = cfg.context_tokens * P
     lin = (
         2 * L * D * D * 4  # self-attn q k v o

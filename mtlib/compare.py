@@ -827,7 +827,9 @@ def register_model_stages(models: Any) -> dict[str, Stage]:
     if vae is not None:
         def encode_clip(cond_image, mask):
             # the pipeline encodes the cond frames followed by zeros up to the clip's frames
-            frames = 4 * (mask.shape[2] - 1) + 1  # mask [1, 4, T, h, w]
+            from mtlib.frames import pixel_frames
+
+            frames = pixel_frames(mask.shape[2])  # mask [1, 4, T, h, w]
             zeros = cond_image.new_zeros(*cond_image.shape[:2], frames - cond_image.shape[2],
                                          *cond_image.shape[3:])
             return vae.encode(torch.cat([cond_image, zeros], dim=2))
@@ -862,9 +864,9 @@ def register_model_stages(models: Any) -> dict[str, Stage]:
         bind("t5", t5)
     if audio is not None:
         def embed(input_values):
-            from mtlib.models.wav2vec import SAMPLE_RATE, VIDEO_FPS
+            from mtlib.frames import embedding_frames
 
-            seq_len = int(input_values.shape[-1] / SAMPLE_RATE * VIDEO_FPS)
+            seq_len = embedding_frames(input_values.shape[-1])  # int(N / 16000 * 25)
             hidden = audio.forward(input_values.reshape(1, -1), seq_len)
             return torch.stack(hidden[1:], dim=1)[0].transpose(0, 1).float().cpu()  # [T, layers, hidden]
 

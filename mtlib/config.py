@@ -22,6 +22,9 @@ from typing import Any, Literal, Union
 import yaml
 
 from mtlib.io import project_root
+from mtlib.spec import SPECS
+
+MODEL_NAMES = tuple(SPECS)  # model.name: the spec registry's names (tiny, multitalk-14b)
 
 
 class ConfigError(ValueError):
@@ -104,7 +107,7 @@ class LoraConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: Literal["tiny", "multitalk-14b"] = "tiny"
+    name: Literal[MODEL_NAMES] = "tiny"  # a spec of mtlib.spec.SPECS
     # Size key of the reference: picks the bucket table and the default sample shift.
     size: Literal["multitalk-480", "multitalk-720"] = "multitalk-480"
     # Bucket tables: "official" (ASPECT_RATIO_627 / _960) or "tiny" (48..112 px, for CPU).

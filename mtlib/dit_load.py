@@ -218,7 +218,9 @@ def streamed_blocks(model: nn.Module, resident_params: int | None) -> list[int]:
 
 
 def _run_dtype(precision: str) -> torch.dtype:
-    return torch.float32 if precision == "fp32" else torch.bfloat16
+    from mtlib.spec import torch_dtype  # the one precision table
+
+    return torch_dtype(precision, "dit")
 
 
 def load_run_dit(

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from mtlib import shapes, trace
 from mtlib.config import ConfigError, RunConfig, load_config, to_dict
+from mtlib.frames import SAMPLE_RATE, VIDEO_FPS  # every waveform in mtlib is at 16 kHz
 from mtlib.io import InputError, atomic_path, project_root
 
 if TYPE_CHECKING:
@@ -46,8 +47,6 @@ if TYPE_CHECKING:
     import torch
 
     from mtlib.pipeline import GenerationSettings
-
-SAMPLE_RATE = 16000  # every waveform in mtlib is at 16 kHz (wav2vec2's rate)
 
 
 class PlanError(shapes.PlanError):
@@ -531,7 +530,7 @@ def save_preprocessed(pre: PreprocessedInputs, run_dir: str | os.PathLike) -> di
     }
     embs = {f"person{i + 1}": e.contiguous() for i, e in enumerate(pre.audio_embs)}
     with atomic_path(paths["audio_embedding"]) as tmp:
-        save_file(embs, str(tmp), metadata={"fps": "25", "sample_rate": str(SAMPLE_RATE)})
+        save_file(embs, str(tmp), metadata={"fps": str(VIDEO_FPS), "sample_rate": str(SAMPLE_RATE)})
         _readable(tmp)
     with atomic_path(paths["cond_png"]) as tmp:
         Image.fromarray(pre.prepared_image.crop_u8).save(tmp, format="PNG")
@@ -716,7 +715,7 @@ def generate_video(
             t = _timed(timings, "text", t)
             teacache = None
             s = run.settings
-            if cfg.generation.teacache and s.text_guide_scale != 1.0:
+            if cfg.generation.teacache:  # the plan refuses it at text scale 1 (with the reason)
                 from mtlib.models.dit import TeaCacheState
 
                 teacache = TeaCacheState.for_size(
@@ -735,6 +734,7 @@ def generate_video(
                     inputs.ref_target_masks,
                     s,
                     noise,
+                    plan=run.plan,  # the loop runs the planned clips, checking itself against them
                 )
             t = _timed(timings, "generate", t)
             # padded audio made extra frames: keep the ones that show the real speech

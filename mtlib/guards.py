@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mtlib.frames import SAMPLE_RATE, latent_frames
 from mtlib.io import OutputError, _fs_and_path, is_output_url
 
 if TYPE_CHECKING:
@@ -278,7 +279,7 @@ def _cost_ratio(plan: Any, frames: int) -> float:
     """FLOPs of this clip over a `frames` clip at the same size: linear terms scale with the
     token count, self-attention with its square."""
     T = plan.token_grid[0]
-    t_ref = (frames - 1) // 4 + 1
+    t_ref = latent_frames(frames)
     r = t_ref / T
     f = plan.flops_per_pass or {}
     total = sum(f.values())
@@ -349,7 +350,7 @@ def check_audio_complete(files: list[str]) -> None:
         if promised - n > max(1600, promised // 50):  # > 0.1 s and > 2 %: not codec padding
             raise AudioInputError(
                 f"speaker {i + 1} audio {str(f)!r}: truncated: its header promises "
-                f"{promised / 16000:.2f} s but only {n / 16000:.2f} s decode (an interrupted "
+                f"{promised / SAMPLE_RATE:.2f} s but only {n / SAMPLE_RATE:.2f} s decode (an interrupted "
                 "download or copy). Fix: re-export or re-download the file, or re-encode what "
                 "remains (e.g. ffmpeg -i IN -c:a libmp3lame OUT.mp3) to plan on its real length."
             )

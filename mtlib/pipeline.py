@@ -30,13 +30,14 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from mtlib import guards, sampling, trace
+from mtlib import frames, guards, sampling, trace
 from mtlib.color import match_and_blend_colors
 from mtlib.io import InputError
+from mtlib.spec import SPECS
 
-VAE_STRIDE = (4, 8, 8)  # pixel frames / rows / columns per latent cell
-PATCH_SIZE = (1, 2, 2)  # DiT patchify of the latent (t, h, w)
-LATENT_CHANNELS = 16
+VAE_STRIDE = SPECS["multitalk-14b"].vae_stride  # pixel frames / rows / columns per latent cell
+PATCH_SIZE = SPECS["multitalk-14b"].patch  # DiT patchify of the latent (t, h, w)
+LATENT_CHANNELS = SPECS["multitalk-14b"].z_dim  # the same in every spec (tests/test_spec.py)
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,7 +163,7 @@ class ClipInfo:
 class GenerationResult:
     video: torch.Tensor  # [3, N, H, W] float32 in [-1, 1], on the CPU
     clips: list[ClipInfo] = field(default_factory=list)
-    miss_lengths: list[int] = field(default_factory=list)  # tail padding per person
+    miss_lengths: list[int] = field(default_factory=list)  # tail padding per person ([]: clip mode)
     seed: int | None = None
 
 
@@ -280,7 +281,7 @@ def check_inputs(
                 f"audio_embs[{p}] has {emb.shape[0]} frames but frame_num = {s.frame_num}: the "
                 f"reference needs audio strictly longer than frame_num (it asserts 'Aduio file not "
                 f"exists or length not satisfies frame nums.'). Fix: a frame_num of at most "
-                f"{(emb.shape[0] - 2) // 4 * 4 + 1}, or longer audio."
+                f"{frames.largest_frame_num_for(emb.shape[0])}, or longer audio."
             )
     lat_h, lat_w = H // VAE_STRIDE[1], W // VAE_STRIDE[2]
     if tuple(ref_target_masks.shape) != (3, lat_h, lat_w):
@@ -296,23 +297,83 @@ def check_inputs(
 
 
 def plan_clips(audio_lengths: list[int], settings: GenerationSettings) -> list[tuple[int, int]]:
-    """The [audio_start, audio_end) of every clip, by the same bookkeeping as generate()."""
+    """The [audio_start, audio_end) of every clip (mtlib.frames.clip_schedule)."""
     s = settings
-    start, end, n_cond = 0, s.frame_num, 1
-    lengths = list(audio_lengths)
-    clips, last = [], False
-    while True:
-        clips.append((start, end))
-        if last:
-            break
-        n_cond = s.motion_frame
-        start += s.frame_num - n_cond
-        end = start + s.frame_num
-        if end >= min(s.frames_cap, lengths[0]):
-            last = True
-        if s.frames_cap <= s.frame_num:
-            break
-    return clips
+    sched = frames.clip_schedule(s.frame_num, s.motion_frame, s.frames_cap, audio_lengths)
+    return [(c.audio_start, c.audio_end) for c in sched.clips]
+
+
+# --------------------------------------------------------------------------------------------
+# The plan, as the loop consumes it
+# --------------------------------------------------------------------------------------------
+
+
+class PlanDriftError(RuntimeError):
+    """What the engine computed differs from the shape plan: a bug, named where it happened."""
+
+
+@dataclass(frozen=True)
+class LoopPlan:
+    """The sizes and the clip schedule generate() runs, taken from a `mtlib.shapes.ShapePlan`
+    (`from_plan`) or, for callers without one (replay tests, bench), from the same arithmetic
+    (`from_settings`, mtlib.frames). The loop computes no size itself."""
+
+    frame_num: int
+    target_hw: tuple[int, int]  # (H, W) of the conditioning image
+    lat: tuple[int, int, int]  # (T, lat_h, lat_w)
+    seq_len: int
+    clips: tuple[Any, ...]  # per clip: index, is_first, n_cond, audio_start, audio_end, kept, audio_len
+    miss: tuple[int, ...]  # per person: reflection frames before the last clip
+    video_frames: int  # frames generate() returns
+    audio_frames: tuple[int, ...] | None  # per person embedding frames the loop is given (None: any)
+    source: str  # "plan" or "settings": named in drift errors
+
+    @classmethod
+    def from_plan(cls, plan: Any) -> LoopPlan:
+        if not plan.valid:
+            raise InputError(
+                "generate(plan=...): the plan is invalid (see plan.violations); the loop runs "
+                "valid plans only. Fix: change the inputs as the diagnosis says."
+            )
+        clips = tuple(
+            frames.ClipSpan(
+                c.clip, c.is_first_clip, c.cur_motion_frames_num, c.audio_start_idx,
+                c.audio_end_idx, c.kept_frames, tuple(c.audio_len), tuple(c.audio_index_range),
+            )
+            for c in plan.clips
+        )  # fmt: skip
+        return cls(
+            frame_num=int(plan.frame_num), target_hw=tuple(plan.target_hw),
+            lat=(int(plan.token_grid[0]), *plan.lat_hw), seq_len=int(plan.seq_len), clips=clips,
+            miss=tuple(plan.miss), video_frames=int(plan.video_frames),
+            audio_frames=tuple(plan.padded_audio_frames) or None, source="plan",
+        )  # fmt: skip
+
+    @classmethod
+    def from_settings(
+        cls, settings: GenerationSettings, hw: tuple[int, int], audio_frames: list[int]
+    ) -> LoopPlan:
+        s, (H, W) = settings, hw
+        lat_h, lat_w = H // VAE_STRIDE[1], W // VAE_STRIDE[2]
+        sched = frames.clip_schedule(s.frame_num, s.motion_frame, s.frames_cap, audio_frames)
+        return cls(
+            frame_num=s.frame_num, target_hw=(H, W),
+            lat=(frames.latent_frames(s.frame_num), lat_h, lat_w),
+            seq_len=frames.seq_len(s.frame_num, lat_h, lat_w, PATCH_SIZE), clips=sched.clips,
+            miss=sched.miss, video_frames=sched.video_frames,
+            audio_frames=tuple(audio_frames), source="settings",
+        )  # fmt: skip
+
+    def check(self, where: str, observed: Any, planned: Any) -> None:
+        """Raise PlanDriftError unless observed == planned (shapes compared as lists)."""
+        o = list(observed) if isinstance(observed, tuple | torch.Size) else observed
+        p = list(planned) if isinstance(planned, tuple) else planned
+        if o != p:
+            raise PlanDriftError(
+                f"plan drift at {where}: the {self.source} says {p}, the engine has {o}. The "
+                "loop runs the shapes the plan computed (mtlib.shapes / mtlib.frames); a "
+                "difference is a bug in mtlib or a plan made for other inputs or settings."
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,6 +391,7 @@ def generate(
     ref_target_masks: torch.Tensor,
     settings: GenerationSettings,
     noise_source: NoiseSource | None = None,
+    plan: Any = None,
 ) -> GenerationResult:
     """Generate the talking video.
 
@@ -337,17 +399,25 @@ def generate(
     prompt_context / neg_context: [L, text_dim] trimmed T5 outputs of the prompt and the
     negative prompt; ref_target_masks: [3, H/8, W/8] float (person 1, person 2, background);
     noise_source: defaults to SeededNoise(settings.seed).
+    plan: the run's `mtlib.shapes.ShapePlan`; the loop runs its clips with its sizes and checks
+    every clip against it (PlanDriftError names the first difference). None: the same schedule
+    from the settings and the inputs' sizes (mtlib.frames).
     Returns the video [3, N, H, W] in [-1, 1] (CPU float32) and the clip bookkeeping.
     """
     s = settings
     check_inputs(cond_image, audio_embs, ref_target_masks, s)
     noise_source = noise_source if noise_source is not None else SeededNoise(s.seed)
     device, dit_dtype = _device_dtype(models.dit)
-    F = s.frame_num
     H, W = cond_image.shape[-2:]
-    lat_t = (F - 1) // VAE_STRIDE[0] + 1
-    lat_h, lat_w = H // VAE_STRIDE[1], W // VAE_STRIDE[2]
-    seq_len = lat_t * lat_h * lat_w // (PATCH_SIZE[1] * PATCH_SIZE[2])
+    lengths = [int(e.shape[0]) for e in audio_embs]
+    lp = LoopPlan.from_plan(plan) if plan is not None else LoopPlan.from_settings(s, (H, W), lengths)
+    lp.check("settings.frame_num", s.frame_num, lp.frame_num)
+    lp.check("cond_image [H, W]", (H, W), lp.target_hw)
+    if lp.audio_frames is not None:
+        lp.check("audio_embs frames per person", lengths, list(lp.audio_frames))
+    F = lp.frame_num
+    lat_t, lat_h, lat_w = lp.lat
+    seq_len = lp.seq_len
     max_frames = s.frames_cap
     text_scale_one = math.isclose(s.text_guide_scale, 1.0)
     # the same shifted schedule for every clip: [steps + 1], from 1000 down to 0
@@ -362,23 +432,37 @@ def generate(
     context = prompt_context.to(device, dit_dtype)
     context_null = neg_context.to(device, dit_dtype)
 
-    n_cond = 1  # conditioning frames of the current clip
-    audio_start, audio_end = 0, F
-    is_first_clip, arrive_last_frame = True, False
-    miss_lengths: list[int] = []
+    # reflection frames per person (planned); clip mode runs one clip and has no tail
+    miss_lengths = list(lp.miss) if max_frames > F else []
     kept_videos: list[torch.Tensor] = []
+    videos = cond_image  # replaced by each clip's decoded frames
     clips: list[ClipInfo] = []
-    n_planned = len(plan_clips([e.shape[0] for e in full_audio_embs], s))
-    clip_bar = tqdm(total=n_planned, desc="clips", unit="clip", disable=not s.progress)
+    clip_bar = tqdm(total=len(lp.clips), desc="clips", unit="clip", disable=not s.progress)
 
     with trace.scope("e2e"):
-        while True:
-            c = len(clips)
+        for pc in lp.clips:  # the planned clips, in order
+            c, is_first_clip, n_cond = pc.index, pc.is_first, pc.n_cond
+            audio_start, audio_end = pc.audio_start, pc.audio_end
+            if not is_first_clip:
+                # the clip is conditioned on the last n_cond (motion_frame) frames of the previous
+                cond_image = videos[:, :, -n_cond:].to(device, torch.float32)
+            # tail: the last clip's audio runs past the end -> the tracks grow by their last
+            # frames time-reversed, to the planned length
+            for p, emb in enumerate(full_audio_embs):
+                grow = pc.audio_len[p] - emb.shape[0]
+                if grow > 0:
+                    full_audio_embs[p] = torch.cat([emb, emb[-grow:].flip(0)], dim=0)
+            lp.check(
+                f"e2e.clip{c} audio frames per person",
+                [e.shape[0] for e in full_audio_embs],
+                list(pc.audio_len),
+            )
             with trace.scope(f"clip{c}"):
                 # 1. audio windows of this clip's frames, per person: [P, F, 5, layers, width]
                 audio = torch.stack(
                     [sampling.audio_windows(emb, audio_start, F) for emb in full_audio_embs]
                 ).to(device, dit_dtype)
+                lp.check(f"e2e.clip{c}.audio [P, F]", audio.shape[:2], (len(full_audio_embs), F))
                 audio_null = torch.zeros_like(audio)[-1:]  # ONE silent person (reference quirk)
 
                 # 2. the clip's starting noise, drawn on the CPU, used on the device
@@ -400,6 +484,11 @@ def generate(
                 zeros = cond_image.new_zeros(1, 3, F - cond_image.shape[2], H, W)
                 vae_latent = models.vae.encode(torch.cat([cond_image, zeros], dim=2))
                 trace.point("vae_latent", vae_latent)  # [1, 16, T, h, w]
+                lp.check(
+                    f"e2e.clip{c}.vae_latent",
+                    vae_latent.shape,
+                    (1, LATENT_CHANNELS, lat_t, lat_h, lat_w),
+                )
                 # the reference slices the motion latents from y AFTER its cast to the DiT dtype
                 # (bf16 on GPU), so they carry that rounding into the re-noising
                 vae_latent_dit = vae_latent.to(dit_dtype)
@@ -455,6 +544,7 @@ def generate(
                             x, t, context=context, audio=audio, **shared
                         )
                         noise_pred_cond = trace.point("cond", noise_pred_cond.float())
+                        lp.check(f"e2e.clip{c}.step{i}.cond", noise_pred_cond.shape, latent.shape)
                         if not text_scale_one:
                             noise_pred_drop_text = models.dit(
                                 x, t, context=context_null, audio=audio, **shared
@@ -530,6 +620,7 @@ def generate(
                 x0 = trace.point("x0", latent.unsqueeze(0))  # [1, 16, T, h, w]
                 videos = models.vae.decode(x0)
                 videos = trace.point("decoded", videos.detach().cpu().float())  # [1, 3, F, H, W]
+                lp.check(f"e2e.clip{c}.decoded", videos.shape, (1, 3, F, H, W))
                 guards.check_finite(videos, f"clip {c} VAE decode", "decoded frames")
                 if s.color_correction_strength > 0:
                     trace.point("color_ref", color_reference)
@@ -540,34 +631,11 @@ def generate(
 
                 # 8. keep the new frames: all of clip 0, later clips without their motion frames
                 kept = videos if is_first_clip else videos[:, :, n_cond:]
+                lp.check(f"e2e.clip{c} kept frames", kept.shape[2], pc.kept)
                 kept_videos.append(kept)
                 clips.append(ClipInfo(c, audio_start, audio_end, n_cond, kept.shape[2]))
                 clip_bar.update(1)
 
-            if arrive_last_frame:
-                break
-
-            # 9. the next clip is conditioned on the last motion_frame frames of this one
-            is_first_clip = False
-            n_cond = s.motion_frame
-            cond_image = videos[:, :, -n_cond:].to(device, torch.float32)
-            audio_start += F - n_cond
-            audio_end = audio_start + F
-
-            # 10. tail: the last clip's audio runs past the end -> reflect the last frames
-            if audio_end >= min(max_frames, full_audio_embs[0].shape[0]):
-                arrive_last_frame = True
-                miss_lengths = []
-                for p, emb in enumerate(full_audio_embs):
-                    if audio_end >= emb.shape[0]:
-                        miss = audio_end - emb.shape[0] + 3
-                        full_audio_embs[p] = torch.cat([emb, emb[-miss:].flip(0)], dim=0)
-                        miss_lengths.append(miss)
-                    else:
-                        miss_lengths.append(0)
-
-            if max_frames <= F:  # clip mode: one clip only
-                break
         clip_bar.close()
 
         video = torch.cat(kept_videos, dim=2)[:, :, :max_frames]
@@ -575,6 +643,7 @@ def generate(
         # empty the video there ([:-0]), so only a positive cut is applied.
         if max_frames > F and miss_lengths and miss_lengths[0] > 0:
             video = video[:, :, : -miss_lengths[0]]
+        lp.check("e2e.video frames", video.shape[2], lp.video_frames)
         video = trace.point("video", video[0].float())  # [3, N, H, W]
 
     return GenerationResult(

@@ -19,10 +19,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+# the reference resamples every speech track to 16 kHz (librosa.load) and hard-codes 25 fps;
+# the numbers and the embedding length live in mtlib.frames
+from mtlib.frames import SAMPLE_RATE as AUDIO_SR
+from mtlib.frames import VIDEO_FPS, embedding_frames  # noqa: F401 (probe's public names)
 from mtlib.io import InputError, is_remote, resolve_local
-
-AUDIO_SR = 16000  # the reference resamples every speech track to 16 kHz (librosa.load)
-VIDEO_FPS = 25  # the reference hard-codes 25 video frames per second
 
 # EXIF orientations 5..8 are rotations by 90 degrees: the displayed image has w and h swapped.
 _EXIF_ORIENTATION = 0x0112
@@ -69,11 +70,6 @@ def resampled_length(frames: int, sample_rate: int, target_sr: int = AUDIO_SR) -
         return int(frames)
     ratio = float(target_sr) / sample_rate
     return int(math.ceil(frames * ratio))
-
-
-def embedding_frames(samples_16k: int) -> int:
-    """Audio embedding frames of the reference: int(len(audio) / 16000 * 25), same float order."""
-    return int(samples_16k / AUDIO_SR * VIDEO_FPS)
 
 
 def _open_binary(src: str):

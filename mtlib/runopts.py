@@ -35,10 +35,9 @@ class DiTOptions:
 
     def weight_precisions(self) -> dict[str, str]:
         """Which weights run in which precision (plan, run record, video metadata)."""
-        if self.precision == "fp32":
-            lin = other = "float32"
-        else:
-            lin = other = "bfloat16"
+        from mtlib.spec import component_dtype  # the one precision table
+
+        lin = other = component_dtype(self.precision, "dit")
         if self.quant == "int8":
             lin = "int8 (per-output-channel scale, dequantised to bfloat16 per layer)"
         if self.precision == "fp8":
@@ -49,10 +48,7 @@ class DiTOptions:
         out = {
             "dit.blocks linears": f"{lin} [{src}]",
             "dit other weights": f"{other} [{src}]",
-            "t5": ("float32" if self.precision == "fp32" else "bfloat16") + f" [{src}]",
-            "clip": ("float32" if self.precision == "fp32" else "float16") + f" [{src}]",
-            "vae": f"float32 [{src}]",
-            "wav2vec2": f"float32 [{src}]",
+            **{c: f"{component_dtype(self.precision, c)} [{src}]" for c in ("t5", "clip", "vae", "wav2vec2")},
         }
         if self.loras:
             out["loras"] = (

@@ -22,9 +22,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mtlib.frames import TIME_STRIDE as VAE_TIME_STRIDE  # pixel frames per later latent frame
+from mtlib.frames import is_4n_plus_1, snap_frame_num
+from mtlib.spec import SPECS
+
 NUM_TRAIN_TIMESTEPS = 1000  # the Wan flow schedule runs t in [0, 1000]
-AUDIO_WINDOW = 5  # audio frames around each video frame (offsets -2..2)
-VAE_TIME_STRIDE = 4  # pixel frames per latent frame after the first one
+AUDIO_WINDOW = SPECS["multitalk-14b"].audio_window  # audio frames around each video frame (-2..2)
 
 
 def timesteps(steps: int, shift: float, num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
@@ -44,8 +47,8 @@ def timesteps(steps: int, shift: float, num_timesteps: int = NUM_TRAIN_TIMESTEPS
 
 def check_frame_num(frame_num: int) -> None:
     """frame_num must be 4n+1: frame 0 is its own latent, the rest go in groups of 4."""
-    if frame_num < 1 or (frame_num - 1) % VAE_TIME_STRIDE != 0:
-        lower = max(1, (frame_num - 1) // VAE_TIME_STRIDE * VAE_TIME_STRIDE + 1)
+    if not is_4n_plus_1(frame_num):
+        lower = snap_frame_num(frame_num)
         raise ValueError(
             f"frame_num = {frame_num} is not of the form 4n+1 (the VAE keeps frame 0 alone and "
             f"packs the remaining frames in groups of 4; the reference fails later with a "

@@ -173,7 +173,7 @@ def observe(cfg: Any = "tiny", models=None, cache_dir: str | os.PathLike | None 
         result = generate(
             Models(dit=dit, vae=models.vae, clip=models.clip),
             inputs.cond_image, inputs.audio_embs, context, context_null,
-            inputs.ref_target_masks, run.settings, SeededNoise(cfg.generation.seed),
+            inputs.ref_target_masks, run.settings, SeededNoise(cfg.generation.seed), plan=run.plan,
         )  # fmt: skip
         trace.point("output.video", result.video[:, : run.output_frames])
     return run, rec, result

@@ -11,7 +11,9 @@ any model is loaded; `mtlib plan` is its command line (`add_arguments_plan`, `ru
 Rules (multitalk-facts §10.5), in the order the reference would trip over them:
   persons_1_or_2, audio_min_duration, para_equal_length, audio_longer_than_frame_num,
   frame_num_4n_plus_1, frame_num_min, bbox_count, motion_frame_below_frame_num,
-  motion_frame_4n_plus_1, size_multiple_of_16, rope_positions, empty_output.
+  motion_frame_4n_plus_1, size_multiple_of_16, rope_positions, teacache_text_scale_one,
+  empty_output.
+Frame / audio arithmetic comes from mtlib.frames, model geometry and dtypes from mtlib.spec.
 Policies (config.generation): frame_num 'auto' | int, short_audio 'pad' | 'snap' | 'error'.
 
 Where it sits: pipeline.generate() calls plan() first and refuses an invalid plan
@@ -33,13 +35,30 @@ from typing import Any
 
 from mtlib.buckets import bucket_table, choose_bucket
 from mtlib.extras import require
+from mtlib.frames import SAMPLE_RATE as AUDIO_SR
+from mtlib.frames import (  # noqa: F401 (audio_padding: re-exported, shapes' public name)
+    audio_padding,
+    clip_schedule,
+    embedding_frames,
+    frames_needed,
+    is_4n_plus_1,
+    is_valid_frame_num,
+    latent_frames,
+    max_frames_of,
+    samples_for_frames,
+    snap_frame_num,
+    snap_frame_num_up,
+    streaming_clip_count,
+    video_frames_of,
+)
 from mtlib.io import InputError
-from mtlib.probe import AUDIO_SR, VIDEO_FPS, embedding_frames
+from mtlib.spec import DTYPE_BYTES, PRECISION, SPECS, ModelSpec, get_spec
 
 CLIP_FRAMES = 81  # the clip length the model was trained on (frame_num default of the reference)
 LOUDNESS_BLOCK_S = 0.4  # pyloudnorm's gating block: shorter audio cannot be measured
 ROPE_POSITIONS = 1024  # rows of the reference's 3-D RoPE tables (per axis)
 MAX_CLIPS = 100_000  # a plan longer than this is a typo (about 60 days of 25 fps video)
+PLAN_DEFAULT_CONFIG = "multitalk-480"  # `mtlib plan` and the plan view plan for the real model
 AUDIO_ASSERT = "AssertionError: Aduio file not exists or length not satisfies frame nums."  # (sic)
 
 
@@ -49,138 +68,21 @@ class PlanError(InputError):
 
 # ------------------------------------------------------------------------------ model sizes
 
+# The geometry lives in mtlib.spec (one registry for plan, engine, weights and bench).
+ModelSizes = ModelSpec
+MODEL_SIZES = SPECS
 
-@dataclass(frozen=True)
-class ModelSizes:
-    """The numbers of one model family that shapes, memory and FLOPs depend on."""
-
-    name: str
-    dim: int  # DiT width D
-    num_heads: int  # DiT attention heads (head dim = dim / num_heads)
-    num_layers: int  # DiT blocks
-    ffn_dim: int  # DiT FFN hidden width
-    text_dim: int  # T5 width (context rows entering text_embedding)
-    text_len: int  # T5 padded length
-    clip_tokens: int  # CLIP tokens seen by the DiT (cls + 16x16 patches)
-    clip_dim: int  # CLIP width (clip_fea channels)
-    clip_image_size: int  # CLIP input resolution
-    audio_layers: int  # wav2vec2 layers stacked into the embedding
-    audio_width: int  # wav2vec2 hidden width
-    w2v_conv_dim: int  # wav2vec2 conv feature channels
-    context_tokens: int  # audio tokens per latent frame per person
-    intermediate_dim: int  # AudioProjModel hidden width
-    output_dim: int  # audio token width
-    param_counts: tuple[tuple[str, int], ...]  # non-DiT components: (name, parameters)
-    freq_dim: int = 256  # sinusoidal time-embedding width
-    audio_window: int = 5  # audio frames per video frame (offsets -2..+2)
-    vae_stride: tuple[int, int, int] = (4, 8, 8)  # VAE compression (t, h, w)
-    patch: tuple[int, int, int] = (1, 2, 2)  # DiT patch (t, h, w)
-    z_dim: int = 16  # latent channels
-    in_dim: int = 36  # 16 noise + 4 mask + 16 image latent
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.num_heads
-
-    @property
-    def dit_params(self) -> int:
-        """Parameter count of the DiT including the audio adapter (multitalk-facts §3.2)."""
-        D, F = self.dim, self.ffn_dim
-        pv = self.patch[0] * self.patch[1] * self.patch[2]
-        base_block = 10 * D * D + 2 * D * F + F + 24 * D
-        audio_block = 2 * D * D + 2 * self.output_dim * D + 6 * D
-        ab, aw, it = self.audio_layers, self.audio_width, self.intermediate_dim
-        ct, od = self.context_tokens, self.output_dim
-        audio_proj = (self.audio_window * ab * aw * it + it) + (8 * ab * aw * it + it) + (it * it + it)
-        audio_proj += it * ct * od + ct * od + 2 * od
-        c = self.clip_dim
-        top = (self.in_dim * pv * D + D) + (self.text_dim * D + D + D * D + D)
-        top += (self.freq_dim * D + D + D * D + D) + (6 * D * D + 6 * D)
-        top += 2 * c + (c * c + c) + (c * D + D) + 2 * D
-        top += 2 * D + D * pv * self.z_dim + pv * self.z_dim
-        return self.num_layers * (base_block + audio_block) + top + audio_proj
-
-
-MODEL_SIZES: dict[str, ModelSizes] = {
-    # Golden tiny DiT (golden README §3): runs on a CPU in seconds.
-    "tiny": ModelSizes(
-        name="tiny", dim=64, num_heads=4, num_layers=2, ffn_dim=96, text_dim=32, text_len=512,
-        clip_tokens=257, clip_dim=80, clip_image_size=32, audio_layers=3, audio_width=48,
-        w2v_conv_dim=16, context_tokens=6, intermediate_dim=24, output_dim=40,
-        param_counts=(("t5", 30_112), ("clip", 271_313), ("vae", 924_491), ("wav2vec2", 72_088)),
-    ),
-    # Wan2.1-I2V-14B + MultiTalk audio adapter (multitalk-facts §2, §3.2; golden manifest).
-    "multitalk-14b": ModelSizes(
-        name="multitalk-14b", dim=5120, num_heads=40, num_layers=40, ffn_dim=13824,
-        text_dim=4096, text_len=512, clip_tokens=257, clip_dim=1280, clip_image_size=224,
-        audio_layers=12, audio_width=768, w2v_conv_dim=512, context_tokens=32,
-        intermediate_dim=512, output_dim=768,
-        param_counts=(
-            ("t5", 5_680_910_336), ("clip", 1_193_014_785), ("vae", 126_892_531),
-            ("wav2vec2", 94_371_712),
-        ),
-    ),
-}
-
-# Bytes per parameter under each precision policy (multitalk-facts §1.3).
+# Bytes per parameter under each precision policy (multitalk-facts §1.3), from mtlib.spec.PRECISION.
 WEIGHT_BYTES = {
-    "reference": {"dit": 2, "t5": 2, "clip": 2, "vae": 4, "wav2vec2": 4},  # bf16, bf16, fp16, fp32, fp32
-    "fp32": {"dit": 4, "t5": 4, "clip": 4, "vae": 4, "wav2vec2": 4},
+    policy: {c: DTYPE_BYTES[d] for c, d in dtypes.items()} for policy, dtypes in PRECISION.items()
 }
 
 
-def model_sizes(model: str | ModelSizes | None) -> ModelSizes:
-    if isinstance(model, ModelSizes):
-        return model
-    if model not in MODEL_SIZES:
-        raise PlanError(f"model {model!r}: unknown; allowed {', '.join(MODEL_SIZES)}.")
-    return MODEL_SIZES[model]
-
-
-# ------------------------------------------------------------------------------ frame arithmetic
-
-
-def snap_frame_num(n: int) -> int:
-    """The largest valid frame count 4k+1 <= n (at least 1)."""
-    return max(1, 4 * ((int(n) - 1) // 4) + 1)
-
-
-def snap_frame_num_up(n: int) -> int:
-    """The smallest valid frame count 4k+1 >= n, and at least 5 (two latent frames)."""
-    return max(5, 4 * (-(-(int(n) - 1) // 4)) + 1)
-
-
-def samples_for_frames(frames: int) -> int:
-    """The fewest 16 kHz samples whose embedding has `frames` frames: int(N/16000*25) >= frames.
-    Searched with the reference's own float expression, so float truncation cannot bite."""
-    n = frames * AUDIO_SR // VIDEO_FPS
-    while embedding_frames(n) < frames:
-        n += 1
-    while n > 0 and embedding_frames(n - 1) >= frames:
-        n -= 1
-    return n
-
-
-def video_frames_of(samples_16k: int) -> int:
-    """Video frames (25 fps) needed to show all of `samples_16k` samples: ceil(N*25/16000)."""
-    return -(-samples_16k * VIDEO_FPS // AUDIO_SR)
-
-
-def frames_needed(frame_num: int) -> int:
-    """Audio embedding frames the reference needs for one clip of frame_num: strictly more."""
-    return frame_num + 1
-
-
-def audio_padding(samples_16k: int, frame_num: int) -> tuple[int, int]:
-    """(pad_to_samples, samples_to_append) so that a 16 kHz track of `samples_16k` samples
-    feeds a clip of frame_num: silence appended up to the first length whose embedding has
-    frame_num + 1 frames. (0 appended when it is long enough already.)"""
-    target = max(samples_16k, samples_for_frames(frames_needed(frame_num)))
-    return target, target - samples_16k
-
-
-def latent_frames(frame_num: int) -> int:
-    return (frame_num - 1) // 4 + 1
+def model_sizes(model: str | ModelSpec | None) -> ModelSpec:
+    try:
+        return get_spec(model)
+    except ValueError as e:
+        raise PlanError(str(e)) from None
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -493,6 +395,9 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
         passes_per_step=2 if text_one else 3, loras=loras,
     )
     p.dit_options = _dit_options(cfg)
+    if m.name == "tiny":
+        p.notes.append("model tiny: the small random-weight test model, not MultiTalk-14B (for the real "
+                       "shapes: --config multitalk-480)")
     v = p.violations
 
     # --- image -> bucket -> latent grid
@@ -575,7 +480,7 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
             what = f"streaming mode: {CLIP_FRAMES} frames per clip (the trained clip length)"
         p.policy_actions.append(PolicyAction("frame_num=auto", what, {"frame_num": F0}))
     F = F0
-    frame_ok = F % 4 == 1 and F >= 5
+    frame_ok = is_valid_frame_num(F)
     pad_to: list[int | None] = [None] * P
     eff = list(frames)
     if L_min <= F:
@@ -627,7 +532,7 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
                 "without progress or builds a negative zero-padding).",
                 (f"set motion_frame to {snap_frame_num(min(25, F - 1))} (must be 4n+1 and below frame_num)",),
             ))
-        if (g.motion_frame - 1) % 4 != 0:
+        if not is_4n_plus_1(g.motion_frame):
             good = snap_frame_num(g.motion_frame)
             v.append(Violation(
                 "motion_frame_4n_plus_1", {"motion_frame": g.motion_frame}, None,
@@ -652,6 +557,16 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
             f"the 3-D RoPE tables hold {ROPE_POSITIONS} positions per axis; the token grid "
             f"{T}x{nh}x{nw} exceeds them.",
             ("use fewer frames per clip (mode streaming) or a smaller image size",),
+        ))
+    if g.teacache and text_one:
+        v.append(Violation(
+            "teacache_text_scale_one", {"teacache": True, "text_guide_scale": g.text_guide_scale}, None,
+            "TeaCache assumes 3 DiT calls per step (cond, drop_text, uncond), each with its own cached "
+            "residual; text_guide_scale 1 makes 2 calls per step (cond, drop_audio), and the reference's "
+            "mod-3 bookkeeping then mixes the branches' caches (multitalk-facts §3.10). mtlib refuses it "
+            "rather than silently dropping TeaCache or copying the mix-up.",
+            ("set generation.teacache=false (text_guide_scale 1 already saves a third of the DiT calls)",
+             "or set generation.text_guide_scale to a value other than 1 to keep TeaCache"),
         ))
     if v:
         return p
@@ -757,7 +672,7 @@ def _audio_violation(F: int, frames: list[int], tracks: list, g) -> Violation:
             f"or frame_num=auto: {auto_f} frames (the smallest 4n+1 covering {real}) from >= "
             f"{math.ceil(n_auto / AUDIO_SR * 100) / 100:.2f} s of padded audio"
         )
-    if L - 1 >= 5 and (L - 1) % 4 != 1:
+    if L - 1 >= 5 and not is_4n_plus_1(L - 1):
         fixes.append(
             f"do NOT clamp frame_num to audio frames - 1 = {L - 1}: that is not 4n+1 and ends in the "
             "frame-mask shape error instead"
@@ -775,7 +690,7 @@ def _audio_violation(F: int, frames: list[int], tracks: list, g) -> Violation:
 
 
 def _frame_violation(F: int, lat_h: int, lat_w: int, L: int, tracks: list, want: int) -> Violation:
-    if F % 4 != 1:
+    if not is_4n_plus_1(F):
         msg = f"RuntimeError: shape '[1, {(F + 3) // 4}, 4, {lat_h}, {lat_w}]' is invalid for input of size {(F + 3) * lat_h * lat_w}"
         why = (
             f"frame_num must be 4n+1 (the VAE turns 1+4k pixel frames into 1+k latent frames). "
@@ -810,50 +725,34 @@ def _frame_violation(F: int, lat_h: int, lat_w: int, L: int, tracks: list, want:
     return Violation(rule, {"frame_num": F, "lat_h": lat_h, "lat_w": lat_w, "audio_frames": L}, msg, why, tuple(fixes))
 
 
-def _schedule(p: ShapePlan, g, F: int, eff: list[int], lat_h: int, lat_w: int, m: ModelSizes) -> None:
-    """The reference's clip loop bookkeeping (multitalk-facts §9.3 steps 14-17)."""
-    max_frames = F if g.mode == "clip" else g.max_frames_num
+def _schedule(p: ShapePlan, g, F: int, eff: list[int], lat_h: int, lat_w: int, m: ModelSpec) -> None:
+    """The clip schedule (mtlib.frames.clip_schedule, the engine's too) as ClipPlan records."""
+    max_frames = max_frames_of(g.mode, F, g.max_frames_num)
     motion = g.motion_frame
-    L = list(eff)
-    P = len(L)
-    seq = latent_frames(F) * lat_h * lat_w // (m.patch[1] * m.patch[2])
     if max_frames > F:  # streaming: refuse schedules no machine would run (and loops that long)
-        horizon = min(max_frames, L[0])
-        n_clips = 2 + max(0, horizon - 2 * F + motion) // (F - motion)
+        n_clips = streaming_clip_count(F, motion, max_frames, eff[0])
         if n_clips > MAX_CLIPS:
+            horizon = min(max_frames, eff[0])
             raise PlanError(
                 f"streaming would need about {n_clips} clips of {F} frames ({horizon} audio frames, "
                 f"max_frames_num {max_frames}); mtlib plans at most {MAX_CLIPS}. Fix: lower "
                 "generation.max_frames_num or split the audio."
             )
-    start, end, cur, first, last = 0, F, 1, True, False
-    miss = [0] * P
-    total = 0
-    while True:
-        kept = F if first else F - cur
-        window = (max(0, start - m.audio_window // 2), min(L[0] - 1, end - 1 + m.audio_window // 2))
-        p.clips.append(ClipPlan(len(p.clips), first, cur, start, end, F, lat_h, lat_w, seq, kept, tuple(L), window))
-        total += kept
-        if last:
-            break
-        first, cur = False, motion
-        start += F - cur
-        end = start + F
-        if end >= min(max_frames, L[0]):
-            last = True
-            for i in range(P):
-                if end >= L[i]:
-                    miss[i] = end - L[i] + 3
-                    L[i] += min(miss[i], L[i])  # time-reversed tail: at most the whole track
-        if max_frames <= F:
-            break
-    out = min(total, max_frames)
-    if max_frames > F and sum(miss) > 0:
-        out = out - miss[0] if miss[0] > 0 else 0  # [:-0] is empty in Python: a reference quirk
-        out = max(out, 0)
-        if total > max_frames:
-            p.notes.append("the 1000-frame cap and the tail padding both apply: the reference output is shorter than the audio - 3")
-    p.miss = tuple(miss)
+    sched = clip_schedule(F, motion, max_frames, eff, m.audio_window)
+    seq = p.seq_len
+    for c in sched.clips:
+        p.clips.append(ClipPlan(
+            c.index, c.is_first, c.n_cond, c.audio_start, c.audio_end, F, lat_h, lat_w, seq,
+            c.kept, c.audio_len, c.window_range,
+        ))  # fmt: skip
+    miss = sched.miss
+    out = sched.video_frames
+    if max_frames > F and miss[0] == 0 and sum(miss) > 0:
+        out = 0  # the reference cuts person 1's padding with video[:-0]: empty (empty_output rule)
+    total = sum(c.kept for c in sched.clips)
+    if max_frames > F and sum(miss) > 0 and total > max_frames:
+        p.notes.append("the 1000-frame cap and the tail padding both apply: the reference output is shorter than the audio - 3")
+    p.miss = miss
     p.video_frames = out
 
 
@@ -872,10 +771,10 @@ def _dit_options(cfg) -> dict | None:
 
 
 def _dtypes(precision: str) -> dict[str, str]:
-    if precision == "fp32":
-        return dict.fromkeys(("lat", "dit", "clip", "t5", "vae", "aud", "img"), "float32")
-    return {"lat": "float32", "dit": "bfloat16", "clip": "bfloat16", "t5": "bfloat16",
-            "vae": "float32", "aud": "float32", "img": "float32"}
+    """Planned dtype per tensor kind, from the one precision table (mtlib.spec.PRECISION)."""
+    comp = PRECISION["fp32" if precision == "fp32" else "reference"]
+    return {"lat": "float32", "img": "float32", "aud": comp["wav2vec2"], "dit": comp["dit"],
+            "clip": comp["clip"], "t5": comp["t5"], "vae": comp["vae"]}  # fmt: skip
 
 
 def _tensors(p, m, H, W, F, T, lat_h, lat_w, P, raw, tracks, pad_to, eff, inputs, g) -> None:
@@ -987,7 +886,7 @@ def _tensors(p, m, H, W, F, T, lat_h, lat_w, P, raw, tracks, pad_to, eff, inputs
     L, S, hd = p.seq_len, nh * nw, m.head_dim
     add("dit.in.x", lat, "lat")
     add("dit.in.t", (1,), "lat")
-    add("dit.in.clip_fea", (1, m.clip_tokens, m.clip_dim), "clip")
+    add("dit.in.clip_fea", (1, m.clip_tokens, m.clip_dim), "dit", "CLIP output cast to the DiT dtype")
     add("dit.in.y", (1, 4 + m.z_dim, T, lat_h, lat_w), "dit")
     add("dit.in.audio", (P, F, m.audio_window, lay, aw), "dit", "uncond passes: 1 person of zeros")
     add("dit.in.ref_target_masks", (3, lat_h, lat_w), "lat")
@@ -1157,7 +1056,7 @@ def plot_frame_grouping(frame_num: int = 13, audio_start: int = 0, audio_frames:
     from matplotlib.patches import Rectangle
 
     F = int(frame_num)
-    if F % 4 != 1 or F < 5:
+    if not is_valid_frame_num(F):
         raise PlanError(f"frame_num {F}: the grouping is defined for 4n+1 >= 5 only (snap: {snap_frame_num_up(F)}).")
     T = latent_frames(F)
     last = audio_frames - 1 if audio_frames else None
@@ -1205,7 +1104,8 @@ def add_arguments_plan(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--short-audio", choices=["pad", "snap", "error"], default=None)
     parser.add_argument("--audio-type", choices=["para", "add"], default=None)
     parser.add_argument("--model", choices=sorted(MODEL_SIZES), default=None)
-    parser.add_argument("--config", default=None, help="preset name or YAML file (default: tiny)")
+    parser.add_argument("--config", default=None,
+                        help="preset name or YAML file (default: multitalk-480, the real model; tiny: the test model)")
     parser.add_argument("--gpus", type=int, default=None, help="ranks of a sequence-parallel run (parallel.gpus)")
     parser.add_argument("--json", action="store_true", help="print ShapePlan.to_dict() as JSON")
 
@@ -1231,7 +1131,7 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.audio:
         overrides["inputs.audio"] = list(args.audio)
     try:
-        cfg = load_config(args.config or "tiny", overrides)
+        cfg = load_config(args.config or PLAN_DEFAULT_CONFIG, overrides)
         p = plan(cfg)
     except (PlanError, ConfigError, InputError) as e:
         print(f"mtlib plan: {e}", file=sys.stderr)

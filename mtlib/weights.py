@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mtlib.spec import WAV2VEC2_CONFIG
+
 # ------------------------------------------------------------------------------------------
 # Repositories, revisions, file names
 
@@ -167,23 +169,9 @@ def _expected_t5(name: str) -> ExpectedMap:
         return _state_map(T5Encoder(name), "BF16")  # the published file is bf16 (its name says so)
 
 
-# Geometry of the wav2vec2 checkpoints (HF Wav2Vec2Config fields that shape the state dict).
-WAV2VEC2_GEOMETRY: dict[str, dict[str, Any]] = {
-    "multitalk-14b": dict(
-        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-        conv_dim=[512] * 7, conv_kernel=[10, 3, 3, 3, 3, 2, 2], conv_stride=[5, 2, 2, 2, 2, 2, 2],
-        conv_bias=False, feat_extract_norm="group", num_conv_pos_embeddings=128,
-        num_conv_pos_embedding_groups=16, do_stable_layer_norm=False, codevector_dim=256,
-        proj_codevector_dim=256, num_codevectors_per_group=320, num_codevector_groups=2,
-    ),
-    "tiny": dict(
-        hidden_size=48, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-        conv_dim=[16] * 7, conv_kernel=[10, 3, 3, 3, 3, 2, 2], conv_stride=[5, 2, 2, 2, 2, 2, 2],
-        conv_bias=False, feat_extract_norm="group", num_conv_pos_embeddings=128,
-        num_conv_pos_embedding_groups=16, do_stable_layer_norm=False, codevector_dim=8,
-        proj_codevector_dim=8, num_codevectors_per_group=4, num_codevector_groups=2,
-    ),
-}  # fmt: skip
+# Geometry of the wav2vec2 checkpoints (HF Wav2Vec2Config fields that shape the state dict):
+# the spec registry's (mtlib.spec.WAV2VEC2_CONFIG).
+WAV2VEC2_GEOMETRY: dict[str, dict[str, Any]] = WAV2VEC2_CONFIG
 
 
 def _expected_wav2vec2(name: str) -> ExpectedMap:

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from mtlib.extras import require
+from mtlib.frames import SAMPLE_RATE
 from mtlib.io import InputError
 
 # ------------------------------------------------------------------------------ headless rule
@@ -298,7 +299,7 @@ class Fix:
 def plan_fixes(p, state: dict | None = None) -> list[Fix]:
     """Fixes as (state key, value) changes, derived from each Violation's `values` with the
     same arithmetic as mtlib.shapes (its `fixes` are prose). State keys are plan_view's."""
-    from mtlib.shapes import snap_frame_num, snap_frame_num_up
+    from mtlib.frames import snap_frame_num, snap_frame_num_up
 
     state = state or {}
     out: list[Fix] = []
@@ -330,7 +331,7 @@ def plan_fixes(p, state: dict | None = None) -> list[Fix]:
             out.append(Fix(v.rule, f"motion_frame = {good}", {"motion_frame": good}))
             out.append(Fix(v.rule, f"motion_frame = {good + 4}", {"motion_frame": good + 4}))
         elif v.rule == "para_equal_length":
-            secs = round(int(vals["samples_16k"][0]) / 16000, 2)
+            secs = round(int(vals["samples_16k"][0]) / SAMPLE_RATE, 2)
             out.append(Fix(v.rule, f"speaker 2 = {secs} s", {"audio_seconds_b": secs}))
             out.append(Fix(v.rule, "audio_type = add", {"audio_type": "add"}))
         elif v.rule == "audio_min_duration":
@@ -360,7 +361,7 @@ def _plan_state(config: Any, image_size, audio_seconds, frame_num, motion_frame,
         from mtlib.probe import probe_audio
 
         files = _audio_list(audio) or list(cfg.inputs.audio)
-        audio_seconds = [probe_audio(_local(a)).samples_16k / 16000 for a in files]
+        audio_seconds = [probe_audio(_local(a)).samples_16k / SAMPLE_RATE for a in files]
     if isinstance(audio_seconds, int | float):
         audio_seconds = [audio_seconds]
     audio_seconds = [float(s) for s in audio_seconds]
@@ -482,7 +483,7 @@ def _fix_buttons(view: View) -> None:
 
 
 def plan_view(
-    config: Any = "tiny",
+    config: Any = "multitalk-480",
     image_size: tuple[int, int] | str | None = None,
     audio_seconds: float | list[float] | None = None,
     frame_num: int | str | None = None,

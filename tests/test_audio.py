@@ -303,14 +303,20 @@ def test_golden_nothing_written_on_error(tmp_path, golden):
 # two speakers, padding, cache
 
 
-def test_para_unequal_lengths_pads_shorter():
+def test_para_unequal_lengths_refused_like_the_plan():
     a = np.ones(10, np.float32)
     b = 2 * np.ones(6, np.float32)
-    t = audio.combine_speakers(a, b, "para")
-    assert t.person1.shape == t.person2.shape == t.sum.shape == (10,)
-    np.testing.assert_array_equal(t.person2, [2, 2, 2, 2, 2, 2, 0, 0, 0, 0])
-    np.testing.assert_array_equal(t.sum, [3, 3, 3, 3, 3, 3, 1, 1, 1, 1])
-    assert t.real_samples == (10, 6)
+    with pytest.raises(audio.AudioInputError) as e:
+        audio.combine_speakers(a, b, "para")
+    assert str(e.value) == (
+        "audio_type 'para' (both speak at once): the two tracks have 10 and 6 samples at 16 kHz; "
+        "'para' sums them sample by sample for the soundtrack, so they must be equally long (the "
+        "reference fails with 'operands could not be broadcast'). Fix: trim or pad the two "
+        "recordings to the same length, or use audio_type 'add' if they speak one after the other."
+    )
+    t = audio.combine_speakers(a, 2 * a, "para")  # equal lengths: the tracks as they are
+    np.testing.assert_array_equal(t.sum, 3 * np.ones(10))
+    assert t.real_samples == (10, 10)
 
 
 def test_add_is_sequential_float64():

@@ -146,11 +146,6 @@ def test_compare_rules_without_a_run():
 
 # Rules where mtlib's engine, called directly, does not raise although the plan refuses:
 ENGINE_PERMISSIVE = {
-    # The reference sums the two 'para' tracks sample by sample for the soundtrack and raises
-    # "operands could not be broadcast" on unequal lengths; mtlib.audio.combine_speakers pads
-    # the shorter one with zeros instead. The plan refuses because the run would not be the
-    # reference's (and the reference cannot run it): a user's wrapper must not rely on it.
-    "para_equal_length",
     # Neither the reference nor the engine raises on a motion_frame that is not 4n+1: motion
     # frames and zero frames then share a latent frame and the clip is conditioned on a mix.
     # The plan refuses a run that is silently wrong.
@@ -278,7 +273,8 @@ def test_engine_accepts_exactly_the_plan_hypothesis(tmp_path_factory, tiny_model
         (dict(seconds=[1.0], frame_num=11), "invalid:frame_num_4n_plus_1"),
         (dict(seconds=[1.0], frame_num=13, mode="streaming", motion=13), "invalid:motion_frame_below_frame_num"),
         (dict(seconds=[1.0], frame_num=13, mode="streaming", motion=6), "permissive:motion_frame_4n_plus_1"),
-        (dict(seconds=[0.8, 0.9], frame_num=13), "permissive:para_equal_length"),
+        # unequal 'para' tracks: refused by the plan and by mtlib.audio.combine_speakers alike
+        (dict(seconds=[0.8, 0.9], frame_num=13), "invalid:para_equal_length"),
         (dict(seconds=[0.8, 0.9], frame_num=13, audio_type="add", mode="streaming", motion=5), "valid"),
     ],
 )

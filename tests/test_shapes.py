@@ -449,7 +449,16 @@ def test_plan_accepts_exactly_the_rules(w, h, table_kind, size, secs, equal, aud
         assert len(p.clips) == 1 and p.video_frames == F
     else:
         assert len(p.clips) >= 2
-        assert p.video_frames == min(p.padded_audio_frames[0] - 3, 1000) or p.video_frames < 1000
+        # facts §9.4: the last clip reaches the audio's end (or the 1000-frame cap); a clip
+        # ending past the audio reflects end - L + 3 frames, and the output is L - 3 frames
+        L, end = p.padded_audio_frames[0], p.clips[-1].audio_end_idx
+        assert end >= min(L, 1000) and p.clips[-2].audio_end_idx < min(L, 1000)
+        miss = end - L + 3 if end >= L else 0
+        assert p.miss[0] == miss
+        if L <= end <= 1000:
+            assert p.video_frames == L - 3
+        else:  # the cap: 1000 frames kept, then person 1's reflection frames cut
+            assert p.video_frames == 1000 - miss
 
 
 @settings(max_examples=200, deadline=None)
@@ -473,9 +482,14 @@ def test_plan_raises_only_plan_error(size, target, samples, frames, fn, mode, mo
         p = plan(cfg, inputs)
     except PlanError:
         return
-    assert p.valid or p.violations
-    plan_table(p)
-    p.to_json()
+    # whatever it is given, a plan is either runnable (sizes, clips, tensors) or diagnosed
+    table, d = plan_table(p), json.loads(p.to_json())
+    assert d["valid"] == p.valid and d["reference_error"] == p.reference_error
+    if p.valid:
+        assert table.endswith("VALID") and p.clips and p.tensors and p.seq_len >= 1
+    else:
+        assert f"INVALID: {len(p.violations)} violation(s)" in table
+        assert all(v.why and v.fixes and f"[{v.rule}]" in table for v in p.violations)
 
 
 def test_audio_padding_helper():

@@ -371,7 +371,7 @@ def test_compare_view_needs_two_runs():
 
 
 def test_compare_view_with_mtlib_compare(tmp_path):
-    compare = pytest.importorskip("mtlib.compare", reason="mtlib.compare not merged yet (branch tracecmp)")
+    from mtlib import compare
     a, b = compare.demo_traces(tmp_path)
     v = W.compare_view(str(a), str(b), interactive=True)
     want = compare.compare(str(a), str(b))

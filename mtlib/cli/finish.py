@@ -24,6 +24,7 @@ def run_finish(args: argparse.Namespace) -> int:
     from safetensors import safe_open
 
     from mtlib import guards
+    from mtlib.frames import SAMPLE_RATE, VIDEO_FPS
     from mtlib.io import InputError, open_output
     from mtlib.video import write_mp4
 
@@ -40,7 +41,7 @@ def run_finish(args: argparse.Namespace) -> int:
         n, h, w, _ = frames.shape
         guards.check_output_file(out, need_bytes=guards.video_bytes_estimate(n, h, w))
         with open_output(out) as tmp:
-            write_mp4(frames, tmp, fps=int(meta.get("fps", 25)), audio=(sound, 16000),
+            write_mp4(frames, tmp, fps=int(meta.get("fps", VIDEO_FPS)), audio=(sound, SAMPLE_RATE),
                       metadata=json.loads(meta.get("meta", "{}")))  # fmt: skip
     except InputError as e:
         print(f"mtlib finish: {e}", file=sys.stderr)

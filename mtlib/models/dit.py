@@ -47,6 +47,7 @@ from mtlib import trace
 from mtlib.guards import check_state_finite
 from mtlib.io import InputError
 from mtlib.models.checkpoint import CheckpointError, pick_config, state_diff
+from mtlib.spec import SPECS, torch_dtype
 
 __all__ = [
     "CONFIGS",
@@ -73,7 +74,8 @@ BACKGROUND_POS = 12.0
 REF_MAP_HEAD_CHUNKS = 2
 
 Precision = Literal["fp32", "reference"]
-PRECISION_DTYPES = {"fp32": torch.float32, "reference": torch.bfloat16}
+# the DiT's dtype per policy: the one precision table (mtlib.spec.PRECISION)
+PRECISION_DTYPES = {p: torch_dtype(p, "dit") for p in ("fp32", "reference")}
 
 
 # ------------------------------------------------------------------------------------------
@@ -220,27 +222,9 @@ class DiTConfig:
         return cls.from_official({k: v for k, v in cfg.items() if k not in ignored})
 
 
-# mtlib's own copies (library code never reads the golden directory).
-CONFIGS: dict[str, DiTConfig] = {
-    "tiny": DiTConfig(
-        dim=64,
-        ffn_dim=96,
-        freq_dim=256,
-        num_heads=4,
-        num_layers=2,
-        in_dim=36,
-        out_dim=16,
-        text_len=512,
-        intermediate_dim=24,
-        output_dim=40,
-        context_tokens=6,
-        text_dim=32,
-        clip_dim=80,
-        audio_layers=3,
-        audio_width=48,
-    ),
-    "multitalk-14b": DiTConfig(),
-}
+# From the spec registry (mtlib.spec; library code never reads the golden directory). The
+# multitalk-14b entry equals DiTConfig()'s defaults (tests/test_spec.py).
+CONFIGS: dict[str, DiTConfig] = {name: DiTConfig(**spec.dit_kwargs()) for name, spec in SPECS.items()}
 
 
 # ------------------------------------------------------------------------------------------

@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 
 from mtlib import io, trace
+from mtlib.frames import SAMPLE_RATE, VIDEO_FPS, embedding_frames  # noqa: F401 (VIDEO_FPS re-exported)
+from mtlib.spec import SPECS
 
 DEFAULT_REPO = "TencentGameMate/chinese-wav2vec2-base"
-SAMPLE_RATE = 16000
-VIDEO_FPS = 25
 
 
 class Wav2VecError(io.InputError):
@@ -53,8 +53,9 @@ class Wav2VecGeometry:
     hidden_size: int = 768  # AudioProjModel `channels`: wav2vec2-base width
 
 
-REAL_GEOMETRY = Wav2VecGeometry(12, 768)
-TINY_GEOMETRY = Wav2VecGeometry(3, 48)  # the golden tiny wav2vec2
+# what each DiT spec consumes (mtlib.spec): audio_layers x audio_width
+REAL_GEOMETRY = Wav2VecGeometry(SPECS["multitalk-14b"].audio_layers, SPECS["multitalk-14b"].audio_width)
+TINY_GEOMETRY = Wav2VecGeometry(SPECS["tiny"].audio_layers, SPECS["tiny"].audio_width)
 
 
 def resolve_model_dir(path_or_repo: str | os.PathLike) -> Path:
@@ -232,7 +233,7 @@ class AudioEncoder:
     def embed(self, waveform: np.ndarray) -> torch.Tensor:
         """Waveform [N] at 16 kHz -> audio_embedding [T, layers, hidden] float32 on the CPU,
         T = int(N / 16000 * 25)."""
-        seq_len = int(len(waveform) / SAMPLE_RATE * VIDEO_FPS)
+        seq_len = embedding_frames(len(waveform))  # int(N / 16000 * 25)
         x = self.input_values(waveform)
         hidden_states = self.forward(x[None], seq_len)
         emb = (
