@@ -23,7 +23,7 @@ CPU_TORCH ?= torch==2.13.0
 TORCHVISION ?= torchvision==0.28.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: demo test lab env newest-stack lock clean-venv lint
+.PHONY: demo test test-fast lab env newest-stack lock clean-venv lint
 .DEFAULT_GOAL := demo
 
 $(VENV)/.torch:
@@ -52,6 +52,10 @@ demo: $(DEMO_STAMP)
 test: $(TEST_STAMP)
 	$(PY) -m pytest tests notebooks --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
 	$(MAKE) --no-print-directory newest-stack
+
+# the edit loop: the quick modules without their golden and slow tests (tests/conftest.py marks `fast`)
+test-fast: $(TEST_STAMP)
+	$(PY) -m pytest -m fast -q -p no:cacheprovider tests/test_spec.py tests/test_config.py tests/test_plan_cli.py tests/test_pipeline_loop.py tests/test_sampling.py tests/test_audio.py tests/test_image.py tests/test_video.py
 
 newest-stack: $(TEST_STAMP)
 	$(PY) tools/newest_stack.py --python $(PYTHON)
