@@ -44,13 +44,13 @@ def main() -> None:
     n = int(args.gb * 1e9 / 4)
     for dt in (torch.float32, torch.bfloat16):
         x = torch.randn(n // 4 if dt == torch.float32 else n // 2).to(dt)
-        rec[f"cpu_isfinite_gbps_{str(dt)[6:]}"] = _rate(lambda: bool(torch.isfinite(x).all()),
+        rec[f"cpu_isfinite_gbps_{str(dt)[6:]}"] = _rate(lambda x=x: bool(torch.isfinite(x).all()),
                                                        x.numel() * x.element_size())  # fmt: skip
-        rec[f"cpu_all_finite_gbps_{str(dt)[6:]}"] = _rate(lambda: all_finite(x),
+        rec[f"cpu_all_finite_gbps_{str(dt)[6:]}"] = _rate(lambda x=x: all_finite(x),
                                                          x.numel() * x.element_size())  # fmt: skip
         if torch.cuda.is_available():
             g = x.cuda()
-            rec[f"gpu_all_finite_gbps_{str(dt)[6:]}"] = _rate(lambda: all_finite(g),
+            rec[f"gpu_all_finite_gbps_{str(dt)[6:]}"] = _rate(lambda g=g: all_finite(g),
                                                              g.numel() * g.element_size())  # fmt: skip
             del g
         del x
