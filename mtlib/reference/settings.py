@@ -167,6 +167,8 @@ def run_settings(meta: dict) -> dict[str, dict[str, Any]]:
 
 
 def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, str) and isinstance(b, str) and a.startswith("cuda") and b.startswith("cuda"):
+        return a.removesuffix(":0") == b.removesuffix(":0")  # cuda is cuda:0
     if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
         return float(a) == float(b)
     return a == b
