@@ -19,7 +19,10 @@ TEST_STAMP := $(VENV)/.mtlib-test
 # CPU machines get the CPU build of torch, pinned, so no multi-GB CUDA build is pulled.
 CPU_TORCH ?= torch==2.13.0
 # The official code (reference tests) imports torchvision's Python transforms only; each
-# torchvision wheel pins one exact torch, so it goes in without its dependencies.
+# torchvision wheel pins one exact torch, so it goes in without its dependencies, and into a
+# folder of its own that only the reference fixture puts on sys.path (tests/official_ref.py):
+# next to the CPU torch its C++ ops do not load, and transformers, finding it installed, would
+# then fail to import Wav2Vec2Model in every notebook kernel.
 TORCHVISION ?= torchvision==0.28.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
@@ -41,7 +44,8 @@ $(DEMO_STAMP): pyproject.toml $(LOCK) $(VENV)/.torch
 
 $(TEST_STAMP): $(DEMO_STAMP)
 	$(PIP) -c $(LOCK) -e ".[notebooks,s3,reference,dev]"
-	$(PIP) --no-deps "$(TORCHVISION)"
+	-$(PY) -m pip uninstall -y -q torchvision 2>/dev/null
+	$(PIP) --no-deps --upgrade --target $(VENV)/reference-site "$(TORCHVISION)"
 	@touch $@
 
 env: $(TEST_STAMP)

@@ -21,12 +21,23 @@ OFFICIAL_DIR = Path(
 )
 
 
+# torchvision for the official code only (the Makefile installs it here, outside the venv's
+# site-packages: next to the CPU torch build it would break transformers' imports elsewhere)
+REFERENCE_SITE = Path(sys.prefix) / "reference-site"
+
+
+def official_paths() -> list[str]:
+    """What the official code needs first on sys.path: the fixture and its torchvision."""
+    return [str(OFFICIAL_DIR)] + ([str(REFERENCE_SITE)] if REFERENCE_SITE.is_dir() else [])
+
+
 def official_cpu():
     """The fixture package (puts the official tree and its shims on sys.path)."""
     if not (OFFICIAL_DIR / "official_cpu" / "__init__.py").exists():
         _missing(f"official code fixture {OFFICIAL_DIR} not found (set MTLIB_OFFICIAL_FIXTURE)")
-    if str(OFFICIAL_DIR) not in sys.path:
-        sys.path.insert(0, str(OFFICIAL_DIR))
+    for path in reversed(official_paths()):
+        if path not in sys.path:
+            sys.path.insert(0, path)
     import official_cpu as oc
 
     return oc

@@ -22,7 +22,7 @@ from tests import official_ref as R
 
 SCRIPT = textwrap.dedent("""
     import argparse, json, sys, tempfile
-    sys.path.insert(0, {official!r})
+    sys.path[:0] = {paths!r}
     import official_cpu as oc
     parser = argparse.ArgumentParser()
     parser.add_argument("--ckpt_dir")
@@ -46,7 +46,7 @@ def test_prefixed_command_traces_and_archives(golden, tmp_path, capsys):
     data = R.input_data(golden, case, tmp_path)
     (tmp_path / "input.json").write_text(json.dumps(data))
     script = tmp_path / "generate_tiny.py"
-    script.write_text(SCRIPT.format(official=str(R.OFFICIAL_DIR)))
+    script.write_text(SCRIPT.format(paths=R.official_paths()))
     argv_before = list(sys.argv)
     out = tmp_path / "colab_trace"
     rc = main(
