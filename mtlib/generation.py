@@ -701,7 +701,8 @@ def generate_video(
     if rank is not None:
         parallel.enable_sequence_parallel(models.dit)
     t = _timed(timings, "load", t)
-    dit_options = models.options.to_dict() if models.options is not None else None
+    options = getattr(models, "options", None)  # models built elsewhere may not say
+    dit_options = options.to_dict() if options is not None else None
 
     writer = open_trace(trace_dir, cfg) if main else None
     try:

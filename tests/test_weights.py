@@ -23,6 +23,14 @@ from mtlib import weights as W
 from mtlib.models.tiny import write_tiny_checkpoints
 from tests.weights_expected import golden_expected
 
+
+@pytest.fixture(autouse=True)
+def _hub_online_unless_the_test_says(monkeypatch):
+    # the official code fixture (reference tests, same pytest process) sets HF_HUB_OFFLINE=1
+    # for the rest of the process; these tests set it themselves where they mean it
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+
 SHARD1 = "diffusion_pytorch_model-00001-of-00002.safetensors"
 
 
