@@ -13,8 +13,8 @@ and mtlib must work on them. This script:
    runs mtlib's core test subset there: plan, preprocessing, encoders, tiny generation, with
    their golden cases (MTLIB_NEWEST_TESTS overrides the list).
 
-It prints the versions, the dry-run verdict and pytest's summary. Takes a few minutes (the
-installs use uv, from the test venv, when present: parallel and cached).
+It prints the versions, the dry-run verdict and pytest's summary. Takes a few minutes (pip
+installs, as the dry run resolves).
 Usage: python tools/newest_stack.py [--python python3] [--keep]
 """
 
@@ -48,32 +48,10 @@ def sh(*cmd: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=True, **kw)
 
 
-def uv_flags() -> list[str]:
-    """pip's find-links / extra indexes (pip.conf, PIP_* variables) for uv, which reads neither:
-    the CPU torch wheel may lie in a find-links folder."""
-    out = subprocess.run(
-        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True
-    ).stdout
-    flags: list[str] = []
-    for line in out.splitlines():
-        key, _, value = line.partition("=")
-        value = value.strip().strip("'\"")
-        for v in value.split():
-            if key.endswith(".find-links"):
-                flags += ["--find-links", v]
-            elif key.endswith(".extra-index-url"):
-                flags += ["--extra-index-url", v]
-    if flags:
-        flags.append("--index-strategy=unsafe-best-match")  # pip's rule: best version anywhere
-    return flags
-
-
 def install(py: str, *reqs: str) -> None:
-    uv = shutil.which("uv", path=str(Path(sys.executable).parent))
-    if uv:
-        sh(uv, "pip", "install", "-q", "--python", py, *uv_flags(), *reqs)
-    else:
-        sh(py, "-m", "pip", "install", "-q", "--disable-pip-version-check", *reqs)
+    """pip, as the dry run that decided: uv took soundfile's tag-less wheel (no libsndfile
+    inside) from the first local index where pip picks the manylinux one."""
+    sh(py, "-m", "pip", "install", "-q", "--disable-pip-version-check", *reqs)
 
 
 def versions(py: str) -> dict[str, str]:
@@ -126,7 +104,7 @@ def main(argv: list[str]) -> int:
             f"{n} {o} -> {v}" for n, o, v, _ in downgrades))
         return 1
 
-    # what pip's dry run listed, plus the test tools (uv when present: the same resolution, faster)
+    # what pip's dry run listed, plus the test tools
     install(py, "-e", f"{ROOT}[{EXTRAS}]", "pytest>=8", "hypothesis>=6.100", "librosa>=0.10")
     after = versions(py)
     moved = [n for n in ["torch", *NEWEST] if after[canon(n)] != before[canon(n)]]
