@@ -85,13 +85,17 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
             tmp_path.unlink()
 
 
+def _write_data(path: Path, data: bytes | str) -> None:
+    if isinstance(data, str):
+        path.write_text(data)
+    else:
+        path.write_bytes(data)
+
+
 def atomic_write(target: str | os.PathLike, data: bytes | str) -> Path:
     """Write bytes or text to `target` atomically; returns the target path."""
     with atomic_path(target) as tmp:
-        if isinstance(data, str):
-            tmp.write_text(data)
-        else:
-            tmp.write_bytes(data)
+        _write_data(tmp, data)
     return Path(target)
 
 
@@ -171,8 +175,5 @@ def open_output(url: str | os.PathLike, suffix: str | None = None) -> Iterator[P
 def atomic_write_url(url: str | os.PathLike, data: bytes | str) -> str:
     """Write bytes or text to a local path or fsspec URL, complete or not at all (open_output)."""
     with open_output(url) as tmp:
-        if isinstance(data, str):
-            tmp.write_text(data)
-        else:
-            tmp.write_bytes(data)
+        _write_data(tmp, data)
     return str(url)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mtlib.config import load_config
-from mtlib.models.dit import CONFIGS, build_dit
+from mtlib.models.dit import build_dit
 
 # (persons, T, h, w): L = T * h/2 * w/2 = 27 tokens (not divisible by 2 or 4; frames of 9
 # tokens cut mid-frame) and 24 (divisible)
@@ -24,25 +24,11 @@ def tiny_dit(seed: int = 0):
 
 
 def dit_inputs(persons: int, T: int, h: int, w: int) -> dict:
+    """test_dit's tiny DiT inputs, seeded per shape."""
+    from tests.test_dit import _tiny_inputs
+
     g = torch.Generator().manual_seed(100 * persons + 10 * T + h + w)
-    cfg = CONFIGS["tiny"]
-    frames = 1 + cfg.vae_scale * (T - 1)
-    masks = torch.zeros(3, h, w)
-    masks[0, :, : w // 2] = 1
-    masks[1, :, w // 2 :] = 1
-    masks[2, 0] = 1
-    return dict(
-        latent=torch.randn(16, T, h, w, generator=g),
-        t=torch.tensor([900.0]),
-        context=torch.randn(7, cfg.text_dim, generator=g),
-        clip_fea=torch.randn(1, 257, cfg.clip_dim, generator=g),
-        y=torch.randn(1, 20, T, h, w, generator=g),
-        audio=torch.randn(
-            persons, frames, cfg.audio_window, cfg.audio_layers, cfg.audio_width, generator=g
-        ),
-        ref_target_masks=masks,
-        seq_len=T * (h // 2) * (w // 2),
-    )
+    return _tiny_inputs(T=T, h=h, w=w, persons=persons, gen=g)
 
 
 def dit_rank(worlds=(2, 4), cases=DIT_CASES):
