@@ -2,7 +2,7 @@
 
 Measures, on this machine:
   cpu_isfinite_gbps   torch.isfinite(..).all() over in-memory tensors (fp32, bf16), per GB
-  cpu_all_finite_gbps mtlib.guards.all_finite (one sum; isfinite only when the sum is not finite)
+  cpu_all_finite_gbps mtlib.finite.all_finite (one sum; isfinite only when the sum is not finite)
   gpu_all_finite_gbps the same on the GPU (the load-time check of the DiT runs there)
   datacheck_gbps      mtlib.datacheck.first_nonfinite on a safetensors file (page cache warm)
 and prints the estimated cost of `mtlib setup --verify --full` on the published 14B files
@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--gb", type=float, default=4.0, help="size of the test file")
     ap.add_argument("--json", help="write the record here")
     args = ap.parse_args()
-    from mtlib.guards import all_finite
+    from mtlib.finite import all_finite
 
     rec: dict = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     n = int(args.gb * 1e9 / 4)

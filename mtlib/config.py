@@ -21,14 +21,10 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from mtlib.io import project_root
+from mtlib.io import ConfigError, project_root  # noqa: F401 (ConfigError: config's public name)
 from mtlib.spec import SPECS
 
 MODEL_NAMES = tuple(SPECS)  # model.name: the spec registry's names (tiny, multitalk-14b)
-
-
-class ConfigError(ValueError):
-    """A config value that mtlib refuses: names the key path, the rule and the value."""
 
 
 def _positive(v):  # noqa: D103

@@ -41,7 +41,7 @@ def first_nonfinite(path: str | Path) -> tuple[str, int, int, int] | None:
     else None (every tensor finite)."""
     import torch
 
-    from mtlib.guards import all_finite
+    from mtlib.finite import all_finite
 
     for key, t in _tensors(Path(path)):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():

@@ -163,7 +163,7 @@ def _random_like(like: torch.Tensor, name: str, device, gen) -> torch.Tensor:
 
 def _assign(module: nn.Module, prefix: str, source: TensorSource, device, dtype_of) -> None:
     """Materialise every parameter / buffer of `module` (meta) from the source, on device."""
-    from mtlib.guards import check_state_finite
+    from mtlib.finite import check_state_finite
 
     state = {}
     for name, t in module.state_dict(keep_vars=True).items():

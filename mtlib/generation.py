@@ -953,7 +953,7 @@ def run_generate(args: argparse.Namespace) -> int:
     an input, an output or the config is refused (also: the mp4 could not be written after
     the compute; the frames are then kept for `mtlib finish`); 1 when the checkpoints are
     missing or damaged, or NaN / inf appear during the run."""
-    from mtlib.guards import NonFiniteError
+    from mtlib.finite import NonFiniteError
     from mtlib.weights import WeightsError
 
     # under torchrun every rank gets every agreed error: rank 0 alone prints it

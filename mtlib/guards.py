@@ -8,8 +8,7 @@ naming the input, the rule and the fix, or returns warning lines the CLI prints.
 - outputs: `check_output_file` (--out: not a directory, an .mp4, a writable place with room)
   and `check_output_dir` (--trace, --runs-dir: local directories only, writable, room);
   remote `scheme://` files go through `mtlib.io.open_output` (fsspec, atomic).
-- non-finite values: `check_finite` (one tensor), `check_step` (the latent after a step,
-  naming the first DiT output that went bad), `check_state_finite` (a checkpoint at load).
+- non-finite values: moved to `mtlib.finite` (a base module: models and the loop use it).
 - the run's notices: `plan_warnings` (frames beyond training, what a clip / the streaming cap
   cuts off), `run_notices` (the random tiny model, settings it ignores).
 - late failures: `save_rescue` keeps the computed frames when the mp4 cannot be written;
@@ -36,9 +35,6 @@ MAX_RECOMMENDED_FRAMES = 201  # the reference's advice for one clip
 CUT_TOLERANCE_FRAMES = 4  # 4n+1 snapping alone may drop up to 3 frames: not worth a warning
 RUN_HEADROOM_BYTES = 64 * 2**20  # trace meta/index, shards at level stats, temp files
 
-
-class NonFiniteError(RuntimeError):
-    """NaN or inf found in a checkpoint, a latent or decoded frames: names where first."""
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -161,73 +157,6 @@ def video_bytes_estimate(frames: int, height: int, width: int) -> int:
 
 def _mb(n: int) -> str:
     return f"{n / 2**20:.1f} MB" if n < 2**30 else f"{n / 2**30:.2f} GB"
-
-
-# ------------------------------------------------------------------------------ non-finite
-
-
-def all_finite(t: torch.Tensor) -> bool:
-    """True when no element is NaN or inf. Fast path: one sum (NaN and inf propagate through
-    it; ~20x faster than isfinite on a CPU, measured); only a non-finite sum (a real NaN / inf,
-    or finite values overflowing the sum) pays the exact isfinite pass."""
-    import torch
-
-    if not t.is_floating_point() or t.numel() == 0:
-        return True
-    if bool(torch.isfinite(t.sum())):
-        return True
-    return bool(torch.isfinite(t).all())
-
-
-def _bad_counts(t: torch.Tensor) -> tuple[int, int]:
-    import torch
-
-    nan = int(torch.isnan(t).sum())
-    inf = int(torch.isinf(t).sum())
-    return nan, inf
-
-
-def check_finite(t: torch.Tensor, stage: str, name: str, fix: str | None = None) -> None:
-    """One finiteness check of `t` (all_finite); NonFiniteError naming the stage and tensor when it fails."""
-
-    if all_finite(t):
-        return
-    nan, inf = _bad_counts(t)
-    raise NonFiniteError(
-        f"non-finite values at {stage}: {name} {list(t.shape)} holds {nan} NaN and {inf} inf of "
-        f"{t.numel()} values; the video would be black or noise. "
-        + (
-            fix
-            or "Fix: check the checkpoints with `mtlib setup --verify --full` (damaged "
-            "weights), or use model.precision=fp32 if it happens only in reduced precision."
-        )
-    )
-
-
-def check_step(stage: str, latent: torch.Tensor, outputs: dict[str, Any]) -> None:
-    """The loop's per-step check: one isfinite on the latent; only when it fails are the
-    step's DiT outputs (in call order) inspected, to name the first one that went bad."""
-
-    if all_finite(latent):
-        return
-    for name, t in outputs.items():
-        if t is not None and not all_finite(t):
-            check_finite(t, stage, f"DiT output {name!r} (before the latent update)")
-    check_finite(latent, stage, "latent after the step")
-
-
-def check_state_finite(state: dict[str, torch.Tensor], what: str, source: str) -> None:
-    """At load: one finiteness check per floating tensor of a checkpoint (on the device it lands on)."""
-
-    for key, t in state.items():
-        if not all_finite(t):
-            nan, inf = _bad_counts(t)
-            raise NonFiniteError(
-                f"{what} checkpoint {source}: tensor {key!r} {list(t.shape)} holds {nan} NaN and "
-                f"{inf} inf values: the file is damaged (a corrupted download or disk). Fix: "
-                "delete the file and download it again (`mtlib setup --download` fetches "
-                "missing files); `mtlib setup --verify --full` checks every tensor."
-            )
 
 
 # ------------------------------------------------------------------------------ notices

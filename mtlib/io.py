@@ -20,6 +20,13 @@ class InputError(ValueError):
     """A user input (file, URL, value) that mtlib refuses, with the rule and the fix."""
 
 
+class ConfigError(ValueError):
+    """A config value that mtlib refuses: names the key path, the rule and the value.
+
+    Defined here (the bottom layer) so the models and weights can raise it without importing
+    `mtlib.config`; `mtlib.config.ConfigError` is the same class."""
+
+
 def is_remote(path: str | os.PathLike) -> bool:
     return str(path).startswith(REMOTE_PREFIXES)
 

@@ -30,7 +30,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from mtlib import frames, guards, sampling, trace
+from mtlib import finite, frames, sampling, trace
 from mtlib.color import match_and_blend_colors
 from mtlib.io import InputError
 from mtlib.spec import SPECS
@@ -589,7 +589,7 @@ def generate(
                         latent = sampling.euler_step(
                             latent, noise_pred, timesteps[i : i + 1], timesteps[i + 1 : i + 2]
                         )
-                        guards.check_step(f"clip {c} step {i}", latent, {
+                        finite.check_step(f"clip {c} step {i}", latent, {
                             "cond": noise_pred_cond,
                             "drop_text": None if text_scale_one else noise_pred_drop_text,
                             "uncond": None if text_scale_one else noise_pred_uncond,
@@ -621,7 +621,7 @@ def generate(
                 videos = models.vae.decode(x0)
                 videos = trace.point("decoded", videos.detach().cpu().float())  # [1, 3, F, H, W]
                 lp.check(f"e2e.clip{c}.decoded", videos.shape, (1, 3, F, H, W))
-                guards.check_finite(videos, f"clip {c} VAE decode", "decoded frames")
+                finite.check_finite(videos, f"clip {c} VAE decode", "decoded frames")
                 if s.color_correction_strength > 0:
                     trace.point("color_ref", color_reference)
                     videos = match_and_blend_colors(

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtlib import cli, generation, guards, shapes
+from mtlib import cli, finite, generation, guards, shapes
 from mtlib.config import ConfigError, load_config
 from mtlib.io import OutputError, atomic_write_url, open_output
 from mtlib.video import read_mp4
@@ -337,7 +337,7 @@ def test_nan_during_the_run_names_the_first_stage_and_tensor(tiny_env, tmp_path)
     with torch.no_grad():
         p.fill_(float("nan"))
     try:
-        with pytest.raises(guards.NonFiniteError) as e:
+        with pytest.raises(finite.NonFiniteError) as e:
             cfg = base.replace(**{"trace.level": "stats"})
             generation.generate_video(cfg, tmp_path / "v.mp4", trace_dir=tmp_path / "t",
                                       progress=False, models=models)  # fmt: skip
@@ -353,18 +353,18 @@ def test_nan_during_the_run_names_the_first_stage_and_tensor(tiny_env, tmp_path)
 
 
 def test_finite_checks_on_tensors():
-    guards.check_finite(torch.ones(3), "s", "x")
-    with pytest.raises(guards.NonFiniteError) as e:
-        guards.check_finite(
+    finite.check_finite(torch.ones(3), "s", "x")
+    with pytest.raises(finite.NonFiniteError) as e:
+        finite.check_finite(
             torch.tensor([1.0, float("inf"), float("nan")]), "clip 0 VAE decode", "decoded frames"
         )
     assert str(e.value).startswith(
         "non-finite values at clip 0 VAE decode: decoded frames [3] holds 1 NaN and 1 inf of 3 values"
     )
     with pytest.raises(
-        guards.NonFiniteError, match="^non-finite values at s: latent after the step"
+        finite.NonFiniteError, match="^non-finite values at s: latent after the step"
     ):
-        guards.check_step(
+        finite.check_step(
             "s", torch.tensor([float("nan")]), {"cond": torch.ones(1), "uncond": None}
         )
 

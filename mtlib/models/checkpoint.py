@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mtlib.guards import check_state_finite
+from mtlib.finite import check_state_finite
 from mtlib.io import InputError, resolve_local
 
 
@@ -121,7 +121,7 @@ def check_config_keys(cls, d: Mapping) -> None:
     """A model config's `from_official(d)`: refuse keys the dataclass `cls` has no field for."""
     import dataclasses
 
-    from mtlib.config import ConfigError
+    from mtlib.io import ConfigError
 
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)

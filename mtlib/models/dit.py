@@ -44,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mtlib import trace
-from mtlib.guards import check_state_finite
+from mtlib.finite import check_state_finite
 from mtlib.io import InputError
 from mtlib.models.checkpoint import CheckpointError, pick_config, state_diff
 from mtlib.spec import SPECS, torch_dtype

@@ -35,8 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtlib import trace
-from mtlib.config import ConfigError
-from mtlib.io import InputError
+from mtlib.io import ConfigError, InputError
 from mtlib.models.checkpoint import CheckpointError, check_config_keys, shapes_of, state_diff
 from mtlib.models.checkpoint import read_state_dict as read_checkpoint
 

@@ -166,7 +166,7 @@ class AudioEncoder:
         finally:
             hf_logging.set_verbosity(verbosity)
         model.to(device=device, dtype=torch.float32)
-        from mtlib.guards import check_state_finite
+        from mtlib.finite import check_state_finite
 
         check_state_finite(model.state_dict(), "wav2vec2", repr(str(model_dir)))
         return cls(model, fe, str(path_or_repo), _fingerprint(model_dir, config))
