@@ -12,6 +12,8 @@ import torch
 from mtlib import trace
 from mtlib.io import InputError
 from mtlib.trace import Trace
+from mtlib.trace import stats as trace_stats
+from mtlib.trace import writer as trace_writer
 from tests.golden import get_case, golden_cases, golden_dir
 
 
@@ -102,7 +104,7 @@ def test_sha1_chunks_and_mix128_device_hash(monkeypatch):
     x = torch.randn(1001)
     whole = trace.tensor_hash(x)
     mix = trace.tensor_hash(x, "mix128")
-    monkeypatch.setattr(trace, "_HASH_CHUNK_BYTES", 24)  # many pieces, last one padded
+    monkeypatch.setattr(trace_stats, "_HASH_CHUNK_BYTES", 24)  # many pieces, last one padded
     assert trace.tensor_hash(x) == whole
     assert trace.tensor_hash(x, "mix128") == mix
     assert mix.startswith("mix128:") and len(mix) == 7 + 32
@@ -129,7 +131,7 @@ def test_nan_inf_counts(tmp_path):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.int64])
 def test_stats_chunked_reduction_matches_direct(monkeypatch, dtype):
     x = (torch.randn(1000, dtype=torch.float64) * 5 + 3).to(dtype)
-    monkeypatch.setattr(trace, "_STATS_CHUNK", 7)
+    monkeypatch.setattr(trace_stats, "_STATS_CHUNK", 7)
     s = trace.tensor_stats(x)
     ref = _independent_stats(x)
     for k in ref:
@@ -140,7 +142,7 @@ def test_stats_chunked_reduction_matches_direct(monkeypatch, dtype):
 def test_stats_nan_in_a_later_chunk_propagates(monkeypatch, dtype):
     x = torch.arange(20, dtype=dtype)
     x[15] = float("nan")
-    monkeypatch.setattr(trace, "_STATS_CHUNK", 7)
+    monkeypatch.setattr(trace_stats, "_STATS_CHUNK", 7)
     s = trace.tensor_stats(x)
     assert math.isnan(s["mean"]) and math.isnan(s["std"]) and math.isnan(s["absmax"])
     assert (s["nan"], s["inf"]) == (1, 0)
@@ -288,7 +290,7 @@ def test_writer_thread_errors_reach_the_caller(tmp_path, monkeypatch):
     def broken(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(trace, "tensor_stats", broken)
+    monkeypatch.setattr(trace_writer, "tensor_stats", broken)
     tw = trace.TraceWriter(tmp_path / "t", background=True)
     tw.record("a", torch.ones(1))
     with pytest.raises(RuntimeError, match="writing the trace failed: OSError: disk full"):
