@@ -49,8 +49,9 @@ def _rank_main(args: argparse.Namespace) -> dict | None:
     import torch.distributed as dist
 
     from mtlib import bench
+    from mtlib.accel.compile import compile_blocks
     from mtlib.config import load_config
-    from mtlib.models.dit import CONFIGS, build_dit, compile_blocks
+    from mtlib.models.dit import CONFIGS, build_dit
     from mtlib.parallel import join
     from mtlib.parallel.sequence import SequenceParallel
 

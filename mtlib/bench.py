@@ -178,11 +178,11 @@ def bench_dit(shape: DitShape, steps: int = 2, config: str = "multitalk-14b", of
 
         enable_fp8(model)
     if attn != "sdpa":
-        from mtlib.models.dit import set_attention_kernel
+        from mtlib.accel.compile import set_attention_kernel
 
         set_attention_kernel(model, attn, device=dev)
     if compile_blocks:
-        from mtlib.models.dit import compile_blocks as _compile
+        from mtlib.accel.compile import compile_blocks as _compile
 
         _compile(model, rope_fp32=True)
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 16)
@@ -239,7 +239,8 @@ def bench_deviation(shape: DitShape, config: str = "multitalk-14b", layers: int 
 
     import torch
 
-    from mtlib.models.dit import CONFIGS, build_dit, compile_blocks, set_attention_kernel
+    from mtlib.accel.compile import compile_blocks, set_attention_kernel
+    from mtlib.models.dit import CONFIGS, build_dit
 
     cfg = dataclasses.replace(CONFIGS[config], num_layers=layers)
     dev = torch.device("cuda")
@@ -297,10 +298,11 @@ def bench_clip(shape: DitShape, steps: int = 40, config: str = "multitalk-14b", 
     fp8: the DiT's block linears and self-attention in fp8 (precision "fp8")."""
     import torch
 
+    from mtlib.accel.compile import compile_blocks
     from mtlib.models import clip as clip_mod
     from mtlib.models import t5 as t5_mod
     from mtlib.models import vae as vae_mod
-    from mtlib.models.dit import CONFIGS, build_dit, compile_blocks
+    from mtlib.models.dit import CONFIGS, build_dit
     from mtlib.pipeline import GenerationSettings, Models, generate
 
     dev = torch.device(device)

@@ -240,12 +240,8 @@ def load_run_dit(
     .safetensors, its quantisation map json); block_hook(i, block): called on each block on
     the device before fp8 conversion and parking, and once as block_hook(None, model) after
     the non-block weights (LoRA merging)."""
-    from mtlib.models.dit import (
-        build_dit,
-        check_checkpoint_keys,
-        compile_blocks,
-        set_attention_kernel,
-    )
+    from mtlib.accel.compile import compile_blocks, set_attention_kernel
+    from mtlib.models.dit import build_dit, check_checkpoint_keys
     from mtlib.quant import checkpoint_key, ignored_file_keys, quantize_modules, read_map
 
     device = torch.device(device)

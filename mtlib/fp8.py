@@ -66,8 +66,8 @@ def enable_fp8_dit(model: nn.Module, device=None) -> nn.Module:
     """The whole fp8 option of the DiT: fp8 block linears, and the self-attention on mtlib's
     Triton fp8 flash kernel where Triton can run and the head dim suits fp8 tensor cores
     (32..256; else it stays on SDPA in bf16: the tiny model's 16)."""
+    from mtlib.accel.compile import set_attention_kernel
     from mtlib.kernels.attention import available, head_dim_ok
-    from mtlib.models.dit import set_attention_kernel
 
     enable_fp8(model)
     if available(device) and head_dim_ok(model.config.head_dim, fp8=True):

@@ -102,7 +102,8 @@ def _attention_points(dit):
     """Record the per-head tensors of every attention call of the DiT's blocks under the
     plan's names: self_attn.q/k/v, cross_attn.q/k (text call) and .k_img (image call; its q
     is the text call's, v and v_img have k's shapes), audio_cross_attn.q/kv (k; v alike)."""
-    from mtlib.models import dit as dit_mod
+    # the module every attention call goes through
+    from mtlib.models.dit import attention as dit_attention
 
     current: list[str] = []  # the attention module now running
     calls: dict[str, int] = {}
@@ -120,7 +121,7 @@ def _attention_points(dit):
 
             module = getattr(block, attr)
             handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    original = dit_mod.attention
+    original = dit_attention.attention
 
     def probe(q, k, v):
         if current and trace.active():
@@ -139,11 +140,11 @@ def _attention_points(dit):
                 trace.point(f"{name}.k_img", k)
         return original(q, k, v)
 
-    dit_mod.attention = probe
+    dit_attention.attention = probe
     try:
         yield
     finally:
-        dit_mod.attention = original
+        dit_attention.attention = original
         for h in handles:
             h.remove()
 

@@ -353,7 +353,7 @@ def test_forward_shapes_and_trace_names(tiny_model):
 def test_ref_map_computed_only_where_used(tiny_model, monkeypatch, persons):
     """One person: x_ref_attn_map is skipped (its result is never used) unless traced, and the
     output equals the traced run's bit for bit; two persons: computed in every block."""
-    from mtlib.models import dit as dit_module
+    from mtlib.models.dit import attention as dit_module  # where SelfAttention looks it up
 
     calls = []
     real = dit_module.x_ref_attn_map

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from mtlib.accel.compile import set_attention_kernel
 from mtlib.config import ConfigError, load_config
 from mtlib.generation import effective_precision
-from mtlib.models.dit import CONFIGS, build_dit, set_attention_kernel
+from mtlib.models.dit import CONFIGS, build_dit
 
 ROOT = Path(__file__).resolve().parents[1]
 
