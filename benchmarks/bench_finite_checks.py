@@ -4,7 +4,7 @@ Measures, on this machine:
   cpu_isfinite_gbps   torch.isfinite(..).all() over in-memory tensors (fp32, bf16), per GB
   cpu_all_finite_gbps mtlib.finite.all_finite (one sum; isfinite only when the sum is not finite)
   gpu_all_finite_gbps the same on the GPU (the load-time check of the DiT runs there)
-  datacheck_gbps      mtlib.datacheck.first_nonfinite on a safetensors file (page cache warm)
+  datacheck_gbps      mtlib.weights.datacheck.first_nonfinite on a safetensors file (page cache warm)
 and prints the estimated cost of `mtlib setup --verify --full` on the published 14B files
 (~96 GB) and of the load-time check of the CPU-read files (T5 11 GB, CLIP 4.8 GB, VAE 0.5 GB).
 
@@ -56,7 +56,7 @@ def main() -> None:
         del x
     from safetensors.torch import save_file
 
-    from mtlib.datacheck import first_nonfinite
+    from mtlib.weights.datacheck import first_nonfinite
 
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "w.safetensors")

@@ -9,8 +9,8 @@ over every nn.Linear of the 40 blocks (the lightx2v distillation LoRA's shape, p
 cross-attention linears: a superset), with `.diff_b` bias deltas and `.alpha` scalars, as a bf16
 safetensors file, then times
 
-    check   mtlib.lora.check_loras: safetensors header against the DiT's shapes (no data read)
-    merge   mtlib.lora.merge_checked, arithmetic "fp32": file read, LoRA cast to bf16, product in
+    check   mtlib.weights.lora.check_loras: safetensors header against the DiT's shapes (no data read)
+    merge   mtlib.weights.lora.merge_checked, arithmetic "fp32": file read, LoRA cast to bf16, product in
             float32 on the GPU, W + delta rounded once to bf16 (what mtlib does)
     merge_reference_gpu   the same file with the reference's GPU arithmetic (LoRA cast to bf16,
             product and scale in bf16, added into the bf16 weights)
@@ -35,9 +35,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from mtlib import lora
 from mtlib.bench import random_init_
 from mtlib.models.dit import CONFIGS, build_dit
+from mtlib.weights import lora
 
 DEVICE = "cuda"
 

@@ -248,7 +248,7 @@ def cmd_clip4(args) -> None:
     base = ["multitalk-480-lightx2v", "model.weights.random=true", "model.compile=true", *INPUTS]
     if (
         not args.no_lora
-    ):  # merged at load: the sampling cost is the same without it (mtlib.lora needed)
+    ):  # merged at load: the sampling cost is the same without it (mtlib.weights.lora needed)
         lora = random_lightx2v_lora(Path(args.dir) / "random_lightx2v_rank32.safetensors")
         base.append(f"model.loras=[{{path: {lora}, scale: 1.0}}]")
     todo = {"fp8": 25.0, "reference": 35.0}

@@ -91,8 +91,8 @@ def demo_run(base: Path) -> Path:
 NOTEBOOKS = {
     "01_preprocessing": [
         "from mtlib import widgets",
-        "# real wav2vec2 weights are not available here: a TINY RANDOM wav2vec2 (mtlib.models.tiny)\n"
-        "from mtlib.models.tiny import write_tiny_checkpoints\n"
+        "# real wav2vec2 weights are not available here: a TINY RANDOM wav2vec2 (mtlib.weights.tiny)\n"
+        "from mtlib.weights.tiny import write_tiny_checkpoints\n"
         "from mtlib.models.wav2vec import TINY_GEOMETRY, load_wav2vec\n"
         "encoder = load_wav2vec(write_tiny_checkpoints({tiny!r}).wav2vec_dir, TINY_GEOMETRY)",
         'widgets.preprocessing_view("data/two_person_16x9.png", ["data/speech_1p79s.wav", "data/speech_b_1p79s.wav"],\n'

@@ -14,12 +14,12 @@ work is not counted.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 
 from mtlib.frames import latent_frames
 from mtlib.spec import SPECS
+from mtlib.weights.random import random_init_  # noqa: F401 (bench's public name; lives with the random weights)
 
 IMAGE_TOKENS = SPECS["multitalk-14b"].clip_tokens  # CLIP cls + 16x16 patches (every spec)
 MATMUL_BOUND_TFLOPS = {"H100": 776.0, "H200": 790.0}  # bf16 8192³ matmul measured there
@@ -88,23 +88,6 @@ def _timed(fn, repeat: int = 1) -> tuple[float, object]:
         out = fn()
     _sync()
     return (time.perf_counter() - t0) / repeat, out
-
-
-def random_init_(module, seed: int = 0) -> None:
-    """Fill every parameter with sane random values in place (N(0, 1/fan_in) for matrices,
-    ~1 for norm gains, small biases): keeps bf16 activations finite at real size."""
-    import torch
-
-    g = torch.Generator(device=next(module.parameters()).device).manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.ndim >= 2:
-                fan_in = math.prod(p.shape[1:])
-                p.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=g)
-            elif name.endswith(("weight", "gamma")):
-                p.normal_(1.0, 0.05, generator=g)
-            else:
-                p.normal_(0.0, 0.02, generator=g)
 
 
 def dit_inputs(cfg, shape: DitShape, device, dtype):

@@ -92,7 +92,7 @@ class OffloadConfig:
 
 @dataclass(frozen=True)
 class LoraConfig:
-    """One LoRA file merged into the DiT at load (mtlib.lora; the reference's --lora_dir /
+    """One LoRA file merged into the DiT at load (mtlib.weights.lora; the reference's --lora_dir /
     --lora_scale pair). The scale has no default: the reference's 1.2 surprises."""
 
     path: str
@@ -124,7 +124,7 @@ class ModelConfig:
     # half the traffic); auto = float32 when compiled, else float64 (the results so far).
     rope_precision: Literal["auto", "float64", "float32"] = "auto"
     offload: OffloadConfig = field(default_factory=OffloadConfig)
-    # A published distillation recipe (mtlib.recipes): lightx2v (4 steps) or fusionx (8 steps)
+    # A published distillation recipe (mtlib.weights.recipes): lightx2v (4 steps) or fusionx (8 steps)
     # need their LoRA in model.loras (or, fusionx, the int8 FusionX checkpoint).
     recipe: Literal["none", "lightx2v", "fusionx"] = "none"
     weights: WeightsConfig = field(default_factory=WeightsConfig)
@@ -249,7 +249,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "trace": {"level": "stats"},
     },
     # The README's distillation recipes (text scale 1: 2 DiT passes per step, shift 2, LoRA
-    # scale 1.0); the LoRA file is the one required input (mtlib.recipes names its source).
+    # scale 1.0); the LoRA file is the one required input (mtlib.weights.recipes names its source).
     "multitalk-480-lightx2v": {
         "name": "multitalk-480-lightx2v",
         "model": {"name": "multitalk-14b", "size": "multitalk-480", "device": "cuda",

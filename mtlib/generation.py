@@ -7,7 +7,7 @@ what `mtlib generate` and notebook 03 call:
                           invalid plan raises PlanError with the diagnosis BEFORE any weights
                           load; frame_num 'auto' / the short-audio policy are resolved here
     load_models(cfg)      checkpoints of config.model.weights (tiny: random checkpoints written
-                          in the real file formats by mtlib.models.tiny) through the real loaders
+                          in the real file formats by mtlib.weights.tiny) through the real loaders
     preprocess_inputs()   speech -> loudness -> (2 speakers: para/add) -> silence padding as
                           planned -> wav2vec2 embedding (cached); image -> bucket crop ->
                           person masks on the latent grid
@@ -122,8 +122,8 @@ def prepare_run(
     """
     from mtlib.image import _check_bbox
     from mtlib.pipeline import GenerationSettings
-    from mtlib.recipes import check_recipe
     from mtlib.runopts import resolve_dit_options
+    from mtlib.weights.recipes import check_recipe
 
     cfg = _config(cfg)
     check_recipe(cfg)  # a distillation recipe without its LoRA: refused before anything
@@ -236,7 +236,7 @@ def load_audio_encoder(cfg: RunConfig | str, device: str = "cpu", layout=None):
 
     cfg = _config(cfg)
     if cfg.model.weights.random and cfg.model.name != "tiny":
-        from mtlib.random_weights import random_audio_encoder
+        from mtlib.weights.random import random_audio_encoder
 
         return random_audio_encoder(device)
     layout = layout if layout is not None else weights.layout_for_config(cfg)
@@ -256,7 +256,7 @@ class LoadedModels:
     device: str = "cpu"
     precision: str = "fp32"
     seconds: float = 0.0
-    loras: list = field(default_factory=list)  # mtlib.lora.LoraCheck of each merged file
+    loras: list = field(default_factory=list)  # mtlib.weights.lora.LoraCheck of each merged file
     options: Any = None  # mtlib.runopts.DiTOptions the DiT was built with
 
 
@@ -300,7 +300,7 @@ def load_models(
     # fp8 = the reference dtype policy for every network, then fp8 DiT blocks on top
     load_precision = "reference" if precision == "fp8" else precision
     if opts.random:
-        from mtlib.random_weights import random_networks
+        from mtlib.weights.random import random_networks
 
         lora_hook = _lora_hook(cfg, dit_mod.CONFIGS[name])
         dit = load_run_dit(dit_mod.CONFIGS[name], device, opts, seed=cfg.model.weights.tiny_seed,
@@ -341,7 +341,7 @@ def load_models(
 
 def quant_files(cfg: RunConfig, layout) -> tuple[Path, Path] | None:
     """The int8 DiT checkpoint and its map (model.weights.quant), or None."""
-    from mtlib.recipes import FUSIONX_QUANT_FILE, FUSIONX_QUANT_MAP
+    from mtlib.weights.recipes import FUSIONX_QUANT_FILE, FUSIONX_QUANT_MAP
 
     w = cfg.model.weights
     if w.quant == "none":
@@ -354,7 +354,7 @@ def quant_files(cfg: RunConfig, layout) -> tuple[Path, Path] | None:
 
 
 def _lora_hook(cfg: RunConfig, dit_config):
-    """Per-block LoRA merging for mtlib.dit_load (model.loras through mtlib.lora): every file
+    """Per-block LoRA merging for mtlib.dit_load (model.loras through mtlib.weights.lora): every file
     is checked against the DiT's shapes first, then each block's deltas are merged on the
     device as the block arrives, before fp8 conversion and offload parking."""
     if not cfg.model.loras:
@@ -362,9 +362,9 @@ def _lora_hook(cfg: RunConfig, dit_config):
     import dataclasses
 
     try:
-        from mtlib.lora import check_loras, dit_param_shapes, merge_checked
+        from mtlib.weights.lora import check_loras, dit_param_shapes, merge_checked
     except ImportError:  # the LoRA loader lives on the golden branch (#14)
-        raise ConfigError("model.loras: this mtlib has no LoRA loader (mtlib.lora).") from None
+        raise ConfigError("model.loras: this mtlib has no LoRA loader (mtlib.weights.lora).") from None
     checks = check_loras(cfg.model.loras, dit_param_shapes(dit_config))
 
     def hook(i: int | None, module) -> None:  # i None: the model, its blocks not loaded yet
@@ -608,7 +608,7 @@ def summary(out: GenerationOutput) -> str:
     opts = out.dit_options or {}
     loud = []
     if opts.get("random"):
-        from mtlib.random_weights import RANDOM_WEIGHTS_NOTE
+        from mtlib.weights.random import RANDOM_WEIGHTS_NOTE
 
         loud = [f"*** {RANDOM_WEIGHTS_NOTE} ***"]
     return "\n".join(loud + [
@@ -761,13 +761,13 @@ def generate_video(
         "dit": dit_options,
     }  # fmt: skip
     if getattr(models, "loras", None):  # the merged LoRA files, by content: path, scale, sha256, params touched
-        from mtlib.lora import record as lora_record
+        from mtlib.weights.lora import record as lora_record
 
         meta["loras"] = lora_record(models.loras)
     if rank is not None:
         meta["parallel"] = {"layout": rank.layout, "ranks": rank.world, "backend": rank.backend}
     if dit_options and dit_options.get("random"):
-        from mtlib.random_weights import RANDOM_WEIGHTS_NOTE
+        from mtlib.weights.random import RANDOM_WEIGHTS_NOTE
 
         meta["WARNING"] = RANDOM_WEIGHTS_NOTE
     if writer is not None:
@@ -921,7 +921,7 @@ def _cli_overrides(args: argparse.Namespace) -> list[str] | dict:
     if args.seed is not None:
         over["generation.seed"] = args.seed
     if getattr(args, "lora", None):
-        from mtlib.lora import parse_lora_arg
+        from mtlib.weights.lora import parse_lora_arg
 
         specs = [parse_lora_arg(text) for text in args.lora]
         over["model.loras"] = [

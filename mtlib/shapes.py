@@ -608,12 +608,12 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
 
 
 def _lora_plan(cfg: Any) -> list[dict]:
-    """model.loras checked against the DiT of model.name from their headers (mtlib.lora):
+    """model.loras checked against the DiT of model.name from their headers (mtlib.weights.lora):
     raises LoraError for a file that is missing, truncated, of no known format, partly
     matching (unless allowed) or made for another model size."""
     if not getattr(cfg.model, "loras", ()):
         return []
-    from mtlib import lora
+    from mtlib.weights import lora
 
     shapes = lora.dit_param_shapes(cfg.model.name)
     out = []

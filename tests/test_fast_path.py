@@ -6,9 +6,9 @@ import torch
 
 from mtlib.config import ConfigError, load_config
 from mtlib.generation import prepare_run
-from mtlib.recipes import check_recipe
 from mtlib.runopts import resolve_dit_options
 from mtlib.shapes import plan, plan_table
+from mtlib.weights.recipes import check_recipe
 
 
 def test_recipe_presets_carry_the_readme_numbers():
@@ -220,14 +220,14 @@ def test_offload_with_a_resident_budget_matches_the_resident_model_on_cuda():
 
 def test_lora_merged_block_by_block_equals_the_whole_model_merge(tmp_path):
     """mtlib.dit_load merges model.loras per block as the DiT loads (before fp8 / offload
-    parking): the weights equal mtlib.lora's merge into the whole loaded model."""
+    parking): the weights equal mtlib.weights.lora's merge into the whole loaded model."""
     from safetensors.torch import save_file
 
     from mtlib import weights
     from mtlib.dit_load import load_run_dit
     from mtlib.generation import _lora_hook
-    from mtlib.lora import merge_loras
     from mtlib.models.dit import CONFIGS, load_dit
+    from mtlib.weights.lora import merge_loras
 
     g = torch.Generator().manual_seed(0)
     files = weights.layout_for_config(load_config("tiny")).dit_files()
@@ -263,7 +263,7 @@ def test_random_clip_has_real_position_ids():
     # ids back (garbage ids made a CUDA gather assert on the H200)
     import torch
 
-    from mtlib.random_weights import random_networks
+    from mtlib.weights.random import random_networks
 
     _, clip, _, _ = random_networks("tiny", "cpu", "fp32")
     emb = clip.visual.hf.vision_model.embeddings if hasattr(clip.visual.hf, "vision_model") else clip.visual.hf.embeddings

@@ -89,7 +89,7 @@ def dit_for_case(golden_models, case):
     lora = case_lora(case)
     if lora is None:
         return golden_models["dit"]
-    from mtlib.lora import LoraSpec, merge_loras
+    from mtlib.weights.lora import LoraSpec, merge_loras
 
     dit = copy.deepcopy(golden_models["dit"])
     merge_loras(dit, [LoraSpec(lora["path"], float(lora["scale"]))])

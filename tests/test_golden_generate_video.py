@@ -114,7 +114,7 @@ def test_golden_generate_video_from_the_case_files(
     )
     lora_checks = []
     if cfg.model.loras:
-        from mtlib.lora import check_loras
+        from mtlib.weights.lora import check_loras
 
         lora_checks = check_loras(cfg.model.loras, {
             k: tuple(v.shape) for k, v in golden_models["dit"].state_dict().items()

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mtlib import lora
 from mtlib.config import ConfigError, load_config
-from mtlib.lora import LoraError, LoraSpec, check_lora, merge_loras, parse_lora_arg
 from mtlib.models.dit import CONFIGS, DiTConfig, build_dit, load_dit
+from mtlib.weights import lora
+from mtlib.weights.lora import LoraError, LoraSpec, check_lora, merge_loras, parse_lora_arg
 from tests.golden import SINGLE_STAGE_TOL, assert_close, case_lora, get_case, golden_dir
 
 

@@ -64,7 +64,7 @@ def test_int8_checkpoint_matches_optimum_quanto_fp32(tmp_path, tiny_model):
     assert torch.equal(out, ref)  # the same dequantised fp32 matmuls as quanto's
     assert (plain - ref).abs().max() > 1e-2  # and int8 really differs from the float model
     # `mtlib setup --verify` recognises the pair from headers only
-    from mtlib.setup_extras import find_quant_files
+    from mtlib.weights.recipe_files import find_quant_files
 
     (found,) = find_quant_files(tmp_path)
     assert found.ok and found.line().startswith(

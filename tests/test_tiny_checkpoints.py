@@ -10,8 +10,8 @@ import torch
 from safetensors import safe_open
 
 from mtlib import weights as W
-from mtlib.models import tiny
-from mtlib.models.tiny import write_tiny_checkpoints
+from mtlib.weights import tiny
+from mtlib.weights.tiny import write_tiny_checkpoints
 from tests.weights_expected import golden_expected
 
 

@@ -20,7 +20,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mtlib import weights as W
-from mtlib.models.tiny import write_tiny_checkpoints
+from mtlib.weights import fetch as weights_download
+from mtlib.weights.tiny import write_tiny_checkpoints
+from mtlib.weights.verify import _Verifier
 from tests.weights_expected import golden_expected
 
 
@@ -260,7 +262,7 @@ def test_wav2vec2_large_weights_are_named_for_the_real_config(tmp_path):
         f"wav2vec2.encoder.layers.{i}.final_layer_norm.weight": ((768,), None) for i in range(12)
     }
     exp["wav2vec2.encoder.layer_norm.weight"] = ((768,), None)
-    v = W._Verifier(W.WeightsLayout(tmp_path, tmp_path, d), "multitalk-14b", {"wav2vec2": exp})
+    v = _Verifier(W.WeightsLayout(tmp_path, tmp_path, d), "multitalk-14b", {"wav2vec2": exp})
     v.check_wav2vec()
     kinds = [(p.kind, p.message) for p in v.report.problems]
     assert any(k == "wrong_model" and "this is wav2vec2-large (24 layers x 1024 wide); this configuration needs "
@@ -579,7 +581,7 @@ def test_download_fetches_missing_files_with_resume_semantics(
         shutil.copy(src, dst) if src.exists() else dst.write_bytes(b"")
         return str(dst)
 
-    monkeypatch.setattr(W, "check_disk_space", lambda plan, **k: 10**15)
+    monkeypatch.setattr(weights_download, "check_disk_space", lambda plan, **k: 10**15)
     shutil.copytree(
         tiny_root / W.WAN_FOLDER / "google", root / W.WAN_FOLDER / "google"
     )  # stand-in marker
@@ -741,7 +743,7 @@ def test_download_refetches_a_damaged_file_from_scratch(tmp_path, monkeypatch, n
     (root / W.WAN_FOLDER / "Wan2.1_VAE.pth").write_bytes(b"x" * 1000)  # hub says 500 MB
     plan = W.plan_download(root, api=FakeApi(_listings()))
     forced = {}
-    monkeypatch.setattr(W, "check_disk_space", lambda plan, **k: 10**15)
+    monkeypatch.setattr(weights_download, "check_disk_space", lambda plan, **k: 10**15)
 
     def record(repo_id, filename, **kw):
         forced[(repo_id, filename)] = kw["force_download"]

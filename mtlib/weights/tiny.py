@@ -38,6 +38,7 @@ import torch
 
 from mtlib import weights as W
 from mtlib.io import atomic_write
+from mtlib.weights.verify import _count_layers, _wav2vec_geometry
 
 STAMP = ".mtlib-tiny-stamp.json"  # in <root>, next to (not inside) the checkpoint folders
 FORMAT_VERSION = 1
@@ -71,7 +72,7 @@ TINY_WAV2VEC2_PREPROCESSOR = {
 }  # fmt: skip
 STAND_IN_MARKER_CONTENT = {
     "tokenizer": "stand-in",
-    "why": "tiny random checkpoints written by mtlib.models.tiny: the real umT5 tokenizer "
+    "why": "tiny random checkpoints written by mtlib.weights.tiny: the real umT5 tokenizer "
     "(google/umt5-xxl) cannot be shipped with them. mtlib's text encoder uses "
     "mtlib.models.t5.StandInTokenizer (whitespace words -> ids in the tiny vocabulary) "
     "when this file is present.",
@@ -137,7 +138,7 @@ def _dit_config(expected: W.ExpectedMap) -> dict:
     ffn = expected.get("blocks.0.ffn.0.weight")
     if ffn is not None:
         cfg["ffn_dim"] = ffn[0][0]
-    layers = W._count_layers(expected, "blocks.")
+    layers = _count_layers(expected, "blocks.")
     if layers:
         cfg["num_layers"] = layers
     head = expected.get("head.head.weight")
@@ -176,7 +177,7 @@ def _write_dit(
 
 def _wav2vec_config(expected: W.ExpectedMap) -> dict:
     cfg = dict(TINY_WAV2VEC2_CONFIG)
-    layers, width = W._wav2vec_geometry(expected)
+    layers, width = _wav2vec_geometry(expected)
     if layers:
         cfg["num_hidden_layers"] = layers
     if width:

@@ -4,7 +4,7 @@
 see mtlib.quant) from headers only: each checkpoint is paired with its map, the map's modules
 are checked against the checkpoint's `<m>.weight._data` / `._scale` keys, and the data dtype is
 named. `download_lora(recipe, root)` fetches a recipe's LoRA from the repo the README links
-(mtlib.recipes), or says that mtlib cannot know where it is published.
+(mtlib.weights.recipes), or says that mtlib cannot know where it is published.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtlib.recipes import FUSIONX_QUANT_FILE, FUSIONX_QUANT_MAP, LORA_SOURCES, how_to_get
+from mtlib.weights.recipes import FUSIONX_QUANT_FILE, FUSIONX_QUANT_MAP, LORA_SOURCES, how_to_get
 
 # (checkpoint, map, what) under quant_models/ (facts §1.1)
 QUANT_FILES = (

@@ -3,12 +3,14 @@
 For speed runs and for executing the notebooks on a GPU with the real configuration where no
 checkpoints are downloaded. The DiT comes from mtlib.dit_load (random source); this module
 builds the other four networks on the meta device and materialises them directly on the
-run's device with random values (mtlib.bench.random_init_), in the precisions the checkpoint
+run's device with random values (`random_init_`), in the precisions the checkpoint
 loaders would give them. Tokenizer: mtlib's stand-in (ids from a hash of the text).
 The output is noise: every output of such a run says RANDOM WEIGHTS (RANDOM_WEIGHTS_NOTE).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -17,9 +19,24 @@ RANDOM_WEIGHTS_NOTE = (
 )
 
 
-def _materialise(module, device, dtype=torch.float32, seed: int = 0):
-    from mtlib.bench import random_init_
+def random_init_(module, seed: int = 0) -> None:
+    """Fill every parameter with sane random values in place (N(0, 1/fan_in) for matrices,
+    ~1 for norm gains, small biases): keeps bf16 activations finite at real size."""
+    import torch
 
+    g = torch.Generator(device=next(module.parameters()).device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim >= 2:
+                fan_in = math.prod(p.shape[1:])
+                p.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=g)
+            elif name.endswith(("weight", "gamma")):
+                p.normal_(1.0, 0.05, generator=g)
+            else:
+                p.normal_(0.0, 0.02, generator=g)
+
+
+def _materialise(module, device, dtype=torch.float32, seed: int = 0):
     module = module.to(dtype) if dtype != torch.float32 else module
     module.to_empty(device=device)
     random_init_(module, seed)
