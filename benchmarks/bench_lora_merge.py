@@ -4,7 +4,7 @@
                                           [--json $OUT/lora_merge.json]
 
 Builds the 14B MultiTalk DiT (mtlib.models.dit CONFIGS["multitalk-14b"]) on the GPU with random
-bf16 weights (mtlib.bench.random_init_), writes a random rank-32 LoRA in the reference's format
+bf16 weights (mtlib.accel.bench.random_init_), writes a random rank-32 LoRA in the reference's format
 over every nn.Linear of the 40 blocks (the lightx2v distillation LoRA's shape, plus the audio
 cross-attention linears: a superset), with `.diff_b` bias deltas and `.alpha` scalars, as a bf16
 safetensors file, then times
@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from mtlib.bench import random_init_
+from mtlib.accel.bench import random_init_
 from mtlib.models.dit import CONFIGS, build_dit
 from mtlib.weights import lora
 

@@ -1,7 +1,7 @@
 """Sequence parallel on GPUs: one denoising step (3 DiT passes) on 1 GPU and on N GPUs.
 
-The real 14B DiT with random bf16 weights (mtlib.bench.random_init_ on rank 0, broadcast to
-every rank so all hold the same model), the inputs of mtlib.bench.dit_inputs (the same on
+The real 14B DiT with random bf16 weights (mtlib.accel.bench.random_init_ on rank 0, broadcast to
+every rank so all hold the same model), the inputs of mtlib.accel.bench.dit_inputs (the same on
 every rank). Per shape: rank 0 alone runs the step (the other ranks wait), then all N ranks
 run it with the tokens split (mtlib.parallel.sequence), then rank 0 compares:
 
@@ -48,7 +48,7 @@ def _rank_main(args: argparse.Namespace) -> dict | None:
     import torch
     import torch.distributed as dist
 
-    from mtlib import bench
+    from mtlib.accel import bench
     from mtlib.accel.compile import compile_blocks
     from mtlib.config import load_config
     from mtlib.models.dit import CONFIGS, build_dit
@@ -80,7 +80,7 @@ def _rank_main(args: argparse.Namespace) -> dict | None:
         dist.broadcast(p.data, 0)
     model.eval().requires_grad_(False)
     if args.fp8:
-        from mtlib.fp8 import enable_fp8_dit
+        from mtlib.accel.fp8 import enable_fp8_dit
 
         enable_fp8_dit(model, dev)
     if args.compile:

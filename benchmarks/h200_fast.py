@@ -116,13 +116,13 @@ def write_shards(d: Path, shard_gb: float = 5.0) -> list[Path]:
 
 
 def load_once(d: Path, mode: str) -> dict:
-    """One process: baseline RSS after CUDA init, then load the 14B DiT from `d` (mtlib.dit_load)."""
+    """One process: baseline RSS after CUDA init, then load the 14B DiT from `d` (mtlib.accel.dit_load)."""
     import torch
 
+    from mtlib.accel.dit_load import load_run_dit
+    from mtlib.accel.options import resolve_dit_options
     from mtlib.config import load_config
-    from mtlib.dit_load import load_run_dit
     from mtlib.models.dit import CONFIGS
-    from mtlib.runopts import resolve_dit_options
 
     torch.zeros(1, device="cuda")
     base = _rss_gb()
@@ -169,7 +169,7 @@ def cmd_rss(args) -> None:
     _save(
         "dit_load_rss",
         {
-            "what": "peak host RSS loading the 14B DiT (random bf16 shards) with mtlib.dit_load",
+            "what": "peak host RSS loading the 14B DiT (random bf16 shards) with mtlib.accel.dit_load",
             "rows": rows,
         },
     )

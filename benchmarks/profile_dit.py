@@ -8,8 +8,8 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from mtlib.accel.bench import DitShape, attention_backend, dit_inputs, random_init_
 from mtlib.accel.compile import compile_blocks
-from mtlib.bench import DitShape, attention_backend, dit_inputs, random_init_
 from mtlib.models.dit import CONFIGS, build_dit
 
 ap = argparse.ArgumentParser()

@@ -82,7 +82,7 @@ class WeightsConfig:
 @dataclass(frozen=True)
 class OffloadConfig:
     # none: every DiT weight on the GPU. blocks: the 40 transformer blocks live in pinned host
-    # memory and stream to the GPU one block ahead of compute (mtlib.offload).
+    # memory and stream to the GPU one block ahead of compute (mtlib.accel.offload).
     mode: Literal["none", "blocks"] = "none"
     # With mode blocks: keep this many DiT parameters on the GPU (whole blocks, in order, after
     # the non-block modules), streaming the rest: the reference's --num_persistent_param_in_dit
@@ -112,11 +112,11 @@ class ModelConfig:
     # fp32: everything float32 (CPU, golden parity). reference: the official dtype policy
     # (bf16 DiT with fp32 islands, fp16 CLIP, bf16 T5, fp32 VAE and wav2vec2). fp8: reference,
     # plus the DiT blocks' linears and self-attention in float8 on the GPU (faster, changes
-    # the output: see mtlib.fp8; CUDA only).
+    # the output: see mtlib.accel.fp8; CUDA only).
     precision: Literal["fp32", "reference", "fp8"] = "reference"
     # DiT self-attention kernel: sdpa (torch), triton (mtlib's bf16 flash kernel), triton-fp8
     # (e4m3, changes results); auto = triton-fp8 under precision fp8 where the head dim allows,
-    # else sdpa. Resolved in one place (mtlib.runopts), named in the plan and the run record.
+    # else sdpa. Resolved in one place (mtlib.accel.options), named in the plan and the run record.
     attention: Literal["auto", "sdpa", "triton", "triton-fp8"] = "auto"
     # torch.compile the DiT block body (CUDA only; ignored on the CPU, and the plan says so).
     compile: bool = False

@@ -102,8 +102,8 @@ def resolve_device(device: str) -> str:
 
 
 def effective_precision(device: str, precision: str) -> str:
-    """fp32 on the CPU, the config's choice on CUDA; fp8 off a GPU is refused (mtlib.runopts)."""
-    from mtlib.runopts import effective_precision as rule
+    """fp32 on the CPU, the config's choice on CUDA; fp8 off a GPU is refused (mtlib.accel.options)."""
+    from mtlib.accel.options import effective_precision as rule
 
     return rule(device, precision)
 
@@ -120,9 +120,9 @@ def prepare_run(
     Raises PlanError (diagnosis: violations, the reference's message, fixes) when the plan is
     invalid, shapes.PlanError / InputError for unreadable inputs, ConfigError for bad values.
     """
+    from mtlib.accel.options import resolve_dit_options
     from mtlib.image import _check_bbox
     from mtlib.pipeline import GenerationSettings
-    from mtlib.runopts import resolve_dit_options
     from mtlib.weights.recipes import check_recipe
 
     cfg = _config(cfg)
@@ -257,7 +257,7 @@ class LoadedModels:
     precision: str = "fp32"
     seconds: float = 0.0
     loras: list = field(default_factory=list)  # mtlib.weights.lora.LoraCheck of each merged file
-    options: Any = None  # mtlib.runopts.DiTOptions the DiT was built with
+    options: Any = None  # mtlib.accel.options.DiTOptions the DiT was built with
 
 
 def load_models(
@@ -273,19 +273,19 @@ def load_models(
     model.weights.tiny_dir (default <project>/.cache/tiny-weights), loaded by the SAME loaders
     as the real ones with the tiny configs. model "multitalk-14b": the published directories
     (model.weights.*_dir, else the hub cache), or (model.weights.random) the real-size
-    networks with random weights. The DiT is built as mtlib.runopts resolves model.* (offload,
+    networks with random weights. The DiT is built as mtlib.accel.options resolves model.* (offload,
     attention, compile, RoPE, int8 checkpoint): every tensor goes from its file to the GPU
-    (mtlib.dit_load). compile=True is model.compile=true (the CLI's --compile).
+    (mtlib.accel.dit_load). compile=True is model.compile=true (the CLI's --compile).
     """
     import torch
 
     from mtlib import weights
-    from mtlib.dit_load import load_run_dit
+    from mtlib.accel.dit_load import load_run_dit
+    from mtlib.accel.options import resolve_dit_options
     from mtlib.models import clip as clip_mod
     from mtlib.models import dit as dit_mod
     from mtlib.models import t5 as t5_mod
     from mtlib.models import vae as vae_mod
-    from mtlib.runopts import resolve_dit_options
 
     cfg = _config(cfg)
     if compile and not cfg.model.compile:
@@ -354,7 +354,7 @@ def quant_files(cfg: RunConfig, layout) -> tuple[Path, Path] | None:
 
 
 def _lora_hook(cfg: RunConfig, dit_config):
-    """Per-block LoRA merging for mtlib.dit_load (model.loras through mtlib.weights.lora): every file
+    """Per-block LoRA merging for mtlib.accel.dit_load (model.loras through mtlib.weights.lora): every file
     is checked against the DiT's shapes first, then each block's deltas are merged on the
     device as the block arrives, before fp8 conversion and offload parking."""
     if not cfg.model.loras:
@@ -598,7 +598,7 @@ class GenerationOutput:
     teacache_decisions: list | None = None
     parallel: str | None = None  # the layout over several devices, e.g. "sequence parallel: 2 ranks"
     rank: int = 0  # which rank returned this (only rank 0 writes the video and the trace)
-    dit_options: dict | None = None  # mtlib.runopts.DiTOptions.to_dict(): what ran in which precision
+    dit_options: dict | None = None  # mtlib.accel.options.DiTOptions.to_dict(): what ran in which precision
 
 
 def summary(out: GenerationOutput) -> str:
@@ -850,7 +850,7 @@ def _write_or_rescue(write_mp4, video, out, fps: int, soundtrack, meta: dict) ->
 
 def sdpa_priority(name: str):
     """SDPA backend preference for the run ("cudnn": cuDNN first, then flash, efficient, math)."""
-    from mtlib.bench import attention_backend
+    from mtlib.accel.bench import attention_backend
 
     return attention_backend(name)
 

@@ -239,7 +239,7 @@ class ShapePlan:
     # {path, scale, format, params_touched, params, unmatched}
     loras: list = field(default_factory=list)
     parallel: dict = field(default_factory=dict)  # ranks > 1: mtlib.parallel.layout
-    # the DiT's resolved speed options (mtlib.runopts.DiTOptions.to_dict()): weights' precision
+    # the DiT's resolved speed options (mtlib.accel.options.DiTOptions.to_dict()): weights' precision
     # per group, offload, attention kernel, compile, RoPE dtype, LoRAs; None: not resolvable
     dit_options: dict | None = None
 
@@ -757,10 +757,10 @@ def _schedule(p: ShapePlan, g, F: int, eff: list[int], lat_h: int, lat_w: int, m
 
 
 def _dit_options(cfg) -> dict | None:
-    """What the loader will build (mtlib.runopts: one home); a device "auto" plans the GPU for
+    """What the loader will build (mtlib.accel.options: one home); a device "auto" plans the GPU for
     the real model. An option the device cannot take is the prepare step's error, not the plan's."""
+    from mtlib.accel.options import resolve_dit_options
     from mtlib.config import ConfigError
-    from mtlib.runopts import resolve_dit_options
 
     dev = cfg.model.device
     cuda = dev.startswith("cuda") or (dev == "auto" and cfg.model.name != "tiny")
@@ -1002,7 +1002,7 @@ def plan_table(plan: ShapePlan, max_rows: int | None = None) -> str:
     for lo in plan.loras:
         head.append(f"LoRA {lo['summary']}")
     if plan.dit_options is not None and plan.valid:  # what would run (an invalid plan runs nothing)
-        from mtlib.runopts import DiTOptions
+        from mtlib.accel.options import DiTOptions
 
         o = dict(plan.dit_options)
         o.pop("weight_precisions", None)

@@ -4,7 +4,7 @@ Where it sits: below the config, the plan and the engine. `mtlib.config` takes i
 names from `SPECS`; the shape plan (`mtlib.shapes`) computes tensor shapes, parameter counts
 and FLOPs from a `ModelSpec`; the engine builds its networks from it (`mtlib.models.dit.CONFIGS`,
 `mtlib.models.wav2vec` geometries); `mtlib.weights` derives the expected checkpoint layouts and
-`mtlib.bench` its FLOP counts from the same numbers. A name selects a whole consistent
+`mtlib.accel.bench` its FLOP counts from the same numbers. A name selects a whole consistent
 configuration (the flux style): "tiny" (golden tiny weights, a CPU runs it in seconds) and
 "multitalk-14b" (Wan2.1-I2V-14B + the MultiTalk audio adapter).
 
@@ -152,7 +152,7 @@ COMPONENTS = ("dit", "t5", "clip", "vae", "wav2vec2")
 
 # Weight / compute dtype of each component under each model.precision policy (on a GPU; on
 # the CPU every policy runs fp32, see generation.effective_precision). fp8 = reference with the
-# DiT blocks' linears and self-attention in float8 at run time (mtlib.fp8); its weights load
+# DiT blocks' linears and self-attention in float8 at run time (mtlib.accel.fp8); its weights load
 # as bf16.
 PRECISION: dict[str, dict[str, str]] = {
     "fp32": dict.fromkeys(COMPONENTS, "float32"),

@@ -9,9 +9,9 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from mtlib.accel.bench import DitShape, denoise_step, dit_inputs, random_init_
 from mtlib.accel.compile import set_attention_kernel
-from mtlib.bench import DitShape, denoise_step, dit_inputs, random_init_
-from mtlib.kernels import attention as fa
+from mtlib.accel.kernels import attention as fa
 from mtlib.models.dit import CONFIGS, build_dit
 
 

@@ -4,9 +4,9 @@ their plans, the direct safetensors loader (exactly the old loader's weights).""
 import pytest
 import torch
 
+from mtlib.accel.options import resolve_dit_options
 from mtlib.config import ConfigError, load_config
 from mtlib.generation import prepare_run
-from mtlib.runopts import resolve_dit_options
 from mtlib.shapes import plan, plan_table
 from mtlib.weights.recipes import check_recipe
 
@@ -126,10 +126,10 @@ def test_speed_options_resolve_in_one_place():
 
 
 def test_direct_loader_gives_the_checkpoint_weights_exactly():
-    """mtlib.dit_load (pread per tensor, cast on the device) == load_dit (safe_open) on the
+    """mtlib.accel.dit_load (pread per tensor, cast on the device) == load_dit (safe_open) on the
     tiny checkpoints; the instance attributes carry the options."""
     from mtlib import weights
-    from mtlib.dit_load import load_run_dit, streamed_blocks
+    from mtlib.accel.dit_load import load_run_dit, streamed_blocks
     from mtlib.models.dit import CONFIGS, load_dit
 
     cfg = load_config("tiny")
@@ -157,8 +157,8 @@ def test_random_weights_fill_the_architecture_and_are_named_loudly(tmp_path):
     from pathlib import Path
     from types import SimpleNamespace
 
-    from mtlib.bench import DitShape, denoise_step, dit_inputs
-    from mtlib.dit_load import load_run_dit
+    from mtlib.accel.bench import DitShape, denoise_step, dit_inputs
+    from mtlib.accel.dit_load import load_run_dit
     from mtlib.generation import GenerationOutput, summary
     from mtlib.models.dit import CONFIGS
 
@@ -198,8 +198,8 @@ def test_offload_with_a_resident_budget_matches_the_resident_model_on_cuda():
     import dataclasses
 
     from mtlib import weights
-    from mtlib.bench import DitShape, denoise_step, dit_inputs
-    from mtlib.dit_load import load_run_dit
+    from mtlib.accel.bench import DitShape, denoise_step, dit_inputs
+    from mtlib.accel.dit_load import load_run_dit
     from mtlib.models.dit import CONFIGS
 
     cfg = load_config("tiny", ["model.device=cuda", "model.precision=reference"])
@@ -219,12 +219,12 @@ def test_offload_with_a_resident_budget_matches_the_resident_model_on_cuda():
 
 
 def test_lora_merged_block_by_block_equals_the_whole_model_merge(tmp_path):
-    """mtlib.dit_load merges model.loras per block as the DiT loads (before fp8 / offload
+    """mtlib.accel.dit_load merges model.loras per block as the DiT loads (before fp8 / offload
     parking): the weights equal mtlib.weights.lora's merge into the whole loaded model."""
     from safetensors.torch import save_file
 
     from mtlib import weights
-    from mtlib.dit_load import load_run_dit
+    from mtlib.accel.dit_load import load_run_dit
     from mtlib.generation import _lora_hook
     from mtlib.models.dit import CONFIGS, load_dit
     from mtlib.weights.lora import merge_loras

@@ -2,7 +2,7 @@
 
 import torch
 
-from mtlib.fp8 import E4M3_MAX, FP8Linear, enable_fp8
+from mtlib.accel.fp8 import E4M3_MAX, FP8Linear, enable_fp8
 from mtlib.models.dit import CONFIGS, build_dit
 
 

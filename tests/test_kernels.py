@@ -1,4 +1,4 @@
-"""mtlib.kernels.attention: the Triton flash attention (opt-in GPU speed path).
+"""mtlib.accel.kernels.attention: the Triton flash attention (opt-in GPU speed path).
 
 The kernel itself runs here in Triton's CPU interpreter (a subprocess with TRITON_INTERPRET=1),
 so CI checks its arithmetic: against float64 attention, inside the tiny DiT against the SDPA
@@ -83,7 +83,7 @@ def test_set_attention_kernel_refuses_unknown_and_cpu():
 
 
 def test_flash_attention_input_errors():
-    from mtlib.kernels import attention as fa
+    from mtlib.accel.kernels import attention as fa
 
     if not fa.HAVE_TRITON:
         pytest.skip("Triton not installed")
@@ -117,7 +117,7 @@ def test_fp8_precision_is_a_config_choice_refused_off_gpu():
 def test_tiny_generation_in_fp8_on_cuda(tmp_path):
     """model.precision fp8 end to end: fp8 block linears, the Triton fp8 self-attention inside
     the compiled blocks, a finite video with the reference run's shape."""
-    from mtlib.fp8 import FP8Linear
+    from mtlib.accel.fp8 import FP8Linear
     from mtlib.generation import generate_video, load_models
 
     cfg = load_config("tiny", overrides=["model.device=cuda", "model.precision=fp8"])

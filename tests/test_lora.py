@@ -469,8 +469,8 @@ def test_dit_param_shapes_are_the_registry_models():
 def test_fp8_quantises_the_merged_weights(tmp_path, monkeypatch):
     """load_models merges before the fp8 conversion (which would otherwise quantise W alone):
     the fp8 step is observed through its own entry point (CPU: fp8 itself needs a GPU)."""
-    import mtlib.fp8
-    import mtlib.runopts
+    import mtlib.accel.fp8
+    import mtlib.accel.options
     from mtlib import generation
 
     q = "diffusion_model.blocks.0.ffn.2"
@@ -479,12 +479,12 @@ def test_fp8_quantises_the_merged_weights(tmp_path, monkeypatch):
     save_file({f"{q}.lora_up.weight": up, f"{q}.lora_down.weight": down}, path)
     seen = {}
 
-    def fake_fp8(block):  # mtlib.dit_load converts each block as it arrives (block 0 first)
+    def fake_fp8(block):  # mtlib.accel.dit_load converts each block as it arrives (block 0 first)
         seen.setdefault("w", block.state_dict()["ffn.2.weight"].float().clone())
         return block
 
-    monkeypatch.setattr(mtlib.fp8, "fp8_block", fake_fp8)
-    monkeypatch.setattr(mtlib.runopts, "effective_precision", lambda device, precision: precision)
+    monkeypatch.setattr(mtlib.accel.fp8, "fp8_block", fake_fp8)
+    monkeypatch.setattr(mtlib.accel.options, "effective_precision", lambda device, precision: precision)
     base = generation.load_models(
         load_config("tiny", {"model.device": "cpu"}), precision="reference"
     )

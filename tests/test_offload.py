@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from mtlib.bench import DitShape, denoise_step, dit_inputs, random_init_
+from mtlib.accel.bench import DitShape, denoise_step, dit_inputs, random_init_
 from mtlib.models.dit import CONFIGS, build_dit
 
 
 def test_offload_refuses_a_cpu_device():
-    from mtlib.offload import enable_block_offload
+    from mtlib.accel.offload import enable_block_offload
 
     model = build_dit(CONFIGS["tiny"], device="cpu")
     with pytest.raises(ValueError, match="block offload streams weights to a CUDA device, got cpu."):
@@ -17,7 +17,7 @@ def test_offload_refuses_a_cpu_device():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_offload_matches_resident_on_cuda():
-    from mtlib.offload import enable_block_offload
+    from mtlib.accel.offload import enable_block_offload
 
     cfg = CONFIGS["tiny"]
     model = build_dit(cfg, device="cpu")

@@ -1,4 +1,4 @@
-"""The reference's int8 checkpoints (optimum-quanto format) loaded by mtlib.quant without
+"""The reference's int8 checkpoints (optimum-quanto format) loaded by mtlib.accel.quant without
 optimum-quanto, against optimum-quanto itself (a dev dependency, used by this test only)."""
 
 import copy
@@ -9,12 +9,12 @@ import optimum.quanto as quanto
 import pytest
 import torch
 
-from mtlib.bench import DitShape, denoise_step, dit_inputs, random_init_
+from mtlib.accel.bench import DitShape, denoise_step, dit_inputs, random_init_
+from mtlib.accel.dit_load import load_run_dit
+from mtlib.accel.options import resolve_dit_options
+from mtlib.accel.quant import QuantError, QuantLinear
 from mtlib.config import load_config
-from mtlib.dit_load import load_run_dit
 from mtlib.models.dit import CONFIGS, build_dit
-from mtlib.quant import QuantError, QuantLinear
-from mtlib.runopts import resolve_dit_options
 
 
 def _quantised_files(tmp_path, model, dtype=torch.float32):

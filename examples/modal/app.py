@@ -52,7 +52,7 @@ def gpu_overrides(total_bytes: int | None) -> list[str]:
     """Config overrides for a GPU with `total_bytes` of memory (None: no GPU, nothing to set).
 
     >= 80 GB (H100, A100-80GB, H200): everything resident. Smaller (A100-40GB, L40S): the DiT's
-    blocks stream from pinned host memory (`model.offload`, mtlib.offload), keeping resident
+    blocks stream from pinned host memory (`model.offload`, mtlib.accel.offload), keeping resident
     about what fits beside the other networks and the activations of a 480p clip (~30 GB),
     2 bytes per bf16 parameter.
     """

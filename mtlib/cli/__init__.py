@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("mtlib.generation", "generate a talking video (mp4 with sound)"),
     "compare": ("mtlib.compare", "compare two traces / run directories tensor by tensor"),
     "setup": ("mtlib.cli.setup", "download, lay out and verify the checkpoints"),
-    "bench": ("mtlib.bench", "GPU benchmark of the real-size model with random weights"),
+    "bench": ("mtlib.cli.bench", "GPU benchmark of the real-size model with random weights"),
     "finish": ("mtlib.cli.finish", "write the mp4 of a run whose frames were kept (.rescue)"),
     "batch": ("mtlib.cli.batch", "run a jobs file (local / https / s3 inputs) into a folder or S3"),
     "config": ("mtlib.cli.config", "make a run config (from-official: from a generate_multitalk.py command)"),

@@ -1,7 +1,7 @@
 """model.weights.random: the real-size encoders and VAE with random weights, no download.
 
 For speed runs and for executing the notebooks on a GPU with the real configuration where no
-checkpoints are downloaded. The DiT comes from mtlib.dit_load (random source); this module
+checkpoints are downloaded. The DiT comes from mtlib.accel.dit_load (random source); this module
 builds the other four networks on the meta device and materialises them directly on the
 run's device with random values (`random_init_`), in the precisions the checkpoint
 loaders would give them. Tokenizer: mtlib's stand-in (ids from a hash of the text).

@@ -1,7 +1,7 @@
 """`mtlib setup` for the fast path: the recipes' LoRA files and the reference's int8 checkpoints.
 
 `find_quant_files(multitalk_dir)` recognises MeiGen's quant_models/ (optimum-quanto format,
-see mtlib.quant) from headers only: each checkpoint is paired with its map, the map's modules
+see mtlib.accel.quant) from headers only: each checkpoint is paired with its map, the map's modules
 are checked against the checkpoint's `<m>.weight._data` / `._scale` keys, and the data dtype is
 named. `download_lora(recipe, root)` fetches a recipe's LoRA from the repo the README links
 (mtlib.weights.recipes), or says that mtlib cannot know where it is published.

@@ -5,7 +5,7 @@ loader builds, and what the run record keeps.
 offload, weights.quant, weights.random, loras} into one `DiTOptions`: the effective choice of
 each (e.g. attention "auto" -> "triton-fp8" under precision fp8 at real size), plus a
 per-weight-group precision table (`weight_precisions`) and one line for the plan. The loader
-(mtlib.dit_load) reads only this object, so the plan and the run cannot disagree.
+(mtlib.accel.dit_load) reads only this object, so the plan and the run cannot disagree.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from mtlib.config import ConfigError
 
-# DiT head dims where the Triton kernels run (mtlib.kernels.attention.head_dim_ok): a power
+# DiT head dims where the Triton kernels run (mtlib.accel.kernels.attention.head_dim_ok): a power
 # of two in 16..256 (bf16) / 32..256 (fp8). The real model's is 128, the tiny one's 16.
 _HEAD_DIMS = {"multitalk-14b": 128, "tiny": 16}
 

@@ -8,7 +8,7 @@ The 14B DiT is 65 GB in fp32 shards. Loading it through a host copy needs that m
       -> copy to the GPU -> cast there to the run dtype -> assign into the meta model
     per block: LoRA deltas, then fp8 conversion (precision fp8) on the GPU; with block
       offload, a streamed block is then parked in one pinned host buffer of its exact size
-    offload (mtlib.offload), attention kernel, RoPE dtype, compile: from the options
+    offload (mtlib.accel.offload), attention kernel, RoPE dtype, compile: from the options
 
 Host memory: resident mode = the staging buffer (the largest tensor, 283 MB in fp32);
 offload mode = the streamed blocks in their run precision (bf16: 37 GB, int8/fp8: ~19 GB)
@@ -192,7 +192,7 @@ def park_on_host(block: nn.Module) -> int:
             m._buffers[n] = host
         off += size
     block._host_buffer = buf  # keep the registration alive with the block
-    block._parked = True  # mtlib.offload streams these tensors as they are (no second pinned copy)
+    block._parked = True  # mtlib.accel.offload streams these tensors as they are (no second pinned copy)
     return off
 
 
@@ -233,7 +233,7 @@ def load_run_dit(
     seed: int = 0,
     progress: bool = False,
 ):
-    """The DiT of a run, built as `opts` (mtlib.runopts.DiTOptions) says, every tensor going
+    """The DiT of a run, built as `opts` (mtlib.accel.options.DiTOptions) says, every tensor going
     from its file (or the random source) straight to its final place (see module doc).
 
     files: Wan shards then multitalk.safetensors (ignored with `quant`); quant: (int8
@@ -241,8 +241,8 @@ def load_run_dit(
     the device before fp8 conversion and parking, and once as block_hook(None, model) after
     the non-block weights (LoRA merging)."""
     from mtlib.accel.compile import compile_blocks, set_attention_kernel
+    from mtlib.accel.quant import checkpoint_key, ignored_file_keys, quantize_modules, read_map
     from mtlib.models.dit import build_dit, check_checkpoint_keys
-    from mtlib.quant import checkpoint_key, ignored_file_keys, quantize_modules, read_map
 
     device = torch.device(device)
     dtype = _run_dtype(opts.precision)
@@ -289,7 +289,7 @@ def load_run_dit(
         if block_hook is not None:
             block_hook(i, block)
         if opts.precision == "fp8":
-            from mtlib.fp8 import fp8_block
+            from mtlib.accel.fp8 import fp8_block
 
             fp8_block(block)
         if i in streamed:
@@ -298,7 +298,7 @@ def load_run_dit(
     source._staging = None
     model.eval().requires_grad_(False)
     if offload:
-        from mtlib.offload import enable_block_offload
+        from mtlib.accel.offload import enable_block_offload
 
         enable_block_offload(model, device, streamed=sorted(streamed))
     set_attention_kernel(model, opts.attention, device=device)

@@ -13,7 +13,7 @@ Results are bit-identical to the resident model (the same kernels see the same w
 
 A run config asks for it with `model.offload: {mode: blocks, resident_params: N}`: the first
 blocks stay on the GPU while the non-block weights plus theirs fit in N parameters (the
-reference's --num_persistent_param_in_dit), the rest stream (mtlib.dit_load builds that).
+reference's --num_persistent_param_in_dit), the rest stream (mtlib.accel.dit_load builds that).
 
 Memory on the GPU: non-block weights (~0.8 GB) + 2 block slots (~1.9 GB) + activations.
 Transfer per pass: ~37 GB host-to-device, hidden behind compute when the host link does
@@ -87,7 +87,7 @@ def enable_block_offload(model: nn.Module, device: torch.device | str = "cuda", 
                          streamed: list[int] | None = None) -> nn.Module:  # fmt: skip
     """Stream `model.blocks` (those listed in `streamed`, default all) from pinned host memory
     per block (see module doc); every other block and submodule moves to `device`. Blocks
-    already parked in pinned memory (mtlib.dit_load) stay where they are. Returns the model."""
+    already parked in pinned memory (mtlib.accel.dit_load) stay where they are. Returns the model."""
     device = torch.device(device)
     if device.type != "cuda":
         raise ValueError(f"block offload streams weights to a CUDA device, got {device}.")

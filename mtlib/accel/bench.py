@@ -1,4 +1,4 @@
-"""`mtlib bench`: real-size MultiTalk networks with random weights on a GPU.
+"""The GPU benchmark of `mtlib bench`: real-size MultiTalk networks with random weights on a GPU.
 
 Speed does not depend on the weights' values, so the benchmark builds the real 14B DiT and
 the real VAE on the meta device, materialises them directly on the GPU with random bf16 (DiT)
@@ -138,7 +138,7 @@ def bench_dit(shape: DitShape, steps: int = 2, config: str = "multitalk-14b", of
     t0 = time.perf_counter()
     model = build_dit(cfg, device="meta", dtype=torch.bfloat16)
     if offload:
-        from mtlib.offload import enable_block_offload
+        from mtlib.accel.offload import enable_block_offload
 
         model.to_empty(device="cpu")  # uninitialised host memory: fast
         # values do not matter for speed: initialise one block on the GPU and copy it into
@@ -157,7 +157,7 @@ def bench_dit(shape: DitShape, steps: int = 2, config: str = "multitalk-14b", of
         random_init_(model)
     model.eval().requires_grad_(False)
     if fp8:
-        from mtlib.fp8 import enable_fp8
+        from mtlib.accel.fp8 import enable_fp8
 
         enable_fp8(model)
     if attn != "sdpa":
@@ -246,13 +246,13 @@ def bench_deviation(shape: DitShape, config: str = "multitalk-14b", layers: int 
         plain = denoise_step(model, inp16)
         compile_blocks(model, rope_fp32=True)
         fast = denoise_step(model, inp16)
-        from mtlib.kernels.attention import available
+        from mtlib.accel.kernels.attention import available
 
         triton_ok = available(dev)
         if triton_ok:
             set_attention_kernel(model, "triton")
             fast_triton = denoise_step(model, inp16)
-        from mtlib.fp8 import enable_fp8
+        from mtlib.accel.fp8 import enable_fp8
 
         set_attention_kernel(model, "sdpa")
         enable_fp8(model)
@@ -271,66 +271,6 @@ def bench_deviation(shape: DitShape, config: str = "multitalk-14b", layers: int 
                     "fp8_attn_vs_fp32": metrics(fp8_attn, exact), "fp8_attn_vs_plain": metrics(fp8_attn, plain),
                     "triton_passed": tri_err["rel_l2"] <= 1.1 * plain_err["rel_l2"] + 1e-4})
     return rec
-
-
-def bench_clip(shape: DitShape, steps: int = 40, config: str = "multitalk-14b", device: str = "cuda",
-               fp8: bool = False) -> dict:
-    """One whole clip through mtlib.pipeline.generate at real size with random weights: umT5
-    (bf16) on prompt + negative prompt, CLIP (fp16), VAE encode, `steps` denoising steps of 3
-    compiled DiT passes, VAE decode, colour correction. Wall time per stage and in total.
-    fp8: the DiT's block linears and self-attention in fp8 (precision "fp8")."""
-    import torch
-
-    from mtlib.accel.compile import compile_blocks
-    from mtlib.models import clip as clip_mod
-    from mtlib.models import t5 as t5_mod
-    from mtlib.models import vae as vae_mod
-    from mtlib.models.dit import CONFIGS, build_dit
-    from mtlib.pipeline import GenerationSettings, Models, generate
-
-    dev = torch.device(device)
-    cuda = dev.type == "cuda"
-
-    def materialise(module, dtype):
-        module = module.to(dtype) if dtype != torch.float32 else module
-        module.to_empty(device=dev)
-        random_init_(module)
-        return module.eval().requires_grad_(False)
-
-    t0 = time.perf_counter()
-    with torch.device("meta"):
-        t5 = t5_mod.T5Encoder(config)
-        clip = clip_mod.XLMRobertaCLIP(config, with_text_tower=False)
-        vae = vae_mod.CausalVAE(vae_mod.CONFIGS[config])
-    t5 = materialise(t5, torch.bfloat16 if cuda else torch.float32)
-    clip = materialise(clip, torch.float32)
-    if cuda:
-        clip.set_precision("reference")
-    vae = materialise(vae, torch.float32)
-    dit = materialise(build_dit(CONFIGS[config], device="meta"), torch.bfloat16 if cuda else torch.float32)
-    if fp8:
-        from mtlib.fp8 import enable_fp8_dit
-
-        enable_fp8_dit(dit, dev)
-    if cuda:
-        compile_blocks(dit, rope_fp32=True)
-    build_s = time.perf_counter() - t0
-    text = t5_mod.T5TextEncoder(t5, t5_mod.StandInTokenizer(t5.config.vocab_size))
-    g = torch.Generator("cpu").manual_seed(0)
-    cond = (torch.rand(1, 3, 1, shape.height, shape.width, generator=g) * 2 - 1)
-    dcfg = dit.config
-    audio = [torch.randn(shape.frames + 10, dcfg.audio_layers, dcfg.audio_width, generator=g)]
-    masks = torch.ones(3, shape.height // 8, shape.width // 8)
-    settings = GenerationSettings(frame_num=shape.frames, sampling_steps=steps, progress=False)
-    with torch.inference_mode(), attention_backend("cudnn" if cuda else "default"):
-        t_text, (context, context_null) = _timed_any(cuda, lambda: text(["a person talks", t5_mod.DEFAULT_NEGATIVE_PROMPT]))
-        t_gen, result = _timed_any(cuda, lambda: generate(
-            Models(dit, vae, clip), cond, audio, context.to(torch.bfloat16 if cuda else torch.float32),
-            context_null.to(torch.bfloat16 if cuda else torch.float32), masks, settings))
-    return {"steps": steps, "frames": shape.frames, "size": [shape.height, shape.width],
-            "build_s": round(build_s, 1), "text_encoder_s": round(t_text, 2),
-            "generate_s": round(t_gen, 1), "total_s": round(t_text + t_gen, 1),
-            "total_min": round((t_text + t_gen) / 60, 2), "video": list(result.video.shape), "fp8": fp8}
 
 
 def _timed_any(cuda: bool, fn):
@@ -368,51 +308,3 @@ def bench_vae(frames: int = 81, height: int = 448, width: int = 896, config: str
             "encode_s": round(enc_s, 3), "decode_s": round(dec_s, 3),
             "encode_peak_gb": round(enc_peak, 2), "decode_peak_gb": round(dec_peak, 2),
             "output": list(out.shape)}
-
-
-def add_arguments_bench(parser) -> None:
-    parser.add_argument("--what", default="dit,vae", help="comma list of: dit, dit-compiled, dit-offload, dit-offload-compiled, dit-fp8-compiled, deviation, vae, clip, clip-fp8 (whole clip, --steps steps)")
-    parser.add_argument("--frames", type=int, default=81)
-    parser.add_argument("--size", default="448x896", help="HxW in pixels (a bucket size)")
-    parser.add_argument("--persons", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=2, help="timed denoising steps after one warm-up")
-    parser.add_argument("--config", default="multitalk-14b")
-    parser.add_argument("--sdpa", default="cudnn", choices=["default", "cudnn"], help="SDPA backend preference")
-    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "triton", "triton-fp8"],
-                        help="DiT self-attention kernel (triton*: mtlib.kernels, needs Triton)")
-    parser.add_argument("--json", help="write the result record here")
-
-
-def run_bench(args) -> int:
-    import torch
-
-    if not torch.cuda.is_available():
-        print("mtlib bench: needs a CUDA GPU (the real 14B model does not fit a CPU benchmark).")
-        return 2
-    h, w = (int(v) for v in args.size.lower().split("x"))
-    shape = DitShape(args.frames, h, w, args.persons)
-    rec = BenchResult(torch.cuda.get_device_name(), torch.__version__, args.config, asdict(shape))
-    for what in [s.strip() for s in args.what.split(",") if s.strip()]:
-        if what == "vae":
-            rec.results[what] = bench_vae(args.frames, h, w, args.config)
-        elif what in ("clip", "clip-fp8"):
-            rec.results[what] = bench_clip(shape, args.steps, args.config, fp8=what == "clip-fp8")
-        elif what == "deviation":
-            rec.results[what] = bench_deviation(shape, args.config)
-        elif what in ("dit", "dit-offload", "dit-compiled", "dit-offload-compiled", "dit-fp8-compiled"):
-            key = what if args.sdpa == "cudnn" else f"{what}-sdpa-{args.sdpa}"
-            key = key if args.attn == "sdpa" else f"{key}-attn-{args.attn}"
-            rec.results[key] = bench_dit(shape, args.steps, args.config, offload="offload" in what,
-                                         compile_blocks="compiled" in what, backend=args.sdpa,
-                                         fp8="fp8" in what, attn=args.attn)
-            what = key
-        else:
-            print(f"mtlib bench: unknown --what entry {what!r}")
-            return 2
-        print(what, json.dumps(rec.results[what]), flush=True)
-        torch.cuda.empty_cache()  # between benchmarks, never inside a loop
-    if args.json:  # a local path or an fsspec URL (s3://...), complete or not at all
-        from mtlib.io import atomic_write_url
-
-        atomic_write_url(args.json, rec.to_json())
-    return 0
