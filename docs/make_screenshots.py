@@ -50,9 +50,9 @@ def demo_run(base: Path) -> Path:
 
     sys.path.insert(0, str(ROOT))
     from mtlib import trace
-    from mtlib.audio import load_audio
-    from mtlib.image import prepare_image
-    from mtlib.video import write_mp4
+    from mtlib.media.audio import load_audio
+    from mtlib.media.image import prepare_image
+    from mtlib.media.video import write_mp4
 
     run = base / "runs" / "demo-synthetic"
     run.mkdir(parents=True)

@@ -3,7 +3,7 @@
 The reference picks a target size (H, W) for the conditioning image from a table keyed by
 the ratio h/w: the key closest to src_h/src_w wins (ties: the earlier key in table order).
 The image is then resized to cover (H, W) and centre-cropped. This module is metadata only
-(no pixels), so the shape plan can use it in microseconds; `mtlib.image` does the pixels.
+(no pixels), so the shape plan can use it in microseconds; `mtlib.media.image` does the pixels.
 
 Tables are configuration: "official" holds the reference's ASPECT_RATIO_627 (multitalk-480)
 and ASPECT_RATIO_960 (multitalk-720); "tiny" holds the small tables the golden end-to-end

@@ -121,7 +121,7 @@ def prepare_run(
     invalid, shapes.PlanError / InputError for unreadable inputs, ConfigError for bad values.
     """
     from mtlib.accel.options import resolve_dit_options
-    from mtlib.image import _check_bbox
+    from mtlib.media.image import _check_bbox
     from mtlib.pipeline import GenerationSettings
     from mtlib.weights.recipes import check_recipe
 
@@ -392,7 +392,7 @@ class PreprocessedInputs:
     """Everything generate() takes from the user's files, plus what the notebook plots."""
 
     cond_image: torch.Tensor  # [1, 3, 1, H, W] in [-1, 1]
-    prepared_image: Any  # mtlib.image.PreparedImage (crop, bucket, geometry)
+    prepared_image: Any  # mtlib.media.image.PreparedImage (crop, bucket, geometry)
     ref_target_masks: torch.Tensor  # [3, H/8, W/8] person 1, person 2, background
     audio_embs: list  # per person [L_a, layers, width] (after the planned padding)
     raw_waveforms: list  # per input file: 16 kHz waveform before loudness normalisation
@@ -404,7 +404,7 @@ class PreprocessedInputs:
 
     def describe(self) -> str:
         """A few lines for notebooks: image geometry, loudness, padding, embedding shapes."""
-        from mtlib.audio import AudioInputError, integrated_loudness
+        from mtlib.media.audio import AudioInputError, integrated_loudness
 
         g = self.prepared_image.geometry
         H, W = self.prepared_image.target_hw
@@ -462,8 +462,8 @@ def preprocess_inputs(
     """
     import numpy as np
 
-    from mtlib import audio as audio_mod
-    from mtlib import image as image_mod
+    from mtlib.media import audio as audio_mod
+    from mtlib.media import image as image_mod
 
     cfg = run.config
     cache = embedding_cache_dir() if cache_dir == "default" else cache_dir
@@ -666,10 +666,10 @@ def generate_video(
     process runs it as one rank. Every rank plans, checks and loads (one failure stops all),
     the DiT splits its tokens over the ranks, and only rank 0 writes the video and the trace."""
     from mtlib import parallel
+    from mtlib.media.video import write_mp4
     from mtlib.models.t5 import DEFAULT_NEGATIVE_PROMPT
     from mtlib.pipeline import Models, encode_prompts, generate
     from mtlib.reference.noise import noise_source
-    from mtlib.video import write_mp4
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}

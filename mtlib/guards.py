@@ -29,7 +29,7 @@ from mtlib.io import OutputError, _fs_and_path, is_output_url
 if TYPE_CHECKING:
     import torch
 
-VIDEO_SUFFIXES = (".mp4",)  # what mtlib.video.write_mp4 writes (H.264 + AAC in MP4)
+VIDEO_SUFFIXES = (".mp4",)  # what mtlib.media.video.write_mp4 writes (H.264 + AAC in MP4)
 TRAINED_FRAMES = 81  # frames per clip MultiTalk was trained on
 MAX_RECOMMENDED_FRAMES = 201  # the reference's advice for one clip
 CUT_TOLERANCE_FRAMES = 4  # 4n+1 snapping alone may drop up to 3 frames: not worth a warning
@@ -266,9 +266,9 @@ def check_bbox_persons(cfg: Any, persons: int) -> None:
 def check_audio_complete(files: list[str]) -> None:
     """Compressed audio (mp3, m4a ...) whose header promises more than decodes: truncated.
     Decoding is cheap next to a run; the plan itself reads headers only."""
-    from mtlib import audio as audio_mod
-    from mtlib.audio import AudioInputError
-    from mtlib.probe import probe_audio
+    from mtlib.media import audio as audio_mod
+    from mtlib.media.audio import AudioInputError
+    from mtlib.media.probe import probe_audio
 
     for i, f in enumerate(files):
         info = probe_audio(f)
@@ -305,7 +305,7 @@ def save_rescue(video: torch.Tensor, soundtrack: Any, fps: int, meta: dict, out:
     from safetensors.torch import save_file
 
     from mtlib.io import atomic_path
-    from mtlib.video import to_uint8_frames
+    from mtlib.media.video import to_uint8_frames
 
     frames = torch.from_numpy(np.ascontiguousarray(to_uint8_frames(video)))  # [N, H, W, 3]
     sound = torch.from_numpy(np.ascontiguousarray(soundtrack, dtype=np.float32))

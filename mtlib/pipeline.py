@@ -1,6 +1,6 @@
 """generate(): the MultiTalk clip / streaming loop around the networks.
 
-Where it sits: the preprocessing (mtlib.audio, mtlib.image) has produced the conditioning
+Where it sits: the preprocessing (mtlib.media.audio, mtlib.media.image) has produced the conditioning
 image [1, 3, 1, H, W], one wav2vec2 embedding [L_a, layers, width] per person, the person masks
 on the latent grid and the trimmed T5 contexts. `generate` turns them into the video
 [3, N, H, W] in [-1, 1], following `MultiTalkPipeline.generate` of the reference step by step
@@ -30,9 +30,10 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from mtlib import finite, frames, sampling, trace
-from mtlib.color import match_and_blend_colors
+from mtlib import finite, frames, trace
 from mtlib.io import InputError
+from mtlib.run import sampling
+from mtlib.run.color import match_and_blend_colors
 from mtlib.spec import SPECS
 
 VAE_STRIDE = SPECS["multitalk-14b"].vae_stride  # pixel frames / rows / columns per latent cell
@@ -256,7 +257,7 @@ def check_inputs(
     sampling.check_frame_num(s.frame_num)
     if cond_image.ndim != 5 or cond_image.shape[:3] != (1, 3, 1):
         raise InputError(
-            f"cond_image must be [1, 3, 1, H, W] in [-1, 1] (mtlib.image output), got "
+            f"cond_image must be [1, 3, 1, H, W] in [-1, 1] (mtlib.media.image output), got "
             f"{list(cond_image.shape)}."
         )
     H, W = cond_image.shape[-2:]

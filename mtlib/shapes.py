@@ -17,7 +17,7 @@ Frame / audio arithmetic comes from mtlib.frames, model geometry and dtypes from
 Policies (config.generation): frame_num 'auto' | int, short_audio 'pad' | 'snap' | 'error'.
 
 Where it sits: pipeline.generate() calls plan() first and refuses an invalid plan
-(`ShapePlan.raise_if_invalid()`); mtlib.audio pads each waveform to `pad_to_samples`;
+(`ShapePlan.raise_if_invalid()`); mtlib.media.audio pads each waveform to `pad_to_samples`;
 notebooks/02_shape_inspection.ipynb renders it with `plan_table`, `explain` and
 `plot_frame_grouping`; mtlib.shapecheck runs the engine and compares every recorded shape
 with the plan (tests/test_plan_live.py).
@@ -119,7 +119,7 @@ class PlanInputs:
     @classmethod
     def from_files(cls, image: str | None, audio: list[str] | tuple[str, ...] | str, **kw: Any) -> PlanInputs:
         """From file headers (local paths or URLs); no pixels or samples are decoded."""
-        from mtlib.probe import probe_audio, probe_image
+        from mtlib.media.probe import probe_audio, probe_image
 
         if isinstance(audio, str):
             audio = [audio]

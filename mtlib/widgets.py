@@ -352,13 +352,13 @@ def _plan_state(config: Any, image_size, audio_seconds, frame_num, motion_frame,
         image_size = cfg.inputs.image
     if isinstance(image_size, str | os.PathLike):
         from mtlib.io import is_remote, resolve_local
-        from mtlib.probe import probe_image
+        from mtlib.media.probe import probe_image
 
         src = str(image_size) if is_remote(image_size) else str(resolve_local(image_size))
         info = probe_image(src)
         image_size = (info.width, info.height)
     if audio_seconds is None:
-        from mtlib.probe import probe_audio
+        from mtlib.media.probe import probe_audio
 
         files = _audio_list(audio) or list(cfg.inputs.audio)
         audio_seconds = [probe_audio(_local(a)).samples_16k / SAMPLE_RATE for a in files]
@@ -554,8 +554,8 @@ def render_preprocessing(state: dict) -> RenderedView:
     and the wav2vec2 embedding heatmap when an encoder was given."""
     import numpy as np
 
-    from mtlib import audio as A
-    from mtlib import image as I
+    from mtlib.media import audio as A
+    from mtlib.media import image as I
 
     image = state["image"]
     tracks_in = [a for a in (state["audio"], state.get("audio_b", "")) if a]
@@ -774,7 +774,7 @@ def render_video(state: dict) -> RenderedView:
     when a trace with full latents is present, and the player with sound."""
     import numpy as np
 
-    from mtlib.video import read_mp4
+    from mtlib.media.video import read_mp4
 
     mp4 = state["_mp4"]
     frames = state.get("_frames")
@@ -844,7 +844,7 @@ def video_view(source: str | os.PathLike, trace_dir: str | os.PathLike | None = 
             state["_trace_note"] = (f"trace {tdir}: no full '{point}' latents (record them with "
                                     f"trace.full: ['e2e.*.{point}'] or level full)")
     # decode once so the sliders know their ranges
-    from mtlib.video import read_mp4
+    from mtlib.media.video import read_mp4
 
     state["_frames"], _a, state["_info"] = read_mp4(mp4)
 

@@ -10,8 +10,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from mtlib import audio, trace
+from mtlib import trace
 from mtlib.io import InputError
+from mtlib.media import audio
 from mtlib.models.wav2vec import Wav2VecGeometry, load_wav2vec
 from tests.golden import SINGLE_STAGE_TOL, assert_close, get_case, golden_cases
 

@@ -21,7 +21,7 @@ import yaml
 
 from mtlib import cli
 from mtlib.batch import ModelCache, run_batch, storage
-from mtlib.video import read_mp4
+from mtlib.media.video import read_mp4
 from tests import s3_server
 
 ROOT = Path(__file__).resolve().parent.parent

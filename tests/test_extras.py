@@ -16,7 +16,7 @@ def test_core_modules_import_no_optional_package():
     code = (
         "import sys\n"
         "import mtlib.cli, mtlib.shapes, mtlib.generation, mtlib.compare, mtlib.weights, "
-        "mtlib.audio, mtlib.image, mtlib.video, mtlib.runner, mtlib.widgets\n"
+        "mtlib.media.audio, mtlib.media.image, mtlib.media.video, mtlib.runner, mtlib.widgets\n"
         f"print(sorted(m for m in {OPTIONAL!r} if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

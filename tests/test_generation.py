@@ -13,8 +13,8 @@ import torch
 from mtlib import cli, generation
 from mtlib.config import load_config
 from mtlib.generation import PlanError, generate_video, load_models, prepare_run
+from mtlib.media.video import read_mp4
 from mtlib.trace import load_trace
-from mtlib.video import read_mp4
 
 FRAME_43_MESSAGE = "RuntimeError: shape '[1, 11, 4, 6, 12]' is invalid for input of size 3312"
 

@@ -20,7 +20,7 @@ import torch
 from mtlib import trace
 from mtlib.buckets import table_from_json
 from mtlib.generation import DiTCall, PromptEncoder
-from mtlib.image import prepare_image, ref_target_masks
+from mtlib.media.image import prepare_image, ref_target_masks
 from mtlib.models.clip import CLIPConfig, load_clip
 from mtlib.models.dit import DiTConfig, load_dit
 from mtlib.models.t5 import (

@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mtlib import buckets, image, trace
+from mtlib import buckets, trace
 from mtlib.io import InputError
+from mtlib.media import image
 from tests import versions
 from tests.golden import get_case, golden_cases
 

@@ -12,7 +12,7 @@ import soundfile as sf
 from PIL import Image
 
 from mtlib.cli import main
-from mtlib.probe import probe_audio, probe_image
+from mtlib.media.probe import probe_audio, probe_image
 
 USER_ERROR = "RuntimeError: shape '[1, 11, 4, 56, 112]' is invalid for input of size 288512"
 

@@ -273,7 +273,7 @@ def test_engine_accepts_exactly_the_plan_hypothesis(tmp_path_factory, tiny_model
         (dict(seconds=[1.0], frame_num=11), "invalid:frame_num_4n_plus_1"),
         (dict(seconds=[1.0], frame_num=13, mode="streaming", motion=13), "invalid:motion_frame_below_frame_num"),
         (dict(seconds=[1.0], frame_num=13, mode="streaming", motion=6), "permissive:motion_frame_4n_plus_1"),
-        # unequal 'para' tracks: refused by the plan and by mtlib.audio.combine_speakers alike
+        # unequal 'para' tracks: refused by the plan and by mtlib.media.audio.combine_speakers alike
         (dict(seconds=[0.8, 0.9], frame_num=13), "invalid:para_equal_length"),
         (dict(seconds=[0.8, 0.9], frame_num=13, audio_type="add", mode="streaming", motion=5), "valid"),
     ],

@@ -21,7 +21,7 @@ import torch
 from mtlib import cli, finite, generation, guards, shapes
 from mtlib.config import ConfigError, load_config
 from mtlib.io import OutputError, atomic_write_url, open_output
-from mtlib.video import read_mp4
+from mtlib.media.video import read_mp4
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -375,7 +375,7 @@ def test_finite_checks_on_tensors():
 def test_write_failure_after_compute_keeps_the_frames_and_finish_writes_them(
     tmp_path, monkeypatch, capsys
 ):
-    from mtlib.video import write_mp4
+    from mtlib.media.video import write_mp4
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "gone").write_text("a file where the output folder was")

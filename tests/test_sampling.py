@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtlib import sampling
-from mtlib.color import match_and_blend_colors
+from mtlib.run import sampling
+from mtlib.run.color import match_and_blend_colors
 from tests.golden import (
     E2E_TOL,
     assert_close,

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from mtlib.buckets import bucket_table, choose_bucket
 from mtlib.config import load_config
-from mtlib.probe import probe_audio, probe_image
+from mtlib.media.probe import probe_audio, probe_image
 from mtlib.shapes import (
     MODEL_SIZES,
     PlanError,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mtlib.io import InputError
-from mtlib.video import frame_strip, read_mp4, to_uint8_frames, write_mp4
+from mtlib.media.video import frame_strip, read_mp4, to_uint8_frames, write_mp4
 
 SR = 16000
 

@@ -233,7 +233,7 @@ def _write_run(tmp_path, steps=3):
     import torch
     from safetensors.torch import save_file
 
-    from mtlib.video import write_mp4
+    from mtlib.media.video import write_mp4
 
     run = tmp_path / "run"
     frames = np.stack([np.full((32, 16, 3), 20 * i, np.uint8) for i in range(9)])

@@ -266,8 +266,8 @@ class _Batch:
         import papermill as pm
 
         from mtlib.io import project_root
+        from mtlib.media.video import read_mp4
         from mtlib.runner import resolve_kernel
-        from mtlib.video import read_mp4
 
         nb = project_root() / "notebooks" / f"{NOTEBOOK}.ipynb"
         local_cfg = outdir.parent / "config.local.yaml"  # the staged paths, for the kernel

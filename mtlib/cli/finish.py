@@ -26,7 +26,7 @@ def run_finish(args: argparse.Namespace) -> int:
     from mtlib import guards
     from mtlib.frames import SAMPLE_RATE, VIDEO_FPS
     from mtlib.io import InputError, open_output
-    from mtlib.video import write_mp4
+    from mtlib.media.video import write_mp4
 
     try:
         with safe_open(args.rescue, framework="np") as f:

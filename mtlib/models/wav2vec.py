@@ -1,6 +1,6 @@
 """wav2vec2 speech encoder (chinese-wav2vec2-base) with MultiTalk's modified forward.
 
-Where it sits: `mtlib.audio.embed_audio` calls `AudioEncoder.embed(waveform)` to turn a
+Where it sits: `mtlib.media.audio.embed_audio` calls `AudioEncoder.embed(waveform)` to turn a
 16 kHz waveform into `audio_embedding` [T, layers, hidden] at 25 frames per second, which
 the DiT's audio adapter (AudioProjModel) windows and projects.
 

@@ -1,6 +1,6 @@
 """Reference image -> conditioning pixels, and the person masks built on the same geometry.
 
-Where it sits: first stage of the flow, beside `mtlib.audio`. `load_image` reads any
+Where it sits: first stage of the flow, beside `mtlib.media.audio`. `load_image` reads any
 Pillow-readable file (local, https://, s3://) into RGB; `prepare_image` picks the size
 bucket (`mtlib.buckets`), resizes with PIL BILINEAR to cover it, centre-crops and
 normalises to the `cond_image` [1, 3, 1, H, W] float32 in [-1, 1] that CLIP and the VAE

@@ -136,7 +136,7 @@ def probe_image(src: str | os.PathLike) -> ImageInfo:
             ) from None
     if w <= 0 or h <= 0:
         raise InputError(f"image {src!r}: empty image ({w}x{h}).")
-    from mtlib.image import check_pixel_count
+    from mtlib.media.image import check_pixel_count
 
     check_pixel_count(w, h, "image", src)
     dw, dh = (h, w) if orientation in _SWAPPING_ORIENTATIONS else (w, h)
@@ -144,7 +144,7 @@ def probe_image(src: str | os.PathLike) -> ImageInfo:
 
 
 def _header_size(src: str) -> tuple[int, int]:
-    """(width, height) from the header with Pillow's bomb check off: mtlib.image's guard decides."""
+    """(width, height) from the header with Pillow's bomb check off: mtlib.media.image's guard decides."""
     from PIL import Image
 
     limit = Image.MAX_IMAGE_PIXELS
