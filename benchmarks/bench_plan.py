@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mtlib.config import load_config  # noqa: E402
-from mtlib.shapes import PlanInputs, plan  # noqa: E402
+from mtlib.plan import PlanInputs, plan  # noqa: E402
 
 CASES = {
     "tiny auto, 1.79 s": ("tiny", {}, PlanInputs.from_metadata((110, 80), [1.79])),

@@ -166,7 +166,7 @@ class GenerationConfig:
     teacache: bool = False
     teacache_thresh: float = field(default=0.2, metadata=_check(_non_negative))
     face_scale: float = field(default=0.05, metadata=_check(_unit_interval))
-    # 25 only: the one home of the rule (mtlib.guards is not needed: refused on load)
+    # 25 only: the one home of the rule (mtlib.plan.guards is not needed: refused on load)
     fps: int = field(default=25, metadata=_check(_fps_25))
     # Where the random draws come from (mtlib.reference.noise): cpu = one seeded CPU
     # generator in the reference's order; cuda = the reference's own draws on the CUDA

@@ -157,19 +157,19 @@ def prepare_run(
 
 def _guard_inputs(cfg: RunConfig, plan: shapes.ShapePlan) -> None:
     """What the header-only plan cannot see: a bbox for one speaker, truncated audio."""
-    from mtlib import guards
+    from mtlib.plan import guards
 
     guards.check_bbox_persons(cfg, plan.persons)
     guards.check_audio_complete(list(cfg.inputs.audio))
 
 
 def _guard_gpu_memory(plan: shapes.ShapePlan, device: str) -> None:
-    """Refuse a clip whose activations alone cannot fit the GPU (mtlib.guards.memory_refusal)."""
+    """Refuse a clip whose activations alone cannot fit the GPU (mtlib.plan.guards.memory_refusal)."""
     if not str(device).startswith("cuda"):
         return
     import torch
 
-    from mtlib import guards
+    from mtlib.plan import guards
 
     reason = guards.memory_refusal(plan, torch.cuda.get_device_properties(device).total_memory)
     if reason:
@@ -811,7 +811,7 @@ def generate_video(
 def _guard_outputs(run: PreparedRun, out, trace_dir) -> None:
     """Before loading anything: the mp4 and trace destinations are writable and have room;
     the notices of the run (random tiny model, ignored settings, cuts) go to stderr."""
-    from mtlib import guards
+    from mtlib.plan import guards
 
     H, W = run.target_hw
     need = guards.video_bytes_estimate(run.output_frames, H, W)
@@ -830,8 +830,8 @@ def run_warnings(plan: shapes.ShapePlan) -> list[str]:
 def _write_or_rescue(write_mp4, video, out, fps: int, soundtrack, meta: dict) -> Path:
     """Write the mp4 (a local path atomically, a URL through mtlib.io.open_output). What fails
     only now (disk full, folder gone, upload refused) keeps the frames for `mtlib finish`."""
-    from mtlib import guards
     from mtlib.io import OutputError, is_output_url, open_output
+    from mtlib.plan import guards
 
     try:
         if not is_output_url(out):

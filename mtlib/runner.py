@@ -214,7 +214,7 @@ def add_arguments_run(parser) -> None:
 def run_run(args) -> int:
     try:
         if args.runs_dir:  # refused up front (e.g. s3://): not after the first notebook ran
-            from mtlib.guards import check_output_dir
+            from mtlib.plan.guards import check_output_dir
 
             check_output_dir(args.runs_dir, "--runs-dir")
         result = run_notebooks(args.config, args.param, args.only, args.kernel, args.notebooks, args.runs_dir)

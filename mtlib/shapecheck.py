@@ -32,7 +32,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from mtlib import shapes, trace
+from mtlib import trace
+from mtlib.plan import ShapePlan
 
 # Observed points the plan leaves out on purpose: (glob, why). Anything else observed and not
 # planned fails the check.
@@ -197,7 +198,7 @@ class Row:
 
 @dataclass
 class LiveCheck:
-    plan: shapes.ShapePlan
+    plan: ShapePlan
     rows: list[Row] = field(default_factory=list)
     unplanned: list[str] = field(default_factory=list)  # observed, no plan entry, not by design
     by_design: list[tuple[str, str]] = field(default_factory=list)  # observed, left out on purpose
@@ -248,7 +249,7 @@ def _null_pass_shape(plan_name: str, shape: tuple[int, ...], persons: int) -> tu
     return shape
 
 
-def compare(plan: shapes.ShapePlan, rec: ShapeRecorder) -> LiveCheck:
+def compare(plan: ShapePlan, rec: ShapeRecorder) -> LiveCheck:
     """Every offer of `rec` against the plan (see the module docstring for the naming)."""
     check = LiveCheck(plan)
     used: set[str] = set()

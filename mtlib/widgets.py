@@ -344,7 +344,7 @@ def plan_fixes(p, state: dict | None = None) -> list[Fix]:
 
 def _plan_state(config: Any, image_size, audio_seconds, frame_num, motion_frame, mode, size,
                 buckets, short_audio, audio_type, audio=None) -> dict:
-    from mtlib.shapes import _config
+    from mtlib.plan.planner import _config
 
     cfg = _config(config)
     g = cfg.generation
@@ -387,7 +387,8 @@ def _plan_state(config: Any, image_size, audio_seconds, frame_num, motion_frame,
 def plan_of(state: dict):
     """The ShapePlan of a plan-view state (metadata only: well under a millisecond)."""
     from mtlib.config import load_config
-    from mtlib.shapes import PlanError, PlanInputs, _config, plan
+    from mtlib.plan import PlanError, PlanInputs, plan
+    from mtlib.plan.planner import _config
 
     base = _config(state["config"])
     overrides = {
@@ -420,7 +421,7 @@ _PLAN_CSS = (
 
 def render_plan(state: dict) -> RenderedView:
     """02: the shape plan table and its diagnosis, the violated rules highlighted."""
-    from mtlib.shapes import explain, plan_table, plot_frame_grouping
+    from mtlib.plan import explain, plan_table, plot_frame_grouping
 
     p = plan_of(state)
     fixes = plan_fixes(p, state)

@@ -7,7 +7,7 @@ import torch
 from mtlib.accel.options import resolve_dit_options
 from mtlib.config import ConfigError, load_config
 from mtlib.generation import prepare_run
-from mtlib.shapes import plan, plan_table
+from mtlib.plan import plan, plan_table
 from mtlib.weights.recipes import check_recipe
 
 

@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from mtlib import trace
-from mtlib.buckets import table_from_json
 from mtlib.generation import DiTCall, PromptEncoder
 from mtlib.media.image import prepare_image, ref_target_masks
 from mtlib.models.clip import CLIPConfig, load_clip
@@ -38,6 +37,7 @@ from mtlib.pipeline import (
     encode_prompts,
     generate,
 )
+from mtlib.plan.buckets import table_from_json
 from tests.golden import (
     E2E_TOL,
     assert_close,

@@ -15,12 +15,12 @@ import hashlib
 import pytest
 import torch
 
-from mtlib.buckets import bucket_table, table_from_json
 from mtlib.config import load_config
 from mtlib.generation import LoadedModels, generate_video
 from mtlib.media.video import read_mp4
 from mtlib.models.wav2vec import Wav2VecGeometry, load_wav2vec
 from mtlib.pipeline import InjectedNoise
+from mtlib.plan.buckets import bucket_table, table_from_json
 from tests.golden import (
     E2E_TOL,
     assert_close,

@@ -81,7 +81,7 @@ def test_golden_lora_merged_parameters(golden, case_name):
 @pytest.mark.parametrize("case_name", golden_lora_cases(), ids=str)
 def test_golden_lora_in_the_plan(golden, case_name):
     """The plan lists the file, its scale and the parameters it touches (from the header)."""
-    from mtlib.shapes import PlanInputs, plan, plan_table
+    from mtlib.plan import PlanInputs, plan, plan_table
 
     case = get_case(golden, case_name)
     spec = case_lora(case)

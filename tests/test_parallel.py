@@ -91,7 +91,7 @@ def test_token_shard_layout_pads_and_places_frames():
 
 
 def test_plan_reports_the_layout_per_rank():
-    from mtlib.shapes import plan, plan_table
+    from mtlib.plan import plan, plan_table
 
     p = plan(load_config("tiny", {"parallel.gpus": 4, "generation.frame_num": 9}))
     assert p.valid and p.seq_len == 54 and p.token_grid == (3, 6, 3)
@@ -108,7 +108,7 @@ def test_plan_reports_the_layout_per_rank():
 
 
 def test_plan_refuses_a_rank_count_that_does_not_divide_the_heads():
-    from mtlib.shapes import plan
+    from mtlib.plan import plan
 
     p = plan(load_config("tiny", {"parallel.gpus": 3, "generation.frame_num": 9}))
     assert not p.valid

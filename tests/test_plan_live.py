@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from mtlib import generation, shapecheck, shapes
+from mtlib import generation, shapecheck
 from mtlib.config import load_config
 from mtlib.io import project_root
 from mtlib.pipeline import GenerationSettings, Models, SeededNoise, encode_prompts, generate
+from mtlib.plan import PlanInputs, plan
 
 DATA = project_root() / "data"
 
@@ -103,7 +104,7 @@ def test_live_check_reports_a_wrong_plan(tiny_models):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run, rec, _ = shapecheck.observe(_cfg(), models=tiny_models)
-        other = shapes.plan(_cfg(**{"generation.frame_num": 29}))
+        other = plan(_cfg(**{"generation.frame_num": 29}))
     check = shapecheck.compare(other, rec)
     assert not check.passed
     bad = {r.plan_name for r in check.mismatches}
@@ -115,7 +116,7 @@ def test_live_check_reports_a_wrong_plan(tiny_models):
 
 def test_compare_rules_without_a_run():
     """Naming rules of compare(): #n for repeated offers, per-pass DiT shapes, unplanned points."""
-    p = shapes.plan(_cfg(**{
+    p = plan(_cfg(**{
         "inputs.image": str(DATA / "two_person_16x9.png"),
         "inputs.audio": [str(DATA / "speech_1p79s.wav"), str(DATA / "speech_b_1p79s.wav")],
     }))  # fmt: skip
@@ -209,7 +210,7 @@ def _check_accepts_exactly(tmp_path, models, width, height, seconds, frame_num, 
         "generation.short_audio": short_audio, "generation.color_correction_strength": 0.0,
         "generation.max_frames_num": 45,
     })  # fmt: skip
-    p = shapes.plan(cfg)
+    p = plan(cfg)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if p.valid:  # the run completes, every shape as planned, plan.output_frames frames
@@ -297,13 +298,13 @@ def test_frame_num_one_is_refused_by_plan_and_engine(tmp_path, tiny_models):
     cfg = _cfg(**{"inputs.image": str(img), "inputs.audio": [str(wavs[0])], "generation.frame_num": 1})
     with warnings.catch_warnings(), pytest.raises(RuntimeError, match="cannot reshape tensor of 0 elements"):
         warnings.simplefilter("ignore")
-        _engine(_bypass_run(cfg, shapes.plan(cfg)), tiny_models)
+        _engine(_bypass_run(cfg, plan(cfg)), tiny_models)
 
 
 def test_more_than_two_speakers_and_bad_sizes_fail_in_the_engine_too(tiny_models):
-    p = shapes.plan(_cfg(), shapes.PlanInputs.from_metadata((64, 48), [1.0, 1.0, 1.0]))
+    p = plan(_cfg(), PlanInputs.from_metadata((64, 48), [1.0, 1.0, 1.0]))
     assert [v.rule for v in p.violations] == ["persons_1_or_2"]
-    q = shapes.plan(_cfg(), shapes.PlanInputs.from_metadata(None, [1.0], target_size=(40, 56)))
+    q = plan(_cfg(), PlanInputs.from_metadata(None, [1.0], target_size=(40, 56)))
     assert [v.rule for v in q.violations] == ["size_multiple_of_16"]
     s = GenerationSettings(frame_num=13, sampling_steps=1, progress=False)
     models = Models(dit=generation.DiTCall(tiny_models.dit), vae=tiny_models.vae, clip=tiny_models.clip)
@@ -325,7 +326,7 @@ def test_empty_output_quirk_is_refused_and_the_engine_departs(tiny_models):
     reference on purpose; from files the two tracks are always equally long)."""
     cfg = _cfg(**{"generation.mode": "streaming", "generation.frame_num": 13,
                   "generation.motion_frame": 5, "generation.max_frames_num": 45})  # fmt: skip
-    p = shapes.plan(cfg, shapes.PlanInputs(image_size=(64, 48), audio_frames=(100, 40)))
+    p = plan(cfg, PlanInputs(image_size=(64, 48), audio_frames=(100, 40)))
     assert [v.rule for v in p.violations] == ["empty_output"] and p.miss == (0, 8)
     s = GenerationSettings(mode="streaming", frame_num=13, motion_frame=5, max_frames_num=45,
                            sampling_steps=1, color_correction_strength=0.0, progress=False)  # fmt: skip

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from mtlib import cli, finite, generation, guards, shapes
+from mtlib import cli, finite, generation
 from mtlib.config import ConfigError, load_config
 from mtlib.io import OutputError, atomic_write_url, open_output
 from mtlib.media.video import read_mp4
+from mtlib.plan import guards, plan
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -242,7 +243,7 @@ def test_truncated_mp3_is_named_before_loading(tmp_path, monkeypatch, capsys):
 
 
 def test_plan_warns_about_clips_beyond_training_with_their_cost():
-    p = shapes.plan(
+    p = plan(
         load_config("tiny", {"generation.frame_num": 241, "inputs.audio": ["data/speech_5s.wav"]})
     )
     warn = [n for n in p.notes if n.startswith("WARNING frame_num")]
@@ -257,12 +258,12 @@ def test_plan_warns_about_clips_beyond_training_with_their_cost():
 
 def test_clip_mode_and_streaming_cap_cuts_are_announced(capsys):
     audio = ["data/speech_5s.wav"]
-    clip = shapes.plan(load_config("tiny", {"generation.frame_num": 81, "inputs.audio": audio}))
+    clip = plan(load_config("tiny", {"generation.frame_num": 81, "inputs.audio": audio}))
     assert [n for n in clip.notes if n.startswith("WARNING")] == [
         "WARNING the video covers 81 frames (3.24 s) of 125 frames (5.00 s) of audio: clip mode "
         "makes one clip of frame_num=81 frames. To get all of it: -p generation.mode=streaming."
     ]
-    cap = shapes.plan(load_config("tiny", {"generation.mode": "streaming", "generation.frame_num": 33,
+    cap = plan(load_config("tiny", {"generation.mode": "streaming", "generation.frame_num": 33,
                                           "generation.max_frames_num": 60, "inputs.audio": audio}))  # fmt: skip
     warn = [n for n in cap.notes if n.startswith("WARNING")]
     assert len(warn) == 1 and warn[0].startswith(
@@ -277,12 +278,12 @@ def test_clip_mode_and_streaming_cap_cuts_are_announced(capsys):
 
 
 def test_gpu_memory_refusal_from_the_plan():
-    p = shapes.plan(load_config("multitalk-480", {"generation.frame_num": 1001}))
+    p = plan(load_config("multitalk-480", {"generation.frame_num": 1001}))
     reason = guards.memory_refusal(p, 80 * 2**30)
     assert reason is not None and reason.startswith(
         f"frame_num 1001: one DiT pass needs ~{p.activation_bytes / 2**30:.1f} GB"
     )
-    p81 = shapes.plan(load_config("multitalk-480"))
+    p81 = plan(load_config("multitalk-480"))
     assert guards.memory_refusal(p81, 80 * 2**30) is None
 
 

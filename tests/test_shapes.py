@@ -9,18 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mtlib.buckets import bucket_table, choose_bucket
 from mtlib.config import load_config
+from mtlib.frames import samples_for_frames, snap_frame_num
 from mtlib.media.probe import probe_audio, probe_image
-from mtlib.shapes import (
-    MODEL_SIZES,
-    PlanError,
-    PlanInputs,
-    plan,
-    plan_table,
-    samples_for_frames,
-    snap_frame_num,
-)
+from mtlib.plan import MODEL_SIZES, PlanError, PlanInputs, plan, plan_table
+from mtlib.plan.buckets import bucket_table, choose_bucket
 from tests.golden import get_case, golden_cases
 
 AUDIO_ASSERT = "AssertionError: Aduio file not exists or length not satisfies frame nums."
@@ -493,7 +486,7 @@ def test_plan_raises_only_plan_error(size, target, samples, frames, fn, mode, mo
 
 
 def test_audio_padding_helper():
-    from mtlib.shapes import audio_padding
+    from mtlib.plan import audio_padding
 
     assert audio_padding(28640, 45) == (29440, 800)  # 1.79 s -> 1.84 s for 45 frames
     assert audio_padding(60000, 45) == (60000, 0)

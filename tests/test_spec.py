@@ -9,10 +9,11 @@ import typing
 import pytest
 import torch
 
-from mtlib import frames, shapes, spec
+from mtlib import frames, spec
 from mtlib.cli import main
 from mtlib.config import ModelConfig, load_config
 from mtlib.pipeline import GenerationSettings, Models, PlanDriftError, generate
+from mtlib.plan import MODEL_SIZES, PlanInputs, plan
 from tests.test_pipeline_loop import LinearDiT, MeanVAE, ZeroCLIP, fake_inputs
 
 USER_ERROR = "RuntimeError: shape '[1, 11, 4, 56, 112]' is invalid for input of size 288512"
@@ -35,7 +36,7 @@ def test_every_reader_takes_its_geometry_from_the_spec_registry():
         "multitalk-14b",
     }
     assert set(spec.SPECS) == {"tiny", "multitalk-14b"}
-    assert shapes.MODEL_SIZES is spec.SPECS
+    assert MODEL_SIZES is spec.SPECS
     # the real DiT config is the constructor's defaults (WanModel's), the tiny one the golden's
     assert dit.CONFIGS["multitalk-14b"] == dit.DiTConfig()
     t = dit.CONFIGS["tiny"]
@@ -128,7 +129,7 @@ def test_plan_and_engine_share_the_precision_table():
     assert spec.component_dtype("reference", "clip") == "float16"
     assert dit.PRECISION_DTYPES == {"fp32": torch.float32, "reference": torch.bfloat16}
     cfg = load_config("multitalk-480")
-    p = shapes.plan(cfg, shapes.PlanInputs(image_size=(896, 448), audio_samples_16k=(80000,)))
+    p = plan(cfg, PlanInputs(image_size=(896, 448), audio_samples_16k=(80000,)))
     assert p.tensor("clip.out").dtype == "float16"
     assert p.tensor("e2e.clip0.clip_fea").dtype == "float16"
     assert p.tensor("dit.in.clip_fea").dtype == "bfloat16"  # cast to the DiT's dtype
@@ -146,7 +147,7 @@ def _plan(mode="clip", frame_num=13, audio_frames=(30,), **gen):
     cfg = load_config("tiny", {"generation.mode": mode, "generation.frame_num": frame_num,
                                "generation.motion_frame": 5, "generation.max_frames_num": 45,
                                **{f"generation.{k}": v for k, v in gen.items()}})  # fmt: skip
-    return shapes.plan(cfg, shapes.PlanInputs(target_size=(16, 32), audio_frames=audio_frames))
+    return plan(cfg, PlanInputs(target_size=(16, 32), audio_frames=audio_frames))
 
 
 def _run(plan, lengths, mode="clip", frame_num=13):

@@ -236,11 +236,12 @@ class _Batch:
         return old if same and storage.exists(storage.join(url, VIDEO)) else None
 
     def _generate(self, job, cfg, cfg_urls, outdir: Path, log: JobLog, record: dict) -> dict:
-        from mtlib import generation, shapes
+        from mtlib import generation
+        from mtlib.plan import PlanError
 
         try:
             run = generation.prepare_run(cfg, progress=False)
-        except (shapes.PlanError, ConfigError) as e:  # before any compute
+        except (PlanError, ConfigError) as e:  # before any compute
             raise _plan_error(e) from None
         plan = run.plan.to_dict()
         storage_local_json(outdir / "plan.json", plan)

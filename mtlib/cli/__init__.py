@@ -16,7 +16,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("mtlib.runner", "execute the notebooks headless (papermill) into runs/<id>/"),
     "env": ("mtlib.env", "print the environment report (python, torch, GPU, attention backend)"),
-    "plan": ("mtlib.shapes", "plan every tensor shape of a run from file metadata; diagnose errors"),
+    "plan": ("mtlib.cli.plan", "plan every tensor shape of a run from file metadata; diagnose errors"),
     "generate": ("mtlib.generation", "generate a talking video (mp4 with sound)"),
     "compare": ("mtlib.compare", "compare two traces / run directories tensor by tensor"),
     "setup": ("mtlib.cli.setup", "download, lay out and verify the checkpoints"),

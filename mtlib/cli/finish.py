@@ -2,7 +2,7 @@
 
 When `mtlib generate` has computed every frame but cannot write the video (disk full, the
 folder removed, an upload refused), it keeps the frames and soundtrack in
-`<name>.rescue.safetensors` (mtlib.guards.save_rescue) and prints this command.
+`<name>.rescue.safetensors` (mtlib.plan.guards.save_rescue) and prints this command.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ def run_finish(args: argparse.Namespace) -> int:
 
     from safetensors import safe_open
 
-    from mtlib import guards
     from mtlib.frames import SAMPLE_RATE, VIDEO_FPS
     from mtlib.io import InputError, open_output
     from mtlib.media.video import write_mp4
+    from mtlib.plan import guards
 
     try:
         with safe_open(args.rescue, framework="np") as f:

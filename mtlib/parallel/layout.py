@@ -41,7 +41,7 @@ def rank_tokens(seq_len: int, frame_tokens: int, ranks: int) -> list[dict]:
 
 def plan_parallel(p: Any, ranks: int, m: Any) -> None:
     """Fill p.parallel for `ranks` ranks (nothing for one), or add a violation."""
-    from mtlib.shapes import Violation
+    from mtlib.plan import Violation
 
     if ranks <= 1:
         return

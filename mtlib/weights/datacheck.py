@@ -6,7 +6,7 @@ check reads each file once (memory-mapped, tensor by tensor, in chunks) and name
 non-finite tensor of each file. Its cost is one read of the checkpoints: on the published
 14B set (~96 GB: DiT shards 66 GB, multitalk 10 GB, T5 11 GB, CLIP 4.8 GB, VAE 0.5 GB,
 wav2vec2 0.4 GB) about the disk's read time, bounded by the isfinite rate measured in
-docs/reliability.md. Generation itself checks each tensor at load (mtlib.guards).
+docs/reliability.md. Generation itself checks each tensor at load (mtlib.plan.guards).
 """
 
 from __future__ import annotations
