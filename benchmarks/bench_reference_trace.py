@@ -77,13 +77,14 @@ def to_cuda(pipe):
 def part_a(official: Path, golden: Path, work: Path) -> dict:
     from mtlib import trace
     from mtlib.compare import compare
-    from mtlib.generation import DiTCall
     from mtlib.models.clip import CLIPConfig, load_clip
     from mtlib.models.dit import DiTConfig, load_dit
     from mtlib.models.vae import VAEConfig, load_vae
-    from mtlib.pipeline import GenerationSettings, Models, generate
     from mtlib.reference import tracing
     from mtlib.reference.noise import CudaNoise
+    from mtlib.run.load import DiTCall
+    from mtlib.run.loop import Models, generate
+    from mtlib.run.loop_plan import GenerationSettings
     from mtlib.trace import load_trace
     from tests.golden import GoldenSet
     from tests.official_ref import generate_kwargs, input_data

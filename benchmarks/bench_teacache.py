@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from mtlib.config import load_config
-from mtlib.generation import generate_video, load_models
+from mtlib.run.generation import generate_video
+from mtlib.run.load import load_models
 
 
 def deviation(a: torch.Tensor, b: torch.Tensor) -> dict:

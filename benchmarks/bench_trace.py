@@ -177,7 +177,8 @@ def bench_tiny_run(repeat: int) -> None:
     import statistics
 
     from mtlib.config import load_config
-    from mtlib.generation import generate_video, load_models
+    from mtlib.run.generation import generate_video
+    from mtlib.run.load import load_models
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_trace_run_"))
     os.environ.setdefault("MTLIB_CACHE", str(tmp / "cache"))

@@ -210,7 +210,8 @@ def run_clip(overrides: list[str], out_dir: Path, warm_steps: int | None) -> dic
     import torch
 
     from mtlib.config import load_config
-    from mtlib.generation import generate_video, load_models, summary
+    from mtlib.run.generation import generate_video, summary
+    from mtlib.run.load import load_models
 
     cfg = load_config(overrides[0], overrides[1:])
     out_dir.mkdir(parents=True, exist_ok=True)

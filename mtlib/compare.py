@@ -1081,8 +1081,8 @@ def tiny_pair(directory: str | Path, change: dict[str, Any] | None = None, base:
     `mtlib compare` read. `base`: a preset name, YAML path or RunConfig (its tiny weights
     folder is reused; a non-tiny config falls back to the tiny preset, as the pair is meant
     to be cheap); `models`: loaded networks to reuse. Returns (run A dir, run B dir)."""
-    from mtlib import generation
     from mtlib.config import RunConfig, load_config
+    from mtlib.run import generation
 
     cfg = base if isinstance(base, RunConfig) else load_config(base)
     if cfg.model.name != "tiny":

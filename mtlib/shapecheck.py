@@ -156,9 +156,10 @@ def _attention_points(dit):
 def observe(cfg: Any = "tiny", models=None, cache_dir: str | os.PathLike | None = None):
     """Run the config for real and record every point's shape.
     Returns (PreparedRun, ShapeRecorder, GenerationResult)."""
-    from mtlib import generation
     from mtlib.models.t5 import DEFAULT_NEGATIVE_PROMPT
-    from mtlib.pipeline import Models, SeededNoise, encode_prompts, generate
+    from mtlib.run import generation
+    from mtlib.run.loop import Models, encode_prompts, generate
+    from mtlib.run.noise import SeededNoise
 
     run = generation.prepare_run(cfg, progress=False)
     cfg = run.config

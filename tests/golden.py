@@ -193,7 +193,7 @@ def dit_passes(case: GoldenCase) -> tuple[str, ...]:
 def case_settings(case: GoldenCase, **overrides):
     """mtlib's GenerationSettings of an e2e case: every guidance / schedule / streaming value
     from its generate_kwargs (APG momentum and threshold included)."""
-    from mtlib.pipeline import GenerationSettings
+    from mtlib.run.loop_plan import GenerationSettings
 
     kw = generate_kwargs(case)
     values = dict(

@@ -100,7 +100,8 @@ def e2e_config(case: str):
 
 def generate_rank(out_dir: str, cases=tuple(E2E_CASES)):
     """Every rank: the whole pipeline of each case (models loaded once); rank 0's videos."""
-    from mtlib.generation import generate_video, load_models, summary
+    from mtlib.run.generation import generate_video, summary
+    from mtlib.run.load import load_models
 
     models = load_models(e2e_config(cases[0]))
     results = {}

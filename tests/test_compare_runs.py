@@ -10,7 +10,8 @@ from mtlib import cli
 from mtlib import compare as cmpmod
 from mtlib.compare import compare
 from mtlib.config import load_config
-from mtlib.generation import generate_video, load_models
+from mtlib.run.generation import generate_video
+from mtlib.run.load import load_models
 from mtlib.trace import load_trace
 
 

@@ -6,8 +6,8 @@ import torch
 
 from mtlib.accel.options import resolve_dit_options
 from mtlib.config import ConfigError, load_config
-from mtlib.generation import prepare_run
 from mtlib.plan import plan, plan_table
+from mtlib.run.prepare import prepare_run
 from mtlib.weights.recipes import check_recipe
 
 
@@ -159,8 +159,8 @@ def test_random_weights_fill_the_architecture_and_are_named_loudly(tmp_path):
 
     from mtlib.accel.bench import DitShape, denoise_step, dit_inputs
     from mtlib.accel.dit_load import load_run_dit
-    from mtlib.generation import GenerationOutput, summary
     from mtlib.models.dit import CONFIGS
+    from mtlib.run.generation import GenerationOutput, summary
 
     opts = dataclasses.replace(resolve_dit_options(load_config("tiny"), cuda=False), random=True)
     model = load_run_dit(CONFIGS["tiny"], "cpu", opts, seed=3)
@@ -225,8 +225,8 @@ def test_lora_merged_block_by_block_equals_the_whole_model_merge(tmp_path):
 
     from mtlib import weights
     from mtlib.accel.dit_load import load_run_dit
-    from mtlib.generation import _lora_hook
     from mtlib.models.dit import CONFIGS, load_dit
+    from mtlib.run.load import _lora_hook
     from mtlib.weights.lora import merge_loras
 
     g = torch.Generator().manual_seed(0)

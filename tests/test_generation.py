@@ -10,10 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from mtlib import cli, generation
+from mtlib import cli
 from mtlib.config import load_config
-from mtlib.generation import PlanError, generate_video, load_models, prepare_run
 from mtlib.media.video import read_mp4
+from mtlib.run import generation
+from mtlib.run.generation import generate_video
+from mtlib.run.load import load_models
+from mtlib.run.prepare import PlanError, prepare_run
+from mtlib.run.preprocess import save_preprocessed
 from mtlib.trace import load_trace
 
 FRAME_43_MESSAGE = "RuntimeError: shape '[1, 11, 4, 6, 12]' is invalid for input of size 3312"
@@ -239,7 +243,7 @@ def test_preprocess_and_save(tiny_env, tmp_path):
     assert [e.shape[0] for e in pre.audio_embs] == list(run.plan.padded_audio_frames)
     assert "loudness" in pre.describe() and "planned" in pre.describe()
     assert len(list((tmp_path / "emb").glob("*.safetensors"))) == 1  # cached embedding
-    paths = generation.save_preprocessed(pre, tmp_path / "run")
+    paths = save_preprocessed(pre, tmp_path / "run")
     from safetensors.torch import load_file
 
     assert load_file(str(paths["audio_embedding"]))["person1"].equal(pre.audio_embs[0])

@@ -16,11 +16,12 @@ import pytest
 import torch
 
 from mtlib.config import load_config
-from mtlib.generation import LoadedModels, generate_video
 from mtlib.media.video import read_mp4
 from mtlib.models.wav2vec import Wav2VecGeometry, load_wav2vec
-from mtlib.pipeline import InjectedNoise
 from mtlib.plan.buckets import bucket_table, table_from_json
+from mtlib.run.generation import generate_video
+from mtlib.run.load import LoadedModels
+from mtlib.run.noise import InjectedNoise
 from tests.golden import (
     E2E_TOL,
     assert_close,

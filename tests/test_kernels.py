@@ -16,8 +16,8 @@ import torch
 
 from mtlib.accel.compile import set_attention_kernel
 from mtlib.config import ConfigError, load_config
-from mtlib.generation import effective_precision
 from mtlib.models.dit import CONFIGS, build_dit
+from mtlib.run.prepare import effective_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,7 +118,8 @@ def test_tiny_generation_in_fp8_on_cuda(tmp_path):
     """model.precision fp8 end to end: fp8 block linears, the Triton fp8 self-attention inside
     the compiled blocks, a finite video with the reference run's shape."""
     from mtlib.accel.fp8 import FP8Linear
-    from mtlib.generation import generate_video, load_models
+    from mtlib.run.generation import generate_video
+    from mtlib.run.load import load_models
 
     cfg = load_config("tiny", overrides=["model.device=cuda", "model.precision=fp8"])
     models = load_models(cfg, compile=True)

@@ -378,7 +378,7 @@ def test_refuses_missing_truncated_and_non_safetensors_files(tmp_path):
 
 
 def test_bad_lora_fails_in_the_plan_before_any_weight_loads(tmp_path, monkeypatch):
-    from mtlib import generation
+    from mtlib.run import generation
 
     def no_load(*a, **k):
         raise AssertionError("weights were loaded")
@@ -416,7 +416,7 @@ def test_cli_lora_argument():
     )
     import argparse
 
-    from mtlib.generation import _cli_overrides, add_arguments_generate
+    from mtlib.cli.generate import _cli_overrides, add_arguments_generate
 
     parser = argparse.ArgumentParser()
     add_arguments_generate(parser)
@@ -431,7 +431,7 @@ def test_cli_lora_argument():
 
 @pytest.mark.slow
 def test_load_models_merges_the_config_loras_and_records_them(tmp_path):
-    from mtlib.generation import load_models
+    from mtlib.run.load import load_models
 
     q = "diffusion_model.blocks.1.self_attn.k"
     up, down = rand(64, 4, seed=1), rand(4, 64, seed=2)
@@ -471,7 +471,7 @@ def test_fp8_quantises_the_merged_weights(tmp_path, monkeypatch):
     the fp8 step is observed through its own entry point (CPU: fp8 itself needs a GPU)."""
     import mtlib.accel.fp8
     import mtlib.accel.options
-    from mtlib import generation
+    from mtlib.run import generation
 
     q = "diffusion_model.blocks.0.ffn.2"
     up, down = rand(64, 4, seed=3), rand(4, 96, seed=4)

@@ -134,8 +134,9 @@ def test_parallel_config_errors():
 
 
 def test_invalid_plan_is_refused_before_any_rank_starts(monkeypatch):
-    from mtlib.generation import PlanError, generate_video
     from mtlib.parallel import launch
+    from mtlib.run.generation import generate_video
+    from mtlib.run.prepare import PlanError
 
     monkeypatch.setattr(launch, "spawn", lambda *a: pytest.fail("ranks spawned"))
     cfg = load_config("tiny", {"parallel.gpus": 2, "generation.frame_num": 43})
@@ -145,10 +146,10 @@ def test_invalid_plan_is_refused_before_any_rank_starts(monkeypatch):
 
 @pytest.mark.slow
 def test_whole_runs_over_two_ranks_equal_one_process(tmp_path):
-    from mtlib.generation import load_models
+    from mtlib.run.load import load_models
 
     got = spawn(cases.generate_rank, 2, (str(tmp_path),))
-    from mtlib.generation import generate_video
+    from mtlib.run.generation import generate_video
 
     models = load_models(cases.e2e_config(next(iter(cases.E2E_CASES))))
     for case in cases.E2E_CASES:

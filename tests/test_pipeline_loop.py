@@ -8,15 +8,9 @@ import torch
 
 from mtlib import trace
 from mtlib.io import InputError
-from mtlib.pipeline import (
-    GenerationSettings,
-    InjectedNoise,
-    Models,
-    SeededNoise,
-    encode_prompts,
-    generate,
-    plan_clips,
-)
+from mtlib.run.loop import Models, encode_prompts, generate
+from mtlib.run.loop_plan import GenerationSettings, plan_clips
+from mtlib.run.noise import InjectedNoise, SeededNoise
 from tests.golden import E2E_TOL, assert_close, case_settings, dit_passes, get_case, golden_cases
 from tests.pipeline_replay import (
     ReplayCLIP,

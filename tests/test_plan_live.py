@@ -18,11 +18,15 @@ import numpy as np
 import pytest
 import torch
 
-from mtlib import generation, shapecheck
+from mtlib import shapecheck
 from mtlib.config import load_config
 from mtlib.io import project_root
-from mtlib.pipeline import GenerationSettings, Models, SeededNoise, encode_prompts, generate
 from mtlib.plan import PlanInputs, plan
+from mtlib.run import generation
+from mtlib.run.loop import Models, encode_prompts, generate
+from mtlib.run.loop_plan import GenerationSettings
+from mtlib.run.noise import SeededNoise
+from mtlib.run.prepare import PlanError
 
 DATA = project_root() / "data"
 
@@ -221,7 +225,7 @@ def _check_accepts_exactly(tmp_path, models, width, height, seconds, frame_num, 
             assert check.output_frames == p.output_frames
             assert tuple(result.video[:, : run.output_frames].shape) == (3, p.output_frames, *p.target_hw)
             return "valid"
-        with pytest.raises(generation.PlanError):
+        with pytest.raises(PlanError):
             generation.prepare_run(cfg, progress=False)
         rules = {v.rule for v in p.violations}
         run = _bypass_run(cfg, p)

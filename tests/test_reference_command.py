@@ -263,7 +263,7 @@ def test_generate_from_official_translates_before_anything_runs(colab_dir, capsy
     name, exit 2, nothing written) before any model."""
     monkeypatch.chdir(colab_dir)
     monkeypatch.setattr(
-        "mtlib.generation.load_models", lambda *a, **k: pytest.fail("models loaded")
+        "mtlib.run.generation.load_models", lambda *a, **k: pytest.fail("models loaded")
     )
     rc = main(
         [

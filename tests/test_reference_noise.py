@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from mtlib.config import ConfigError, load_config
-from mtlib.generation import generate_video, load_models
 from mtlib.io import InputError
-from mtlib.pipeline import SeededNoise
 from mtlib.reference.noise import CudaNoise, noise_source
 from mtlib.reference.settings import format_settings_diff, settings_diff
+from mtlib.run.generation import generate_video
+from mtlib.run.load import load_models
+from mtlib.run.noise import SeededNoise
 
 
 def test_noise_config_rules():
@@ -96,7 +97,7 @@ def test_trace_noise_replays_a_run_whatever_the_seed(tmp_path, monkeypatch):
         **{"generation.noise": "trace", "generation.noise_trace": str(tmp_path / "td")}
     )
     monkeypatch.setattr(
-        "mtlib.generation.load_models", lambda *a, **k: pytest.fail("models loaded")
+        "mtlib.run.generation.load_models", lambda *a, **k: pytest.fail("models loaded")
     )
     with pytest.raises(InputError, match="has only statistics of .'e2e.clip0.rand.noise'"):
         generate_video(bad, tmp_path / "e.mp4", progress=False)

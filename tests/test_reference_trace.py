@@ -124,8 +124,9 @@ def test_mtlib_replays_the_reference_trace(golden, official, golden_models, tmp_
     reproduces the official run at every point; `mtlib compare` passes. Both traces hold full
     tensors: a comparison passes only what it checked (statistics alone prove nothing)."""
     from mtlib.cli import main
-    from mtlib.generation import DiTCall
-    from mtlib.pipeline import InjectedNoise, Models, generate
+    from mtlib.run.load import DiTCall
+    from mtlib.run.loop import Models, generate
+    from mtlib.run.noise import InjectedNoise
 
     out, _ = traced_run(golden, official, "e2e_stream_1p", level="full")
     ref = load_trace(out)

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from mtlib import cli, finite, generation
+from mtlib import cli, finite
 from mtlib.config import ConfigError, load_config
 from mtlib.io import OutputError, atomic_write_url, open_output
 from mtlib.media.video import read_mp4
 from mtlib.plan import guards, plan
+from mtlib.run import generation
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

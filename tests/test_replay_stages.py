@@ -21,9 +21,10 @@ import torch
 from mtlib import compare as cmpmod
 from mtlib import trace
 from mtlib.compare import compare, register_model_stages, replay
-from mtlib.generation import DiTCall, PromptEncoder
 from mtlib.models.wav2vec import Wav2VecGeometry, load_wav2vec
-from mtlib.pipeline import InjectedNoise, Models, encode_prompts, generate
+from mtlib.run.load import DiTCall, PromptEncoder
+from mtlib.run.loop import Models, encode_prompts, generate
+from mtlib.run.noise import InjectedNoise
 from mtlib.trace import Trace, load_trace
 from tests.golden import dit_passes, fail_case, generate_kwargs, get_case, golden_cases
 from tests.pipeline_replay import n_clips

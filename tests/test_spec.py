@@ -12,8 +12,9 @@ import torch
 from mtlib import frames, spec
 from mtlib.cli import main
 from mtlib.config import ModelConfig, load_config
-from mtlib.pipeline import GenerationSettings, Models, PlanDriftError, generate
 from mtlib.plan import MODEL_SIZES, PlanInputs, plan
+from mtlib.run.loop import Models, generate
+from mtlib.run.loop_plan import GenerationSettings, PlanDriftError
 from tests.test_pipeline_loop import LinearDiT, MeanVAE, ZeroCLIP, fake_inputs
 
 USER_ERROR = "RuntimeError: shape '[1, 11, 4, 56, 112]' is invalid for input of size 288512"

@@ -362,8 +362,8 @@ def test_from_config_default_include_leaves_network_internals_out(tmp_path):
 def test_a_failed_generate_video_leaves_a_readable_trace_marked_failed(tmp_path, monkeypatch):
     import types
 
-    from mtlib import generation
     from mtlib.config import load_config
+    from mtlib.run import generation
 
     def broken_preprocess(run, audio_encoder, cache_dir="default"):
         trace.point("audio.raw16k", torch.ones(4))

@@ -85,7 +85,7 @@ class ModelCache:
     loads: int = 0
 
     def get(self, cfg: RunConfig, run: Any, log: JobLog) -> Any:
-        from mtlib.generation import load_models
+        from mtlib.run.load import load_models
 
         key = json.dumps([to_dict(cfg.model), run.device, run.precision, self.compile])
         if key != self.key:
@@ -236,8 +236,8 @@ class _Batch:
         return old if same and storage.exists(storage.join(url, VIDEO)) else None
 
     def _generate(self, job, cfg, cfg_urls, outdir: Path, log: JobLog, record: dict) -> dict:
-        from mtlib import generation
         from mtlib.plan import PlanError
+        from mtlib.run import generation
 
         try:
             run = generation.prepare_run(cfg, progress=False)

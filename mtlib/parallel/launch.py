@@ -240,7 +240,7 @@ def spawn(fn: Callable, world: int, args: tuple = ()) -> Any:
 
 
 def _generate_rank(cfg, out, trace_dir, progress: bool, compile: bool, noise=None):
-    from mtlib.generation import generate_video
+    from mtlib.run.generation import generate_video
 
     kw = {} if noise is None else {"noise": noise}
     return generate_video(cfg, out, trace_dir=trace_dir, progress=progress, compile=compile, **kw)

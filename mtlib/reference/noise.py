@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from mtlib.io import InputError
-from mtlib.pipeline import InjectedNoise, SeededNoise
+from mtlib.run.noise import InjectedNoise, SeededNoise
 
 NOISE_MODES = ("cpu", "cuda", "trace")
 

@@ -59,7 +59,7 @@ def demo_reference(workdir: str | os.PathLike, config: Any = "tiny", seed: int =
     traced like a reference trace (its draws and conditioning stored). Only for showing the
     workflow; the notebook says so."""
     from mtlib.config import RunConfig, load_config
-    from mtlib.generation import generate_video
+    from mtlib.run.generation import generate_video
 
     cfg = config if isinstance(config, RunConfig) else load_config(config)
     cfg = cfg.replace(**{"generation.frame_num": 13, "generation.sampling_steps": 3, "generation.seed": seed,
@@ -75,8 +75,8 @@ def reproduce(reference: str | os.PathLike, config: Any, run_dir: str | os.PathL
     """mtlib's run of `config` with the reference's draws injected (generation.noise trace,
     any device), traced into run_dir/trace; returns run_dir. `overrides`: dotted config keys."""
     from mtlib.config import RunConfig, load_config
-    from mtlib.generation import generate_video
     from mtlib.reference.archive import resolve
+    from mtlib.run.generation import generate_video
 
     ref = resolve(reference)
     cfg = config if isinstance(config, RunConfig) else load_config(config)

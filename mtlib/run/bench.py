@@ -23,7 +23,8 @@ def bench_clip(shape: DitShape, steps: int = 40, config: str = "multitalk-14b", 
     from mtlib.models import t5 as t5_mod
     from mtlib.models import vae as vae_mod
     from mtlib.models.dit import CONFIGS, build_dit
-    from mtlib.pipeline import GenerationSettings, Models, generate
+    from mtlib.run.loop import Models, generate
+    from mtlib.run.loop_plan import GenerationSettings
 
     dev = torch.device(device)
     cuda = dev.type == "cuda"
