@@ -76,7 +76,7 @@ def to_cuda(pipe):
 
 def part_a(official: Path, golden: Path, work: Path) -> dict:
     from mtlib import trace
-    from mtlib.compare import compare
+    from mtlib.inspect.compare import compare
     from mtlib.models.clip import CLIPConfig, load_clip
     from mtlib.models.dit import DiTConfig, load_dit
     from mtlib.models.vae import VAEConfig, load_vae

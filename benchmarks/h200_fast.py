@@ -307,7 +307,7 @@ def cmd_notebooks(args) -> None:
     (lightx2v recipe: 4 steps x 2 passes, bf16, eager), kept small under $OUT."""
     import shutil
 
-    from mtlib.runner import RunError, run_notebooks
+    from mtlib.run.notebooks import RunError, run_notebooks
 
     over = ["model.weights.random=true"]
     t0 = time.perf_counter()

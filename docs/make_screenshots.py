@@ -1,4 +1,4 @@
-"""Screenshots of the four interactive views (mtlib.widgets) in a real JupyterLab + Chromium.
+"""Screenshots of the four interactive views (mtlib.inspect.widgets) in a real JupyterLab + Chromium.
 
     python docs/make_screenshots.py            # writes docs/screenshots/0{1,2,3,4}_*.png
 
@@ -16,7 +16,7 @@ What it does, all on 127.0.0.1 and in a fresh temporary directory:
 
 Needs: jupyterlab (the `lab` extra), playwright (pip; only its driver is used) and a
 Chromium binary (Debian: `apt-get install chromium`; override with $CHROMIUM).
-The widgets decide they are interactive by the rule of mtlib.widgets.is_interactive: this
+The widgets decide they are interactive by the rule of mtlib.inspect.widgets.is_interactive: this
 script sets nothing, JupyterLab's execute requests offer stdin, so the views build widgets.
 """
 
@@ -90,7 +90,7 @@ def demo_run(base: Path) -> Path:
 
 NOTEBOOKS = {
     "01_preprocessing": [
-        "from mtlib import widgets",
+        "from mtlib.inspect import widgets",
         "# real wav2vec2 weights are not available here: a TINY RANDOM wav2vec2 (mtlib.weights.tiny)\n"
         "from mtlib.weights.tiny import write_tiny_checkpoints\n"
         "from mtlib.models.wav2vec import TINY_GEOMETRY, load_wav2vec\n"
@@ -99,15 +99,15 @@ NOTEBOOKS = {
         '                           buckets="tiny", audio_encoder=encoder)',
     ],
     "02_shape_inspection": [
-        "from mtlib import widgets",
+        "from mtlib.inspect import widgets",
         'widgets.plan_view("tiny", image_size="data/portrait.png", audio_seconds=1.79, frame_num=43)',
     ],
     "03_inference": [
-        "from mtlib import widgets",
+        "from mtlib.inspect import widgets",
         "widgets.video_view({run!r}, frame=20, step=2)",
     ],
     "04_compare": [
-        "from mtlib import widgets",
+        "from mtlib.inspect import widgets",
         "widgets.compare_view({a!r}, {b!r})",
     ],
 }
@@ -224,7 +224,7 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="mtlib-shots-"))
     try:
         run = demo_run(base)
-        from mtlib.compare import demo_traces
+        from mtlib.inspect.compare import demo_traces
 
         a, b = demo_traces(base / "compare")
         fmt = {"run": str(run), "a": str(a), "b": str(b), "tiny": str(base / "tiny-weights")}

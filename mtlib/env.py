@@ -131,13 +131,3 @@ def write_report(path: str | Path, report: dict[str, Any] | None = None) -> dict
     report = report or environment_report()
     atomic_write(path, json.dumps(report, indent=1, default=str))
     return report
-
-
-def add_arguments_env(parser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-
-def run_env(args) -> int:
-    report = environment_report()
-    print(json.dumps(report, indent=1, default=str) if args.json else format_report(report))
-    return 0

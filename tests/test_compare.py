@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mtlib import cli, trace
-from mtlib import compare as cmpmod
-from mtlib.compare import (
+from mtlib.inspect import compare as cmpmod
+from mtlib.inspect.compare import (
     STATUS_DTYPE,
     STATUS_FAIL,
     STATUS_PASS,
@@ -19,6 +19,7 @@ from mtlib.compare import (
     compare,
     replay,
 )
+from mtlib.inspect.compare import diff as cmp_diff
 from mtlib.io import InputError
 from mtlib.trace import Trace, load_trace
 from tests.golden import get_case, golden_cases
@@ -333,7 +334,7 @@ def test_chunked_comparison_matches_whole(monkeypatch):
     a[17] = float("inf")
     b[17] = float("inf")
     whole = compare(Trace.from_tensors({"p": a}), Trace.from_tensors({"p": b}))["p"]
-    monkeypatch.setattr(cmpmod, "_COMPARE_CHUNK", 7)
+    monkeypatch.setattr(cmp_diff, "_COMPARE_CHUNK", 7)
     pieces = compare(Trace.from_tensors({"p": a}), Trace.from_tensors({"p": b}))["p"]
     assert pieces.max_abs == whole.max_abs
     assert pieces.rel_l2 == pytest.approx(whole.rel_l2, rel=1e-12)

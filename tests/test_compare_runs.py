@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 
 from mtlib import cli
-from mtlib import compare as cmpmod
-from mtlib.compare import compare
 from mtlib.config import load_config
+from mtlib.inspect import compare as cmpmod
+from mtlib.inspect.compare import compare
+from mtlib.io import InputError
 from mtlib.run.generation import generate_video
 from mtlib.run.load import load_models
 from mtlib.trace import load_trace
@@ -102,5 +103,5 @@ def test_tiny_pair_makes_two_full_run_directories(tiny_runs, tmp_path):
     row = res["e2e.clip0.step0.noise_pred"]
     assert row.mode == "tensor" and row.max_abs > row.bound  # level full: tensors compared
     assert cmpmod.heatmap_point(res) == "e2e.clip0.step0.noise_pred"
-    with pytest.raises(cmpmod.InputError, match="`change` is empty"):
+    with pytest.raises(InputError, match="`change` is empty"):
         cmpmod.tiny_pair(tmp_path / "x", change={}, base=tiny_runs.base, models=tiny_runs.models)

@@ -15,8 +15,9 @@ OPTIONAL = ("matplotlib", "papermill", "ipywidgets", "IPython", "librosa", "s3fs
 def test_core_modules_import_no_optional_package():
     code = (
         "import sys\n"
-        "import mtlib.cli, mtlib.shapes, mtlib.generation, mtlib.compare, mtlib.weights, "
-        "mtlib.media.audio, mtlib.media.image, mtlib.media.video, mtlib.runner, mtlib.widgets\n"
+        "import mtlib.cli, mtlib.plan, mtlib.run.generation, mtlib.inspect.compare, mtlib.weights, "
+        "mtlib.media.audio, mtlib.media.image, mtlib.media.video, mtlib.run.notebooks, "
+        "mtlib.inspect.widgets, mtlib.cli.plan, mtlib.cli.generate, mtlib.cli.compare, mtlib.cli.setup\n"
         f"print(sorted(m for m in {OPTIONAL!r} if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -36,7 +37,7 @@ def test_mtlib_run_without_papermill_names_the_notebooks_extra(tmp_path):
     """papermill blocked (as if not installed): `mtlib run` says which extra to install."""
     code = (
         "import sys\nsys.modules['papermill'] = None\n"
-        "from mtlib.runner import run_notebooks\n"
+        "from mtlib.run.notebooks import run_notebooks\n"
         f"try:\n    run_notebooks('tiny', runs_dir={str(tmp_path)!r})\n"
         "except ImportError as e:\n    print(type(e).__name__, e)\n"
     )

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from mtlib import shapecheck
 from mtlib.config import load_config
+from mtlib.inspect import shapecheck
 from mtlib.io import project_root
 from mtlib.plan import PlanInputs, plan
 from mtlib.run import generation

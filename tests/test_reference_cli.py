@@ -15,7 +15,7 @@ import pytest
 
 from mtlib.cli import main as mtlib_main
 from mtlib.cli.reference_trace import main
-from mtlib.compare import compare
+from mtlib.inspect.compare import compare
 from mtlib.reference.archive import resolve
 from mtlib.trace import load_trace
 from tests import official_ref as R

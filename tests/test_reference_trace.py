@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from mtlib import trace
-from mtlib.compare import compare
+from mtlib.inspect.compare import compare
 from mtlib.reference import tracing
 from mtlib.reference.noise import trace_draws
 from mtlib.trace import load_trace

@@ -420,7 +420,7 @@ def _stats_trace(d: Path, points: dict[str, torch.Tensor], close: bool = True):
 
 
 def test_stats_only_rows_never_pass(tmp_path):
-    from mtlib.compare import STATUS_DIFFERS_STATS, STATUS_UNVERIFIED, compare
+    from mtlib.inspect.compare import STATUS_DIFFERS_STATS, STATUS_UNVERIFIED, compare
 
     x = torch.linspace(-1, 1, 64)
     a = _stats_trace(tmp_path / "a", {"same": x, "perm": x.flip(0), "far": x})

@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from mtlib import compare as cmpmod
 from mtlib import trace
-from mtlib.compare import compare, register_model_stages, replay
+from mtlib.inspect import compare as cmpmod
+from mtlib.inspect.compare import compare, register_model_stages, replay
+from mtlib.io import InputError
 from mtlib.models.wav2vec import Wav2VecGeometry, load_wav2vec
 from mtlib.run.load import DiTCall, PromptEncoder
 from mtlib.run.loop import Models, encode_prompts, generate
@@ -231,7 +232,7 @@ def test_dit_stage_names_every_pass_kind():
         "dit", "dit.drop_text", "dit.uncond", "dit.drop_audio",
     ]  # fmt: skip
     assert all(cmpmod.dit_stage(k) in cmpmod.STAGES for k in cmpmod.DIT_PASSES)
-    with pytest.raises(cmpmod.InputError) as e:
+    with pytest.raises(InputError) as e:
         cmpmod.dit_stage("audio")
     assert str(e.value) == (
         "replay: no DiT pass kind 'audio'. The reference's passes are cond, drop_text, uncond, "
@@ -244,7 +245,7 @@ def test_replay_in_a_pipeline_trace_names_the_scopes_when_prefix_is_missing(tmp_
         with trace.scope("e2e.clip0"):
             trace.point("clip_in", torch.ones(1, 3, 1, 4, 4))
             trace.point("clip_fea", torch.ones(1, 2, 3))
-    with pytest.raises(cmpmod.InputError) as e:
+    with pytest.raises(InputError) as e:
         replay(tmp_path / "t", "clip", run_stage=lambda x: torch.ones(1, 2, 3))
     assert "ran in these scopes of A: e2e.clip0.; pass one as prefix=." in str(e.value)
     res = replay(tmp_path / "t", "clip", run_stage=lambda x: torch.ones(1, 2, 3), prefix="e2e.clip0")

@@ -1,4 +1,4 @@
-"""mtlib.widgets: each view driven programmatically, interactive (ipywidgets objects without a
+"""mtlib.inspect.widgets: each view driven programmatically, interactive (ipywidgets objects without a
 frontend) and headless (no widget built, content equal to render(state))."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-from mtlib import widgets as W  # noqa: E402
-from mtlib.io import project_root  # noqa: E402
+from mtlib.inspect import widgets as W  # noqa: E402
+from mtlib.io import InputError, project_root  # noqa: E402
 
 DATA = project_root() / "data"
 
@@ -282,7 +282,7 @@ def test_video_view_headless_from_mp4_path(tmp_path):
 
 
 def test_video_view_missing_video(tmp_path):
-    with pytest.raises(W.InputError, match="no .mp4 in"):
+    with pytest.raises(InputError, match="no .mp4 in"):
         W.video_view(tmp_path, interactive=False)
 
 
@@ -371,7 +371,7 @@ def test_compare_view_needs_two_runs():
 
 
 def test_compare_view_with_mtlib_compare(tmp_path):
-    from mtlib import compare
+    from mtlib.inspect import compare
     a, b = compare.demo_traces(tmp_path)
     v = W.compare_view(str(a), str(b), interactive=True)
     want = compare.compare(str(a), str(b))

@@ -268,7 +268,7 @@ class _Batch:
 
         from mtlib.io import project_root
         from mtlib.media.video import read_mp4
-        from mtlib.runner import resolve_kernel
+        from mtlib.run.notebooks import resolve_kernel
 
         nb = project_root() / "notebooks" / f"{NOTEBOOK}.ipynb"
         local_cfg = outdir.parent / "config.local.yaml"  # the staged paths, for the kernel

@@ -14,11 +14,11 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("mtlib.runner", "execute the notebooks headless (papermill) into runs/<id>/"),
-    "env": ("mtlib.env", "print the environment report (python, torch, GPU, attention backend)"),
+    "run": ("mtlib.cli.run", "execute the notebooks headless (papermill) into runs/<id>/"),
+    "env": ("mtlib.cli.env", "print the environment report (python, torch, GPU, attention backend)"),
     "plan": ("mtlib.cli.plan", "plan every tensor shape of a run from file metadata; diagnose errors"),
     "generate": ("mtlib.cli.generate", "generate a talking video (mp4 with sound)"),
-    "compare": ("mtlib.compare", "compare two traces / run directories tensor by tensor"),
+    "compare": ("mtlib.cli.compare", "compare two traces / run directories tensor by tensor"),
     "setup": ("mtlib.cli.setup", "download, lay out and verify the checkpoints"),
     "bench": ("mtlib.cli.bench", "GPU benchmark of the real-size model with random weights"),
     "finish": ("mtlib.cli.finish", "write the mp4 of a run whose frames were kept (.rescue)"),

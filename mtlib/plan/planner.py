@@ -19,7 +19,7 @@ Policies (config.generation): frame_num 'auto' | int, short_audio 'pad' | 'snap'
 Where it sits: pipeline.generate() calls plan() first and refuses an invalid plan
 (`ShapePlan.raise_if_invalid()`); mtlib.media.audio pads each waveform to `pad_to_samples`;
 notebooks/02_shape_inspection.ipynb renders it with `plan_table`, `explain` and
-`plot_frame_grouping`; mtlib.shapecheck runs the engine and compares every recorded shape
+`plot_frame_grouping`; mtlib.inspect.shapecheck runs the engine and compares every recorded shape
 with the plan (tests/test_plan_live.py).
 """
 

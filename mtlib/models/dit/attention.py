@@ -2,7 +2,7 @@
 of each person's region, text+image cross-attention, and the audio cross-attention with its
 L-RoPE positions.
 
-Every attention call goes through this module's `attention` (mtlib.shapecheck wraps it to
+Every attention call goes through this module's `attention` (mtlib.inspect.shapecheck wraps it to
 record per-head shapes).
 """
 

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtlib.config import ConfigError, dump_config, load_config
+from mtlib.config import dump_config, load_config
 from mtlib.extras import require
 from mtlib.io import atomic_write, project_root
 
@@ -198,36 +198,6 @@ def describe_run(result: RunResult) -> str:
         lines.append(f"  ... and {len(artefacts) - 40} more")
     lines.append("executed notebooks: " + ", ".join(p.name for p in result.executed))
     return "\n".join(lines)
-
-
-def add_arguments_run(parser) -> None:
-    parser.add_argument("--config", default="configs/tiny.yaml",
-                        help="preset name (tiny, multitalk-480, multitalk-720) or YAML file")
-    parser.add_argument("--only", help="comma-separated notebook prefixes, e.g. 02,03")
-    parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. -p generation.seed=3 (repeatable)")
-    parser.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's, else this Python)")
-    parser.add_argument("--notebooks", help="notebook directory (default: the project's notebooks/)")
-    parser.add_argument("--runs-dir", help="where run directories go (default: runs/)")
-
-
-def run_run(args) -> int:
-    try:
-        if args.runs_dir:  # refused up front (e.g. s3://): not after the first notebook ran
-            from mtlib.plan.guards import check_output_dir
-
-            check_output_dir(args.runs_dir, "--runs-dir")
-        result = run_notebooks(args.config, args.param, args.only, args.kernel, args.notebooks, args.runs_dir)
-    except (ConfigError, ValueError) as e:
-        print(f"mtlib run: {e}", file=sys.stderr)
-        return 2
-    except RunError as e:
-        print(f"mtlib run: FAILED: {e}", file=sys.stderr)
-        return 1
-    total = sum(result.seconds.values())
-    print(f"done in {total:.1f} s")
-    print(describe_run(result))
-    return 0
 
 
 @dataclass
