@@ -59,7 +59,7 @@ test: $(TEST_STAMP)
 
 # the edit loop: the quick modules without their golden and slow tests (tests/conftest.py marks `fast`)
 test-fast: $(TEST_STAMP)
-	$(PY) -m pytest -m fast -q -p no:cacheprovider tests/test_spec.py tests/test_config.py tests/test_plan_cli.py tests/test_pipeline_loop.py tests/test_sampling.py tests/test_audio.py tests/test_image.py tests/test_video.py
+	$(PY) -m pytest -m fast -q -p no:cacheprovider tests/test_spec.py tests/test_layers.py tests/test_config.py tests/test_plan_cli.py tests/test_pipeline_loop.py tests/test_sampling.py tests/test_audio.py tests/test_image.py tests/test_video.py
 
 newest-stack: $(TEST_STAMP)
 	$(PY) tools/newest_stack.py --python $(PYTHON)

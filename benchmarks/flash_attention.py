@@ -49,7 +49,7 @@ def main(argv=None) -> int:
         return 2
     from triton.testing import do_bench
 
-    from mtlib.accel.kernels import attention as fa
+    from mtlib.kernels import attention as fa
 
     dev = torch.device("cuda")
     g = torch.Generator(dev).manual_seed(0)

@@ -56,7 +56,7 @@ def golden() -> GoldenSet:
 # modules below without their golden and slow tests (the rules, the plan, the loop on fake
 # networks, the inputs). `make test` (everything, notebooks too) stays the CI gate.
 FAST_MODULES = {
-    "test_spec", "test_config", "test_plan_cli", "test_pipeline_loop", "test_sampling",
+    "test_spec", "test_config", "test_plan_cli", "test_pipeline_loop", "test_sampling", "test_layers",
     "test_audio", "test_image", "test_video",
 }  # fmt: skip
 # the few tests of those modules that take seconds (librosa import, figures, subprocesses)

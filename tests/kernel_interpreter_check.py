@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from mtlib.accel.bench import DitShape, denoise_step, dit_inputs, random_init_
 from mtlib.accel.compile import set_attention_kernel
-from mtlib.accel.kernels import attention as fa
+from mtlib.kernels import attention as fa
 from mtlib.models.dit import CONFIGS, build_dit
 
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from mtlib import trace
+from mtlib.buckets import table_from_json
 from mtlib.media.image import prepare_image, ref_target_masks
 from mtlib.models.clip import CLIPConfig, load_clip
 from mtlib.models.dit import DiTConfig, load_dit
@@ -28,7 +29,6 @@ from mtlib.models.t5 import (
     load_t5,
 )
 from mtlib.models.vae import VAEConfig, load_vae
-from mtlib.plan.buckets import table_from_json
 from mtlib.run.load import DiTCall, PromptEncoder
 from mtlib.run.loop import Models, encode_prompts, generate
 from mtlib.run.loop_plan import GenerationSettings

@@ -15,10 +15,10 @@ import hashlib
 import pytest
 import torch
 
+from mtlib.buckets import bucket_table, table_from_json
 from mtlib.config import load_config
 from mtlib.media.video import read_mp4
 from mtlib.models.wav2vec import Wav2VecGeometry, load_wav2vec
-from mtlib.plan.buckets import bucket_table, table_from_json
 from mtlib.run.generation import generate_video
 from mtlib.run.load import LoadedModels
 from mtlib.run.noise import InjectedNoise

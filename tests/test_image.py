@@ -10,10 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mtlib import trace
+from mtlib import buckets, trace
 from mtlib.io import InputError
 from mtlib.media import image
-from mtlib.plan import buckets
 from tests import versions
 from tests.golden import get_case, golden_cases
 

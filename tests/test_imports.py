@@ -23,3 +23,25 @@ def test_importing_every_mtlib_module_pulls_no_accelerator():
     assert out.returncode == 0, out.stderr
     assert len(modules) > 20
     assert out.stdout.strip() == "[]"
+
+
+def test_no_package_name_hides_one_of_its_modules():
+    """A package's __init__ re-exports names; none may bind the name of one of its own modules
+    (`mtlib.weights.download` would be the function, not the module: monkeypatching the module
+    or `from mtlib.weights import fetch` style imports would silently hit the wrong object)."""
+    import importlib
+    import types
+
+    clashes = []
+    for init in sorted((ROOT / "mtlib").rglob("__init__.py")):
+        pkg_dir = init.parent
+        pkg = ".".join(pkg_dir.relative_to(ROOT).parts)
+        subs = [p.stem for p in pkg_dir.glob("*.py") if p.stem not in ("__init__", "__main__")]
+        subs += [d.name for d in pkg_dir.iterdir() if (d / "__init__.py").exists()]
+        for sub in subs:
+            module = importlib.import_module(f"{pkg}.{sub}")
+            bound = getattr(importlib.import_module(pkg), sub)
+            if bound is not module:
+                kind = "module" if isinstance(bound, types.ModuleType) else type(bound).__name__
+                clashes.append(f"{pkg}.{sub} is a {kind} ({bound!r}), not the module {module.__name__}")
+    assert not clashes, "\n".join(clashes)

@@ -1,4 +1,4 @@
-"""mtlib.accel.kernels.attention: the Triton flash attention (opt-in GPU speed path).
+"""mtlib.kernels.attention: the Triton flash attention (opt-in GPU speed path).
 
 The kernel itself runs here in Triton's CPU interpreter (a subprocess with TRITON_INTERPRET=1),
 so CI checks its arithmetic: against float64 attention, inside the tiny DiT against the SDPA
@@ -83,7 +83,7 @@ def test_set_attention_kernel_refuses_unknown_and_cpu():
 
 
 def test_flash_attention_input_errors():
-    from mtlib.accel.kernels import attention as fa
+    from mtlib.kernels import attention as fa
 
     if not fa.HAVE_TRITON:
         pytest.skip("Triton not installed")

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mtlib.buckets import bucket_table, choose_bucket
 from mtlib.config import load_config
 from mtlib.frames import samples_for_frames, snap_frame_num
 from mtlib.media.probe import probe_audio, probe_image
 from mtlib.plan import MODEL_SIZES, PlanError, PlanInputs, plan, plan_table
-from mtlib.plan.buckets import bucket_table, choose_bucket
 from tests.golden import get_case, golden_cases
 
 AUDIO_ASSERT = "AssertionError: Aduio file not exists or length not satisfies frame nums."

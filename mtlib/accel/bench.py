@@ -246,7 +246,7 @@ def bench_deviation(shape: DitShape, config: str = "multitalk-14b", layers: int 
         plain = denoise_step(model, inp16)
         compile_blocks(model, rope_fp32=True)
         fast = denoise_step(model, inp16)
-        from mtlib.accel.kernels.attention import available
+        from mtlib.kernels.attention import available
 
         triton_ok = available(dev)
         if triton_ok:

@@ -34,7 +34,7 @@ def set_attention_kernel(model: MultiTalkDiT, kernel: str, device=None) -> Multi
     if kernel not in ATTENTION_KERNELS:
         raise ValueError(f"attention kernel must be one of {', '.join(ATTENTION_KERNELS)}; got {kernel!r}")
     if kernel != "sdpa":
-        from mtlib.accel.kernels.attention import available, head_dim_ok, min_head_dim
+        from mtlib.kernels.attention import available, head_dim_ok, min_head_dim
 
         d, fp8 = model.config.head_dim, kernel == "triton-fp8"
         if not head_dim_ok(d, fp8):

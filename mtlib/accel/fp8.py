@@ -4,7 +4,7 @@
 stored once as float8 e4m3 with one scale per output channel, and each call quantises its input
 per token (one scale per row) and multiplies with `torch._scaled_mm` (fp8 tensor cores, bf16
 output, bias fused). Norms and the fp32 islands are unchanged (bf16 / fp32); `enable_fp8_dit`
-also moves the self-attention to the Triton fp8 flash kernel (mtlib.accel.kernels.attention).
+also moves the self-attention to the Triton fp8 flash kernel (mtlib.kernels.attention).
 
 This changes the numbers beyond bf16 noise: `mtlib bench --what deviation-fp8` measures how far
 (against an fp32 reference, next to the plain bf16 path's own error). Use it for drafts and
@@ -67,7 +67,7 @@ def enable_fp8_dit(model: nn.Module, device=None) -> nn.Module:
     Triton fp8 flash kernel where Triton can run and the head dim suits fp8 tensor cores
     (32..256; else it stays on SDPA in bf16: the tiny model's 16)."""
     from mtlib.accel.compile import set_attention_kernel
-    from mtlib.accel.kernels.attention import available, head_dim_ok
+    from mtlib.kernels.attention import available, head_dim_ok
 
     enable_fp8(model)
     if available(device) and head_dim_ok(model.config.head_dim, fp8=True):

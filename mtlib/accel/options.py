@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from mtlib.config import ConfigError
 
-# DiT head dims where the Triton kernels run (mtlib.accel.kernels.attention.head_dim_ok): a power
+# DiT head dims where the Triton kernels run (mtlib.kernels.attention.head_dim_ok): a power
 # of two in 16..256 (bf16) / 32..256 (fp8). The real model's is 128, the tiny one's 16.
 _HEAD_DIMS = {"multitalk-14b": 128, "tiny": 16}
 

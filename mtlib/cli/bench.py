@@ -20,7 +20,7 @@ def add_arguments_bench(parser) -> None:
     parser.add_argument("--config", default="multitalk-14b")
     parser.add_argument("--sdpa", default="cudnn", choices=["default", "cudnn"], help="SDPA backend preference")
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "triton", "triton-fp8"],
-                        help="DiT self-attention kernel (triton*: mtlib.accel.kernels, needs Triton)")
+                        help="DiT self-attention kernel (triton*: mtlib.kernels, needs Triton)")
     parser.add_argument("--json", help="write the result record here")
 
 

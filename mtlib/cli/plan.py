@@ -90,7 +90,7 @@ def _print_rich(p: ShapePlan) -> None:
     if p.valid:
         con.print(f"VALID: seq_len {p.seq_len}, {len(p.clips)} clip(s), {p.output_frames} frames, "
                   f"{p.flops_per_step / 1e15:.3f} PFLOP per step", markup=False, style="bold green")
-        from mtlib.parallel.layout import parallel_lines
+        from mtlib.plan.parallel import parallel_lines
 
         for line in parallel_lines(p):
             con.print(line, markup=False, highlight=False)

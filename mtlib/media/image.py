@@ -2,7 +2,7 @@
 
 Where it sits: first stage of the flow, beside `mtlib.media.audio`. `load_image` reads any
 Pillow-readable file (local, https://, s3://) into RGB; `prepare_image` picks the size
-bucket (`mtlib.plan.buckets`), resizes with PIL BILINEAR to cover it, centre-crops and
+bucket (`mtlib.buckets`), resizes with PIL BILINEAR to cover it, centre-crops and
 normalises to the `cond_image` [1, 3, 1, H, W] float32 in [-1, 1] that CLIP and the VAE
 consume, bit-exact with the reference's `resize_and_centercrop`. `person_masks` and
 `ref_target_masks` build the reference's human masks (pipeline step 7) at the source
@@ -30,9 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mtlib import io, trace
+from mtlib import buckets, io, trace
 from mtlib.extras import require
-from mtlib.plan import buckets
 
 if TYPE_CHECKING:
     import torch

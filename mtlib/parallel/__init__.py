@@ -5,13 +5,13 @@
   output gathered); `enable_sequence_parallel(dit)`.
 - `mtlib.parallel.launch`: joining a torchrun launch or spawning the ranks for
   `parallel.gpus`, the per-rank device, `agree` (every rank checks, one failure stops all).
-- `mtlib.parallel.layout`: per-rank tokens, frames and memory in the shape plan.
+- `mtlib.plan.parallel`: per-rank tokens, frames and memory in the shape plan.
 
 See docs/multi-gpu.md for the commands.
 """
 
 from mtlib.parallel.launch import RankContext, agree, join, spawn
-from mtlib.parallel.layout import plan_parallel, rank_tokens
+from mtlib.plan.parallel import plan_parallel, rank_tokens
 
 _SEQUENCE = ("SequenceParallel", "TokenShard", "enable_sequence_parallel")
 

@@ -29,6 +29,7 @@ import math
 from os import PathLike
 from typing import Any
 
+from mtlib.buckets import bucket_table, choose_bucket
 from mtlib.frames import SAMPLE_RATE as AUDIO_SR
 from mtlib.frames import (
     embedding_frames,
@@ -42,7 +43,6 @@ from mtlib.frames import (
     video_frames_of,
 )
 from mtlib.io import InputError
-from mtlib.plan.buckets import bucket_table, choose_bucket
 from mtlib.plan.costs import _costs
 from mtlib.plan.records import (
     AUDIO_ASSERT,
@@ -364,7 +364,7 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
     from mtlib.plan.guards import plan_warnings  # frames beyond training, audio the video cuts off
 
     p.notes += plan_warnings(p, g)
-    from mtlib.parallel.layout import plan_parallel, ranks_of
+    from mtlib.plan.parallel import plan_parallel, ranks_of
 
     plan_parallel(p, ranks_of(cfg), m)
     return p

@@ -198,7 +198,7 @@ class ShapePlan:
     # LoRA files merged into the DiT at load (model.loras), checked from their headers:
     # {path, scale, format, params_touched, params, unmatched}
     loras: list = field(default_factory=list)
-    parallel: dict = field(default_factory=dict)  # ranks > 1: mtlib.parallel.layout
+    parallel: dict = field(default_factory=dict)  # ranks > 1: mtlib.plan.parallel
     # the DiT's resolved speed options (mtlib.accel.options.DiTOptions.to_dict()): weights' precision
     # per group, offload, attention kernel, compile, RoPE dtype, LoRAs; None: not resolvable
     dit_options: dict | None = None

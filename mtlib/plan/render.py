@@ -71,7 +71,7 @@ def plan_table(plan: ShapePlan, max_rows: int | None = None) -> str:
             f"| activations/pass ~{plan.activation_bytes / 1e9:.2f} GB | {plan.flops_per_step / 1e15:.3f} PFLOP/step "
             f"({plan.passes_per_step} passes)"
         )
-        from mtlib.parallel.layout import parallel_lines
+        from mtlib.plan.parallel import parallel_lines
 
         body += parallel_lines(plan)
     tail = ["VALID" if plan.valid else f"INVALID: {len(plan.violations)} violation(s)"]

@@ -179,7 +179,9 @@ def generate_video(
                 "handed to spawned ranks. Fix: drop models= (each rank loads its own), or run "
                 "under torchrun and load them in every process."
             )
-        return parallel.launch.spawn_generate(run.config, out, trace_dir, progress, compile, noise)
+        from mtlib.run.ranks import spawn_generate
+
+        return spawn_generate(run.config, out, trace_dir, progress, compile, noise)
     cfg = run.config
     if main:
         _guard_outputs(run, out, trace_dir)

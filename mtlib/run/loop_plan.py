@@ -123,7 +123,7 @@ def check_inputs(
     if H % unit or W % unit:
         raise InputError(
             f"cond_image is {H}x{W}: height and width must be multiples of {unit} (VAE stride 8 x "
-            f"DiT patch 2). Fix: use a size from the bucket tables (mtlib.plan.buckets)."
+            f"DiT patch 2). Fix: use a size from the bucket tables (mtlib.buckets)."
         )
     if not 1 <= len(audio_embs) <= 2:
         raise InputError(f"audio_embs: MultiTalk takes 1 or 2 persons, got {len(audio_embs)}.")

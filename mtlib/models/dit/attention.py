@@ -42,7 +42,7 @@ class SelfAttention(nn.Module):
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         # which kernel runs this self-attention: "sdpa" (default, torch), "triton" (bf16 flash
-        # kernel of mtlib.accel.kernels; slower than cuDNN on the H100) or "triton-fp8" (e4m3, faster,
+        # kernel of mtlib.kernels; slower than cuDNN on the H100) or "triton-fp8" (e4m3, faster,
         # changes results); per instance, set by set_attention_kernel() (model.attention)
         self.kernel = "sdpa"
         dim = cfg.dim
@@ -71,8 +71,8 @@ class SelfAttention(nn.Module):
             q, k, v = shard.to_heads(q), shard.to_heads(k), shard.to_heads(v)  # [B, L_all, H/N, d]
         if self.kernel == "sdpa":
             out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
-        else:  # Triton flash attention, reads and writes [B, L, H, d] (mtlib.accel.kernels.attention)
-            from mtlib.accel.kernels.attention import attention as flash
+        else:  # Triton flash attention, reads and writes [B, L, H, d] (mtlib.kernels.attention)
+            from mtlib.kernels.attention import attention as flash
 
             out = flash(q, k, v, mode=_FLASH_MODES[self.kernel])
         if shard is not None:
