@@ -1,4 +1,4 @@
-"""Timing of mtlib.shapes.plan() from metadata (target: < 10 ms per call).
+"""Timing of mtlib.plan.plan() from metadata (target: < 10 ms per call).
 
 Run: python benchmarks/bench_plan.py  (CPU only; no files, no models). Prints the median and
 the worst time per call for a few typical plans. Timings are reported, never asserted in tests.

@@ -10,7 +10,7 @@ of a tiny run's wall time; the lead measures the real tiny pipeline once it land
     python benchmarks/bench_trace.py --tiny-dit ../shared/golden   # the tiny DiT's own points
     python benchmarks/bench_trace.py --tiny-run [--repeat 5]       # whole tiny generate_video runs
 
---tiny-run: the tiny preset through mtlib.generation.generate_video (networks loaded once,
+--tiny-run: the tiny preset through mtlib.run.generation.generate_video (networks loaded once,
 audio embedding cached, frame_num 13) with trace off / stats (the config's default include:
 the pipeline's points, no DiT / VAE internals) / stats with every point ("*", DiT and VAE
 internals included) / full (tensors of the default include). Rounds are interleaved; the

@@ -6,7 +6,7 @@
     python benchmarks/h200_fast.py notebooks                  # (c) mtlib run, notebooks 00-03, random weights
 
 Each writes its JSON record to $OUT/h200_<what>.json and benchmarks/results/h200_<what>.json
-(with the git commit). Whole clips go through mtlib.generation.generate_video (generate's code
+(with the git commit). Whole clips go through mtlib.run.generation.generate_video (generate's code
 path: plan, load, wav2vec2, T5, CLIP, VAE encode, sampling, VAE decode, colour correction,
 mp4), the real-size networks with model.weights.random, 81 frames at 480p (448x896).
 """

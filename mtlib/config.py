@@ -6,7 +6,7 @@ starts from a preset (`base: tiny`), plus `key.path=value` overrides. Every valu
 checked on load: an unknown key, a wrong type or an impossible value raises one
 `ConfigError` naming the key path, what is allowed, and what was given. Shape rules that
 depend on the inputs (4n+1 frame counts, audio length) are the shape plan's job
-(`mtlib.shapes`), not this module's.
+(`mtlib.plan`), not this module's.
 """
 
 from __future__ import annotations

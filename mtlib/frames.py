@@ -1,7 +1,7 @@
 """Frame and audio arithmetic of MultiTalk: the one home of every rule that counts frames.
 
-Where it sits: below everything. The shape plan (`mtlib.shapes`), the engine
-(`mtlib.pipeline.generate`), the audio front-end (`mtlib.media.audio`, `mtlib.media.probe`) and the
+Where it sits: below everything. The shape plan (`mtlib.plan`), the engine
+(`mtlib.run.loop.generate`), the audio front-end (`mtlib.media.audio`, `mtlib.media.probe`) and the
 wav2vec2 encoder import these numbers and functions instead of re-deriving them, so that
 plan and engine cannot drift apart. Pure Python: no torch, no numpy.
 

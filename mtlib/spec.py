@@ -1,7 +1,7 @@
 """Model specs: the one registry of model geometry, derived sizes and per-component precision.
 
 Where it sits: below the config, the plan and the engine. `mtlib.config` takes its model
-names from `SPECS`; the shape plan (`mtlib.shapes`) computes tensor shapes, parameter counts
+names from `SPECS`; the shape plan (`mtlib.plan`) computes tensor shapes, parameter counts
 and FLOPs from a `ModelSpec`; the engine builds its networks from it (`mtlib.models.dit.CONFIGS`,
 `mtlib.models.wav2vec` geometries); `mtlib.weights` derives the expected checkpoint layouts and
 `mtlib.accel.bench` its FLOP counts from the same numbers. A name selects a whole consistent

@@ -19,7 +19,7 @@ from tests.test_pipeline_loop import LinearDiT, MeanVAE, ZeroCLIP, fake_inputs
 
 USER_ERROR = "RuntimeError: shape '[1, 11, 4, 56, 112]' is invalid for input of size 288512"
 DRIFT_TAIL = (
-    "The loop runs the shapes the plan computed (mtlib.shapes / mtlib.frames); a difference is "
+    "The loop runs the shapes the plan computed (mtlib.plan / mtlib.frames); a difference is "
     "a bug in mtlib or a plan made for other inputs or settings."
 )
 

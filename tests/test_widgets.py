@@ -295,7 +295,7 @@ class _Row(SimpleNamespace):
 
 class FakeComparison:
     """The Comparison surface compare_view uses (rows, compared, failures, first_divergence,
-    summary, table, plot_pipeline, plot_heatmap), for when mtlib.compare is absent."""
+    summary, table, plot_pipeline, plot_heatmap), for when mtlib.inspect.compare is absent."""
 
     def __init__(self, a, b):
         self.a, self.b = a, b

@@ -6,7 +6,7 @@ For each job, in order:
                (sha256); a missing or unreadable input fails the job, naming the URL and cause
     skip?      <out>/<id>/record.json says `done` with the same input and config hashes and
                video.mp4 is there: skipped (unless force)
-    plan       mtlib.generation.prepare_run on the staged copies: an invalid plan fails the job
+    plan       mtlib.run.prepare.prepare_run on the staged copies: an invalid plan fails the job
                with the diagnosis (rule, the reference's error, the fixes) before any compute
     generate   in this process with the batch's loaded models (loaded on the first job that
                needs them, reloaded only when a job's `model` section differs), or, with

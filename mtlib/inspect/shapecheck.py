@@ -1,6 +1,6 @@
 """Live check of the shape plan: run the engine, record every trace point's shape, compare.
 
-`live_check(cfg)` plans a run (mtlib.shapes), runs it for real through the same pieces as
+`live_check(cfg)` plans a run (mtlib.plan), runs it for real through the same pieces as
 generation.generate_video (prepare_run, load_models, preprocess_inputs, encode_prompts,
 pipeline.generate; no mp4 is written) under a `ShapeRecorder` that keeps only the shape
 and dtype of each offered tensor, and returns a `LiveCheck`: one row per observed point

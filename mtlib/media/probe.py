@@ -1,6 +1,6 @@
 """Metadata of input files (image size, audio length) without decoding samples or pixels.
 
-The shape plan (`mtlib.shapes`) needs only a few numbers from the user's files: the image's
+The shape plan (`mtlib.plan`) needs only a few numbers from the user's files: the image's
 width and height, and each speech track's sample rate and frame count. This module reads
 them from file headers (PIL for images, soundfile for wav/flac/ogg, PyAV container metadata
 for mp3/m4a/mp4/...), for local paths and URLs alike, so `mtlib plan` answers in

@@ -1,6 +1,6 @@
 """Frames -> mp4 (H.264 + AAC) and back, through PyAV (no system ffmpeg).
 
-The last step of a run: the video [3, N, H, W] in [-1, 1] returned by `mtlib.pipeline.generate`
+The last step of a run: the video [3, N, H, W] in [-1, 1] returned by `mtlib.run.loop.generate`
 is written at 25 fps with the speech track muxed in, like the reference's `save_video_ffmpeg`
 (facts §9.5): pixels become uint8 by ((x + 1) / 2 · 255, clipped, TRUNCATED — no rounding),
 the video is H.264 yuv420p, the audio AAC cut to the video's length (N / fps seconds). The

@@ -1,7 +1,7 @@
 """Guards: what a run checks before compute, and the cheap checks it keeps making during it.
 
-Where it sits: called by `mtlib.generation` (prepare_run, load_models, the write step), the
-loop in `mtlib.pipeline` (one isfinite per step), the checkpoint readers in
+Where it sits: called by `mtlib.run.generation` (prepare_run, load_models, the write step), the
+loop in `mtlib.run.loop` (one isfinite per step), the checkpoint readers in
 `mtlib.models.*` and the `plan`, `setup` and `run` commands. Each guard raises ONE error
 naming the input, the rule and the fix, or returns warning lines the CLI prints.
 

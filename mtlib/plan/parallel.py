@@ -1,6 +1,6 @@
 """The parallel layout in the shape plan: per-rank tokens, latent frames and memory.
 
-`plan_parallel(plan, ranks, sizes)` is called by `mtlib.shapes.plan` with
+`plan_parallel(plan, ranks, sizes)` is called by `mtlib.plan.plan` with
 `config.parallel.gpus` (or torchrun's world size). It fills `plan.parallel`:
 
     ranks, heads_per_rank, tokens_per_rank (ceil(L / N), padding included), padded_tokens,

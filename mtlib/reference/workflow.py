@@ -8,7 +8,7 @@
     demo_reference(workdir)                           without an official checkout: a tiny mtlib
                                                       run standing in for the reference (labelled)
 
-Compare with `mtlib.compare.compare(run, reference)`; `mtlib.reference.settings` names what
+Compare with `mtlib.inspect.compare.compare(run, reference)`; `mtlib.reference.settings` names what
 the two were told to do differently.
 """
 

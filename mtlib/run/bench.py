@@ -12,7 +12,7 @@ from mtlib.weights.random import random_init_
 
 def bench_clip(shape: DitShape, steps: int = 40, config: str = "multitalk-14b", device: str = "cuda",
                fp8: bool = False) -> dict:
-    """One whole clip through mtlib.pipeline.generate at real size with random weights: umT5
+    """One whole clip through mtlib.run.loop.generate at real size with random weights: umT5
     (bf16) on prompt + negative prompt, CLIP (fp16), VAE encode, `steps` denoising steps of 3
     compiled DiT passes, VAE decode, colour correction. Wall time per stage and in total.
     fp8: the DiT's block linears and self-attention in fp8 (precision "fp8")."""

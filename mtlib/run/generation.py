@@ -3,7 +3,7 @@
 Where it sits: the top of the flow, above every other module. `generate_video(cfg, out)` is
 what `mtlib generate` (mtlib/cli/generate.py) and notebook 03 call:
 
-    prepare_run(cfg)      probe the input files and build the shape plan (mtlib.shapes); an
+    prepare_run(cfg)      probe the input files and build the shape plan (mtlib.plan); an
                           invalid plan raises PlanError with the diagnosis BEFORE any weights
                           load; frame_num 'auto' / the short-audio policy are resolved here
     load_models(cfg)      checkpoints of config.model.weights (tiny: random checkpoints written
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mtlib import plan as planning  # the plan package (formerly mtlib.shapes)
+from mtlib import plan as planning  # the plan package (formerly mtlib.plan)
 from mtlib import trace
 from mtlib.config import ConfigError, RunConfig, to_dict
 from mtlib.frames import SAMPLE_RATE  # every waveform in mtlib is at 16 kHz

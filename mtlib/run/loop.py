@@ -136,7 +136,7 @@ def generate(
     prompt_context / neg_context: [L, text_dim] trimmed T5 outputs of the prompt and the
     negative prompt; ref_target_masks: [3, H/8, W/8] float (person 1, person 2, background);
     noise_source: defaults to SeededNoise(settings.seed).
-    plan: the run's `mtlib.shapes.ShapePlan`; the loop runs its clips with its sizes and checks
+    plan: the run's `mtlib.plan.ShapePlan`; the loop runs its clips with its sizes and checks
     every clip against it (PlanDriftError names the first difference). None: the same schedule
     from the settings and the inputs' sizes (mtlib.frames).
     Returns the video [3, N, H, W] in [-1, 1] (CPU float32) and the clip bookkeeping.

@@ -59,7 +59,7 @@ class GenerationSettings:
         if g.frame_num == "auto":
             raise ValueError(
                 "generation.frame_num is 'auto': resolve it from the audio length first "
-                "(mtlib.shapes) and pass the resolved config."
+                "(mtlib.plan) and pass the resolved config."
             )
         values = dict(
             mode=g.mode,
@@ -173,7 +173,7 @@ class PlanDriftError(RuntimeError):
 
 @dataclass(frozen=True)
 class LoopPlan:
-    """The sizes and the clip schedule generate() runs, taken from a `mtlib.shapes.ShapePlan`
+    """The sizes and the clip schedule generate() runs, taken from a `mtlib.plan.ShapePlan`
     (`from_plan`) or, for callers without one (replay tests, bench), from the same arithmetic
     (`from_settings`, mtlib.frames). The loop computes no size itself."""
 
@@ -230,6 +230,6 @@ class LoopPlan:
         if o != p:
             raise PlanDriftError(
                 f"plan drift at {where}: the {self.source} says {p}, the engine has {o}. The "
-                "loop runs the shapes the plan computed (mtlib.shapes / mtlib.frames); a "
+                "loop runs the shapes the plan computed (mtlib.plan / mtlib.frames); a "
                 "difference is a bug in mtlib or a plan made for other inputs or settings."
             )

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mtlib import plan as planning  # the plan package (formerly mtlib.shapes)
+from mtlib import plan as planning  # the plan package (formerly mtlib.plan)
 from mtlib.config import ConfigError, RunConfig, load_config
 
 if TYPE_CHECKING:

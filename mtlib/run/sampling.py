@@ -1,6 +1,6 @@
 """Sampler arithmetic of the MultiTalk generation loop, as plain functions.
 
-`mtlib.pipeline.generate` calls these once per clip / step; nothing here touches a network.
+`mtlib.run.loop.generate` calls these once per clip / step; nothing here touches a network.
 
     timesteps(steps, shift)            shifted flow-matching schedule, [steps + 1] (ends at 0)
     frame_mask(F, n_cond, h, w)        which pixel frames are given (the 4 mask channels of y)

@@ -3,7 +3,7 @@
 Where it sits: `generation.load_models` merges `config.model.loras` right after the DiT's
 state dict is loaded and BEFORE anything else touches the weights (fp8 quantisation, block
 offload pinning, torch.compile), so every later stage sees merged weights. The plan
-(`mtlib.shapes`) checks the files first, from their safetensors headers only: a file that
+(`mtlib.plan`) checks the files first, from their safetensors headers only: a file that
 does not fit the DiT is refused before any weight is read.
 
 The reference's semantics (golden README "LoRA", facts §11.5), kept exactly for its format:

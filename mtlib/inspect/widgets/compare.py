@@ -70,9 +70,9 @@ def compare_view(run_a: str | os.PathLike = "", run_b: str | os.PathLike = "", p
                  runs_dir: str | os.PathLike = "runs", comparer: Callable | None = None,
                  comparison: Any = None, interactive: bool | None = None) -> View:
     """04: compare trace A with the reference B (run dirs, trace dirs or golden cases, as
-    mtlib.compare.load_trace reads them). `comparison`: an mtlib.compare.Comparison of this
+    mtlib.inspect.compare.load_trace reads them). `comparison`: an mtlib.inspect.compare.Comparison of this
     very pair already computed (not computed again). `comparer(a, b)` replaces
-    mtlib.compare.compare. Interactive: two combo boxes listing run dirs under `runs_dir`
+    mtlib.inspect.compare.compare. Interactive: two combo boxes listing run dirs under `runs_dir`
     (free text allowed) and a dropdown of the compared points."""
     # "_cache" is shared by the shallow state copies each render gets: one compare per pair
     state = {"run_a": str(run_a), "run_b": str(run_b), "point": point or "", "comparer": comparer, "_cache": {}}
@@ -81,7 +81,7 @@ def compare_view(run_a: str | os.PathLike = "", run_b: str | os.PathLike = "", p
     choices = _run_dirs(runs_dir)
 
     def controls() -> dict:
-        w = require("ipywidgets", "notebooks", "mtlib.widgets")
+        w = require("ipywidgets", "notebooks", "mtlib.inspect.widgets")
 
         lay = {"style": {"description_width": "90px"}, "layout": w.Layout(width="720px")}
         return {
@@ -92,7 +92,7 @@ def compare_view(run_a: str | os.PathLike = "", run_b: str | os.PathLike = "", p
         }
 
     def point_picker(view: View) -> None:
-        w = require("ipywidgets", "notebooks", "mtlib.widgets")
+        w = require("ipywidgets", "notebooks", "mtlib.inspect.widgets")
 
         names = view.rendered.data.get("points", [])
         opts = [("(first divergence)", "")] + [(n, n) for n in names]

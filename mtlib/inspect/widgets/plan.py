@@ -13,7 +13,7 @@ from mtlib.inspect.widgets.preprocessing import _audio_list, _local
 from mtlib.inspect.widgets.view import RenderedView, View, _pyplot, is_interactive
 from mtlib.io import InputError
 
-# The rules of mtlib.shapes, in the order the reference trips over them (shapes docstring).
+# The rules of mtlib.plan, in the order the reference trips over them (shapes docstring).
 PLAN_RULES = (
     "persons_1_or_2", "audio_min_duration", "para_equal_length", "audio_longer_than_frame_num",
     "frame_num_4n_plus_1", "frame_num_min", "bbox_count", "motion_frame_below_frame_num",
@@ -32,7 +32,7 @@ class Fix:
 
 def plan_fixes(p, state: dict | None = None) -> list[Fix]:
     """Fixes as (state key, value) changes, derived from each Violation's `values` with the
-    same arithmetic as mtlib.shapes (its `fixes` are prose). State keys are plan_view's."""
+    same arithmetic as mtlib.plan (its `fixes` are prose). State keys are plan_view's."""
     from mtlib.frames import snap_frame_num, snap_frame_num_up
 
     state = state or {}
@@ -205,7 +205,7 @@ def render_plan(state: dict) -> RenderedView:
 
 
 def _fix_buttons(view: View) -> None:
-    w = require("ipywidgets", "notebooks", "mtlib.widgets")
+    w = require("ipywidgets", "notebooks", "mtlib.inspect.widgets")
 
     buttons = []
     for fix in view.rendered.data.get("fixes", []):
@@ -240,7 +240,7 @@ def plan_view(
                         buckets, short_audio, audio_type, audio)
 
     def controls() -> dict:
-        w = require("ipywidgets", "notebooks", "mtlib.widgets")
+        w = require("ipywidgets", "notebooks", "mtlib.inspect.widgets")
 
         lay = {"style": {"description_width": "110px"}, "layout": w.Layout(width="400px")}
         small = {"style": {"description_width": "110px"}, "layout": w.Layout(width="260px")}

@@ -138,7 +138,7 @@ def preprocessing_view(
     }
 
     def controls() -> dict:
-        w = require("ipywidgets", "notebooks", "mtlib.widgets")
+        w = require("ipywidgets", "notebooks", "mtlib.inspect.widgets")
 
         lay = {"style": {"description_width": "110px"}, "layout": w.Layout(width="520px")}
         return {
@@ -152,7 +152,7 @@ def preprocessing_view(
         }
 
     def uploads(view: View) -> None:
-        w = require("ipywidgets", "notebooks", "mtlib.widgets")
+        w = require("ipywidgets", "notebooks", "mtlib.inspect.widgets")
 
         if view.extra_box.children:
             return

@@ -167,7 +167,7 @@ def video_view(source: str | os.PathLike, trace_dir: str | os.PathLike | None = 
     state["_frames"], _a, state["_info"] = read_mp4(mp4)
 
     def controls() -> dict:
-        w = require("ipywidgets", "notebooks", "mtlib.widgets")
+        w = require("ipywidgets", "notebooks", "mtlib.inspect.widgets")
 
         n = int(state["_frames"].shape[0])
         lay = {"style": {"description_width": "90px"}, "layout": w.Layout(width="520px")}
@@ -180,7 +180,7 @@ def video_view(source: str | os.PathLike, trace_dir: str | os.PathLike | None = 
 
     def player(view: View) -> None:
         # the Output widget is re-drawn on each change: keep one player outside it
-        w = require("ipywidgets", "notebooks", "mtlib.widgets")
+        w = require("ipywidgets", "notebooks", "mtlib.inspect.widgets")
 
         if view.extra_box.children:
             return

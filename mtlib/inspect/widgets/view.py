@@ -43,7 +43,7 @@ def _pyplot():
     """pyplot, on Agg when nothing can show a window or an inline figure."""
     import sys
 
-    matplotlib = require("matplotlib", "notebooks", "mtlib.widgets plots")
+    matplotlib = require("matplotlib", "notebooks", "mtlib.inspect.widgets plots")
 
     if "ipykernel" not in sys.modules and not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND"):
         matplotlib.use("Agg")
@@ -148,7 +148,7 @@ class View:
             return _error_view(self.title, e)
 
     def _build(self) -> None:
-        w = require("ipywidgets", "notebooks", "mtlib.widgets")
+        w = require("ipywidgets", "notebooks", "mtlib.inspect.widgets")
 
         for key, make in self._factories.items():
             ctl = make()
