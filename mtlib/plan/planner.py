@@ -16,7 +16,7 @@ Rules (multitalk-facts §10.5), in the order the reference would trip over them:
 Frame / audio arithmetic comes from mtlib.frames, model geometry and dtypes from mtlib.spec.
 Policies (config.generation): frame_num 'auto' | int, short_audio 'pad' | 'snap' | 'error'.
 
-Where it sits: pipeline.generate() calls plan() first and refuses an invalid plan
+Where it sits: run.prepare.prepare_run() calls plan() first and refuses an invalid plan
 (`ShapePlan.raise_if_invalid()`); mtlib.media.audio pads each waveform to `pad_to_samples`;
 notebooks/02_shape_inspection.ipynb renders it with `plan_table`, `explain` and
 `plot_frame_grouping`; mtlib.inspect.shapecheck runs the engine and compares every recorded shape

@@ -12,7 +12,7 @@ what `mtlib generate` (mtlib/cli/generate.py) and notebook 03 call:
                           planned -> wav2vec2 embedding (cached); image -> bucket crop ->
                           person masks on the latent grid
     encode_prompts()      T5 on [prompt, negative prompt]
-    pipeline.generate()   the clip / streaming loop; noise from generation.noise (cpu: SeededNoise(seed),
+    loop.generate()       the clip / streaming loop; noise from generation.noise (cpu: SeededNoise(seed),
                           cuda: the reference's CUDA draws, trace: a trace's draws; mtlib.reference.noise)
     write                 video trimmed back to the real audio, muxed with the ORIGINAL
                           (unpadded, loudness-normalised, summed) speech at 25 fps, the resolved
