@@ -141,21 +141,16 @@ def open_output(url: str | os.PathLike, suffix: str | None = None) -> Iterator[P
     Complete object or none:
     - local path: a temporary file beside the target, renamed over it (`atomic_path`);
     - `scheme://` URL (fsspec): the file is written locally first, uploaded to a temporary key
-      `<dir>/.<name>.<random>.tmp` and moved onto the final key (`fs.mv`; on S3 a server-side
-      copy + delete, so readers of the final key see the old object or the whole new one); the
-      temporary key and the local file are removed on any failure.
+      published by `publish_file` (one upload on object stores, a temporary key moved into
+      place elsewhere); the local file (and any temporary key) is removed on any failure.
     """
     s = str(url)
     if not is_output_url(s):
         with atomic_path(s[len("file://"):] if s.startswith("file://") else s, suffix) as tmp:
             yield tmp
         return
-    import uuid
-
     fs, rpath = _fs_and_path(s)
     name = rpath.rstrip("/").rsplit("/", 1)[-1]
-    parent = rpath.rstrip("/")[: -len(name)].rstrip("/")
-    tmp_key = f"{parent}/.{name}.{uuid.uuid4().hex[:12]}.tmp" if parent else f".{name}.tmp"
     suffix = Path(name).suffix if suffix is None else suffix
     fd, local = tempfile.mkstemp(prefix=".mtlib-upload.", suffix=suffix)
     os.close(fd)
@@ -163,10 +158,7 @@ def open_output(url: str | os.PathLike, suffix: str | None = None) -> Iterator[P
     try:
         yield local_path
         try:
-            if parent:
-                fs.makedirs(parent, exist_ok=True)
-            fs.put_file(str(local_path), tmp_key)
-            fs.mv(tmp_key, rpath)
+            publish_file(fs, local_path, rpath)
         except Exception as e:
             raise OutputError(
                 f"output {s!r}: upload failed ({type(e).__name__}: {e}); nothing was written "
@@ -174,6 +166,35 @@ def open_output(url: str | os.PathLike, suffix: str | None = None) -> Iterator[P
             ) from None
     finally:
         local_path.unlink(missing_ok=True)
+
+
+# Object stores make an object visible only once its upload completes (one PUT, or a multipart
+# upload's completion), so a reader sees the old object or the whole new one: no temporary key.
+_ATOMIC_PUT = {"s3", "s3a", "gs", "gcs", "az", "abfs", "memory"}
+
+
+def publish_file(fs, local: str | os.PathLike, rpath: str) -> None:
+    """Upload the complete local file `local` to `rpath` on the fsspec filesystem `fs` so that
+    `rpath` appears whole or not at all; the one remote write path of mtlib (mtlib.io outputs and
+    the batch runner's storage both use it). Errors propagate unchanged: callers word them.
+
+    Object stores: one upload. Other filesystems: upload to `<dir>/.<name>.<random>.tmp`, then
+    move onto `rpath`; the temporary key is removed on failure."""
+    import uuid
+
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    name = rpath.rstrip("/").rsplit("/", 1)[-1]
+    parent = rpath.rstrip("/")[: -len(name)].rstrip("/")
+    if protocols & _ATOMIC_PUT:
+        fs.put_file(str(local), rpath)
+        return
+    tmp_key = f"{parent}/.{name}.{uuid.uuid4().hex[:12]}.tmp" if parent else f".{name}.tmp"
+    try:
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        fs.put_file(str(local), tmp_key)
+        fs.mv(tmp_key, rpath)
+    finally:
         with contextlib.suppress(Exception):
             if fs.exists(tmp_key):
                 fs.rm(tmp_key)

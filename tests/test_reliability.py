@@ -78,6 +78,31 @@ def test_open_output_fsspec_url_uploads_whole_objects_only():
     assert fs.find("/reliab") == ["/reliab/x/a.bin"]  # no temporary key left
 
 
+def test_publish_file_moves_a_temporary_key_where_no_atomic_put(tmp_path, monkeypatch):
+    """A filesystem that is no object store gets a temporary key moved into place; a failed move
+    leaves neither the target nor the temporary key."""
+    from mtlib.io import publish_file
+
+    fs = fsspec.filesystem("file")
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"whole")
+    target = (tmp_path / "remote" / "a.bin").as_posix()
+    moves = []
+    real_mv = fs.mv
+    monkeypatch.setattr(fs, "mv", lambda a, b, **k: (moves.append((a, b)), real_mv(a, b, **k)))
+    publish_file(fs, src, target)
+    assert [Path(a).name.startswith(".a.bin.") and a.endswith(".tmp") for a, _ in moves] == [True]
+    assert _files(tmp_path / "remote") == ["a.bin"]
+
+    def broken_mv(a, b, **k):
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(fs, "mv", broken_mv)
+    with pytest.raises(OSError, match="disk went away"):
+        publish_file(fs, src, (tmp_path / "remote" / "b.bin").as_posix())
+    assert _files(tmp_path / "remote") == ["a.bin"]  # no b.bin, no temporary key
+
+
 def test_output_url_without_a_driver_is_refused():
     with pytest.raises(OutputError) as e:
         guards.check_output_file("nosuchfs://bucket/v.mp4")

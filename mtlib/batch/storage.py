@@ -26,7 +26,7 @@ import os
 import shutil
 from pathlib import Path
 
-from mtlib.io import InputError, atomic_path, is_remote, resolve_local
+from mtlib.io import InputError, atomic_path, is_remote, publish_file, resolve_local
 
 SINGLE_PUT_BYTES = 100 * 2**20  # s3fs uploads below 2 x its 50 MB chunk in one PutObject
 
@@ -219,7 +219,7 @@ def put_file(local: str | os.PathLike, url: str) -> str:
     if is_s3(url):
         fs = s3_filesystem()
         try:
-            fs.put_file(str(local), url)
+            publish_file(fs, local, url)  # mtlib's one remote write path (a single upload on S3)
         except Exception as e:
             raise s3_error(url, e, "write", fs) from None
         return url
@@ -235,13 +235,13 @@ def put_bytes(data: bytes | str, url: str) -> str:
     if isinstance(data, str):
         data = data.encode()
     url = str(url)
-    if is_s3(url):
-        fs = s3_filesystem()
-        try:
-            fs.pipe_file(url, data)
-        except Exception as e:
-            raise s3_error(url, e, "write", fs) from None
-        return url
+    if is_s3(url):  # through the same upload as put_file (one write path)
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="mtlib-put-") as d:
+            local = Path(d) / "data"
+            local.write_bytes(data)
+            return put_file(local, url)
     if is_remote(url):
         raise StorageError(f"{url}: {NOT_AN_OUTPUT}")
     with atomic_path(url) as tmp:
