@@ -179,6 +179,33 @@ def test_every_module_has_a_layer():
         layer_of(module)  # raises, naming the module, when LAYERS misses it
 
 
+def test_argparse_lives_in_the_cli_package_only():
+    users = sorted(
+        f"{module} line {line}"
+        for module, (source, is_pkg) in mtlib_sources().items()
+        if module != "mtlib.cli" and not module.startswith("mtlib.cli.")
+        for line, name in _plain_imports(source)
+        if name == "argparse"
+    )
+    assert users == [], "argparse outside mtlib/cli/ (move the command to mtlib/cli/<cmd>.py): " + ", ".join(users)
+
+
+def test_every_command_is_a_cli_module():
+    from mtlib.cli import COMMANDS
+
+    assert {name: module for name, (module, _) in COMMANDS.items() if not module.startswith("mtlib.cli.")} == {}
+
+
+def _plain_imports(source: str) -> list[tuple[int, str]]:
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name.split(".")[0]) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.append((node.lineno, node.module.split(".")[0]))
+    return out
+
+
 # ------------------------------------------------------------------ the checker itself
 
 

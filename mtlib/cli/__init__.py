@@ -1,8 +1,8 @@
 """`mtlib` console entry point: one subcommand per capability, dispatched lazily.
 
 Module `M` in COMMANDS defines `add_arguments_<cmd>(parser)` and `run_<cmd>(args) -> int`.
-New commands live in this package (`mtlib/cli/<cmd>.py`): argparse belongs here, the library
-modules below take plain arguments. Only the chosen module is
+Every command lives in this package (`mtlib/cli/<cmd>.py`): argparse belongs here only, the
+library below takes plain arguments (tests/test_layers.py checks both). Only the chosen module is
 imported, so `mtlib plan` starts fast and never loads torch models.
 """
 
