@@ -107,6 +107,8 @@ def test_official_dit_block_points_equal_mtlib(golden, golden_models, tmp_path):
     with tracing(out, level="stats", keep=["e2e.clip0.step1.dit.block0.*"]):
         R.run_official(oc, pipe, golden, case, tmp_path)
     ref = load_trace(out)
+    # the official conditioning image is exactly uint8-valued: stored as its pixels
+    assert ref.entries["e2e.clip0.cond_image"]["codec"] == "u8-unit"
     parts = ["self_attn", "cross_attn", "audio_cross_attn", "out"]
     want = [f"e2e.clip0.step1.dit.block0.{p}{s}" for s in ("", "#1", "#2") for p in parts]
     assert [n for n in ref.names if ".dit." in n] == want
@@ -133,3 +135,27 @@ def test_official_dit_block_points_equal_mtlib(golden, golden_models, tmp_path):
     cmp = compare(run_dir, out, points="*.dit.*")
     assert [r.name for r in cmp.compared] == want, cmp.summary()
     assert cmp.passed, cmp.summary()
+
+
+def test_official_trace_without_draws(golden, tmp_path):
+    """draws=False (--no-draws): the draws' statistics only; the replay by trace is refused."""
+    from mtlib.io import InputError
+    from mtlib.reference.noise import trace_draws
+
+    oc = R.official_cpu()
+    pipe = oc.tiny_pipeline(str(golden.weights), str(tmp_path))
+    case = golden.case("e2e_clip_1p")
+    with tracing(tmp_path / "t", level="stats", draws=False):
+        R.run_official(oc, pipe, golden, case, tmp_path)
+    ref = load_trace(tmp_path / "t")
+    assert not ref.has_tensor("e2e.clip0.rand.noise")
+    assert (
+        ref.stats("e2e.clip0.rand.noise")["hash"]
+        == load_trace(case.dir / f"{case.name}.json").stats("e2e.clip0.rand.noise")["hash"]
+    )
+    assert ref.has_tensor("e2e.clip0.cond_image") and ref.has_tensor(
+        "e2e.input.audio_embedding.person1"
+    )
+    assert ref.meta["draws"].startswith("left out")
+    with pytest.raises(InputError, match="its random draws were left out"):
+        trace_draws(tmp_path / "t")

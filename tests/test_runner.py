@@ -98,7 +98,7 @@ def test_official_dir_goes_to_notebook_05_only(tmp_path):
     assert (run / "official.txt").read_text() == f"{checkout.resolve()}|--sample_steps 20"
     other = nbformat.read(run / "00_other.ipynb", as_version=4)
     injected = [c for c in other.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert "official_dir" not in injected[0].source
+    assert "official_dir = " not in injected[0].source and "config = " in injected[0].source
 
 
 def test_official_dir_without_script_refused_before_any_run_dir(tmp_path):

@@ -29,6 +29,7 @@ all by default).
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import os
 import sys
 from typing import Any
@@ -62,18 +63,23 @@ def install_audio(tracer: Any, patches: Any) -> None:
         wrapper.__wrapped__ = orig
         return wrapper
 
-    try:
-        import librosa
+    def optional(import_it):
+        """The library, or None: a missing or unimportable one has nothing to trace, and
+        tracing must not fail because of it (the official script then fails on its own)."""
+        try:
+            return import_it()
+        except Exception:
+            return None
 
+    librosa = optional(lambda: __import__("librosa"))
+    if librosa is not None:
         patches.set(
             librosa,
             "load",
             wrap(librosa.load, lambda a, k, out: rec("audio.raw16k", as_tensor(out[0]))),
         )
-    except ImportError:  # not the official environment: nothing of the script to trace
-        pass
-    try:
-        import pyloudnorm
+    pyloudnorm = optional(lambda: __import__("pyloudnorm"))
+    if pyloudnorm is not None:
 
         def on_loudness(a, k, out):
             if abs(out) > 100:  # loudness_norm returns its input unchanged (silence)
@@ -92,21 +98,16 @@ def install_audio(tracer: Any, patches: Any) -> None:
                 lambda a, k, out: rec("audio.loudnorm", as_tensor(out)),
             ),
         )
-    except ImportError:
-        pass
-    try:
-        from transformers import Wav2Vec2FeatureExtractor as FE
+    FE = optional(lambda: __import__("transformers").Wav2Vec2FeatureExtractor)
+    if FE is not None:
 
         def on_features(a, k, out):  # generate_multitalk.get_embedding: np.squeeze(...).float()
             rec("audio.input_values", as_tensor(np.squeeze(out.input_values)).float())
 
         patches.set(FE, "__call__", wrap(FE.__call__, on_features))
-    except ImportError:
-        pass
-
-    try:
-        from src.audio_analysis.wav2vec2 import Wav2Vec2Model as W2V  # the official checkout's
-    except ImportError:
+    # the official checkout's encoder class (src/ beside generate_multitalk.py)
+    W2V = optional(lambda: importlib.import_module("src.audio_analysis.wav2vec2").Wav2Vec2Model)
+    if W2V is None:
         return
 
     def on_encoder(a, k, out):  # get_embedding's own ops on the encoder's output, bit for bit
@@ -117,9 +118,9 @@ def install_audio(tracer: Any, patches: Any) -> None:
     patches.set(W2V, "__call__", wrap(W2V.__call__, on_encoder))
 
 
-def block_patterns(keep: tuple[str, ...] | list[str], level: str) -> tuple[str, ...]:
-    """The keep patterns that ask for DiT internals (module doc)."""
-    del level  # level "full" alone does not add them: the patterns choose
+def block_patterns(keep: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The keep patterns that ask for DiT internals (module doc; level "full" alone does not
+    add them: the patterns choose)."""
     return tuple(k for k in keep if "dit." in k)
 
 

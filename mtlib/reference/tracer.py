@@ -479,7 +479,7 @@ def tracing(
     tracer = OfficialTracer(writer, wan)
     from mtlib.reference.preprocess_points import block_patterns
 
-    tracer.block_patterns = block_patterns(keep, level)
+    tracer.block_patterns = block_patterns(keep)
     if script:
         tracer.script_names.add(Path(script).name)
     tracer.install()
