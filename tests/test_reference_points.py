@@ -42,17 +42,17 @@ def script(golden):
         )
 
 
-def official_audio(script, golden, wav, out):
+def official_audio(script, golden, wav, out, wav2vec=None):
     with tracing(out, level="full"):
-        fe, enc = script["custom_init"]("cpu", str(golden.weights / "wav2vec2"))
+        fe, enc = script["custom_init"]("cpu", str(wav2vec or golden.weights / "wav2vec2"))
         speech = script["audio_prepare_single"](str(wav))
         return script["get_embedding"](speech, fe, enc)
 
 
-def mtlib_audio(golden, wav, out, loudnorm=True):
+def mtlib_audio(golden, wav, out, loudnorm=True, wav2vec=None):
     cfg = golden.tiny_configs["wav2vec2"]["tiny"]
     enc = load_wav2vec(
-        golden.weights / "wav2vec2",
+        wav2vec or golden.weights / "wav2vec2",
         expected=Wav2VecGeometry(cfg["num_hidden_layers"], cfg["hidden_size"]),
     )
     with TraceWriter(out, "full") as w, trace.recording(w):
@@ -87,10 +87,12 @@ def test_audio_divergence_is_named_at_its_audio_point(golden, script, tmp_path):
     cmp = compare(tmp_path / "other_file", tmp_path / "official")
     assert cmp.first_divergence == "audio.raw16k", cmp.summary()
     # loudness normalisation skipped on the mtlib side ("missing preprocessing"): the step is
-    # missing from one side
+    # named as missing from one side, and it changes nothing downstream beyond rounding: the
+    # feature extractor normalises (do_normalize) what the gain scaled
     mtlib_audio(golden, wav_a, tmp_path / "no_loudnorm", loudnorm=False)
     cmp = compare(tmp_path / "no_loudnorm", tmp_path / "official")
     assert cmp.only_in_b == ["audio.loudnorm"], cmp.summary()
+    assert cmp.first_divergence is None and cmp["audio.input_values"].max_abs < 1e-4, cmp.summary()
 
 
 def test_official_dit_block_points_equal_mtlib(golden, golden_models, tmp_path):  # noqa: F811
@@ -159,3 +161,23 @@ def test_official_trace_without_draws(golden, tmp_path):
     assert ref.meta["draws"].startswith("left out")
     with pytest.raises(InputError, match="its random draws were left out"):
         trace_draws(tmp_path / "t")
+
+
+def test_skipped_loudness_norm_named_without_feature_normalisation(golden, script, tmp_path):
+    """chinese-wav2vec2-base's extractor does not normalise, by all indications (facts §7.3):
+    then a skipped loudness normalisation reaches the features and is named there."""
+    import json
+    import shutil
+
+    w2v = tmp_path / "wav2vec2"
+    shutil.copytree(golden.weights / "wav2vec2", w2v)
+    pre = json.loads((w2v / "preprocessor_config.json").read_text())
+    (w2v / "preprocessor_config.json").write_text(json.dumps({**pre, "do_normalize": False}))
+    wav = golden.case("speech_a_1p79s").dir / "speech_a_1p79s.wav"
+    official_audio(script, golden, wav, tmp_path / "official", wav2vec=w2v)
+    mtlib_audio(golden, wav, tmp_path / "same", wav2vec=w2v)
+    assert compare(tmp_path / "same", tmp_path / "official").passed
+    mtlib_audio(golden, wav, tmp_path / "no_loudnorm", loudnorm=False, wav2vec=w2v)
+    cmp = compare(tmp_path / "no_loudnorm", tmp_path / "official")
+    assert cmp.first_divergence == "audio.input_values", cmp.summary()
+    assert cmp.only_in_b == ["audio.loudnorm"]
