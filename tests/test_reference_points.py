@@ -181,3 +181,29 @@ def test_skipped_loudness_norm_named_without_feature_normalisation(golden, scrip
     cmp = compare(tmp_path / "no_loudnorm", tmp_path / "official")
     assert cmp.first_divergence == "audio.input_values", cmp.summary()
     assert cmp.only_in_b == ["audio.loudnorm"]
+
+
+def test_two_speaker_tracks_equal_mtlib(golden, script, tmp_path):
+    """audio_prepare_multi ('add': turns) traced at audio.person1 / person2 (the tracks each
+    embedding is made from), equal to mtlib's combine_speakers and to the golden case."""
+    case = golden.case("multi_add_ab")
+    wavs = [golden.case(n).dir / f"{n}.wav" for n in ("speech_a_1p79s", "speech_b_1p79s")]
+    with tracing(tmp_path / "official", level="full"):
+        fe, enc = script["custom_init"]("cpu", str(golden.weights / "wav2vec2"))
+        p1, p2, _ = script["audio_prepare_multi"](str(wavs[0]), str(wavs[1]), "add")
+        for track in (p1, p2):
+            script["get_embedding"](track, fe, enc)
+    ref = load_trace(tmp_path / "official")
+    persons = [n for n in ref.names if n.startswith("audio.person")]
+    assert persons == ["audio.person1", "audio.person2"]
+    for n in persons:
+        assert torch.equal(ref.tensor(n), case[n]), n
+    with TraceWriter(tmp_path / "mtlib", "full") as w, trace.recording(w):
+        x = [A.loudness_norm(A.load_audio(f)) for f in wavs]
+        A.combine_speakers(x[0], x[1], "add")
+    cmp = compare(tmp_path / "mtlib", tmp_path / "official", points="audio.*")
+    assert [r.name for r in cmp.compared] == [
+        "audio.raw16k", "audio.loudnorm", "audio.raw16k#1", "audio.loudnorm#1",
+        "audio.person1", "audio.person2",
+    ], cmp.summary()  # fmt: skip
+    assert cmp.passed, cmp.summary()

@@ -7,6 +7,8 @@ wrapped; the library calls they make are, and only calls made from the official 
 (a file named like `OfficialTracer.script_names`) are recorded:
 
     librosa.load(path, sr=16000)                     audio.raw16k           (per speaker)
+    (two speakers) the feature extractor's input     audio.person1 / 2      (audio_prepare_multi's
+      tracks), soundfile.write(sum.wav, ...)         audio.sum              tracks and their sum)
     pyloudnorm.normalize.loudness(x, loudness, -23)  audio.loudnorm         (per speaker; the
       or Meter.integrated_loudness(x) with |LUFS| > 100: x unchanged, as loudness_norm returns it)
     Wav2Vec2FeatureExtractor(x, sampling_rate=...)   audio.input_values     (per track)
@@ -71,13 +73,23 @@ def install_audio(tracer: Any, patches: Any) -> None:
         except Exception:
             return None
 
+    counts = {"loads": 0, "tracks": 0}  # two speakers: audio_prepare_multi's tracks follow
+
+    def on_load(a, k, out):
+        counts["loads"] += 1
+        rec("audio.raw16k", as_tensor(out[0]))
+
     librosa = optional(lambda: __import__("librosa"))
     if librosa is not None:
-        patches.set(
-            librosa,
-            "load",
-            wrap(librosa.load, lambda a, k, out: rec("audio.raw16k", as_tensor(out[0]))),
-        )
+        patches.set(librosa, "load", wrap(librosa.load, on_load))
+    sf = optional(lambda: __import__("soundfile"))
+    if sf is not None:
+
+        def on_write(a, k, out):  # generate(): sf.write(sum.wav, sum_human_speechs, 16000)
+            if counts["loads"] >= 2:
+                rec("audio.sum", as_tensor(a[1] if len(a) > 1 else k["data"]))
+
+        patches.set(sf, "write", wrap(sf.write, on_write))
     pyloudnorm = optional(lambda: __import__("pyloudnorm"))
     if pyloudnorm is not None:
 
@@ -102,6 +114,10 @@ def install_audio(tracer: Any, patches: Any) -> None:
     if FE is not None:
 
         def on_features(a, k, out):  # generate_multitalk.get_embedding: np.squeeze(...).float()
+            if counts["loads"] >= 2:  # two speakers: the input is audio_prepare_multi's track
+                counts["tracks"] += 1
+                track = a[1] if len(a) > 1 else k["raw_speech"]
+                rec(f"audio.person{counts['tracks']}", as_tensor(track))
             rec("audio.input_values", as_tensor(np.squeeze(out.input_values)).float())
 
         patches.set(FE, "__call__", wrap(FE.__call__, on_features))
