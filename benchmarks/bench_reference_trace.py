@@ -194,6 +194,9 @@ def part_a(official: Path, golden: Path, work: Path) -> dict:
         "passed": cmp.passed,
         "first_divergence": cmp.first_divergence,
         "largest_error": {"point": worst.name, "max_abs": worst.max_abs, "rel_l2": worst.rel_l2},
+        "decoded_max_abs": {
+            r.name: r.max_abs for r in cmp.compared if r.name.endswith((".decoded", ".x0"))
+        },
         "video_shape": list(video.shape),
     }
 
@@ -384,7 +387,8 @@ def main() -> int:
             print(json.dumps(a, indent=1, default=str), flush=True)
             lines.append(f"(a) tf32 {label:8s} {flags}: draws equal {all(a['draws_bitwise_equal'].values())}, "
                          f"passed {a['passed']}, first divergence {a['first_divergence']}, largest "
-                         f"{a['largest_error']['point']} max|a-b| {a['largest_error']['max_abs']:.3g}")
+                         f"{a['largest_error']['point']} max|a-b| {a['largest_error']['max_abs']:.3g}; "
+                         + ", ".join(f"{k} {v:.3g}" if v is not None else f"{k} -" for k, v in a["decoded_max_abs"].items()))
         print("\n".join(lines), flush=True)
     if not args.skip_b:
         result["b_tracer_overhead"] = part_b(Path(args.official), work, args.steps)
