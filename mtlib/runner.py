@@ -31,7 +31,10 @@ from mtlib.config import ConfigError, dump_config, load_config
 from mtlib.extras import require
 from mtlib.io import atomic_write, project_root
 
-NOTEBOOKS = ("00_setup", "01_preprocessing", "02_shape_inspection", "03_inference", "04_compare")
+NOTEBOOKS = ("00_setup", "01_preprocessing", "02_shape_inspection", "03_inference", "04_compare",
+             "05_reference", "06_batch")
+# 05_reference captures the official run only with an official checkout (--official-dir);
+# without one it runs its demo reference and says so in summary.txt
 
 
 class RunError(RuntimeError):
@@ -134,6 +137,7 @@ def run_notebooks(
     notebook_dir: str | Path | None = None,
     runs_dir: str | Path | None = None,
     verbose: bool = True,
+    notebook_parameters: dict[str, dict] | None = None,
 ) -> RunResult:
     pm = require("papermill", "notebooks", "mtlib run (the notebooks, headless)")
 
@@ -163,7 +167,8 @@ def run_notebooks(
                 with _stderr_to(run_dir / "kernel.log"):  # kernel chatter off the console
                     pm.execute_notebook(
                         str(nb), str(out),
-                        parameters={"config": str(run_dir / "config.yaml"), "run_dir": str(run_dir)},
+                        parameters={"config": str(run_dir / "config.yaml"), "run_dir": str(run_dir),
+                                    **(notebook_parameters or {}).get(nb.stem, {})},
                         kernel_name=resolve_kernel(kernel, nb),
                         cwd=str(project_root()),
                         progress_bar=False, log_output=True,
@@ -209,6 +214,9 @@ def add_arguments_run(parser) -> None:
     parser.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's, else this Python)")
     parser.add_argument("--notebooks", help="notebook directory (default: the project's notebooks/)")
     parser.add_argument("--runs-dir", help="where run directories go (default: runs/)")
+    parser.add_argument("--official-dir", help="05_reference: an official MultiTalk checkout (with weights) "
+                        "to trace; without it 05 runs its demo reference (said in summary.txt)")
+    parser.add_argument("--official-args", help="05_reference: the generate_multitalk.py arguments")
 
 
 def run_run(args) -> int:
@@ -217,7 +225,14 @@ def run_run(args) -> int:
             from mtlib.guards import check_output_dir
 
             check_output_dir(args.runs_dir, "--runs-dir")
-        result = run_notebooks(args.config, args.param, args.only, args.kernel, args.notebooks, args.runs_dir)
+        extra = {}
+        official_dir = getattr(args, "official_dir", None)
+        if official_dir or getattr(args, "official_args", None):
+            from mtlib.reference.workflow import notebook_parameters
+
+            extra["05_reference"] = notebook_parameters(official_dir, args.official_args)
+        result = run_notebooks(args.config, args.param, args.only, args.kernel, args.notebooks, args.runs_dir,
+                               notebook_parameters=extra)
     except (ConfigError, ValueError) as e:
         print(f"mtlib run: {e}", file=sys.stderr)
         return 2
