@@ -3,6 +3,8 @@ the hand-written ones they replaced (kept here, verbatim, as the baseline only),
 with random weights: same output and not slower.
 
     python benchmarks/bench_encoders_hf.py [--no-compile] [--out DIR]   # needs CUDA
+    python benchmarks/bench_encoders_hf.py --cpu-overhead    # ops + dispatch time per call, CPU
+    python benchmarks/bench_encoders_hf.py --tiny-cpu        # smoke run of the T5 part, CPU
 
 Prints one JSON object (and writes it to DIR/encoders_hf.json, DIR defaults to $OUT or .).
 
@@ -432,13 +434,53 @@ def _clip(dev: str) -> dict:
 
 
 @torch.no_grad()
+def cpu_overhead() -> dict:
+    """Dispatch cost per call, on the CPU: umT5's 24 layers at width 64 on 2 x 8 tokens, so
+    the arithmetic is nothing and the time is Python + one dispatch per op (what a GPU run
+    pays on its host thread to launch the same ops). aten ops counted by torch.profiler."""
+    import transformers
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(1)
+    cfg = T5Config(vocab_size=1000, dim=64, dim_attn=64, dim_ffn=128, num_heads=4,
+                   num_layers=24, text_len=8)  # fmt: skip
+    with torch.device("meta"):
+        models = {"handwritten": LegacyT5Encoder(cfg),
+                  "transformers_plain": t5_mod.T5Encoder(cfg, fast=False),
+                  "transformers_fast": t5_mod.T5Encoder(cfg)}  # fmt: skip
+    sd = _random_state(models["transformers_fast"], 0)
+    ids, mask = StandInTokenizer(cfg.vocab_size, cfg.text_len)(["a woman", "x y z"])
+    out = {"transformers": transformers.__version__, "torch": torch.__version__}
+    for name, m in models.items():
+        m.load_state_dict(sd, assign=True)
+        for _ in range(3):
+            m(ids, mask)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            m(ids, mask)
+        ops = sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+        times = []
+        for _ in range(30):
+            t = time.perf_counter()
+            m(ids, mask)
+            times.append((time.perf_counter() - t) * 1e3)
+        out[name] = {"aten_ops_per_call": ops, "min_ms": round(min(times), 2),
+                     "median_ms": round(statistics.median(times), 2)}  # fmt: skip
+    return out
+
+
+@torch.no_grad()
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for encoders_hf.json")
     ap.add_argument("--tiny-cpu", action="store_true",
                     help="smoke run of the T5 part on the CPU (width 256, 3 layers); no CLIP")
+    ap.add_argument("--cpu-overhead", action="store_true",
+                    help="count the ops and time one call at width 64 on the CPU (dispatch cost)")
     args = ap.parse_args(argv)
+    if args.cpu_overhead:
+        print(json.dumps(cpu_overhead(), indent=1))
+        return 0
     if args.tiny_cpu:
         cfg = T5Config(vocab_size=1000, dim=256, dim_attn=256, dim_ffn=384, num_heads=8, num_layers=3)
         out = {"t5": _t5("cpu", False, lambda r: None, cfg)}
