@@ -95,3 +95,18 @@ def test_reference_precision_is_bf16_everywhere(tmp_path):
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert model.blocks[0].layer[1].DenseReluDense.wo.weight.dtype == torch.bfloat16
     assert model(ids, mask).dtype == torch.bfloat16
+
+
+def test_fast_encoder_pickles_and_deep_copies():
+    """The installed bias method survives pickle (spawned workers) and deepcopy, bound to the
+    copy's own attention modules, with one shared bucket cache."""
+    import copy
+    import pickle
+
+    fast, _, ids, mask = _pair()
+    want = fast(ids, mask)
+    for clone in (pickle.loads(pickle.dumps(fast)), copy.deepcopy(fast)):
+        attns = [b.layer[0].SelfAttention for b in clone.blocks]
+        assert all(a.compute_bias.args[0] is a for a in attns)
+        assert len({id(a._mtlib_buckets) for a in attns}) == 1
+        assert torch.equal(clone(ids, mask), want)

@@ -30,7 +30,7 @@ key map and casts the whole encoder to the reference's bf16 (`load_t5(precision=
 
 from __future__ import annotations
 
-import types
+import functools
 
 import torch
 
@@ -84,4 +84,6 @@ def install(hf_model) -> None:
             module, "_relative_position_bucket"
         ):
             module._mtlib_buckets = cache
-            module.compute_bias = types.MethodType(_bias_head_major, module)
+            # a partial of a module-level function: pickles (a bound method set on an
+            # instance would not) and deep-copies with its module
+            module.compute_bias = functools.partial(_bias_head_major, module)
