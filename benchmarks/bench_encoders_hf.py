@@ -23,7 +23,9 @@ rows included). Weights are random with the official init's scales (wan/modules/
 init_weights), so the network is as well conditioned as a trained one; all rows load one
 official-layout state dict.
 CLIP ViT-H/14 visual (31 of 32 blocks) in fp16 autocast ("reference" precision) on one
-224x224 frame: transformers-backed vs hand-written, ms and max abs difference.
+224x224 frame: transformers-backed vs hand-written, ms, GPU busy time (one frame of 257 tokens
+is launch-bound: a few GFLOP per block), max abs difference, and the transformers one under
+torch.compile.
 """
 
 from __future__ import annotations
@@ -406,7 +408,7 @@ def _t5(dev: str, compile_too: bool, emit, cfg: T5Config | None = None) -> dict:
     return res
 
 
-def _clip(dev: str) -> dict:
+def _clip(dev: str, compile_too: bool = False) -> dict:
     ccfg: CLIPConfig = clip_mod.CONFIGS["multitalk-14b"]
     with torch.device("meta"):
         newc = clip_mod.XLMRobertaCLIP(ccfg, with_text_tower=False)
@@ -429,8 +431,22 @@ def _clip(dev: str) -> dict:
             return oldc(pixels)
 
     a, b = run_new().float(), run_old().float()
-    return {"max_abs_diff": float((a - b).abs().max()), "max_abs_ref": float(b.abs().max()),
-            "ms_transformers": _median_ms(run_new), "ms_handwritten": _median_ms(run_old)}  # fmt: skip
+    res = {"max_abs_diff": float((a - b).abs().max()), "max_abs_ref": float(b.abs().max()),
+           "ms_transformers": _median_ms(run_new), "ms_handwritten": _median_ms(run_old),
+           "profile_transformers": _kernel_profile(run_new),
+           "profile_handwritten": _kernel_profile(run_old)}  # fmt: skip
+    if compile_too:  # one 257-token frame: launch-bound; compiled, the launches fuse
+        try:
+            t0 = time.perf_counter()
+            newc.visual.hf = torch.compile(newc.visual.hf, dynamic=False)
+            run_new()
+            _sync()
+            res["compiled"] = {"compile_s": round(time.perf_counter() - t0, 1),
+                               "ms_transformers": _median_ms(run_new),
+                               "max_abs_diff": float((run_new().float() - b).abs().max())}  # fmt: skip
+        except Exception as e:  # noqa: BLE001  a failed compile is a result too
+            res["compiled"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+    return res
 
 
 @torch.no_grad()
@@ -501,7 +517,7 @@ def main(argv=None) -> int:
 
     out["t5"] = _t5("cuda", not args.no_compile, emit)
     torch.cuda.empty_cache()
-    out["clip"] = _clip("cuda")
+    out["clip"] = _clip("cuda", not args.no_compile)
     path.write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))
     return 0
