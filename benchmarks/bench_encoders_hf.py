@@ -1,19 +1,39 @@
 """GPU check for issue #17: the transformers-backed umT5 encoder and CLIP vision tower against
 the hand-written ones they replaced (kept here, verbatim, as the baseline only), at real size
-with random weights: same output (max abs difference) and not slower (median ms).
+with random weights: same output and not slower.
 
-    python benchmarks/bench_encoders_hf.py            # needs CUDA; prints one JSON object
+    python benchmarks/bench_encoders_hf.py [--no-compile] [--out DIR]   # needs CUDA
+    python benchmarks/bench_encoders_hf.py --cpu-overhead    # ops + dispatch time per call, CPU
+    python benchmarks/bench_encoders_hf.py --tiny-cpu        # smoke run of the T5 part, CPU
 
-Real size: umT5-XXL (24 layers, 4096 wide) in bf16 on 2 x 512 tokens (prompt + negative
-prompt, as generate() encodes them); CLIP ViT-H/14 visual (31 of 32 blocks) in fp16 autocast
-("reference" precision) on one 224x224 frame. Weights are random (seeded); both
-implementations load the same official-layout state dict.
+Prints one JSON object (and writes it to DIR/encoders_hf.json, DIR defaults to $OUT or .).
+
+umT5-XXL (24 layers, 4096 wide) in bf16 (the reference's precision, every weight bf16) on
+2 x 512 tokens (prompt + negative prompt, as generate() encodes them), four ways:
+  handwritten         the encoder mtlib had before #17 (the baseline, 31.4 ms in the first record)
+  transformers_plain  UMT5EncoderModel exactly as transformers ships it (the first record's
+                      "transformers" row, 52.2 ms)
+  transformers_fast   the same class with mtlib's speed settings (mtlib.models.t5_fastpath):
+                      what mtlib runs
+  transformers_fast_compiled  the same under torch.compile (its compile time is reported)
+Each row: median ms per call, the GPU busy time of one call (sum of its kernels) and its top
+kernels (so a row slower than its GPU time is launch-bound), and its distance from the float32
+encoder on the same weights (max / mean abs difference of the [2, 512, 4096] output, padding
+rows included). Weights are random with the official init's scales (wan/modules/t5.py
+init_weights), so the network is as well conditioned as a trained one; all rows load one
+official-layout state dict.
+CLIP ViT-H/14 visual (31 of 32 blocks) in fp16 autocast ("reference" precision) on one
+224x224 frame: transformers-backed vs hand-written, ms, GPU busy time (one frame of 257 tokens
+is launch-bound: a few GFLOP per block), max abs difference, and the transformers one under
+torch.compile.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -261,16 +281,45 @@ class LegacyVisionTransformer(nn.Module):
 # ------------------------------------------------------------------------------ measure
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _median_ms(fn, n: int = 10) -> float:
     fn()
-    torch.cuda.synchronize()
+    _sync()
     times = []
     for _ in range(n):
         t = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        _sync()
         times.append((time.perf_counter() - t) * 1e3)
     return round(statistics.median(times), 2)
+
+
+def _kernel_profile(fn, top: int = 6) -> dict:
+    """GPU busy time of one call (sum of its kernels' time) and the heaviest kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    _sync()
+    cuda = torch.cuda.is_available()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        fn()
+        _sync()
+    kind = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
+    rows = [e for e in prof.key_averages() if e.device_type == kind]
+    if not cuda:  # --tiny-cpu smoke run: CPU ops stand in for kernels
+        rows = [e for e in rows if e.key.startswith("aten::")]
+    rows.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    busy = sum(e.self_device_time_total for e in rows) / 1e3
+    return {
+        "gpu_busy_ms": round(busy, 2),
+        "kernels": sum(e.count for e in rows),
+        "top": [[e.key[:90], e.count, round(e.self_device_time_total / 1e3, 2)] for e in rows[:top]],
+    }
 
 
 def _random_state(model: nn.Module, seed: int) -> dict:
@@ -279,38 +328,87 @@ def _random_state(model: nn.Module, seed: int) -> dict:
             for k, v in model.state_dict().items()}  # fmt: skip
 
 
-@torch.no_grad()
-def main() -> int:
-    if not torch.cuda.is_available():
-        print("needs CUDA", file=sys.stderr)
-        return 2
-    dev = "cuda"
-    out = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name()}
-    import transformers
+def _t5_official_init(model: nn.Module, cfg: T5Config, seed: int, device: str) -> dict:
+    """Random weights with the scales of the official T5 init_weights (std per key)."""
+    dim, dim_attn, n, ffn = cfg.dim, cfg.dim_attn, cfg.num_heads, cfg.dim_ffn
+    std = {"token_embedding": 1.0, "attn.q": (dim * dim_attn) ** -0.5, "attn.k": dim**-0.5,
+           "attn.v": dim**-0.5, "attn.o": (n * dim_attn) ** -0.5, "ffn.gate": dim**-0.5,
+           "ffn.fc1": dim**-0.5, "ffn.fc2": ffn**-0.5,
+           "pos_embedding": (2 * cfg.num_buckets * n) ** -0.5}  # fmt: skip
+    g = torch.Generator(device).manual_seed(seed)
+    out = {}
+    for k, v in model.state_dict().items():
+        if "norm" in k:
+            out[k] = torch.ones(v.shape, device=device)
+            continue
+        s = next(val for key, val in std.items() if key in k)
+        out[k] = torch.randn(v.shape, generator=g, device=device) * s
+    return out
 
-    out["transformers"] = transformers.__version__
 
-    # T5: bf16 (the reference's precision), prompt + negative prompt padded to 512
-    cfg: T5Config = t5_mod.CONFIGS["multitalk-14b"]
+def _t5(dev: str, compile_too: bool, emit, cfg: T5Config | None = None) -> dict:
+    cfg = cfg or t5_mod.CONFIGS["multitalk-14b"]
     with torch.device("meta"):
-        new = t5_mod.T5Encoder(cfg)
-        old = LegacyT5Encoder(cfg)
-    sd = _random_state(new, 0)
-    new.load_state_dict(sd, assign=True)
-    old.load_state_dict(sd, strict=True, assign=True)
-    del sd
-    new = new.to(dev, torch.bfloat16).eval()
-    old = old.to(dev, torch.bfloat16).eval()
+        shape_model = LegacyT5Encoder(cfg)
+    sd = _t5_official_init(shape_model, cfg, 0, dev)  # fp32 on the GPU
     ids, mask = StandInTokenizer(cfg.vocab_size, cfg.text_len)(
         ["a woman talks to the camera in a quiet room", t5_mod.DEFAULT_NEGATIVE_PROMPT])
-    a, b = new(ids, mask).float(), old(ids, mask).float()
-    out["t5"] = {"max_abs_diff": float((a - b).abs().max()), "max_abs_ref": float(b.abs().max()),
-                 "ms_transformers": _median_ms(lambda: new(ids, mask)),
-                 "ms_handwritten": _median_ms(lambda: old(ids, mask))}  # fmt: skip
-    new = old = None  # free the GPU memory before CLIP
-    torch.cuda.empty_cache()
+    ids, mask = ids.to(dev), mask.to(dev)
+    res: dict = {"weights": "random, official init scales", "tokens": list(ids.shape)}
 
-    # CLIP visual: fp16 autocast, one 224x224 frame
+    def build(kind: str, dtype):
+        with torch.device("meta"):
+            m = LegacyT5Encoder(cfg) if kind == "handwritten" else t5_mod.T5Encoder(
+                cfg, fast=kind != "transformers_plain")
+        m.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
+        return m.eval().requires_grad_(False)
+
+    ref = build("handwritten", torch.float32)  # the float32 encoder (TF32 off: torch's default)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    ref_out = ref(ids, mask).float()
+    res["fp32_max_abs"] = round(float(ref_out.abs().max()), 4)
+    res["fp32_ms"] = _median_ms(lambda r=ref: r(ids, mask), n=3)
+    ref = None
+    if dev == "cuda":
+        torch.cuda.empty_cache()
+
+    def row(fn, model=None) -> dict:
+        out = fn().float()
+        d = (out - ref_out).abs()
+        r = {"ms": _median_ms(fn), "vs_fp32_max_abs": round(float(d.max()), 4),
+             "vs_fp32_mean_abs": round(float(d.mean()), 5)}  # fmt: skip
+        if model is not None:
+            r["param_dtypes"] = sorted({str(p.dtype) for p in model.parameters()})
+        r.update(_kernel_profile(fn))
+        return r
+
+    outs = {}
+    for kind in ("handwritten", "transformers_plain", "transformers_fast"):
+        m = build(kind, torch.bfloat16)
+        res[kind] = row(lambda m=m: m(ids, mask), m)
+        outs[kind] = m(ids, mask).float()
+        if kind == "transformers_fast" and compile_too:
+            try:
+                t0 = time.perf_counter()
+                m.hf = torch.compile(m.hf, dynamic=False)
+                m(ids, mask)
+                torch.cuda.synchronize()
+                c = {"compile_s": round(time.perf_counter() - t0, 1)}
+                c.update(row(lambda m=m: m(ids, mask)))
+            except Exception as e:  # noqa: BLE001  a failed compile is a result too
+                c = {"error": f"{type(e).__name__}: {e}"[:300]}
+            res["transformers_fast_compiled"] = c
+        del m
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+        emit(res)
+    res["fast_vs_handwritten_max_abs"] = float((outs["transformers_fast"] - outs["handwritten"]).abs().max())
+    res["plain_vs_handwritten_max_abs"] = float((outs["transformers_plain"] - outs["handwritten"]).abs().max())
+    res["speedup_fast_vs_handwritten"] = round(res["handwritten"]["ms"] / res["transformers_fast"]["ms"], 3)
+    return res
+
+
+def _clip(dev: str, compile_too: bool = False) -> dict:
     ccfg: CLIPConfig = clip_mod.CONFIGS["multitalk-14b"]
     with torch.device("meta"):
         newc = clip_mod.XLMRobertaCLIP(ccfg, with_text_tower=False)
@@ -333,8 +431,94 @@ def main() -> int:
             return oldc(pixels)
 
     a, b = run_new().float(), run_old().float()
-    out["clip"] = {"max_abs_diff": float((a - b).abs().max()), "max_abs_ref": float(b.abs().max()),
-                   "ms_transformers": _median_ms(run_new), "ms_handwritten": _median_ms(run_old)}  # fmt: skip
+    res = {"max_abs_diff": float((a - b).abs().max()), "max_abs_ref": float(b.abs().max()),
+           "ms_transformers": _median_ms(run_new), "ms_handwritten": _median_ms(run_old),
+           "profile_transformers": _kernel_profile(run_new),
+           "profile_handwritten": _kernel_profile(run_old)}  # fmt: skip
+    if compile_too:  # one 257-token frame: launch-bound; compiled, the launches fuse
+        try:
+            t0 = time.perf_counter()
+            newc.visual.hf = torch.compile(newc.visual.hf, dynamic=False)
+            run_new()
+            _sync()
+            res["compiled"] = {"compile_s": round(time.perf_counter() - t0, 1),
+                               "ms_transformers": _median_ms(run_new),
+                               "max_abs_diff": float((run_new().float() - b).abs().max())}  # fmt: skip
+        except Exception as e:  # noqa: BLE001  a failed compile is a result too
+            res["compiled"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+    return res
+
+
+@torch.no_grad()
+def cpu_overhead() -> dict:
+    """Dispatch cost per call, on the CPU: umT5's 24 layers at width 64 on 2 x 8 tokens, so
+    the arithmetic is nothing and the time is Python + one dispatch per op (what a GPU run
+    pays on its host thread to launch the same ops). aten ops counted by torch.profiler."""
+    import transformers
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(1)
+    cfg = T5Config(vocab_size=1000, dim=64, dim_attn=64, dim_ffn=128, num_heads=4,
+                   num_layers=24, text_len=8)  # fmt: skip
+    with torch.device("meta"):
+        models = {"handwritten": LegacyT5Encoder(cfg),
+                  "transformers_plain": t5_mod.T5Encoder(cfg, fast=False),
+                  "transformers_fast": t5_mod.T5Encoder(cfg)}  # fmt: skip
+    sd = _random_state(models["transformers_fast"], 0)
+    ids, mask = StandInTokenizer(cfg.vocab_size, cfg.text_len)(["a woman", "x y z"])
+    out = {"transformers": transformers.__version__, "torch": torch.__version__}
+    for name, m in models.items():
+        m.load_state_dict(sd, assign=True)
+        for _ in range(3):
+            m(ids, mask)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            m(ids, mask)
+        ops = sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+        times = []
+        for _ in range(30):
+            t = time.perf_counter()
+            m(ids, mask)
+            times.append((time.perf_counter() - t) * 1e3)
+        out[name] = {"aten_ops_per_call": ops, "min_ms": round(min(times), 2),
+                     "median_ms": round(statistics.median(times), 2)}  # fmt: skip
+    return out
+
+
+@torch.no_grad()
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for encoders_hf.json")
+    ap.add_argument("--tiny-cpu", action="store_true",
+                    help="smoke run of the T5 part on the CPU (width 256, 3 layers); no CLIP")
+    ap.add_argument("--cpu-overhead", action="store_true",
+                    help="count the ops and time one call at width 64 on the CPU (dispatch cost)")
+    args = ap.parse_args(argv)
+    if args.cpu_overhead:
+        print(json.dumps(cpu_overhead(), indent=1))
+        return 0
+    if args.tiny_cpu:
+        cfg = T5Config(vocab_size=1000, dim=256, dim_attn=256, dim_ffn=384, num_heads=8, num_layers=3)
+        out = {"t5": _t5("cpu", False, lambda r: None, cfg)}
+        print(json.dumps(out, indent=1))
+        return 0
+    if not torch.cuda.is_available():
+        print("needs CUDA", file=sys.stderr)
+        return 2
+    import transformers
+
+    out = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(),
+           "transformers": transformers.__version__}  # fmt: skip
+    path = Path(args.out) / "encoders_hf.json"
+
+    def emit(t5_partial):
+        out["t5"] = t5_partial
+        path.write_text(json.dumps(out, indent=1))
+
+    out["t5"] = _t5("cuda", not args.no_compile, emit)
+    torch.cuda.empty_cache()
+    out["clip"] = _clip("cuda", not args.no_compile)
+    path.write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))
     return 0
 

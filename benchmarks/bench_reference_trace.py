@@ -19,6 +19,13 @@ scikit-image, imageio, torchvision, transformers; `reference` extra); the CUDA-o
     predictions, noise_pred). Target: overhead <= 3 % of a step.
 
     python benchmarks/bench_reference_trace.py [--out $OUT] [--skip-a] [--skip-b] [--steps 2]
+        [--tf32 default|off|both]
+
+--tf32 (part a): "default" keeps torch's flags (cuda.matmul.allow_tf32 False, cudnn.allow_tf32
+True: the VAE's and patch embedding's convolutions may run in TF32, 10-bit mantissas);
+"off" sets both False on both sides (official and mtlib run in this process); "both" runs
+(a) twice, default then off, and prints one line per variant: whether the decoded-level
+difference (e2e.clip0.decoded, 2.2e-3 > 1e-3 on the H200 with the defaults) is TF32's.
 """
 
 from __future__ import annotations
@@ -72,6 +79,23 @@ def to_cuda(pipe):
     pipe.clip.model.to(dev)
     pipe.model.to(dev)
     return pipe
+
+
+class tf32_flags:
+    """Set torch.backends.cuda.matmul.allow_tf32 / cudnn.allow_tf32 for the block (None: leave)."""
+
+    def __init__(self, allow: bool | None):
+        self.allow = allow
+
+    def __enter__(self):
+        self.saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        if self.allow is not None:
+            torch.backends.cuda.matmul.allow_tf32 = self.allow
+            torch.backends.cudnn.allow_tf32 = self.allow
+        return self
+
+    def __exit__(self, *exc):
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
 
 
 def part_a(official: Path, golden: Path, work: Path) -> dict:
@@ -171,6 +195,9 @@ def part_a(official: Path, golden: Path, work: Path) -> dict:
         "passed": cmp.passed,
         "first_divergence": cmp.first_divergence,
         "largest_error": {"point": worst.name, "max_abs": worst.max_abs, "rel_l2": worst.rel_l2},
+        "decoded_max_abs": {
+            r.name: r.max_abs for r in cmp.compared if r.name.endswith((".decoded", ".x0"))
+        },
         "video_shape": list(video.shape),
     }
 
@@ -329,6 +356,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=2, help="timed steps per variant in (b)")
     ap.add_argument("--skip-a", action="store_true")
     ap.add_argument("--skip-b", action="store_true")
+    ap.add_argument("--tf32", choices=["default", "off", "both"], default="default",
+                    help="part (a) with torch's TF32 flags, with both off, or both variants")
     ap.add_argument(
         "--tiny-cpu", action="store_true", help="smoke test of (b) with the tiny DiT on the CPU"
     )
@@ -344,8 +373,24 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_ref_"))
     result = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(0)}
     if not args.skip_a:
-        result["a_cuda_noise"] = part_a(Path(args.official), Path(args.golden), work)
-        print(json.dumps(result["a_cuda_noise"], indent=1, default=str), flush=True)
+        variants = {"default": [("default", None)], "off": [("tf32_off", False)],
+                    "both": [("default", None), ("tf32_off", False)]}[args.tf32]
+        lines = []
+        for label, allow in variants:
+            (work / label).mkdir(parents=True, exist_ok=True)
+            with tf32_flags(allow):
+                flags = {"cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                         "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32}
+                a = part_a(Path(args.official), Path(args.golden), work / label)
+            a["tf32_flags"] = flags
+            key = "a_cuda_noise" if label == "default" else f"a_cuda_noise_{label}"
+            result[key] = a
+            print(json.dumps(a, indent=1, default=str), flush=True)
+            lines.append(f"(a) tf32 {label:8s} {flags}: draws equal {all(a['draws_bitwise_equal'].values())}, "
+                         f"passed {a['passed']}, first divergence {a['first_divergence']}, largest "
+                         f"{a['largest_error']['point']} max|a-b| {a['largest_error']['max_abs']:.3g}; "
+                         + ", ".join(f"{k} {v:.3g}" if v is not None else f"{k} -" for k, v in a["decoded_max_abs"].items()))
+        print("\n".join(lines), flush=True)
     if not args.skip_b:
         result["b_tracer_overhead"] = part_b(Path(args.official), work, args.steps)
         print(json.dumps(result["b_tracer_overhead"], indent=1), flush=True)

@@ -78,3 +78,32 @@ def test_env_command_reports_torch():
     assert r.returncode == 0
     report = json.loads(r.stdout)
     assert report["torch"] and "dependencies" in report and report["mtlib_imports_accelerators"] == []
+
+
+def test_official_dir_goes_to_notebook_05_only(tmp_path):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    checkout = tmp_path / "MultiTalk"
+    checkout.mkdir()
+    (checkout / "generate_multitalk.py").write_text("")
+    params = 'config = "tiny"\nrun_dir = ""\nofficial_dir = ""\nofficial_args = ""'
+    _notebook(nbs / "00_other.ipynb", "x = 1")
+    _notebook(nbs / "05_reference.ipynb",
+              "from pathlib import Path\nPath(run_dir, 'official.txt').write_text(official_dir + '|' + official_args)",
+              params=params)
+    r = _mtlib("run", "--notebooks", str(nbs), "--runs-dir", str(tmp_path / "runs"),
+               "--official-dir", str(checkout), "--official-args", "--sample_steps 20")
+    assert r.returncode == 0, r.stderr
+    (run,) = list((tmp_path / "runs").iterdir())
+    assert (run / "official.txt").read_text() == f"{checkout.resolve()}|--sample_steps 20"
+    other = nbformat.read(run / "00_other.ipynb", as_version=4)
+    injected = [c for c in other.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert "official_dir = " not in injected[0].source and "config = " in injected[0].source
+
+
+def test_official_dir_without_script_refused_before_any_run_dir(tmp_path):
+    r = _mtlib("run", "--runs-dir", str(tmp_path / "runs"), "--official-dir", str(tmp_path))
+    assert r.returncode == 2
+    assert r.stderr == (f"mtlib run: --official-dir {str(tmp_path)!r}: no generate_multitalk.py there. Fix: give "
+                        "the root of the MeiGen-AI/MultiTalk checkout (the folder the Colab runs the command in).\n")
+    assert not (tmp_path / "runs").exists()

@@ -38,7 +38,7 @@ EXTRAS = "notebooks,s3"
 TESTS = os.environ.get(
     "MTLIB_NEWEST_TESTS",
     "tests/test_shapes.py tests/test_image.py tests/test_audio.py tests/test_encoders.py "
-    "tests/test_extras.py "
+    "tests/test_extras.py tests/test_t5_fastpath.py "
     "tests/test_generation.py::test_auto_frame_num_pads_the_short_audio_and_trims_the_video",
 ).split()
 

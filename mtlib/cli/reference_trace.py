@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="GLOB",
         help="also store these points in full (repeatable), e.g. 'e2e.clip0.step0.*'",
     )
+    parser.add_argument(
+        "--no-draws",
+        action="store_true",
+        help="leave the random draws out (statistics only; 8.4 MB per 81-frame 480p clip): "
+        "replay then needs generation.noise=cuda on the same GPU type",
+    )
     parser.add_argument("--no-archive", action="store_true", help="do not write DIR.tar.gz")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing trace in DIR")
     parser.add_argument(
@@ -84,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             level=args.level,
             keep=args.keep,
             overwrite=args.overwrite,
+            draws=not args.no_draws,
+            script=str(script),
             meta={"command": ["python", cmd[0], *cmd[1:]]},
         ):
             try:
@@ -104,8 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         return code
     finally:
         sys.argv = saved_argv
+    from mtlib.reference.sizes import format_sizes, part_sizes
+
     print(f"trace: {args.trace}", file=sys.stderr)
-    if not args.no_archive:
-        archive = pack(args.trace)
-        print(f"archive: {archive} ({archive.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+    archive = None if args.no_archive else pack(args.trace)
+    size = archive.stat().st_size if archive is not None else None
+    print(format_sizes(part_sizes(args.trace), size), file=sys.stderr)
+    if archive is not None:
+        print(f"archive: {archive} ({size / 1e6:.1f} MB)", file=sys.stderr)
     return code

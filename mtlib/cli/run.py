@@ -19,6 +19,9 @@ def add_arguments_run(parser) -> None:
     parser.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's, else this Python)")
     parser.add_argument("--notebooks", help="notebook directory (default: the project's notebooks/)")
     parser.add_argument("--runs-dir", help="where run directories go (default: runs/)")
+    parser.add_argument("--official-dir", help="05_reference: an official MultiTalk checkout (with weights) "
+                        "to trace; without it 05 runs its demo reference (said in summary.txt)")
+    parser.add_argument("--official-args", help="05_reference: the generate_multitalk.py arguments")
 
 
 def run_run(args) -> int:
@@ -27,7 +30,14 @@ def run_run(args) -> int:
             from mtlib.plan.guards import check_output_dir
 
             check_output_dir(args.runs_dir, "--runs-dir")
-        result = run_notebooks(args.config, args.param, args.only, args.kernel, args.notebooks, args.runs_dir)
+        extra = {}
+        official_dir = getattr(args, "official_dir", None)
+        if official_dir or getattr(args, "official_args", None):
+            from mtlib.reference.workflow import notebook_parameters
+
+            extra["05_reference"] = notebook_parameters(official_dir, args.official_args)
+        result = run_notebooks(args.config, args.param, args.only, args.kernel, args.notebooks, args.runs_dir,
+                               notebook_parameters=extra)
     except (ConfigError, ValueError) as e:
         print(f"mtlib run: {e}", file=sys.stderr)
         return 2

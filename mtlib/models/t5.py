@@ -30,6 +30,7 @@ from torch import nn
 
 from mtlib import trace
 from mtlib.io import InputError
+from mtlib.models import t5_fastpath
 from mtlib.models.checkpoint import (
     KeyMap,
     assign_state_dict,
@@ -123,11 +124,13 @@ _KEYS = KeyMap([
 _TIED = "hf.encoder.embed_tokens.weight"
 
 
-def umt5_config(cfg: T5Config):
-    """The transformers UMT5Config of the same network (encoder only, no dropout)."""
+def umt5_config(cfg: T5Config, fused_gelu: bool = True):
+    """The transformers UMT5Config of the same network (encoder only, no dropout).
+    fused_gelu: the FFN's GELU(tanh) as one fused kernel ("gelu_pytorch_tanh") instead of
+    transformers' Python formula ("gelu_new"); same function (see t5_fastpath)."""
     from transformers import UMT5Config
 
-    return UMT5Config(
+    config = UMT5Config(
         vocab_size=cfg.vocab_size, d_model=cfg.dim, d_kv=cfg.dim_attn // cfg.num_heads,
         d_ff=cfg.dim_ffn, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
         relative_attention_num_buckets=cfg.num_buckets,
@@ -135,6 +138,9 @@ def umt5_config(cfg: T5Config):
         layer_norm_epsilon=cfg.eps, dropout_rate=0.0, pad_token_id=cfg.pad_id,
         eos_token_id=cfg.eos_id, is_encoder_decoder=False, use_cache=False,
     )  # fmt: skip
+    if fused_gelu:
+        config.dense_act_fn = "gelu_pytorch_tanh"
+    return config
 
 
 class T5Encoder(nn.Module):
@@ -147,7 +153,10 @@ class T5Encoder(nn.Module):
     bias table in every layer, gated GELU(tanh), fp32 softmax and RMSNorm statistics.
     """
 
-    def __init__(self, config: T5Config | str | None = None):
+    def __init__(self, config: T5Config | str | None = None, fast: bool = True):
+        """fast: mtlib's speed settings on transformers' classes (t5_fastpath: head-major
+        position bias with buckets computed once, a 4-D padding mask, fused GELU); False
+        runs transformers' encoder exactly as it ships (benchmarks compare the two)."""
         super().__init__()
         from transformers import UMT5EncoderModel
 
@@ -157,7 +166,10 @@ class T5Encoder(nn.Module):
                 "T5Config.shared_pos=True (one position bias for all layers, T5 v1) is not "
                 "umT5; mtlib runs the umT5 encoder (shared_pos=False)."
             )
-        self.hf = UMT5EncoderModel(umt5_config(cfg))
+        self.hf = UMT5EncoderModel(umt5_config(cfg, fused_gelu=fast))
+        self.fast = fast
+        if fast:
+            t5_fastpath.install(self.hf)
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -183,7 +195,10 @@ class T5Encoder(nn.Module):
                 "Fix: tokenize with padding to text_len."
             )
         device = self.hf.shared.weight.device
-        x = self.hf(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        ids, mask = ids.to(device), mask.to(device)
+        if self.fast and t5_fastpath.uses_attention_interface(self.hf):
+            mask = t5_fastpath.attention_mask_4d(mask)  # [B, 1, 1, L]: taken as is, no host sync
+        x = self.hf(input_ids=ids, attention_mask=mask).last_hidden_state
         if trace.active():
             trace.point("t5.out_full", x)
         return x

@@ -58,6 +58,12 @@ def trace_draws(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], int |
     tr = load_trace(resolve(path))
     names = [n for n in tr.names if ".rand." in n]
     missing = [n for n in names if not tr.has_tensor(n)]
+    if str(tr.meta.get("draws", "")).startswith("left out"):
+        raise InputError(
+            f"generation.noise_trace {str(path)!r}: its random draws were left out when it was "
+            "traced (--no-draws). Fix: generation.noise=cuda with the trace's seed on the GPU "
+            "type it was made on, or trace the reference again without --no-draws."
+        )
     if not names or missing:
         raise InputError(
             f"generation.noise_trace {str(path)!r}: "

@@ -26,9 +26,15 @@ next hooked event. Recording only reads: a traced run's video equals an untraced
 for bit (tests/test_reference_trace.py).
 
 Level "stats": statistics + content hash at every point; always stored in full (so the run
-can be replayed anywhere): the random draws, the contexts, the first clip's conditioning
-image, the person masks and the audio embeddings (`e2e.input.audio_embedding.person<k>`).
+can be replayed anywhere): the random draws (unless draws=False), the contexts, the first
+clip's conditioning image, the person masks and the audio embeddings
+(`e2e.input.audio_embedding.person<k>`), compactly and exactly (mtlib.trace.codec).
 `keep` adds glob patterns stored in full; level "full" stores everything.
+
+Also recorded (mtlib.reference.preprocess_points): the audio preprocessing of
+generate_multitalk.py (`audio.raw16k`, `audio.loudnorm`, `audio.input_values`,
+`audio.embedding`) and, for keep patterns naming them, the DiT blocks' internals
+(`e2e.clip<c>.step<i>.dit.block<k>.{self_attn, cross_attn, audio_cross_attn, out}`).
 """
 
 from __future__ import annotations
@@ -212,6 +218,9 @@ class OfficialTracer:
         self.run: _Run | None = None
         self.runs: list[dict[str, Any]] = []
         self._patches = _Patches()
+        # files whose library calls are the official audio preprocessing (preprocess_points)
+        self.script_names = {"generate_multitalk.py"}
+        self.block_patterns: tuple[str, ...] = ()  # keep patterns naming DiT internals
 
     # ----- installation ----------------------------------------------------------------
     def install(self) -> None:
@@ -231,6 +240,9 @@ class OfficialTracer:
         p.set(vae_mod.WanVAE, "encode", self._wrap_vae_encode(vae_mod.WanVAE.encode))
         p.set(vae_mod.WanVAE, "decode", self._wrap_vae_decode(vae_mod.WanVAE.decode))
         p.set(self.wm, "match_and_blend_colors", self._wrap_colors(self.wm.match_and_blend_colors))
+        from mtlib.reference.preprocess_points import install_audio
+
+        install_audio(self, p)  # audio.* points of generate_multitalk.py's preprocessing
 
     def uninstall(self) -> None:
         self._patches.restore()
@@ -259,6 +271,9 @@ class OfficialTracer:
                 model.register_forward_pre_hook(run.dit_pre, with_kwargs=True),
                 model.register_forward_hook(run.dit_post, with_kwargs=True),
             ]
+            from mtlib.reference.preprocess_points import hook_blocks
+
+            run.hooks += hook_blocks(run, model, tracer.block_patterns)
             tracer.run = run
             try:
                 video = orig(pipe, *args, **kwargs)
@@ -400,13 +415,27 @@ class OfficialTracer:
         return match_and_blend_colors
 
 
-def full_patterns(level: str, keep: tuple[str, ...] | list[str] = ()) -> tuple[str, ...]:
-    """The globs stored in full: everything at level "full", else ALWAYS_FULL + keep."""
+DRAWS = "e2e.clip*.rand.*"
+
+
+def full_patterns(
+    level: str, keep: tuple[str, ...] | list[str] = (), draws: bool = True
+) -> tuple[str, ...]:
+    """The globs stored in full: everything at level "full", else ALWAYS_FULL + keep
+    (without the random draws when `draws` is False)."""
     if level == "full":
+        if not draws:
+            raise ValueError("tracing draws=False: only at level 'stats' (level 'full' stores every tensor).")
         return ("*",)
     if level != "stats":
         raise ValueError(f"tracing level {level!r}: must be 'stats' or 'full'.")
-    return ALWAYS_FULL + tuple(keep)
+    return tuple(p for p in ALWAYS_FULL if draws or p != DRAWS) + tuple(keep)
+
+
+DRAWS_LEFT_OUT = (
+    "left out (tracing draws=False / --no-draws): replay with generation.noise=cuda and the "
+    "run's seed on the GPU type the trace was made on; generation.noise=trace cannot use this trace"
+)
 
 
 @contextlib.contextmanager
@@ -417,6 +446,9 @@ def tracing(
     include: tuple[str, ...] | list[str] = ("*",),
     meta: dict | None = None,
     overwrite: bool = False,
+    draws: bool = True,
+    compact: bool = True,
+    script: str | None = None,
 ) -> Iterator[OfficialTracer]:
     """Trace every official MultiTalkPipeline.generate() run inside the block into `out_dir`.
 
@@ -425,14 +457,31 @@ def tracing(
     (mtlib.trace.TraceWriter semantics). meta: extra entries for meta.json (the CLI puts the
     official command line there). The official `wan` package must be importable (see
     mtlib.reference.environment.import_official); its version and the environment (GPU,
-    attention backend, dtypes, package versions) go into meta.json under "reference"."""
+    attention backend, dtypes, package versions) go into meta.json under "reference".
+
+    draws: store the random draws (default; any device can replay them with
+    generation.noise=trace). False leaves them out (statistics only): Gaussian float32 draws
+    do not compress (~27 bits a value; 8.4 MB per 81-frame 480p clip, more per streaming
+    clip), and a replay on the same GPU type draws them itself (generation.noise=cuda).
+    compact: store duplicates once and exact smaller encodings (mtlib.trace.codec).
+    script: file name of the official script when it is not generate_multitalk.py (its
+    library calls are the audio preprocessing: mtlib.reference.preprocess_points). Keep
+    patterns containing "dit." add the DiT blocks' internals (same module)."""
     from mtlib.reference.environment import import_official, reference_environment
 
     wan = import_official()
-    full = full_patterns(level, keep)
+    full = full_patterns(level, keep, draws)
     info = {"reference": reference_environment(), "source": "official", **(meta or {})}
-    writer = TraceWriter(out_dir, level, full, meta=info, include=include, overwrite=overwrite)
+    info["draws"] = "stored" if draws else DRAWS_LEFT_OUT
+    writer = TraceWriter(
+        out_dir, level, full, meta=info, include=include, overwrite=overwrite, compact=compact
+    )
     tracer = OfficialTracer(writer, wan)
+    from mtlib.reference.preprocess_points import block_patterns
+
+    tracer.block_patterns = block_patterns(keep)
+    if script:
+        tracer.script_names.add(Path(script).name)
     tracer.install()
     failed: BaseException | None = None
     try:

@@ -54,6 +54,21 @@ def capture(official_dir: str | os.PathLike, official_args: str | list[str], tra
     return trace_dir.with_name(trace_dir.name + ".tar.gz")
 
 
+def notebook_parameters(official_dir: str | None, official_args: str | None) -> dict[str, str]:
+    """`mtlib run --official-dir DIR [--official-args ARGS]` -> notebook 05's parameters;
+    refused before any notebook runs when DIR is no official checkout (ValueError: exit 2)."""
+    if not official_dir:
+        raise ValueError("--official-args: needs --official-dir (the checkout whose script it runs).")
+    root = Path(official_dir).expanduser().resolve()
+    if not (root / "generate_multitalk.py").is_file():
+        raise ValueError(f"--official-dir {official_dir!r}: no generate_multitalk.py there. Fix: give the root "
+                         "of the MeiGen-AI/MultiTalk checkout (the folder the Colab runs the command in).")
+    out = {"official_dir": str(root)}
+    if official_args:
+        out["official_args"] = official_args
+    return out
+
+
 def demo_reference(workdir: str | os.PathLike, config: Any = "tiny", seed: int = 42) -> Path:
     """A stand-in reference when no official checkout is given: a tiny mtlib run (CPU, seconds)
     traced like a reference trace (its draws and conditioning stored). Only for showing the

@@ -31,7 +31,10 @@ from mtlib.config import dump_config, load_config
 from mtlib.extras import require
 from mtlib.io import atomic_write, project_root
 
-NOTEBOOKS = ("00_setup", "01_preprocessing", "02_shape_inspection", "03_inference", "04_compare")
+NOTEBOOKS = ("00_setup", "01_preprocessing", "02_shape_inspection", "03_inference", "04_compare",
+             "05_reference", "06_batch")
+# 05_reference captures the official run only with an official checkout (--official-dir);
+# without one it runs its demo reference and says so in summary.txt
 
 
 class RunError(RuntimeError):
@@ -134,6 +137,7 @@ def run_notebooks(
     notebook_dir: str | Path | None = None,
     runs_dir: str | Path | None = None,
     verbose: bool = True,
+    notebook_parameters: dict[str, dict] | None = None,
 ) -> RunResult:
     pm = require("papermill", "notebooks", "mtlib run (the notebooks, headless)")
 
@@ -163,7 +167,8 @@ def run_notebooks(
                 with _stderr_to(run_dir / "kernel.log"):  # kernel chatter off the console
                     pm.execute_notebook(
                         str(nb), str(out),
-                        parameters={"config": str(run_dir / "config.yaml"), "run_dir": str(run_dir)},
+                        parameters={"config": str(run_dir / "config.yaml"), "run_dir": str(run_dir),
+                                    **(notebook_parameters or {}).get(nb.stem, {})},
                         kernel_name=resolve_kernel(kernel, nb),
                         cwd=str(project_root()),
                         progress_bar=False, log_output=True,

@@ -9,6 +9,7 @@ package imports nothing of mtlib but `mtlib.io`. The files:
 - `writer.py`: `TraceWriter`, streaming to a directory; the on-disk format is its docstring.
 - `hooks.py`: `hook_modules`, per-module outputs through forward hooks.
 - `load.py`: `load_trace` reads a trace / run / golden case / golden directory as a `Trace`.
+- `codec.py`: compact traces (duplicates stored once, exact smaller encodings).
 
 `mtlib.trace.<name>` keeps working for every public name (re-exported below).
 """

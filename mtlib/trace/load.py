@@ -118,13 +118,22 @@ def _mtlib_trace(directory: Path) -> Trace:
     # tensors whose shard never reached the disk (crash before flush) count as stats-only
     shard_ok = {n: (directory / n).exists() for n in {e.get("shard") for e in entries.values()} if n}
     full = {n for n, e in entries.items() if e.get("shard") and shard_ok.get(e["shard"])}
+    full |= {n for n, e in entries.items() if e.get("same_as") in full}  # compact: stored once
     handles: dict[str, Any] = {}
 
     def load(name: str) -> Any:
-        shard = entries[name]["shard"]
+        entry = entries[name]
+        if "same_as" in entry:
+            return load(entry["same_as"])
+        shard = entry["shard"]
         if shard not in handles:
             handles[shard] = safe_open(str(directory / shard), framework="pt")
-        return handles[shard].get_tensor(name)
+        stored = handles[shard].get_tensor(name)
+        if "codec" in entry:
+            from mtlib.trace.codec import decode
+
+            return decode(stored, entry)
+        return stored
 
     return Trace(names, entries, load, full, meta, "mtlib", directory)
 

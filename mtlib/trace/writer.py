@@ -18,7 +18,9 @@ On-disk format of a trace directory (version 1)
                               float64, NaN/Inf propagate), "nan", "inf": counts, "hash":
                               "sha1:<hex>" of the raw C-order bytes (CPU tensors) or
                               "mix128:<hex>" computed on the accelerator (tensor_hash),
-                              and "shard": file holding the tensor when stored in full}
+                              and "shard": file holding the tensor when stored in full;
+                              compact writers (mtlib.trace.codec) add "codec" to a stored
+                              tensor or "same_as": <point holding the same tensor>}
                               Non-tensor values get {"type", "repr"} instead of statistics.
     tensors-00000.safetensors the tensors stored in full, keyed by unique point name; a new
     tensors-00001.safetensors shard starts once the current one holds `shard_mb`; each shard
@@ -148,6 +150,7 @@ class TraceWriter:
         background: bool = False,
         max_queue_mb: float = 512,
         include: tuple[str, ...] | list[str] = ("*",),
+        compact: bool = False,
     ):
         from mtlib.io import InputError
 
@@ -167,6 +170,8 @@ class TraceWriter:
         self.shard_bytes = int(shard_mb * (1 << 20))
         self.max_queue_bytes = int(max_queue_mb * (1 << 20))
         self.with_hash = hash
+        self.compact = compact  # mtlib.trace.codec: duplicates once, exact smaller encodings
+        self._stored: dict[tuple, str] = {}
         if (self.directory / INDEX_FILE).exists():
             if not overwrite:
                 raise InputError(
@@ -285,9 +290,14 @@ class TraceWriter:
             if store:
                 # background: `tensor` is already a private snapshot; inline: copy it now
                 cpu = tensor.to("cpu", copy=not self.background).contiguous()
-                self._pending[entry["name"]] = cpu
-                self._pending_bytes += cpu.numel() * cpu.element_size()
-                entry["shard"] = self._shard_name()
+                if self.compact:
+                    from mtlib.trace.codec import pack
+
+                    cpu = pack(entry, cpu, self._stored)  # None: a duplicate (entry["same_as"])
+                if cpu is not None:
+                    self._pending[entry["name"]] = cpu
+                    self._pending_bytes += cpu.numel() * cpu.element_size()
+                    entry["shard"] = self._shard_name()
         self._index.write(json.dumps(entry, allow_nan=True) + "\n")
         now = time.perf_counter()
         if now - self._last_flush > 0.2:  # a killed run loses at most ~0.2 s of index lines

@@ -40,22 +40,20 @@ def _expected_vae(name: str) -> ExpectedMap:
 
 
 def _expected_clip(name: str) -> ExpectedMap:
-    import torch
+    from mtlib.models.clip import get_config
+    from mtlib.models.official_keys import clip_shapes
 
-    from mtlib.models.clip import XLMRobertaCLIP
-
-    # The .pth holds the whole CLIP (text tower too) and the official load is strict.
-    with torch.device("meta"):
-        return _state_map(XLMRobertaCLIP(name, with_text_tower=True))
+    # The .pth holds the whole CLIP (text tower too) and the official load is strict. Written
+    # from the config: building the transformers-backed module would import transformers.
+    return {k: (s, None) for k, s in clip_shapes(get_config(name)).items()}
 
 
 def _expected_t5(name: str) -> ExpectedMap:
-    import torch
+    from mtlib.models.official_keys import t5_shapes
+    from mtlib.models.t5 import get_config
 
-    from mtlib.models.t5 import T5Encoder
-
-    with torch.device("meta"):
-        return _state_map(T5Encoder(name), "BF16")  # the published file is bf16 (its name says so)
+    # the published file is bf16 (its name says so); shapes from the config (no transformers)
+    return {k: (s, "BF16") for k, s in t5_shapes(get_config(name)).items()}
 
 
 # Geometry of the wav2vec2 checkpoints (HF Wav2Vec2Config fields that shape the state dict):
