@@ -39,6 +39,8 @@ VIDEOS = Path("/tmp/h200_fast_videos")  # the noise videos stay on the device
 
 
 def _commit() -> str:
+    if (ROOT / "COMMIT").exists():  # a copied tree (no .git) carries its commit here
+        return (ROOT / "COMMIT").read_text().strip()
     try:
         return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
     except Exception:  # noqa: BLE001 - a tree without .git still measures
@@ -222,8 +224,8 @@ def run_clip(overrides: list[str], out_dir: Path, warm_steps: int | None) -> dic
     if warm_steps is not None:
         wcfg = cfg.replace(**{"generation.sampling_steps": warm_steps})
         w = generate_video(wcfg, out_dir / "warm.mp4", models=models, progress=True)
-        warm = w.timings
-        print("warm-up:", w.timings, file=sys.stderr, flush=True)
+        warm = {**w.timings, "stages_in_generate": w.stage_timings}
+        print("warm-up:", warm, file=sys.stderr, flush=True)
     torch.cuda.reset_peak_memory_stats()
     r = generate_video(cfg, out_dir / "clip.mp4", models=models, progress=True)
     print(summary(r), file=sys.stderr, flush=True)
@@ -234,6 +236,7 @@ def run_clip(overrides: list[str], out_dir: Path, warm_steps: int | None) -> dic
         "load_s": round(load_s, 1),
         "warmup_timings": warm,
         "timings": t,
+        "stages_in_generate": r.stage_timings,
         "clip_s_without_load": round(clip_s, 2),
         "frames": r.frames,
         "size": [r.height, r.width],
@@ -344,9 +347,8 @@ def main() -> None:
     if args.what == "load1":
         print(json.dumps(load_once(Path(args.dir), args.mode)), flush=True)
     else:
-        {"rss": cmd_rss, "clip4": cmd_clip4, "clip1": cmd_clip1, "clip40": cmd_clip40}[args.what](
-            args
-        )
+        {"rss": cmd_rss, "clip4": cmd_clip4, "clip1": cmd_clip1, "clip40": cmd_clip40,
+         "notebooks": cmd_notebooks}[args.what](args)
 
 
 if __name__ == "__main__":
