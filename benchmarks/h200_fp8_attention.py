@@ -94,24 +94,30 @@ def main(argv=None) -> int:
 
     measure("sdpa_cudnn_bf16", sdpa)
     measure("fp8_pointer_kernel_autotuned (previous default)", old)
-    for bm, bn, w, s, pipe in f8.TUNE_SPACE:
-        cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "PIPELINE": pipe, "num_warps": w, "num_stages": s}
+    space = list(f8.TUNE_SPACE) + [
+        (128, 128, 8, 2, 0, 0),
+        (64, 128, 4, 3, 1, 0),
+        (64, 128, 4, 3, 1, 1),
+    ]
+    for bm, bn, w, st, pipe, split in space:
+        cfg = {
+            "BLOCK_M": bm,
+            "BLOCK_N": bn,
+            "PIPELINE": pipe,
+            "SPLIT_D": split,
+            "num_warps": w,
+            "num_stages": st,
+        }
         measure(
-            f"fp8_tma bm{bm} bn{bn} w{w} s{s} pipe{int(pipe)}",
+            f"fp8_tma bm{bm} bn{bn} w{w} s{st} pipe{pipe} split{split}",
             lambda c=cfg: f8.launch(*ins, config=c),
             config=cfg,
         )
-    for pipe in (False, True):
-        cfg = {
-            "BLOCK_M": 128,
-            "BLOCK_N": 128,
-            "PIPELINE": pipe,
-            "num_warps": 8,
-            "num_stages": 2,
-            "CHAIN": True,
-        }
+    for split in (0, 1):
+        cfg = {"BLOCK_M": 64, "BLOCK_N": 128, "PIPELINE": 0, "SPLIT_D": split, "num_warps": 4, "num_stages": 3,
+               "CHAIN": True}  # fmt: skip
         measure(
-            f"fp8_tma bm128 bn128 w8 s2 pipe{int(pipe)} CHAIN (not used: coarse fp8 accumulation)",
+            f"fp8_tma bm64 bn128 w4 s3 split{split} CHAIN (not used: coarse fp8 accumulation)",
             lambda c=cfg: f8.launch(*ins, config=c),
             config=cfg,
         )

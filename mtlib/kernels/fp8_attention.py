@@ -37,18 +37,20 @@ except ImportError:  # pragma: no cover - depends on the install
     triton = tl = TensorDescriptor = None
     HAVE_TMA = False
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages, PIPELINE): 128-row tiles need 8 warps (two warpgroups
-# of 64 rows) to hold the fp32 accumulators in registers without spilling
+# (BLOCK_M, BLOCK_N, num_warps, num_stages, PIPELINE, SPLIT_D): 128-row tiles need 8 warps (two
+# warpgroups of 64 rows) to hold their fp32 tiles in registers. On the H200 at the 480p shape
+# (benchmarks/results/h200_fp8_attention.json) 64-row tiles on one warpgroup won (two CTAs per
+# SM overlap each other's exponentials and MMAs) and PIPELINE lost (more live registers), so
+# the search holds the 64-row family, SPLIT_D both ways, and the best 128-row tile.
 TUNE_SPACE = [
-    (128, 128, 8, 2, False),
-    (128, 128, 8, 3, False),
-    (128, 64, 8, 3, False),
-    (128, 64, 8, 4, False),
-    (64, 128, 4, 3, False),
-    (128, 128, 8, 2, True),
-    (128, 128, 8, 3, True),
-    (128, 64, 8, 3, True),
-    (64, 128, 4, 3, True),
+    (64, 128, 4, 2, 0, 0),
+    (64, 128, 4, 3, 0, 0),
+    (64, 128, 4, 4, 0, 0),
+    (64, 128, 4, 2, 0, 1),
+    (64, 128, 4, 3, 0, 1),
+    (64, 64, 4, 3, 0, 0),
+    (64, 64, 4, 4, 0, 1),
+    (128, 128, 8, 3, 0, 0),
 ]
 
 
@@ -57,35 +59,59 @@ if HAVE_TMA:
     def _set_blocks(nargs):
         """Autotune pre-hook: the descriptors' block shapes follow the config's tile sizes."""
         bm, bn, d = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["HEAD_DIM"]
+        dv = d // (1 + int(nargs.get("SPLIT_D", 0)))  # v and o tiles: half the channels when split
         nargs["desc_q"].block_shape = [1, bm, d]
-        nargs["desc_o"].block_shape = [1, bm, d]
+        nargs["desc_o"].block_shape = [1, bm, dv]
         nargs["desc_k"].block_shape = [1, bn, d]
-        nargs["desc_v"].block_shape = [1, d, bn]
+        nargs["desc_v"].block_shape = [1, dv, bn]
 
     def _configs(space=None):
         return [
             triton.Config(
-                {"BLOCK_M": bm, "BLOCK_N": bn, "PIPELINE": pipe},
+                {"BLOCK_M": bm, "BLOCK_N": bn, "PIPELINE": pipe, "SPLIT_D": split},
                 num_warps=w,
                 num_stages=s,
                 pre_hook=_set_blocks,
             )
-            for bm, bn, w, s, pipe in (space or TUNE_SPACE)
+            for bm, bn, w, s, pipe, split in (space or TUNE_SPACE)
         ]
 
     @triton.jit
-    def _softmax_pv(acc, l_i, m_i, s, v, s_scale, CHAIN: tl.constexpr):
-        """One tile's online-softmax update from raw scores s [BLOCK_M, BLOCK_N] (fp32) and
-        v [BLOCK_N, d] (e4m3)."""
+    def _pv(acc, alpha, p8, v, CHAIN: tl.constexpr):
+        """acc [BLOCK_M, dv] rescaled by alpha plus p8 @ v ([BLOCK_N, dv] e4m3)."""
+        if CHAIN:  # through the MMA accumulator (benchmarks only: fp8 MMA accumulates coarsely)
+            return tl.dot(p8, v, acc * alpha[:, None])
+        return acc * alpha[:, None] + tl.dot(p8, v)
+
+    @triton.jit
+    def _tile(
+        acc0,
+        acc1,
+        l_i,
+        m_i,
+        s,
+        desc_v,
+        bh,
+        n0,
+        s_scale,
+        BLOCK_N: tl.constexpr,
+        DV: tl.constexpr,
+        SPLIT_D: tl.constexpr,
+        CHAIN: tl.constexpr,
+    ):
+        """One key tile's online-softmax update from raw scores s [BLOCK_M, BLOCK_N] (fp32):
+        running max m_i, sum l_i, accumulators acc0 (and acc1: channels DV.. when split)."""
         m_new = tl.maximum(m_i, tl.max(s, 1) * s_scale)
         p = tl.math.exp2(s * s_scale - m_new[:, None])  # one FMA + one exp2 per score
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        if CHAIN:  # through the MMA accumulator (benchmarks only: fp8 MMA accumulates coarsely)
-            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        return acc, l_i, m_new
+        p8 = p.to(tl.float8e4nv)
+        v = desc_v.load([bh, 0, n0]).reshape([DV, BLOCK_N]).T
+        acc0 = _pv(acc0, alpha, p8, v, CHAIN)
+        if SPLIT_D:  # the second half of the channels: one [BLOCK_M, DV] product live at a time
+            v = desc_v.load([bh, DV, n0]).reshape([DV, BLOCK_N]).T
+            acc1 = _pv(acc1, alpha, p8, v, CHAIN)
+        return acc0, acc1, l_i, m_new
 
     @triton.jit
     def _fp8_fwd(
@@ -104,8 +130,10 @@ if HAVE_TMA:
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
         PIPELINE: tl.constexpr,
+        SPLIT_D: tl.constexpr = 0,
         CHAIN: tl.constexpr = False,
     ):
+        DV: tl.constexpr = HEAD_DIM // (1 + SPLIT_D)  # channels per p @ v product
         pid_m = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
@@ -116,7 +144,8 @@ if HAVE_TMA:
         s_scale = sm_scale_log2 * tl.load(QS + bh) * tl.load(KS + bh)
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
-        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        acc0 = tl.zeros([BLOCK_M, DV], tl.float32)
+        acc1 = tl.zeros([BLOCK_M, DV], tl.float32)  # unused (and dropped) unless SPLIT_D
 
         n_full = Lk // BLOCK_N
         if PIPELINE:
@@ -126,29 +155,31 @@ if HAVE_TMA:
                 for j in range(0, n_full - 1):
                     k = desc_k.load([b, (j + 1) * BLOCK_N, col]).reshape([BLOCK_N, HEAD_DIM])
                     s_next = tl.dot(q, k.T)  # in flight during this tile's softmax
-                    v = desc_v.load([bh, 0, j * BLOCK_N]).reshape([HEAD_DIM, BLOCK_N]).T
-                    acc, l_i, m_i = _softmax_pv(acc, l_i, m_i, s, v, s_scale, CHAIN)
+                    acc0, acc1, l_i, m_i = _tile(acc0, acc1, l_i, m_i, s, desc_v, bh, j * BLOCK_N,
+                                                 s_scale, BLOCK_N, DV, SPLIT_D, CHAIN)  # fmt: skip
                     s = s_next
-                v = desc_v.load([bh, 0, (n_full - 1) * BLOCK_N]).reshape([HEAD_DIM, BLOCK_N]).T
-                acc, l_i, m_i = _softmax_pv(acc, l_i, m_i, s, v, s_scale, CHAIN)
+                acc0, acc1, l_i, m_i = _tile(acc0, acc1, l_i, m_i, s, desc_v, bh, (n_full - 1) * BLOCK_N,
+                                             s_scale, BLOCK_N, DV, SPLIT_D, CHAIN)  # fmt: skip
         else:
             for j in range(0, n_full):
                 k = desc_k.load([b, j * BLOCK_N, col]).reshape([BLOCK_N, HEAD_DIM])
                 s = tl.dot(q, k.T)
-                v = desc_v.load([bh, 0, j * BLOCK_N]).reshape([HEAD_DIM, BLOCK_N]).T
-                acc, l_i, m_i = _softmax_pv(acc, l_i, m_i, s, v, s_scale, CHAIN)
+                acc0, acc1, l_i, m_i = _tile(acc0, acc1, l_i, m_i, s, desc_v, bh, j * BLOCK_N,
+                                             s_scale, BLOCK_N, DV, SPLIT_D, CHAIN)  # fmt: skip
         n0 = n_full * BLOCK_N
         if n0 < Lk:  # the last, partial tile: keys past the end (read as zeros) get no weight
             k = desc_k.load([b, n0, col]).reshape([BLOCK_N, HEAD_DIM])
             s = tl.dot(q, k.T)
             s = tl.where((tl.arange(0, BLOCK_N) < Lk - n0)[None, :], s, float("-inf"))
-            v = desc_v.load([bh, 0, n0]).reshape([HEAD_DIM, BLOCK_N]).T
-            acc, l_i, m_i = _softmax_pv(acc, l_i, m_i, s, v, s_scale, CHAIN)
+            acc0, acc1, l_i, m_i = _tile(acc0, acc1, l_i, m_i, s, desc_v, bh, n0, s_scale,
+                                         BLOCK_N, DV, SPLIT_D, CHAIN)  # fmt: skip
 
-        acc = acc / l_i[:, None]
-        vs = tl.load(VS + bh * HEAD_DIM + tl.arange(0, HEAD_DIM))  # v's scale per channel [d]
-        acc = acc * vs[None, :]
-        desc_o.store([b, m0, col], acc.to(tl.bfloat16).reshape([1, BLOCK_M, HEAD_DIM]))
+        vs = VS + bh * HEAD_DIM + tl.arange(0, DV)  # v's scale per channel
+        out = acc0 / l_i[:, None] * tl.load(vs)[None, :]
+        desc_o.store([b, m0, col], out.to(tl.bfloat16).reshape([1, BLOCK_M, DV]))
+        if SPLIT_D:
+            out = acc1 / l_i[:, None] * tl.load(vs + DV)[None, :]
+            desc_o.store([b, m0, col + DV], out.to(tl.bfloat16).reshape([1, BLOCK_M, DV]))
 
     _fp8_fwd_tuned = triton.autotune(configs=_configs(), key=["Lq", "Lk", "HEAD_DIM"])(_fp8_fwd)
 
@@ -165,9 +196,9 @@ def launch(
 ) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v -> [B, Lq, H, d] bf16 (see the module docstring for inputs).
 
-    config: {"BLOCK_M", "BLOCK_N", "PIPELINE", "num_warps", "num_stages"[, "CHAIN"]} runs
+    config: {"BLOCK_M", "BLOCK_N", "PIPELINE", "num_warps", "num_stages"[, "SPLIT_D", "CHAIN"]} runs
     that one variant (benchmarks); None autotunes (on the GPU) or runs `interpret_blocks`
-    tiles under TRITON_INTERPRET=1."""
+    tiles (split channels) under TRITON_INTERPRET=1."""
     import os
 
     B, Lq, H, d = q8.shape
@@ -198,7 +229,7 @@ def launch(
         return out
     if config is None:
         bm, bn = interpret_blocks
-        config = {"BLOCK_M": bm, "BLOCK_N": bn, "PIPELINE": True}
+        config = {"BLOCK_M": bm, "BLOCK_N": bn, "PIPELINE": False, "SPLIT_D": 1}
     meta = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
     _set_blocks(
         {
@@ -209,6 +240,7 @@ def launch(
             "BLOCK_M": meta["BLOCK_M"],
             "BLOCK_N": meta["BLOCK_N"],
             "HEAD_DIM": d,
+            "SPLIT_D": meta.get("SPLIT_D", 0),
         }
     )
     extra = (
