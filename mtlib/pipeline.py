@@ -475,7 +475,8 @@ def generate(
                 latent = noise.to(device, torch.float32, copy=True)  # [16, T, h, w]
 
                 # 3. which pixel frames are given: [1, 4, T, h, w]
-                msk = sampling.frame_mask(F, n_cond, lat_h, lat_w).to(device)
+                # in the DiT's dtype, as the reference casts it (0/1: exact in any dtype)
+                msk = sampling.frame_mask(F, n_cond, lat_h, lat_w).to(device, dit_dtype)
 
                 # 4. CLIP sees the last conditioning frame
                 timer.mark("setup")
