@@ -213,7 +213,7 @@ def _flash_fp8(q8: torch.Tensor, k8: torch.Tensor, v8t: torch.Tensor, q_scale: t
                k_scale: torch.Tensor, v_scale: torch.Tensor) -> torch.Tensor:
     from mtlib.kernels import fp8_attention
 
-    if fp8_attention.HAVE_TMA:  # the Hopper kernel (TMA tiles, pipelined q k^T; autotuned)
+    if fp8_attention.supported(q8.device):  # the Hopper kernel (TMA tiles; autotuned)
         return fp8_attention.launch(q8, k8, v8t, q_scale, k_scale, v_scale)
     out = torch.empty(q8.shape, dtype=torch.bfloat16, device=q8.device)
     return _launch(q8, k8, v8t, out, q_scale, k_scale, v_scale, v_transposed=True, fp8=True)

@@ -189,6 +189,18 @@ if HAVE_TMA:
     )(_fp8_fwd)
 
 
+def supported(device: torch.device) -> bool:
+    """Tensor descriptors lower to TMA copies from Hopper (sm_90) on; older GPUs (an Ada card's
+    fp8 included) keep mtlib.kernels.attention's pointer kernel. The interpreter runs anywhere."""
+    import os
+
+    if not HAVE_TMA:
+        return False
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+
+
 def launch(
     q8: torch.Tensor,
     k8: torch.Tensor,
