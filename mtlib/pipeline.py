@@ -32,9 +32,9 @@ import torch
 
 from mtlib import frames, guards, sampling, trace
 from mtlib.color import match_and_blend_colors
-from mtlib.stagetimer import StageTimer
 from mtlib.io import InputError
 from mtlib.spec import SPECS
+from mtlib.stagetimer import StageTimer
 
 VAE_STRIDE = SPECS["multitalk-14b"].vae_stride  # pixel frames / rows / columns per latent cell
 PATCH_SIZE = SPECS["multitalk-14b"].patch  # DiT patchify of the latent (t, h, w)
