@@ -94,6 +94,7 @@ class GenerationOutput:
     parallel: str | None = None  # the layout over several devices, e.g. "sequence parallel: 2 ranks"
     rank: int = 0  # which rank returned this (only rank 0 writes the video and the trace)
     dit_options: dict | None = None  # mtlib.accel.options.DiTOptions.to_dict(): what ran in which precision
+    stage_timings: dict[str, float] = field(default_factory=dict)  # inside "generate" (mtlib.run.stagetimer)
 
 
 def summary(out: GenerationOutput) -> str:
@@ -302,6 +303,7 @@ def generate_video(
         parallel=rank.layout if rank is not None else None,
         rank=rank.rank if rank is not None else 0,
         dit_options=dit_options,
+        stage_timings=dict(result.stages),
     )
 
 

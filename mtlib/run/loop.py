@@ -43,6 +43,7 @@ from mtlib.run.loop_plan import (
     check_inputs,
 )
 from mtlib.run.noise import NoiseSource, SeededNoise
+from mtlib.run.stagetimer import StageTimer
 
 
 class DiT(Protocol):
@@ -175,6 +176,7 @@ def generate(
     videos = cond_image  # replaced by each clip's decoded frames
     clips: list[ClipInfo] = []
     clip_bar = tqdm(total=len(lp.clips), desc="clips", unit="clip", disable=not s.progress)
+    timer = StageTimer(device)
 
     with trace.scope("e2e"):
         for pc in lp.clips:  # the planned clips, in order
@@ -209,15 +211,18 @@ def generate(
                 latent = noise.to(device, torch.float32, copy=True)  # [16, T, h, w]
 
                 # 3. which pixel frames are given: [1, 4, T, h, w]
-                msk = sampling.frame_mask(F, n_cond, lat_h, lat_w).to(device)
+                # in the DiT's dtype, as the reference casts it (0/1: exact in any dtype)
+                msk = sampling.frame_mask(F, n_cond, lat_h, lat_w).to(device, dit_dtype)
 
                 # 4. CLIP sees the last conditioning frame
+                timer.mark("setup")
                 clip_in = trace.point("clip_in", cond_image[:, :, -1:])
                 clip_fea = models.clip.encode_image(clip_in)
                 trace.point("clip_fea", clip_fea)
                 clip_fea = clip_fea.to(device, dit_dtype)
 
                 # 5. VAE latent of the cond frames followed by zeros up to F frames
+                timer.mark("clip_image_encoder")
                 zeros = cond_image.new_zeros(1, 3, F - cond_image.shape[2], H, W)
                 vae_latent = models.vae.encode(torch.cat([cond_image, zeros], dim=2))
                 trace.point("vae_latent", vae_latent)  # [1, 16, T, h, w]
@@ -228,6 +233,7 @@ def generate(
                 )
                 # the reference slices the motion latents from y AFTER its cast to the DiT dtype
                 # (bf16 on GPU), so they carry that rounding into the re-noising
+                timer.mark("vae_encode")
                 vae_latent_dit = vae_latent.to(dit_dtype)
                 latent_motion_frames = vae_latent_dit[:, :, : 1 + (n_cond - 1) // 4][0].float()
 
@@ -351,12 +357,18 @@ def generate(
                             )
                             trace.point("out", add_latent)
                         latent[:, :t_m] = add_latent
+                    timer.mark("dit_step0" if i == 0 else "dit_steps_after_first")
                 step_bar.close()
 
                 # 7. decode, then pull the colours towards the ORIGINAL image
                 x0 = trace.point("x0", latent.unsqueeze(0))  # [1, 16, T, h, w]
+                timer.mark("setup")
                 videos = models.vae.decode(x0)
-                videos = trace.point("decoded", videos.detach().cpu().float())  # [1, 3, F, H, W]
+                timer.mark("vae_decode")
+                # colour correction runs where the frames are (torch on a GPU, skimage on the host)
+                if s.color_correction_strength == 0 or not videos.is_cuda:
+                    videos = videos.cpu()
+                videos = trace.point("decoded", videos.detach().float())  # [1, 3, F, H, W]
                 lp.check(f"e2e.clip{c}.decoded", videos.shape, (1, 3, F, H, W))
                 finite.check_finite(videos, f"clip {c} VAE decode", "decoded frames")
                 if s.color_correction_strength > 0:
@@ -365,6 +377,9 @@ def generate(
                         videos, color_reference, s.color_correction_strength
                     )
                     trace.point("color_corrected", videos)
+                timer.mark("color_correction")
+                videos = videos.cpu()
+                timer.mark("frames_to_host")
 
                 # 8. keep the new frames: all of clip 0, later clips without their motion frames
                 kept = videos if is_first_clip else videos[:, :, n_cond:]
@@ -388,4 +403,5 @@ def generate(
         clips=clips,
         miss_lengths=miss_lengths,
         seed=getattr(noise_source, "seed", None),
+        stages=timer.seconds,
     )

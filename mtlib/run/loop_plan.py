@@ -97,6 +97,7 @@ class GenerationResult:
     clips: list[ClipInfo] = field(default_factory=list)
     miss_lengths: list[int] = field(default_factory=list)  # tail padding per person ([]: clip mode)
     seed: int | None = None
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per loop stage (StageTimer)
 
 
 # --------------------------------------------------------------------------------------------
