@@ -39,6 +39,8 @@ VIDEOS = Path("/tmp/h200_fast_videos")  # the noise videos stay on the device
 
 
 def _commit() -> str:
+    if (ROOT / "COMMIT").exists():  # a copied tree (no .git) carries its commit here
+        return (ROOT / "COMMIT").read_text().strip()
     try:
         return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
     except Exception:  # noqa: BLE001 - a tree without .git still measures
@@ -50,7 +52,7 @@ def _save(name: str, rec: dict) -> None:
 
     rec = {
         "commit": _commit(),
-        "device": torch.cuda.get_device_name(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__,
         **rec,
     }
@@ -222,8 +224,8 @@ def run_clip(overrides: list[str], out_dir: Path, warm_steps: int | None) -> dic
     if warm_steps is not None:
         wcfg = cfg.replace(**{"generation.sampling_steps": warm_steps})
         w = generate_video(wcfg, out_dir / "warm.mp4", models=models, progress=True)
-        warm = w.timings
-        print("warm-up:", w.timings, file=sys.stderr, flush=True)
+        warm = {**w.timings, "stages_in_generate": w.stage_timings}
+        print("warm-up:", warm, file=sys.stderr, flush=True)
     torch.cuda.reset_peak_memory_stats()
     r = generate_video(cfg, out_dir / "clip.mp4", models=models, progress=True)
     print(summary(r), file=sys.stderr, flush=True)
@@ -234,6 +236,7 @@ def run_clip(overrides: list[str], out_dir: Path, warm_steps: int | None) -> dic
         "load_s": round(load_s, 1),
         "warmup_timings": warm,
         "timings": t,
+        "stages_in_generate": r.stage_timings,
         "clip_s_without_load": round(clip_s, 2),
         "frames": r.frames,
         "size": [r.height, r.width],
@@ -305,29 +308,37 @@ def cmd_notebooks(args) -> None:
     """mtlib run over notebooks 00-03 with the real configuration and random weights
     (lightx2v recipe: 4 steps x 2 passes, bf16, eager), kept small under $OUT."""
     import shutil
+    import tarfile
 
     from mtlib.runner import RunError, run_notebooks
 
-    over = ["model.weights.random=true"]
+    over = ["model.weights.random=true", *args.overrides]
     t0 = time.perf_counter()
-    failed = None
+    failed, seconds = None, {}
+    runs = Path("/tmp/h200_runs")
     try:
-        run_notebooks("multitalk-480-lightx2v", over, only="00,01,02,03", runs_dir="/tmp/h200_runs")
+        res = run_notebooks(args.preset, over, only="00,01,02,03", runs_dir=runs)
+        seconds = {k: round(v, 1) for k, v in res.seconds.items()}
     except RunError as e:  # keep what ran: the failing notebook is the record
         failed = str(e)
         print(failed, flush=True)
     secs = time.perf_counter() - t0
-    run_dir = max(Path("/tmp/h200_runs").iterdir(), key=lambda p: p.stat().st_mtime)
-    keep = Path(os.environ.get("OUT", "/tmp/out")) / "notebooks_random"
-    keep.mkdir(parents=True, exist_ok=True)
+    run_dir = max(runs.iterdir(), key=lambda p: p.stat().st_mtime)
+    keep = Path("/tmp/notebooks_random")  # $OUT takes 8 files: the folder goes back as one tar
+    shutil.rmtree(keep, ignore_errors=True)
+    keep.mkdir(parents=True)
     for p in run_dir.iterdir():
         if p.suffix == ".ipynb":
             _small_notebook(p, keep / p.name)
-        elif p.name in ("summary.txt", "config.yaml", "env.json", "run.log", "plan.json"):
+        elif p.name in ("summary.txt", "config.yaml", "env.json", "run.log", "plan.json", "kernel.log"):
             shutil.copy(p, keep / p.name)
-    _save("notebooks_random", {"what": "mtlib run (papermill) over notebooks 00-03, preset multitalk-480-lightx2v, "
+    out = Path(os.environ.get("OUT", "/tmp/out"))
+    out.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(out / "notebooks_random.tar.gz", "w:gz") as tar:
+        tar.add(keep, arcname="notebooks_random")
+    _save("notebooks_random", {"what": f"mtlib run (papermill) over notebooks 00-03, preset {args.preset}, "
                                        "model.weights.random=true, on the GPU", "overrides": over,
-                               "failed": failed, "total_s": round(secs, 1),
+                               "failed": failed, "total_s": round(secs, 1), "seconds_per_notebook": seconds,
                                "summary": (run_dir / "summary.txt").read_text().splitlines()
                                if (run_dir / "summary.txt").exists() else []})  # fmt: skip
 
@@ -336,6 +347,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["rss", "load1", "clip4", "clip1", "clip40", "notebooks"])
     ap.add_argument("--dir", default="/tmp/dit14b")
+    ap.add_argument("--preset", default="multitalk-480-lightx2v", help="notebooks: the config")
     ap.add_argument("--mode", default="resident")
     ap.add_argument("--precision", default="both", choices=["fp8", "reference", "both"])
     ap.add_argument("--no-lora", action="store_true", help="clip4 without the random LoRA")
@@ -344,9 +356,8 @@ def main() -> None:
     if args.what == "load1":
         print(json.dumps(load_once(Path(args.dir), args.mode)), flush=True)
     else:
-        {"rss": cmd_rss, "clip4": cmd_clip4, "clip1": cmd_clip1, "clip40": cmd_clip40}[args.what](
-            args
-        )
+        {"rss": cmd_rss, "clip4": cmd_clip4, "clip1": cmd_clip1, "clip40": cmd_clip40,
+         "notebooks": cmd_notebooks}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,10 @@ def match_and_blend_colors(
         raise ValueError(f"frames must be [1, 3, F, H, W], got {list(frames.shape)}.")
     if reference.ndim != 5 or reference.shape[:3] != (1, 3, 1):
         raise ValueError(f"reference must be [1, 3, 1, H, W], got {list(reference.shape)}.")
+    if frames.is_cuda:  # the same arithmetic in torch, on the GPU (skimage: one CPU core)
+        from mtlib.color_gpu import match_and_blend_colors_torch
+
+        return match_and_blend_colors_torch(frames, reference, strength)
     from skimage import color
 
     # [1, 3, F, H, W] -> [F, H, W, 3] in [0, 1], as skimage wants channels last

@@ -599,6 +599,7 @@ class GenerationOutput:
     parallel: str | None = None  # the layout over several devices, e.g. "sequence parallel: 2 ranks"
     rank: int = 0  # which rank returned this (only rank 0 writes the video and the trace)
     dit_options: dict | None = None  # mtlib.runopts.DiTOptions.to_dict(): what ran in which precision
+    stage_timings: dict[str, float] = field(default_factory=dict)  # inside "generate" (mtlib.stagetimer)
 
 
 def summary(out: GenerationOutput) -> str:
@@ -805,6 +806,7 @@ def generate_video(
         parallel=rank.layout if rank is not None else None,
         rank=rank.rank if rank is not None else 0,
         dit_options=dit_options,
+        stage_timings=dict(result.stages),
     )
 
 

@@ -34,6 +34,7 @@ from mtlib import frames, guards, sampling, trace
 from mtlib.color import match_and_blend_colors
 from mtlib.io import InputError
 from mtlib.spec import SPECS
+from mtlib.stagetimer import StageTimer
 
 VAE_STRIDE = SPECS["multitalk-14b"].vae_stride  # pixel frames / rows / columns per latent cell
 PATCH_SIZE = SPECS["multitalk-14b"].patch  # DiT patchify of the latent (t, h, w)
@@ -165,6 +166,7 @@ class GenerationResult:
     clips: list[ClipInfo] = field(default_factory=list)
     miss_lengths: list[int] = field(default_factory=list)  # tail padding per person ([]: clip mode)
     seed: int | None = None
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per loop stage (StageTimer)
 
 
 # --------------------------------------------------------------------------------------------
@@ -438,6 +440,7 @@ def generate(
     videos = cond_image  # replaced by each clip's decoded frames
     clips: list[ClipInfo] = []
     clip_bar = tqdm(total=len(lp.clips), desc="clips", unit="clip", disable=not s.progress)
+    timer = StageTimer(device)
 
     with trace.scope("e2e"):
         for pc in lp.clips:  # the planned clips, in order
@@ -472,15 +475,18 @@ def generate(
                 latent = noise.to(device, torch.float32, copy=True)  # [16, T, h, w]
 
                 # 3. which pixel frames are given: [1, 4, T, h, w]
-                msk = sampling.frame_mask(F, n_cond, lat_h, lat_w).to(device)
+                # in the DiT's dtype, as the reference casts it (0/1: exact in any dtype)
+                msk = sampling.frame_mask(F, n_cond, lat_h, lat_w).to(device, dit_dtype)
 
                 # 4. CLIP sees the last conditioning frame
+                timer.mark("setup")
                 clip_in = trace.point("clip_in", cond_image[:, :, -1:])
                 clip_fea = models.clip.encode_image(clip_in)
                 trace.point("clip_fea", clip_fea)
                 clip_fea = clip_fea.to(device, dit_dtype)
 
                 # 5. VAE latent of the cond frames followed by zeros up to F frames
+                timer.mark("clip_image_encoder")
                 zeros = cond_image.new_zeros(1, 3, F - cond_image.shape[2], H, W)
                 vae_latent = models.vae.encode(torch.cat([cond_image, zeros], dim=2))
                 trace.point("vae_latent", vae_latent)  # [1, 16, T, h, w]
@@ -491,6 +497,7 @@ def generate(
                 )
                 # the reference slices the motion latents from y AFTER its cast to the DiT dtype
                 # (bf16 on GPU), so they carry that rounding into the re-noising
+                timer.mark("vae_encode")
                 vae_latent_dit = vae_latent.to(dit_dtype)
                 latent_motion_frames = vae_latent_dit[:, :, : 1 + (n_cond - 1) // 4][0].float()
 
@@ -614,12 +621,18 @@ def generate(
                             )
                             trace.point("out", add_latent)
                         latent[:, :t_m] = add_latent
+                    timer.mark("dit_step0" if i == 0 else "dit_steps_after_first")
                 step_bar.close()
 
                 # 7. decode, then pull the colours towards the ORIGINAL image
                 x0 = trace.point("x0", latent.unsqueeze(0))  # [1, 16, T, h, w]
+                timer.mark("setup")
                 videos = models.vae.decode(x0)
-                videos = trace.point("decoded", videos.detach().cpu().float())  # [1, 3, F, H, W]
+                timer.mark("vae_decode")
+                # colour correction runs where the frames are (torch on a GPU, skimage on the host)
+                if s.color_correction_strength == 0 or not videos.is_cuda:
+                    videos = videos.cpu()
+                videos = trace.point("decoded", videos.detach().float())  # [1, 3, F, H, W]
                 lp.check(f"e2e.clip{c}.decoded", videos.shape, (1, 3, F, H, W))
                 guards.check_finite(videos, f"clip {c} VAE decode", "decoded frames")
                 if s.color_correction_strength > 0:
@@ -628,6 +641,9 @@ def generate(
                         videos, color_reference, s.color_correction_strength
                     )
                     trace.point("color_corrected", videos)
+                timer.mark("color_correction")
+                videos = videos.cpu()
+                timer.mark("frames_to_host")
 
                 # 8. keep the new frames: all of clip 0, later clips without their motion frames
                 kept = videos if is_first_clip else videos[:, :, n_cond:]
@@ -651,4 +667,5 @@ def generate(
         clips=clips,
         miss_lengths=miss_lengths,
         seed=getattr(noise_source, "seed", None),
+        stages=timer.seconds,
     )

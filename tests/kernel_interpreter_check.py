@@ -44,6 +44,19 @@ for B, Lq, Lk, H, d in [(1, 70, 70, 2, 32), (2, 33, 150, 3, 32), (1, 96, 64, 1, 
     shift = torch.randn(1, 1, H, d, generator=g) * 3
     out["fp8"][-1]["shift_invariant"] = rel(fa.attention(q, k + shift, v, "fp8"), o8)
 
+# the TMA kernel's variants (pipelined q k^T, p @ v split over the channels) against the pointer
+# kernel: the same arithmetic, so the same numbers (the GPU autotuner may pick any of them)
+from mtlib.kernels import fp8_attention as f8  # noqa: E402
+
+q, k, v = (torch.randn(2, L, 3, 32, generator=g) for L in (33, 150, 150))
+ins = fa.quantize_fp8(q, k, v)
+pointer = torch.empty(q.shape, dtype=torch.bfloat16)
+fa._launch(*ins[:3], pointer, *ins[3:], v_transposed=True, fp8=True)
+out["tma_variants_vs_pointer"] = [
+    rel(f8.launch(*ins, config={"BLOCK_M": 32, "BLOCK_N": 32, "PIPELINE": p, "SPLIT_D": sd}), pointer)
+    for p in (0, 1) for sd in (0, 1)
+]
+
 # compiled (the custom op inside a torch.compile graph, as in compile_blocks) == eager
 q, k, v = (torch.randn(1, 50, 2, 32, generator=g) for _ in range(3))
 compiled = torch.compile(lambda a, b, c: fa.attention(a, b, c, "fp8"), fullgraph=True)

@@ -64,6 +64,12 @@ def test_auto_frame_num_pads_the_short_audio_and_trims_the_video(tiny_env, tmp_p
     meta = info["metadata"]
     assert meta["seed"] == 42 and meta["config"]["generation"]["frame_num"] == 45
     assert meta["config"]["inputs"]["image"] == "data/landscape_16x9.png"
+    # the loop's stage times (mtlib.stagetimer), every stage of the one clip, in loop order
+    assert list(out.stage_timings) == ["setup", "clip_image_encoder", "vae_encode", "dit_step0",
+                                       "dit_steps_after_first", "vae_decode", "color_correction",
+                                       "frames_to_host"]  # fmt: skip
+    assert all(v >= 0 for v in out.stage_timings.values())
+    assert sum(out.stage_timings.values()) <= out.timings["generate"]
 
 
 def test_frame_num_43_is_refused_before_any_weights_load(tiny_env, tmp_path, monkeypatch):
