@@ -4,7 +4,7 @@ with random weights: same output and not slower.
 
     python benchmarks/bench_encoders_hf.py [--no-compile] [--out DIR]   # needs CUDA
     python benchmarks/bench_encoders_hf.py --cpu-overhead    # ops + dispatch time per call, CPU
-    python benchmarks/bench_encoders_hf.py --tiny-cpu        # smoke run of the T5 part, CPU
+    python benchmarks/bench_encoders_hf.py --tiny-cpu        # smoke run of both parts, CPU
 
 Prints one JSON object (and writes it to DIR/encoders_hf.json, DIR defaults to $OUT or .).
 
@@ -23,9 +23,12 @@ rows included). Weights are random with the official init's scales (wan/modules/
 init_weights), so the network is as well conditioned as a trained one; all rows load one
 official-layout state dict.
 CLIP ViT-H/14 visual (31 of 32 blocks) in fp16 autocast ("reference" precision) on one
-224x224 frame: transformers-backed vs hand-written, ms, GPU busy time (one frame of 257 tokens
-is launch-bound: a few GFLOP per block), max abs difference, and the transformers one under
-torch.compile.
+224x224 frame, three ways: hand-written (the baseline), transformers' CLIPVisionModel as
+shipped (`fast=False`), and the same model with mtlib's lean forward (mtlib.models.clip_fastpath,
+what mtlib runs: one fused q/k/v projection per layer, no autocast casts). Each: ms, GPU busy
+time and kernel count (one frame of 257 tokens is launch-bound: a few GFLOP per block), max abs
+differences; and transformers as shipped under torch.compile. `--cpu-overhead` also counts the
+CLIP ops per call on the CPU (31 blocks at width 64).
 """
 
 from __future__ import annotations
@@ -408,33 +411,46 @@ def _t5(dev: str, compile_too: bool, emit, cfg: T5Config | None = None) -> dict:
     return res
 
 
-def _clip(dev: str, compile_too: bool = False) -> dict:
-    ccfg: CLIPConfig = clip_mod.CONFIGS["multitalk-14b"]
+def _clip(dev: str, compile_too: bool = False, ccfg: CLIPConfig | None = None) -> dict:
+    ccfg = ccfg or clip_mod.CONFIGS["multitalk-14b"]
     with torch.device("meta"):
-        newc = clip_mod.XLMRobertaCLIP(ccfg, with_text_tower=False)
+        fastc = clip_mod.XLMRobertaCLIP(ccfg, with_text_tower=False)
+        newc = clip_mod.XLMRobertaCLIP(ccfg, with_text_tower=False, fast=False)
         oldc = LegacyVisionTransformer(ccfg)
     sd = _random_state(newc, 1)
-    newc.load_state_dict(sd, assign=True)
+    for m in (newc, fastc):
+        m.load_state_dict(sd, assign=True)
     oldc.load_state_dict({k[len("visual."):]: v for k, v in sd.items()}, strict=True, assign=True)
-    newc = newc.to(dev, torch.float16).eval()
-    newc.visual.rebuild_buffers()
-    newc.precision = "reference"
+    newc, fastc = (m.to(dev, torch.float16).eval() for m in (newc, fastc))
+    for m in (newc, fastc):
+        m.visual.rebuild_buffers()
+        m.precision = "reference"
     oldc = oldc.to(dev, torch.float16).eval()
-    pixels = torch.randn(1, 3, 224, 224, device=dev)
+    s = ccfg.image_size
+    pixels = torch.randn(1, 3, s, s, device=dev)
 
     def run_new():
         with torch.autocast("cuda", dtype=torch.float16):
             return newc.visual(pixels)
 
+    def run_fast():
+        with torch.autocast("cuda", dtype=torch.float16):
+            return fastc.visual(pixels)
+
     def run_old():
         with torch.autocast("cuda", dtype=torch.float16):
             return oldc(pixels)
 
-    a, b = run_new().float(), run_old().float()
+    a, f, b = run_new().float(), run_fast().float(), run_old().float()
     res = {"max_abs_diff": float((a - b).abs().max()), "max_abs_ref": float(b.abs().max()),
-           "ms_transformers": _median_ms(run_new), "ms_handwritten": _median_ms(run_old),
+           "max_abs_diff_fast_vs_handwritten": float((f - b).abs().max()),
+           "max_abs_diff_fast_vs_transformers": float((f - a).abs().max()),
+           "ms_transformers": _median_ms(run_new), "ms_fast": _median_ms(run_fast),
+           "ms_handwritten": _median_ms(run_old),
            "profile_transformers": _kernel_profile(run_new),
+           "profile_fast": _kernel_profile(run_fast),
            "profile_handwritten": _kernel_profile(run_old)}  # fmt: skip
+    res["speedup_fast_vs_handwritten"] = round(res["ms_handwritten"] / res["ms_fast"], 3)
     if compile_too:  # one 257-token frame: launch-bound; compiled, the launches fuse
         try:
             t0 = time.perf_counter()
@@ -449,13 +465,58 @@ def _clip(dev: str, compile_too: bool = False) -> dict:
     return res
 
 
+def _per_call(fn) -> dict:
+    """aten ops of one call (torch.profiler) and its wall time over 30 calls, on the CPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    ops = sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+    times = []
+    for _ in range(30):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return {"aten_ops_per_call": ops, "min_ms": round(min(times), 2),
+            "median_ms": round(statistics.median(times), 2)}  # fmt: skip
+
+
+def clip_overhead() -> dict:
+    """The CLIP tower's ops per call on the CPU: its real depth (31 of 32 blocks run) at width
+    64 on one 56x56 frame (17 tokens), fp32, so a call costs its Python and dispatch only."""
+    ccfg = CLIPConfig(image_size=56, patch_size=14, vision_dim=64, vision_heads=4,
+                      vision_layers=32, embed_dim=16, vocab_size=50, text_dim=16, text_heads=2,
+                      text_layers=1)  # fmt: skip
+    with torch.device("meta"):
+        models = {"handwritten": LegacyVisionTransformer(ccfg),
+                  "transformers_plain": clip_mod.XLMRobertaCLIP(ccfg, False, fast=False),
+                  "transformers_fast": clip_mod.XLMRobertaCLIP(ccfg, False)}  # fmt: skip
+    sd = _random_state(models["transformers_fast"], 0)
+    pixels = torch.randn(1, 3, 56, 56)
+    out, outs = {}, {}
+    for name, m in models.items():
+        if name == "handwritten":
+            m.load_state_dict({k[len("visual."):]: v for k, v in sd.items()}, assign=True)
+            fn = lambda m=m: m(pixels)  # noqa: E731
+        else:
+            m.load_state_dict(sd, assign=True)
+            m.visual.rebuild_buffers()
+            fn = lambda m=m: m.visual(pixels)  # noqa: E731
+        out[name] = _per_call(fn)
+        outs[name] = fn()
+    out["fast_vs_plain_max_abs"] = float((outs["transformers_fast"] - outs["transformers_plain"]).abs().max())
+    out["fast_vs_handwritten_max_abs"] = float((outs["transformers_fast"] - outs["handwritten"]).abs().max())
+    return out
+
+
 @torch.no_grad()
 def cpu_overhead() -> dict:
     """Dispatch cost per call, on the CPU: umT5's 24 layers at width 64 on 2 x 8 tokens, so
     the arithmetic is nothing and the time is Python + one dispatch per op (what a GPU run
     pays on its host thread to launch the same ops). aten ops counted by torch.profiler."""
     import transformers
-    from torch.profiler import ProfilerActivity, profile
 
     torch.set_num_threads(1)
     cfg = T5Config(vocab_size=1000, dim=64, dim_attn=64, dim_ffn=128, num_heads=4,
@@ -469,18 +530,8 @@ def cpu_overhead() -> dict:
     out = {"transformers": transformers.__version__, "torch": torch.__version__}
     for name, m in models.items():
         m.load_state_dict(sd, assign=True)
-        for _ in range(3):
-            m(ids, mask)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            m(ids, mask)
-        ops = sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
-        times = []
-        for _ in range(30):
-            t = time.perf_counter()
-            m(ids, mask)
-            times.append((time.perf_counter() - t) * 1e3)
-        out[name] = {"aten_ops_per_call": ops, "min_ms": round(min(times), 2),
-                     "median_ms": round(statistics.median(times), 2)}  # fmt: skip
+        out[name] = _per_call(lambda m=m: m(ids, mask))
+    out["clip"] = clip_overhead()
     return out
 
 
@@ -490,7 +541,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for encoders_hf.json")
     ap.add_argument("--tiny-cpu", action="store_true",
-                    help="smoke run of the T5 part on the CPU (width 256, 3 layers); no CLIP")
+                    help="smoke run on the CPU: T5 at width 256, 3 layers; CLIP at width 64, 3 layers")
     ap.add_argument("--cpu-overhead", action="store_true",
                     help="count the ops and time one call at width 64 on the CPU (dispatch cost)")
     args = ap.parse_args(argv)
@@ -499,7 +550,10 @@ def main(argv=None) -> int:
         return 0
     if args.tiny_cpu:
         cfg = T5Config(vocab_size=1000, dim=256, dim_attn=256, dim_ffn=384, num_heads=8, num_layers=3)
-        out = {"t5": _t5("cpu", False, lambda r: None, cfg)}
+        ccfg = CLIPConfig(image_size=56, patch_size=14, vision_dim=64, vision_heads=4,
+                          vision_layers=3, embed_dim=16, vocab_size=50, text_dim=16,
+                          text_heads=2, text_layers=1)  # fmt: skip
+        out = {"t5": _t5("cpu", False, lambda r: None, cfg), "clip": _clip("cpu", False, ccfg)}
         print(json.dumps(out, indent=1))
         return 0
     if not torch.cuda.is_available():

@@ -12,7 +12,9 @@ last (`use_31_block=True`). No post_norm, no head: the output is the residual st
 
 The vision tower is transformers' `CLIPVisionModel` (same numerics: pre-norm ViT, exact GELU,
 scaled dot-product attention, LayerNorm eps 1e-5), loaded from the official key layout through
-a key map (to_qkv is split into q/k/v_proj; cls/pos embeddings are reshaped). The published
+a key map (to_qkv is split into q/k/v_proj; cls/pos embeddings are reshaped). Its forward runs
+through clip_fastpath (same numbers, one q/k/v projection per layer, fewer launches);
+`fast=False` runs transformers' own forward. The published
 checkpoint `models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth` holds the whole
 XLMRobertaCLIP (visual.*, textual.* and log_scale): `XLMRobertaCLIP.state_dict()` speaks those
 keys so the file loads strictly; the text tower (`TextTower`) is a parameter container only,
@@ -33,6 +35,7 @@ from torch import nn
 
 from mtlib import trace
 from mtlib.io import InputError
+from mtlib.models import clip_fastpath
 from mtlib.models.checkpoint import (
     KeyMap,
     assign_state_dict,
@@ -179,6 +182,10 @@ def clip_vision_config(cfg: CLIPConfig, num_layers: int):
     )  # fmt: skip
 
 
+def _keep_input_dtype(module, args, out):
+    return out.to(args[0].dtype)
+
+
 class VisionTransformer(nn.Module):
     """The official visual tower on transformers' `CLIPVisionModel` (`.hf`, sdpa attention).
 
@@ -188,12 +195,15 @@ class VisionTransformer(nn.Module):
     `.skipped` (a transformers CLIPEncoderLayer that never runs) so the file loads strictly.
     """
 
-    def __init__(self, cfg: CLIPConfig):
+    def __init__(self, cfg: CLIPConfig, fast: bool = True):
+        """fast: clip_fastpath's forward on transformers' model (one q/k/v projection per
+        layer, no autocast casts); False runs transformers' forward exactly as it ships."""
         super().__init__()
         from transformers import CLIPVisionModel
         from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
         self.config = cfg
+        self.fast = fast
         hf_cfg = clip_vision_config(cfg, cfg.vision_layers - 1)
         self.hf = CLIPVisionModel._from_config(hf_cfg, attn_implementation="sdpa")
         self.skipped = CLIPEncoderLayer(hf_cfg)
@@ -202,7 +212,11 @@ class VisionTransformer(nn.Module):
         self._hf_prefix = "hf." + ("vision_model." if inner is not self.hf else "")
         # The reference's LayerNorm returns the input dtype (fp16 under autocast); torch's
         # autocast LayerNorm returns fp32, which would turn the whole residual stream fp32.
-        inner.pre_layrnorm.register_forward_hook(lambda m, args, out: out.to(args[0].dtype))
+        inner.pre_layrnorm.register_forward_hook(_keep_input_dtype)  # a function: pickles
+
+    def _apply(self, *args, **kwargs):  # .to() / .half() replace the q/k/v parameters
+        clip_fastpath.release(self.hf)
+        return super()._apply(*args, **kwargs)
 
     def official_state(self, native: dict) -> dict:
         """Native (transformers) keys, prefix-free -> the official visual keys."""
@@ -273,6 +287,8 @@ class VisionTransformer(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels [B, 3, S, S] normalised -> residual stream after the second-to-last block
         [B, num_tokens, vision_dim]."""
+        if self.fast:
+            return clip_fastpath.forward(self.hf, pixels)
         return self.hf(pixel_values=pixels).last_hidden_state
 
 
@@ -334,10 +350,12 @@ class XLMRobertaCLIP(nn.Module):
     autocast, LayerNorm in fp32); on CPU "reference" runs fp32, as the official code does.
     """
 
-    def __init__(self, config: CLIPConfig | str | None = None, with_text_tower: bool = True):
+    def __init__(
+        self, config: CLIPConfig | str | None = None, with_text_tower: bool = True, fast: bool = True
+    ):
         super().__init__()
         self.config = cfg = get_config(config)
-        self.visual = VisionTransformer(cfg)
+        self.visual = VisionTransformer(cfg, fast=fast)
         if with_text_tower:
             self.textual = TextTower(cfg)
             self.log_scale = nn.Parameter(torch.zeros([]))
@@ -354,6 +372,7 @@ class XLMRobertaCLIP(nn.Module):
         visual = {k[len("visual."):]: v for k, v in state_dict.items() if k.startswith("visual.")}
         rest = {k: v for k, v in state_dict.items() if not k.startswith("visual.")}
         native = {f"visual.{k}": v for k, v in self.visual.native_state(visual).items()}
+        clip_fastpath.release(self.visual.hf)  # assign=True replaces the q/k/v parameters
         result = super().load_state_dict({**native, **rest}, strict=strict, assign=assign)
         self.visual.rebuild_buffers()
         return result
@@ -364,6 +383,7 @@ class XLMRobertaCLIP(nn.Module):
             raise ValueError(f"CLIP precision {precision!r}: expected one of {PRECISIONS}")
         self.precision = precision
         dtype = torch.float16 if self._half() else torch.float32
+        clip_fastpath.release(self.visual.hf)
         for p in self.parameters():
             p.data = p.data.to(dtype)
         return self
