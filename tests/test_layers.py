@@ -253,3 +253,27 @@ def test_checker_accepts_downward_imports():
 def test_a_module_without_a_layer_is_named(module):
     with pytest.raises(AssertionError, match=f"^{module}: no layer in tests/test_layers.py LAYERS names it"):
         layer_of(module)
+
+
+@pytest.mark.parametrize(
+    ("old", "name", "new"),
+    [
+        ("mtlib.shapes", "plan", "mtlib.plan.planner"),
+        ("mtlib.shapes", "PlanInputs", "mtlib.plan.records"),
+        ("mtlib.generation", "generate_video", "mtlib.run.generation"),
+        ("mtlib.generation", "load_models", "mtlib.run.load"),
+        ("mtlib.pipeline", "generate", "mtlib.run.loop"),
+        ("mtlib.pipeline", "SeededNoise", "mtlib.run.noise"),
+        ("mtlib.compare", "compare", "mtlib.inspect.compare.report"),
+        ("mtlib.compare", "replay", "mtlib.inspect.compare.stages"),
+        ("mtlib.widgets", "plan_view", "mtlib.inspect.widgets.plan"),
+        ("mtlib.trace", "TraceWriter", "mtlib.trace.writer"),
+        ("mtlib.weights", "verify_layout", "mtlib.weights.verify"),
+        ("mtlib.models.dit", "load_dit", "mtlib.models.dit.load"),
+    ],
+)
+def test_old_public_names_are_the_new_objects(old, name, new):
+    """The old module names users call stay importable, as the very objects of their new home."""
+    import importlib
+
+    assert getattr(importlib.import_module(old), name) is getattr(importlib.import_module(new), name)
