@@ -8,3 +8,7 @@ Importing `mtlib` is cheap: submodules (and torch) are imported where they are u
 """
 
 __version__ = "0.1.0"
+
+from mtlib import _moved
+
+_moved.install()  # old module names (mtlib.audio, mtlib.lora, ...) -> their package homes

@@ -21,7 +21,7 @@ PKG = ROOT / "mtlib"
 # Bottom to top. A module may import its own layer and the layers below it, never above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("mtlib", "mtlib.io", "mtlib.frames", "mtlib.buckets", "mtlib.spec", "mtlib.extras",
-              "mtlib.filehash", "mtlib.finite", "mtlib.env")),
+              "mtlib.filehash", "mtlib.finite", "mtlib.env", "mtlib._moved")),
     ("config", ("mtlib.config",)),
     # reading traces, and the archives of traces made with the official code
     ("trace", ("mtlib.trace", "mtlib.reference.archive")),
