@@ -1,6 +1,7 @@
 # mtlib: the two commands of the README, and a few helpers.
 #   make demo          create .venv if missing (core + notebooks), run every notebook headless
-#   make test          same bootstrap plus the test extras, then pytest (mtlib) + nbval (every
+#   make test          same bootstrap plus the test extras, then make lint (ruff check + ruff
+#                      format --check), pytest (mtlib) + nbval (every
 #                      notebook), then the newest-stack check (make newest-stack)
 #   make newest-stack  a fresh venv with the newest numpy / transformers / huggingface_hub /
 #                      Pillow: installing mtlib must downgrade nothing and its core tests pass
@@ -54,6 +55,7 @@ demo: $(DEMO_STAMP)
 	$(PY) -m mtlib run --config configs/tiny.yaml
 
 test: $(TEST_STAMP)
+	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest tests notebooks --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
 	$(MAKE) --no-print-directory newest-stack
 
@@ -79,8 +81,10 @@ lab: $(DEMO_STAMP)
 	$(PIP) -c $(LOCK) -e ".[lab]"
 	$(VENV)/bin/jupyter lab --notebook-dir=. $(LAB_ROOT) $(LAB_ARGS)
 
+# ruff check (lint rules) and ruff format --check (the code's layout), the same as CI's
 lint: $(TEST_STAMP)
-	$(PY) -m ruff check mtlib tests notebooks benchmarks
+	$(PY) -m ruff check mtlib tests notebooks benchmarks tools
+	$(PY) -m ruff format --check mtlib tests benchmarks tools
 
 clean-venv:
 	rm -rf $(VENV) .venv-newest

@@ -54,15 +54,21 @@ def main() -> None:
             for bname, b in backends.items():
                 try:
                     with sdpa_kernel([b]):
-                        row.append(f"{bname} {timed(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v)):7.3f} ms")
+                        row.append(
+                            f"{bname} {timed(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v)):7.3f} ms"
+                        )
                 except RuntimeError:
                     row.append(f"{bname}     n/a")
             if k.shape[2] <= 512:
                 ref = F.scaled_dot_product_attention(q, k, v)
                 err = (manual(q, k, v).float() - ref.float()).abs().max().item()
-                row.append(f"matmul {timed(lambda q=q, k=k, v=v: manual(q, k, v)):7.3f} ms (max diff {err:.1e})")
+                row.append(
+                    f"matmul {timed(lambda q=q, k=k, v=v: manual(q, k, v)):7.3f} ms (max diff {err:.1e})"
+                )
                 cm = torch.compile(manual)
-                row.append(f"compiled matmul {timed(lambda q=q, k=k, v=v, cm=cm: cm(q, k, v)):7.3f} ms")
+                row.append(
+                    f"compiled matmul {timed(lambda q=q, k=k, v=v, cm=cm: cm(q, k, v)):7.3f} ms"
+                )
             print(f"{name:<20}", " | ".join(row), flush=True)
 
         x = r(L, 5120)
@@ -76,8 +82,10 @@ def main() -> None:
             return F.linear(torch._addmm_activation(b1, x, w1.t(), use_gelu=True), w2, b2)
 
         d = (ffn_plain().float() - ffn_epilogue().float()).abs().max().item()
-        print(f"FFN plain {timed(ffn_plain):.3f} ms | GELU in the cuBLASLt epilogue "
-              f"{timed(ffn_epilogue):.3f} ms (max diff {d:.1e})")
+        print(
+            f"FFN plain {timed(ffn_plain):.3f} ms | GELU in the cuBLASLt epilogue "
+            f"{timed(ffn_epilogue):.3f} ms (max diff {d:.1e})"
+        )
         cp = torch.compile(ffn_plain)
         print(f"FFN compiled {timed(cp):.3f} ms")
 

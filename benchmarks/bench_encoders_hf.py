@@ -280,7 +280,6 @@ class LegacyVisionTransformer(nn.Module):
         return x
 
 
-
 # ------------------------------------------------------------------------------ measure
 
 
@@ -321,7 +320,9 @@ def _kernel_profile(fn, top: int = 6) -> dict:
     return {
         "gpu_busy_ms": round(busy, 2),
         "kernels": sum(e.count for e in rows),
-        "top": [[e.key[:90], e.count, round(e.self_device_time_total / 1e3, 2)] for e in rows[:top]],
+        "top": [
+            [e.key[:90], e.count, round(e.self_device_time_total / 1e3, 2)] for e in rows[:top]
+        ],
     }
 
 
@@ -355,14 +356,18 @@ def _t5(dev: str, compile_too: bool, emit, cfg: T5Config | None = None) -> dict:
         shape_model = LegacyT5Encoder(cfg)
     sd = _t5_official_init(shape_model, cfg, 0, dev)  # fp32 on the GPU
     ids, mask = StandInTokenizer(cfg.vocab_size, cfg.text_len)(
-        ["a woman talks to the camera in a quiet room", t5_mod.DEFAULT_NEGATIVE_PROMPT])
+        ["a woman talks to the camera in a quiet room", t5_mod.DEFAULT_NEGATIVE_PROMPT]
+    )
     ids, mask = ids.to(dev), mask.to(dev)
     res: dict = {"weights": "random, official init scales", "tokens": list(ids.shape)}
 
     def build(kind: str, dtype):
         with torch.device("meta"):
-            m = LegacyT5Encoder(cfg) if kind == "handwritten" else t5_mod.T5Encoder(
-                cfg, fast=kind != "transformers_plain")
+            m = (
+                LegacyT5Encoder(cfg)
+                if kind == "handwritten"
+                else t5_mod.T5Encoder(cfg, fast=kind != "transformers_plain")
+            )
         m.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
         return m.eval().requires_grad_(False)
 
@@ -405,9 +410,15 @@ def _t5(dev: str, compile_too: bool, emit, cfg: T5Config | None = None) -> dict:
         if dev == "cuda":
             torch.cuda.empty_cache()
         emit(res)
-    res["fast_vs_handwritten_max_abs"] = float((outs["transformers_fast"] - outs["handwritten"]).abs().max())
-    res["plain_vs_handwritten_max_abs"] = float((outs["transformers_plain"] - outs["handwritten"]).abs().max())
-    res["speedup_fast_vs_handwritten"] = round(res["handwritten"]["ms"] / res["transformers_fast"]["ms"], 3)
+    res["fast_vs_handwritten_max_abs"] = float(
+        (outs["transformers_fast"] - outs["handwritten"]).abs().max()
+    )
+    res["plain_vs_handwritten_max_abs"] = float(
+        (outs["transformers_plain"] - outs["handwritten"]).abs().max()
+    )
+    res["speedup_fast_vs_handwritten"] = round(
+        res["handwritten"]["ms"] / res["transformers_fast"]["ms"], 3
+    )
     return res
 
 
@@ -420,7 +431,7 @@ def _clip(dev: str, compile_too: bool = False, ccfg: CLIPConfig | None = None) -
     sd = _random_state(newc, 1)
     for m in (newc, fastc):
         m.load_state_dict(sd, assign=True)
-    oldc.load_state_dict({k[len("visual."):]: v for k, v in sd.items()}, strict=True, assign=True)
+    oldc.load_state_dict({k[len("visual.") :]: v for k, v in sd.items()}, strict=True, assign=True)
     newc, fastc = (m.to(dev, torch.float16).eval() for m in (newc, fastc))
     for m in (newc, fastc):
         m.visual.rebuild_buffers()
@@ -498,7 +509,7 @@ def clip_overhead() -> dict:
     out, outs = {}, {}
     for name, m in models.items():
         if name == "handwritten":
-            m.load_state_dict({k[len("visual."):]: v for k, v in sd.items()}, assign=True)
+            m.load_state_dict({k[len("visual.") :]: v for k, v in sd.items()}, assign=True)
             fn = lambda m=m: m(pixels)  # noqa: E731
         else:
             m.load_state_dict(sd, assign=True)
@@ -506,8 +517,12 @@ def clip_overhead() -> dict:
             fn = lambda m=m: m.visual(pixels)  # noqa: E731
         out[name] = _per_call(fn)
         outs[name] = fn()
-    out["fast_vs_plain_max_abs"] = float((outs["transformers_fast"] - outs["transformers_plain"]).abs().max())
-    out["fast_vs_handwritten_max_abs"] = float((outs["transformers_fast"] - outs["handwritten"]).abs().max())
+    out["fast_vs_plain_max_abs"] = float(
+        (outs["transformers_fast"] - outs["transformers_plain"]).abs().max()
+    )
+    out["fast_vs_handwritten_max_abs"] = float(
+        (outs["transformers_fast"] - outs["handwritten"]).abs().max()
+    )
     return out
 
 
@@ -540,16 +555,24 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for encoders_hf.json")
-    ap.add_argument("--tiny-cpu", action="store_true",
-                    help="smoke run on the CPU: T5 at width 256, 3 layers; CLIP at width 64, 3 layers")
-    ap.add_argument("--cpu-overhead", action="store_true",
-                    help="count the ops and time one call at width 64 on the CPU (dispatch cost)")
+    ap.add_argument(
+        "--tiny-cpu",
+        action="store_true",
+        help="smoke run on the CPU: T5 at width 256, 3 layers; CLIP at width 64, 3 layers",
+    )
+    ap.add_argument(
+        "--cpu-overhead",
+        action="store_true",
+        help="count the ops and time one call at width 64 on the CPU (dispatch cost)",
+    )
     args = ap.parse_args(argv)
     if args.cpu_overhead:
         print(json.dumps(cpu_overhead(), indent=1))
         return 0
     if args.tiny_cpu:
-        cfg = T5Config(vocab_size=1000, dim=256, dim_attn=256, dim_ffn=384, num_heads=8, num_layers=3)
+        cfg = T5Config(
+            vocab_size=1000, dim=256, dim_attn=256, dim_ffn=384, num_heads=8, num_layers=3
+        )
         ccfg = CLIPConfig(image_size=56, patch_size=14, vision_dim=64, vision_heads=4,
                           vision_layers=3, embed_dim=16, vocab_size=50, text_dim=16,
                           text_heads=2, text_layers=1)  # fmt: skip

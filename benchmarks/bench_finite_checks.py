@@ -73,7 +73,9 @@ def main() -> None:
     print(json.dumps(rec, indent=1))
     print(f"setup --verify --full on the 14B files: ~{rec['estimate_full_verify_s'] / 60:.1f} min "
           "(check rate, page cache warm; a cold disk adds its read time)")  # fmt: skip
-    print(f"load-time check of T5 + CLIP + VAE on the CPU: ~{rec['estimate_load_check_cpu_s']:.1f} s")
+    print(
+        f"load-time check of T5 + CLIP + VAE on the CPU: ~{rec['estimate_load_check_cpu_s']:.1f} s"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rec, f, indent=1)

@@ -18,11 +18,31 @@ from mtlib.plan import PlanInputs, plan  # noqa: E402
 
 CASES = {
     "tiny auto, 1.79 s": ("tiny", {}, PlanInputs.from_metadata((110, 80), [1.79])),
-    "user's error (43, 16:9)": ("multitalk-480", {"generation.frame_num": 43}, PlanInputs.from_metadata((1280, 720), [1.79])),
-    "14B 480p clip 81, 1 person": ("multitalk-480", {"generation.frame_num": 81}, PlanInputs.from_metadata((1280, 720), [5.0])),
-    "14B clip 81, 2 persons": ("multitalk-480", {}, PlanInputs.from_metadata((1280, 720), [5.0, 5.0])),
-    "14B streaming 40 s (18 clips)": ("multitalk-480", {"generation.mode": "streaming"}, PlanInputs.from_metadata((1280, 720), [40.0])),
-    "720p streaming 15 s": ("multitalk-720", {"generation.mode": "streaming"}, PlanInputs.from_metadata((1920, 1080), [15.0])),
+    "user's error (43, 16:9)": (
+        "multitalk-480",
+        {"generation.frame_num": 43},
+        PlanInputs.from_metadata((1280, 720), [1.79]),
+    ),
+    "14B 480p clip 81, 1 person": (
+        "multitalk-480",
+        {"generation.frame_num": 81},
+        PlanInputs.from_metadata((1280, 720), [5.0]),
+    ),
+    "14B clip 81, 2 persons": (
+        "multitalk-480",
+        {},
+        PlanInputs.from_metadata((1280, 720), [5.0, 5.0]),
+    ),
+    "14B streaming 40 s (18 clips)": (
+        "multitalk-480",
+        {"generation.mode": "streaming"},
+        PlanInputs.from_metadata((1280, 720), [40.0]),
+    ),
+    "720p streaming 15 s": (
+        "multitalk-720",
+        {"generation.mode": "streaming"},
+        PlanInputs.from_metadata((1920, 1080), [15.0]),
+    ),
 }
 
 
@@ -36,7 +56,9 @@ def main(repeats: int = 200) -> None:
             t0 = time.perf_counter()
             p = plan(cfg, inputs)
             times.append((time.perf_counter() - t0) * 1e3)
-        print(f"{name:<32} {statistics.median(times):>10.3f} {max(times):>8.3f}  {len(p.tensors):>7}  {p.valid}")
+        print(
+            f"{name:<32} {statistics.median(times):>10.3f} {max(times):>8.3f}  {len(p.tensors):>7}  {p.valid}"
+        )
 
 
 if __name__ == "__main__":

@@ -356,8 +356,12 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=2, help="timed steps per variant in (b)")
     ap.add_argument("--skip-a", action="store_true")
     ap.add_argument("--skip-b", action="store_true")
-    ap.add_argument("--tf32", choices=["default", "off", "both"], default="default",
-                    help="part (a) with torch's TF32 flags, with both off, or both variants")
+    ap.add_argument(
+        "--tf32",
+        choices=["default", "off", "both"],
+        default="default",
+        help="part (a) with torch's TF32 flags, with both off, or both variants",
+    )
     ap.add_argument(
         "--tiny-cpu", action="store_true", help="smoke test of (b) with the tiny DiT on the CPU"
     )
@@ -373,23 +377,33 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_ref_"))
     result = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(0)}
     if not args.skip_a:
-        variants = {"default": [("default", None)], "off": [("tf32_off", False)],
-                    "both": [("default", None), ("tf32_off", False)]}[args.tf32]
+        variants = {
+            "default": [("default", None)],
+            "off": [("tf32_off", False)],
+            "both": [("default", None), ("tf32_off", False)],
+        }[args.tf32]
         lines = []
         for label, allow in variants:
             (work / label).mkdir(parents=True, exist_ok=True)
             with tf32_flags(allow):
-                flags = {"cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-                         "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32}
+                flags = {
+                    "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                    "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+                }
                 a = part_a(Path(args.official), Path(args.golden), work / label)
             a["tf32_flags"] = flags
             key = "a_cuda_noise" if label == "default" else f"a_cuda_noise_{label}"
             result[key] = a
             print(json.dumps(a, indent=1, default=str), flush=True)
-            lines.append(f"(a) tf32 {label:8s} {flags}: draws equal {all(a['draws_bitwise_equal'].values())}, "
-                         f"passed {a['passed']}, first divergence {a['first_divergence']}, largest "
-                         f"{a['largest_error']['point']} max|a-b| {a['largest_error']['max_abs']:.3g}; "
-                         + ", ".join(f"{k} {v:.3g}" if v is not None else f"{k} -" for k, v in a["decoded_max_abs"].items()))
+            lines.append(
+                f"(a) tf32 {label:8s} {flags}: draws equal {all(a['draws_bitwise_equal'].values())}, "
+                f"passed {a['passed']}, first divergence {a['first_divergence']}, largest "
+                f"{a['largest_error']['point']} max|a-b| {a['largest_error']['max_abs']:.3g}; "
+                + ", ".join(
+                    f"{k} {v:.3g}" if v is not None else f"{k} -"
+                    for k, v in a["decoded_max_abs"].items()
+                )
+            )
         print("\n".join(lines), flush=True)
     if not args.skip_b:
         result["b_tracer_overhead"] = part_b(Path(args.official), work, args.steps)

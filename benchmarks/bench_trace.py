@@ -61,10 +61,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--tiny-run", action="store_true", help="instead: whole tiny generate_video runs, "
-                   "trace off / stats / stats of every point / full (median of --repeat rounds)")
-    p.add_argument("--tiny-dit", metavar="GOLDEN_DIR", help="instead: forwards of the tiny DiT "
-                   "(golden weights and the dit_2p_step0_cond inputs), all its dit.* points traced")
+    p.add_argument(
+        "--tiny-run",
+        action="store_true",
+        help="instead: whole tiny generate_video runs, "
+        "trace off / stats / stats of every point / full (median of --repeat rounds)",
+    )
+    p.add_argument(
+        "--tiny-dit",
+        metavar="GOLDEN_DIR",
+        help="instead: forwards of the tiny DiT "
+        "(golden weights and the dit_2p_step0_cond inputs), all its dit.* points traced",
+    )
     args = p.parse_args(argv)
     if args.tiny_run:
         return bench_tiny_run(args.repeat)
@@ -74,7 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     g = torch.Generator().manual_seed(0)
     dev = torch.device(args.device)
     x0 = torch.randn(args.tokens, args.dim, generator=g).to(dev)
-    weights = [(torch.randn(args.dim, args.dim, generator=g) / args.dim**0.5).to(dev) for _ in range(args.blocks)]
+    weights = [
+        (torch.randn(args.dim, args.dim, generator=g) / args.dim**0.5).to(dev)
+        for _ in range(args.blocks)
+    ]
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     n_points = args.steps * (args.blocks + 1)
 
@@ -91,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
             with trace.TraceWriter(tmp / f"t{runs['n']}", **kw) as tw, trace.recording(tw):
                 workload(x0, weights, args.steps)
                 sync()
+
         return run
 
     modes = {
@@ -107,11 +119,17 @@ def main(argv: list[str] | None = None) -> None:
         for m, fn in modes.items():
             results[m] = min(results[m], timed(fn, 1))
     base = results["off"]
-    print(f"workload: {args.steps} steps x {args.blocks} blocks, [{args.tokens}, {args.dim}] on {dev}, "
-          f"{n_points} trace points, best of {args.repeat} interleaved rounds")
+    print(
+        f"workload: {args.steps} steps x {args.blocks} blocks, [{args.tokens}, {args.dim}] on {dev}, "
+        f"{n_points} trace points, best of {args.repeat} interleaved rounds"
+    )
     for mode, t in results.items():
-        extra = "" if mode == "off" else f"  overhead {100 * (t - base) / base:+7.1f}%  " \
-                                         f"({1e6 * (t - base) / n_points:.0f} us/point)"
+        extra = (
+            ""
+            if mode == "off"
+            else f"  overhead {100 * (t - base) / base:+7.1f}%  "
+            f"({1e6 * (t - base) / n_points:.0f} us/point)"
+        )
         print(f"  {mode:<15} {1e3 * t:8.2f} ms{extra}")
 
     # cost of one stats-level point by tensor size, to extrapolate to any run:
@@ -139,11 +157,17 @@ def bench_tiny_dit(golden: Path, repeat: int, device: str) -> None:
     from mtlib.models.dit import DiTConfig, load_dit  # lands with the networks
 
     tc = json.loads((golden / "weights" / "tiny_configs.json").read_text())["dit"]
-    model = load_dit(golden / "weights" / "dit", config=DiTConfig.from_official(tc["tiny"], tc["hardcoded_tiny"]),
-                     precision="fp32").to(device)
+    model = load_dit(
+        golden / "weights" / "dit",
+        config=DiTConfig.from_official(tc["tiny"], tc["hardcoded_tiny"]),
+        precision="fp32",
+    ).to(device)
     meta = json.loads((golden / "cases" / "dit" / "dit_2p_step0_cond.json").read_text())
     t = load_file(str(golden / "cases" / "dit" / meta["tensor_file"]))
-    args = [t["dit.in." + n].to(device) for n in ("x", "t", "context", "clip_fea", "y", "audio", "ref_target_masks")]
+    args = [
+        t["dit.in." + n].to(device)
+        for n in ("x", "t", "context", "clip_fea", "y", "audio", "ref_target_masks")
+    ]
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     tmp = Path(tempfile.mkdtemp(prefix="bench_trace_dit_"))
     forwards, count = 20, {"n": 0, "points": 0}
@@ -167,9 +191,11 @@ def bench_tiny_dit(golden: Path, repeat: int, device: str) -> None:
         best["off"] = min(best["off"], timed(plain, 1))
         best["stats"] = min(best["stats"], timed(traced, 1))
     over = best["stats"] - best["off"]
-    print(f"tiny DiT, {forwards} forwards on {device}, {count['points']} points: off {1e3 * best['off']:.1f} ms, "
-          f"stats {1e3 * best['stats']:.1f} ms, overhead {100 * over / best['off']:+.1f}% "
-          f"({1e6 * over / count['points']:.0f} us/point)")
+    print(
+        f"tiny DiT, {forwards} forwards on {device}, {count['points']} points: off {1e3 * best['off']:.1f} ms, "
+        f"stats {1e3 * best['stats']:.1f} ms, overhead {100 * over / best['off']:+.1f}% "
+        f"({1e6 * over / count['points']:.0f} us/point)"
+    )
 
 
 def bench_tiny_run(repeat: int) -> None:
@@ -205,6 +231,7 @@ def bench_tiny_run(repeat: int) -> None:
                 return fn(*a, **k)
             finally:
                 inside["s"] += time.perf_counter() - t0
+
         return wrapper
 
     for meth in ("record", "close", "__init__"):
@@ -215,7 +242,9 @@ def bench_tiny_run(repeat: int) -> None:
         d = tmp / f"r{count['n']}"
         inside["s"] = 0.0
         t0 = time.perf_counter()
-        generate_video(modes[mode], d / "v.mp4", trace_dir=d / "trace", progress=False, models=models)
+        generate_video(
+            modes[mode], d / "v.mp4", trace_dir=d / "trace", progress=False, models=models
+        )
         wall = time.perf_counter() - t0
         spent[mode].append(inside["s"])
         share[mode].append(inside["s"] / wall)
@@ -233,13 +262,21 @@ def bench_tiny_run(repeat: int) -> None:
             times[m].append(run(m))
     med = {m: statistics.median(v) for m, v in times.items()}
     base_t = med["off"]
-    print(f"tiny generate_video (frame_num 13, {base.generation.sampling_steps} steps, CPU, "
-          f"{torch.get_num_threads()} threads): median of {repeat} interleaved rounds")
+    print(
+        f"tiny generate_video (frame_num 13, {base.generation.sampling_steps} steps, CPU, "
+        f"{torch.get_num_threads()} threads): median of {repeat} interleaved rounds"
+    )
     for m, t in med.items():
         extra = "" if m == "off" else f"  overhead {100 * (t - base_t) / base_t:+6.1f}%"
         inner = statistics.median(spent[m])
-        writer = "" if m == "off" else (f"; in the writer {1e3 * inner:6.1f} ms = "
-                                        f"{100 * statistics.median(share[m]):.1f}% of the run")
+        writer = (
+            ""
+            if m == "off"
+            else (
+                f"; in the writer {1e3 * inner:6.1f} ms = "
+                f"{100 * statistics.median(share[m]):.1f}% of the run"
+            )
+        )
         print(f"  {m:<19} {t:7.3f} s (min {min(times[m]):.3f}){extra}  {points[m]} points{writer}")
 
 

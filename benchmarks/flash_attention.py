@@ -34,8 +34,9 @@ def sdpa(q, k, v):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION], set_priority=True):
-        return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
-                                              v.transpose(1, 2)).transpose(1, 2)
+        return F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        ).transpose(1, 2)
 
 
 def main(argv=None) -> int:
@@ -58,43 +59,64 @@ def main(argv=None) -> int:
         "triton_bf16": lambda q, k, v: fa.attention(q, k, v, "bf16"),
         "triton_fp8": lambda q, k, v: fa.attention(q, k, v, "fp8"),
     }
-    rec = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "accuracy": {}, "speed": {}}
+    rec = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "accuracy": {},
+        "speed": {},
+    }
 
     # accuracy on shapes that exercise partial tiles, several batches and head dims
     for B, Lq, Lk, H, d in [(1, 1000, 1000, 4, 128), (2, 333, 777, 3, 64), (1, 4096, 4096, 2, 128)]:
-        q, k, v = (torch.randn(B, L, H, d, device=dev, generator=g, dtype=torch.bfloat16)
-                   for L in (Lq, Lk, Lk))
+        q, k, v = (
+            torch.randn(B, L, H, d, device=dev, generator=g, dtype=torch.bfloat16)
+            for L in (Lq, Lk, Lk)
+        )
         ref = exact(q, k, v)
         for name, fn in kernels.items():
             out = fn(q, k, v)
             err = ((out.double() - ref).norm() / ref.norm()).item()
             rec["accuracy"][f"{name} B{B} Lq{Lq} Lk{Lk} H{H} d{d}"] = {
-                "rel_l2": round(err, 6), "all_finite": bool(torch.isfinite(out).all())}
+                "rel_l2": round(err, 6),
+                "all_finite": bool(torch.isfinite(out).all()),
+            }
             print(f"{name:12s} B{B} Lq{Lq} Lk{Lk} H{H} d{d}: rel-L2 {err:.2e}", flush=True)
 
     # speed at the DiT's shape
     L, H, d = args.seq, args.heads, 128
-    q, k, v = (torch.randn(1, L, H, d, device=dev, generator=g, dtype=torch.bfloat16) for _ in range(3))
+    q, k, v = (
+        torch.randn(1, L, H, d, device=dev, generator=g, dtype=torch.bfloat16) for _ in range(3)
+    )
     flops = 4 * L * L * d * H
     ref_out = sdpa(q, k, v).float()
     for name, fn in kernels.items():
         out = fn(q, k, v)
         dev_rel = ((out.float() - ref_out).norm() / ref_out.norm()).item()
         ms = do_bench(lambda fn=fn: fn(q, k, v), warmup=200, rep=2000, return_mode="median")
-        rec["speed"][name] = {"ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 1),
-                              "rel_l2_vs_cudnn": round(dev_rel, 6)}
-        print(f"{name:12s} L={L}: {ms:.2f} ms  {flops / ms / 1e9:.0f} TFLOP/s  rel-L2 vs cuDNN {dev_rel:.2e}",
-              flush=True)
+        rec["speed"][name] = {
+            "ms": round(ms, 3),
+            "tflops": round(flops / ms / 1e9, 1),
+            "rel_l2_vs_cudnn": round(dev_rel, 6),
+        }
+        print(
+            f"{name:12s} L={L}: {ms:.2f} ms  {flops / ms / 1e9:.0f} TFLOP/s  rel-L2 vs cuDNN {dev_rel:.2e}",
+            flush=True,
+        )
     quant = fa.quantize_fp8(q, k, v)
     ms = do_bench(lambda: fa._flash_fp8(*quant), warmup=200, rep=2000, return_mode="median")
-    rec["speed"]["triton_fp8_kernel_only"] = {"ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 1)}
+    rec["speed"]["triton_fp8_kernel_only"] = {
+        "ms": round(ms, 3),
+        "tflops": round(flops / ms / 1e9, 1),
+    }
     print(f"triton_fp8 kernel only: {ms:.2f} ms  {flops / ms / 1e9:.0f} TFLOP/s", flush=True)
     # in the model the quantisation runs inside the compiled block graph: time it compiled
     quantize = torch.compile(fa.quantize_fp8)
     ms = do_bench(lambda: quantize(q, k, v), warmup=200, rep=1000, return_mode="median")
     rec["speed"]["fp8_quantize_compiled"] = {"ms": round(ms, 3)}
     print(f"fp8 quantisation of q, k, v (compiled): {ms:.2f} ms", flush=True)
-    rec["tuned_configs"] = {str(k): str(c) for k, c in getattr(fa._flash_fwd_tuned, "cache", {}).items()}
+    rec["tuned_configs"] = {
+        str(k): str(c) for k, c in getattr(fa._flash_fwd_tuned, "cache", {}).items()
+    }
     for k, c in rec["tuned_configs"].items():
         print("tuned:", k, "->", c)
     if args.out:

@@ -331,7 +331,14 @@ def cmd_notebooks(args) -> None:
     for p in run_dir.iterdir():
         if p.suffix == ".ipynb":
             _small_notebook(p, keep / p.name)
-        elif p.name in ("summary.txt", "config.yaml", "env.json", "run.log", "plan.json", "kernel.log"):
+        elif p.name in (
+            "summary.txt",
+            "config.yaml",
+            "env.json",
+            "run.log",
+            "plan.json",
+            "kernel.log",
+        ):
             shutil.copy(p, keep / p.name)
     out = Path(os.environ.get("OUT", "/tmp/out"))
     out.mkdir(parents=True, exist_ok=True)
@@ -357,8 +364,13 @@ def main() -> None:
     if args.what == "load1":
         print(json.dumps(load_once(Path(args.dir), args.mode)), flush=True)
     else:
-        {"rss": cmd_rss, "clip4": cmd_clip4, "clip1": cmd_clip1, "clip40": cmd_clip40,
-         "notebooks": cmd_notebooks}[args.what](args)
+        {
+            "rss": cmd_rss,
+            "clip4": cmd_clip4,
+            "clip1": cmd_clip1,
+            "clip40": cmd_clip40,
+            "notebooks": cmd_notebooks,
+        }[args.what](args)
 
 
 if __name__ == "__main__":

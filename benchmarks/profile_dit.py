@@ -1,6 +1,6 @@
 """Profile one real-size DiT pass on the GPU (random bf16 weights): top CUDA kernels.
 
-    python benchmarks/profile_dit.py [--rope fp32|fp64] [--compile]
+python benchmarks/profile_dit.py [--rope fp32|fp64] [--compile]
 """
 
 import argparse
@@ -31,8 +31,16 @@ inp = dit_inputs(cfg, DitShape(), "cuda", torch.bfloat16)
 
 
 def one_pass():
-    return model(inp["latent"], inp["t"], context=inp["context"], clip_fea=inp["clip_fea"], y=inp["y"],
-                 audio=inp["audio"], ref_target_masks=inp["ref_target_masks"], seq_len=inp["seq_len"])
+    return model(
+        inp["latent"],
+        inp["t"],
+        context=inp["context"],
+        clip_fea=inp["clip_fea"],
+        y=inp["y"],
+        audio=inp["audio"],
+        ref_target_masks=inp["ref_target_masks"],
+        seq_len=inp["seq_len"],
+    )
 
 
 with torch.inference_mode(), attention_backend("cudnn"):

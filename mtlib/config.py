@@ -48,10 +48,14 @@ def _frame_num(v):
 def _fps_25(v):
     # wav2vec2 features are cut into 25 fps windows (the audio adapter was trained so) and the
     # soundtrack is muxed at 25 fps: another rate makes lips and sound drift apart
-    return None if v == 25 else (
-        "must be 25: MultiTalk's audio adapter is trained on 25 video frames per second of "
-        "speech, so other rates make lips and sound drift. Fix: keep 25 and resample the video "
-        "afterwards (e.g. ffmpeg -i in.mp4 -r 30 out.mp4)"
+    return (
+        None
+        if v == 25
+        else (
+            "must be 25: MultiTalk's audio adapter is trained on 25 video frames per second of "
+            "speech, so other rates make lips and sound drift. Fix: keep 25 and resample the video "
+            "afterwards (e.g. ffmpeg -i in.mp4 -r 30 out.mp4)"
+        )
     )
 
 
@@ -96,7 +100,9 @@ class LoraConfig:
     --lora_scale pair). The scale has no default: the reference's 1.2 surprises."""
 
     path: str
-    scale: float = field(metadata={"help": "the LoRA strength, e.g. 1.0 (the reference's --lora_scale)"})
+    scale: float = field(
+        metadata={"help": "the LoRA strength, e.g. 1.0 (the reference's --lora_scale)"}
+    )
     # a file whose modules match the DiT only partly is refused unless this is true
     allow_unmatched: bool = False
 
@@ -252,18 +258,36 @@ PRESETS: dict[str, dict[str, Any]] = {
     # scale 1.0); the LoRA file is the one required input (mtlib.weights.recipes names its source).
     "multitalk-480-lightx2v": {
         "name": "multitalk-480-lightx2v",
-        "model": {"name": "multitalk-14b", "size": "multitalk-480", "device": "cuda",
-                  "recipe": "lightx2v"},
-        "generation": {"frame_num": 81, "sampling_steps": 4, "text_guide_scale": 1.0,
-                       "audio_guide_scale": 2.0, "shift": 2.0},
+        "model": {
+            "name": "multitalk-14b",
+            "size": "multitalk-480",
+            "device": "cuda",
+            "recipe": "lightx2v",
+        },
+        "generation": {
+            "frame_num": 81,
+            "sampling_steps": 4,
+            "text_guide_scale": 1.0,
+            "audio_guide_scale": 2.0,
+            "shift": 2.0,
+        },
         "trace": {"level": "stats"},
     },
     "multitalk-480-fusionx": {
         "name": "multitalk-480-fusionx",
-        "model": {"name": "multitalk-14b", "size": "multitalk-480", "device": "cuda",
-                  "recipe": "fusionx"},
-        "generation": {"frame_num": 81, "sampling_steps": 8, "text_guide_scale": 1.0,
-                       "audio_guide_scale": 2.0, "shift": 2.0},
+        "model": {
+            "name": "multitalk-14b",
+            "size": "multitalk-480",
+            "device": "cuda",
+            "recipe": "fusionx",
+        },
+        "generation": {
+            "frame_num": 81,
+            "sampling_steps": 8,
+            "text_guide_scale": 1.0,
+            "audio_guide_scale": 2.0,
+            "shift": 2.0,
+        },
         "trace": {"level": "stats"},
     },
     "multitalk-720": {
@@ -324,7 +348,9 @@ def load_config(
     base = data.pop("base", None) if isinstance(data, dict) else None
     if base is not None:
         if base not in PRESETS:
-            raise ConfigError(f"{where}: base: {base!r} is not a preset; allowed: {', '.join(PRESETS)}.")
+            raise ConfigError(
+                f"{where}: base: {base!r} is not a preset; allowed: {', '.join(PRESETS)}."
+            )
         data = _merge(_merge(to_dict(RunConfig()), PRESETS[base]), data)
     if overrides:
         data = apply_overrides(data, overrides)
@@ -348,7 +374,9 @@ def apply_overrides(data: dict, overrides: dict[str, Any] | list[str]) -> dict:
         parsed = {}
         for item in overrides:
             if "=" not in item:
-                raise ConfigError(f"override {item!r}: expected key.path=value, e.g. generation.seed=3.")
+                raise ConfigError(
+                    f"override {item!r}: expected key.path=value, e.g. generation.seed=3."
+                )
             key, value = item.split("=", 1)
             parsed[key.strip()] = _override_value(value)
         overrides = parsed
@@ -466,7 +494,9 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             return tuple(_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{path}: expected a list of {len(args)} values, got {_show(value)}.")
-        return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+        return tuple(
+            _coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
     if dataclasses.is_dataclass(tp):
         return from_dict(value, tp, path)
     if tp is type(None):

@@ -20,13 +20,38 @@ from mtlib.io import project_root
 
 # Distributions whose versions matter for parity (golden README §6) or for running at all.
 DEPENDENCIES = (
-    "torch", "numpy", "safetensors", "transformers", "tokenizers", "huggingface_hub", "librosa",
-    "soxr", "soundfile", "pyloudnorm", "Pillow", "scikit-image", "av", "papermill", "nbformat",
-    "ipykernel", "ipywidgets", "matplotlib", "rich", "tqdm", "fsspec", "PyYAML",
+    "torch",
+    "numpy",
+    "safetensors",
+    "transformers",
+    "tokenizers",
+    "huggingface_hub",
+    "librosa",
+    "soxr",
+    "soundfile",
+    "pyloudnorm",
+    "Pillow",
+    "scikit-image",
+    "av",
+    "papermill",
+    "nbformat",
+    "ipykernel",
+    "ipywidgets",
+    "matplotlib",
+    "rich",
+    "tqdm",
+    "fsspec",
+    "PyYAML",
 )
 # Optional accelerators the reference pulls in; mtlib never needs them, we only report them.
-OPTIONAL_ACCELERATORS = ("xformers", "flash_attn", "flash_attn_interface", "sageattention",
-                         "xfuser", "optimum-quanto")
+OPTIONAL_ACCELERATORS = (
+    "xformers",
+    "flash_attn",
+    "flash_attn_interface",
+    "sageattention",
+    "xfuser",
+    "optimum-quanto",
+)
 
 
 def _version(dist: str) -> str | None:
@@ -39,10 +64,12 @@ def _version(dist: str) -> str | None:
 def git_state(root: Path | None = None) -> dict[str, Any]:
     root = root or project_root()
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                                text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True,
-                               text=True, timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
         return {"commit": commit or None, "dirty": bool(dirty)}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
@@ -57,8 +84,12 @@ def attention_backend(device: str = "cuda") -> str:
     from torch.backends import cuda as bc
 
     enabled = []
-    for name, flag in (("cudnn", "cudnn_sdp_enabled"), ("flash", "flash_sdp_enabled"),
-                       ("mem_efficient", "mem_efficient_sdp_enabled"), ("math", "math_sdp_enabled")):
+    for name, flag in (
+        ("cudnn", "cudnn_sdp_enabled"),
+        ("flash", "flash_sdp_enabled"),
+        ("mem_efficient", "mem_efficient_sdp_enabled"),
+        ("math", "math_sdp_enabled"),
+    ):
         fn = getattr(bc, flag, None)
         if fn is not None and fn():
             enabled.append(name)
@@ -76,7 +107,9 @@ def environment_report() -> dict[str, Any]:
         "torch": torch.__version__,
         "cuda_available": cuda,
         "cuda_version": torch.version.cuda,
-        "cudnn_version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "cudnn_version": torch.backends.cudnn.version()
+        if torch.backends.cudnn.is_available()
+        else None,
         "cpu_threads": torch.get_num_threads(),
         "gpus": [],
         "driver": None,
@@ -86,22 +119,35 @@ def environment_report() -> dict[str, Any]:
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "cudnn_deterministic": torch.backends.cudnn.deterministic,
         "dependencies": {d: _version(d) for d in DEPENDENCIES},
-        "optional_accelerators_installed": {d: _version(d) for d in OPTIONAL_ACCELERATORS if _version(d)},
+        "optional_accelerators_installed": {
+            d: _version(d) for d in OPTIONAL_ACCELERATORS if _version(d)
+        },
         "mtlib_imports_accelerators": sorted(
-            m for m in ("xformers", "flash_attn", "xfuser", "optimum", "sageattention") if m in sys.modules
+            m
+            for m in ("xformers", "flash_attn", "xfuser", "optimum", "sageattention")
+            if m in sys.modules
         ),
         "git": git_state(),
     }
     if cuda:
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            report["gpus"].append({
-                "index": i, "name": p.name, "memory_gib": round(p.total_memory / 2**30, 2),
-                "sm_count": p.multi_processor_count, "capability": f"{p.major}.{p.minor}",
-            })
+            report["gpus"].append(
+                {
+                    "index": i,
+                    "name": p.name,
+                    "memory_gib": round(p.total_memory / 2**30, 2),
+                    "sm_count": p.multi_processor_count,
+                    "capability": f"{p.major}.{p.minor}",
+                }
+            )
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=10).stdout.strip()
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
             report["driver"] = out.splitlines()[0] if out else None
         except (OSError, subprocess.SubprocessError):
             pass
@@ -111,14 +157,28 @@ def environment_report() -> dict[str, Any]:
 def format_report(report: dict[str, Any]) -> str:
     """A two-column text table (rich-free so that headless logs and nbval stay simple)."""
     rows = [
-        ("python", report["python"]), ("torch", report["torch"]),
+        ("python", report["python"]),
+        ("torch", report["torch"]),
         ("cuda", f"{report['cuda_version']} (available: {report['cuda_available']})"),
         ("cudnn", report["cudnn_version"]),
-        ("gpu", "; ".join(f"{g['name']} {g['memory_gib']} GiB, {g['sm_count']} SMs" for g in report["gpus"]) or "none"),
-        ("driver", report["driver"]), ("attention", report["attention_backend"]),
+        (
+            "gpu",
+            "; ".join(
+                f"{g['name']} {g['memory_gib']} GiB, {g['sm_count']} SMs" for g in report["gpus"]
+            )
+            or "none",
+        ),
+        ("driver", report["driver"]),
+        ("attention", report["attention_backend"]),
         ("tf32 matmul / cudnn", f"{report['tf32_matmul']} / {report['tf32_cudnn']}"),
-        ("deterministic", f"{report['deterministic_algorithms']} (cudnn {report['cudnn_deterministic']})"),
-        ("git", f"{(report['git']['commit'] or '?')[:12]}{' (dirty)' if report['git']['dirty'] else ''}"),
+        (
+            "deterministic",
+            f"{report['deterministic_algorithms']} (cudnn {report['cudnn_deterministic']})",
+        ),
+        (
+            "git",
+            f"{(report['git']['commit'] or '?')[:12]}{' (dirty)' if report['git']['dirty'] else ''}",
+        ),
     ]
     rows += [(f"  {k}", v or "missing") for k, v in report["dependencies"].items()]
     width = max(len(k) for k, _ in rows)

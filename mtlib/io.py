@@ -146,7 +146,7 @@ def open_output(url: str | os.PathLike, suffix: str | None = None) -> Iterator[P
     """
     s = str(url)
     if not is_output_url(s):
-        with atomic_path(s[len("file://"):] if s.startswith("file://") else s, suffix) as tmp:
+        with atomic_path(s[len("file://") :] if s.startswith("file://") else s, suffix) as tmp:
             yield tmp
         return
     fs, rpath = _fs_and_path(s)

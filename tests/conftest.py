@@ -30,6 +30,7 @@ def _torchvision_without_ops() -> None:
         return
     try:
         import torchvision  # noqa: F401
+
         return
     except RuntimeError:
         pass
@@ -67,12 +68,18 @@ FAST_EXCLUDE = {
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "fast: in the under-a-minute edit-loop selection (make test-fast)")
+    config.addinivalue_line(
+        "markers", "fast: in the under-a-minute edit-loop selection (make test-fast)"
+    )
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         module = getattr(getattr(item, "module", None), "__name__", "").rsplit(".", 1)[-1]
         quick = getattr(item, "originalname", item.name) not in FAST_EXCLUDE
-        if module in FAST_MODULES and quick and not any(m.name in ("golden", "slow") for m in item.iter_markers()):
+        if (
+            module in FAST_MODULES
+            and quick
+            and not any(m.name in ("golden", "slow") for m in item.iter_markers())
+        ):
             item.add_marker(pytest.mark.fast)

@@ -83,7 +83,11 @@ class GoldenSet:
         out = []
         for meta in self.index["cases"]:
             if stage is None or meta["stage"] == stage:
-                out.append(GoldenCase(meta["stage"], meta["case"], self.root / "cases" / meta["stage"], meta))
+                out.append(
+                    GoldenCase(
+                        meta["stage"], meta["case"], self.root / "cases" / meta["stage"], meta
+                    )
+                )
         return out
 
     def case(self, name: str) -> GoldenCase:

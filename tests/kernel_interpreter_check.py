@@ -17,7 +17,8 @@ from mtlib.models.dit import CONFIGS, build_dit
 
 def exact(q, k, v):  # [B, L, H, d] float64 reference
     return F.scaled_dot_product_attention(
-        *(t.double().transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+        *(t.double().transpose(1, 2) for t in (q, k, v))
+    ).transpose(1, 2)
 
 
 def rel(a, b):
@@ -37,10 +38,23 @@ for B, Lq, Lk, H, d in [(1, 70, 70, 2, 32), (2, 33, 150, 3, 32), (1, 96, 64, 1, 
         o16_d16 = fa._flash_bf16(*(t[..., :16].half() for t in (q, k, v)))
         out.setdefault("d16", rel(o16_d16, exact(*(t[..., :16] for t in (q, k, v)))))
     o8 = fa.attention(q, k, v, "fp8")
-    out["kernel"].append({"shape": [B, Lq, Lk, H, d], "fp32": rel(o32, ref), "fp16": rel(o16, ref),
-                          "out_shape": list(o32.shape), "out_dtype": str(o32.dtype)})
-    out["fp8"].append({"shape": [B, Lq, Lk, H, d], "rel": rel(o8, ref), "dtype": str(o8.dtype),
-                       "finite": bool(torch.isfinite(o8).all())})
+    out["kernel"].append(
+        {
+            "shape": [B, Lq, Lk, H, d],
+            "fp32": rel(o32, ref),
+            "fp16": rel(o16, ref),
+            "out_shape": list(o32.shape),
+            "out_dtype": str(o32.dtype),
+        }
+    )
+    out["fp8"].append(
+        {
+            "shape": [B, Lq, Lk, H, d],
+            "rel": rel(o8, ref),
+            "dtype": str(o8.dtype),
+            "finite": bool(torch.isfinite(o8).all()),
+        }
+    )
     # k centring is invisible to softmax: shifting every key by one vector changes nothing
     shift = torch.randn(1, 1, H, d, generator=g) * 3
     out["fp8"][-1]["shift_invariant"] = rel(fa.attention(q, k + shift, v, "fp8"), o8)
@@ -54,8 +68,12 @@ ins = fa.quantize_fp8(q, k, v)
 pointer = torch.empty(q.shape, dtype=torch.bfloat16)
 fa._launch(*ins[:3], pointer, *ins[3:], v_transposed=True, fp8=True)
 out["tma_variants_vs_pointer"] = [
-    rel(f8.launch(*ins, config={"BLOCK_M": 32, "BLOCK_N": 32, "PIPELINE": p, "SPLIT_D": sd}), pointer)
-    for p in (0, 1) for sd in (0, 1)
+    rel(
+        f8.launch(*ins, config={"BLOCK_M": 32, "BLOCK_N": 32, "PIPELINE": p, "SPLIT_D": sd}),
+        pointer,
+    )
+    for p in (0, 1)
+    for sd in (0, 1)
 ]
 
 # compiled (the custom op inside a torch.compile graph, as in compile_blocks) == eager
@@ -77,6 +95,9 @@ with torch.inference_mode():
     tri = denoise_step(model, inp)
     set_attention_kernel(model, "triton-fp8")
     tri8 = denoise_step(model, inp)
-out["dit"] = {"triton_vs_sdpa": rel(tri, sdpa), "fp8_vs_sdpa": rel(tri8, sdpa),
-              "kernels": sorted({b.self_attn.kernel for b in model.blocks})}
+out["dit"] = {
+    "triton_vs_sdpa": rel(tri, sdpa),
+    "fp8_vs_sdpa": rel(tri8, sdpa),
+    "kernels": sorted({b.self_attn.kernel for b in model.blocks}),
+}
 print("RESULT " + json.dumps(out))

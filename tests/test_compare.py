@@ -49,7 +49,9 @@ def _middle_float_point(t: Trace) -> str:
 
 
 @pytest.mark.golden
-@pytest.mark.parametrize("case", golden_cases("e2e") + golden_cases("dit") + golden_cases("vae"), ids=str)
+@pytest.mark.parametrize(
+    "case", golden_cases("e2e") + golden_cases("dit") + golden_cases("vae"), ids=str
+)
 def test_golden_case_compared_with_itself_passes(golden, case):
     c = get_case(golden, case)
     res = compare(c.file(f"{c.name}.json"), golden.root / c.name)
@@ -109,7 +111,11 @@ def test_golden_stats_only_trace_against_golden(golden, tmp_path, case):
 def test_golden_dtype_shape_and_missing_points(golden, tmp_path, case):
     c = get_case(golden, case)
     ref, pts = _case_points(c)
-    floats = [n for n in ref.names if ref.stats(n)["dtype"] == "float32" and len(ref.stats(n)["shape"]) >= 2]
+    floats = [
+        n
+        for n in ref.names
+        if ref.stats(n)["dtype"] == "float32" and len(ref.stats(n)["shape"]) >= 2
+    ]
     to_int, to_shape, to_f64, dropped = floats[1], floats[2], floats[3], floats[4]
     changed = []
     for n, x in pts:
@@ -126,7 +132,10 @@ def test_golden_dtype_shape_and_missing_points(golden, tmp_path, case):
     res = compare(_trace_of(tmp_path, "mine", changed), ref)
     assert res[to_int].status == STATUS_DTYPE and res[to_int].note == "dtype int64 vs float32"
     assert res[to_shape].status == STATUS_SHAPE
-    assert res[to_shape].note == f"shape {[1] + ref.stats(to_shape)['shape']} vs {ref.stats(to_shape)['shape']}"
+    assert (
+        res[to_shape].note
+        == f"shape {[1] + ref.stats(to_shape)['shape']} vs {ref.stats(to_shape)['shape']}"
+    )
     assert res[to_f64].status == STATUS_PASS and res[to_f64].note == "dtype float64 vs float32"
     assert res.only_in_b == [dropped]
     assert res.only_in_a == ["extra.point"]
@@ -158,7 +167,9 @@ def test_pass_rule_boundary_and_metrics():
     assert ok.passed and ok["p"].bound == pytest.approx(2e-4)
     assert not bad.passed and bad.first_divergence == "p"
     a = torch.tensor([1.0, 0.0, 0.0])
-    r = compare(Trace.from_tensors({"p": a}), Trace.from_tensors({"p": torch.tensor([0.0, 1.0, 0.0])}))["p"]
+    r = compare(
+        Trace.from_tensors({"p": a}), Trace.from_tensors({"p": torch.tensor([0.0, 1.0, 0.0])})
+    )["p"]
     assert r.cosine == 0.0 and r.rel_l2 == pytest.approx(math.sqrt(2)) and r.max_abs == 1.0
 
 
@@ -175,7 +186,9 @@ def test_nan_handling():
     assert same.passed and same["p"].nan_a == 1
     a = torch.tensor([float("nan"), 2.0, 3.0])
     res = compare(Trace.from_tensors({"p": a}), Trace.from_tensors({"p": b}))
-    assert not res.passed and "NaN in one side only" in res["p"].note and res["p"].max_abs == math.inf
+    assert (
+        not res.passed and "NaN in one side only" in res["p"].note and res["p"].max_abs == math.inf
+    )
 
 
 def test_integers_compare_exactly():
@@ -183,7 +196,9 @@ def test_integers_compare_exactly():
     assert compare(Trace.from_tensors({"i": b.clone()}), Trace.from_tensors({"i": b})).passed
     res = compare(Trace.from_tensors({"i": b + (b == 5)}), Trace.from_tensors({"i": b}))
     assert res["i"].mode == "exact" and res["i"].status == STATUS_FAIL and res["i"].max_abs == 1.0
-    assert res.summary().endswith("FIRST DIVERGENCE: i (exact values differ (max|a-b| 1; integer / bool points must be equal))")
+    assert res.summary().endswith(
+        "FIRST DIVERGENCE: i (exact values differ (max|a-b| 1; integer / bool points must be equal))"
+    )
 
 
 def test_points_filter_and_nothing_in_common():
@@ -202,7 +217,12 @@ def test_table_dict_html_and_plots(tmp_path):
     a, b = cmpmod.demo_traces(tmp_path)
     res = compare(a, b)
     assert res.first_divergence == "demo.step0.noise_pred"  # first bf16 matmul of the demo
-    assert [r.name for r in res.rows[:4]] == ["demo.cond", "demo.encoder.out", "demo.noise", "demo.step0.latent_in"]
+    assert [r.name for r in res.rows[:4]] == [
+        "demo.cond",
+        "demo.encoder.out",
+        "demo.noise",
+        "demo.step0.latent_in",
+    ]
     assert all(r.passed for r in res.rows[:4])
     text = res.table()
     assert "demo.step0.noise_pred" in text and ">> fail" in text
@@ -269,7 +289,9 @@ def test_replay_local_change(tmp_path):
 
 
 def test_replay_registry_prefix_and_multiple_outputs(tmp_path):
-    cmpmod.register_stage("test.split", ["in"], ["lo", "hi"], lambda x: (x.clamp(max=0), x.clamp(min=0)))
+    cmpmod.register_stage(
+        "test.split", ["in"], ["lo", "hi"], lambda x: (x.clamp(max=0), x.clamp(min=0))
+    )
     try:
         x = torch.linspace(-1, 1, 9)
         with trace.TraceWriter(tmp_path / "t", level="full") as tw, trace.recording(tw):
@@ -280,8 +302,12 @@ def test_replay_registry_prefix_and_multiple_outputs(tmp_path):
         res = replay(tmp_path / "t", "test.split", prefix="e2e.clip0.")
         assert not res.local and res.inputs_differ is None
         assert [r.name for r in res.comparison.rows] == ["e2e.clip0.lo", "e2e.clip0.hi"]
-        as_dict = replay(tmp_path / "t", "test.split", prefix="e2e.clip0.",
-                         run_stage=lambda x: {"hi": x.clamp(min=0) + 1, "lo": x.clamp(max=0)})
+        as_dict = replay(
+            tmp_path / "t",
+            "test.split",
+            prefix="e2e.clip0.",
+            run_stage=lambda x: {"hi": x.clamp(min=0) + 1, "lo": x.clamp(max=0)},
+        )
         assert as_dict.local and as_dict.comparison.first_divergence == "e2e.clip0.hi"
         assert as_dict.comparison["e2e.clip0.lo"].passed
     finally:
@@ -298,7 +324,9 @@ def test_replay_errors(tmp_path):
         replay(tmp_path / "t", "nope", run_stage=_double)
     with pytest.raises(InputError, match="has no callable yet"):
         replay(tmp_path / "t", "clip")
-    assert cmpmod.STAGES["clip"].inputs == ("clip.input",) and cmpmod.STAGES["clip"].outputs == ("clip.out",)
+    assert cmpmod.STAGES["clip"].inputs == ("clip.input",) and cmpmod.STAGES["clip"].outputs == (
+        "clip.out",
+    )
 
 
 # --------------------------------------------------------------------------- CLI
@@ -344,7 +372,10 @@ def test_chunked_comparison_matches_whole(monkeypatch):
     d = (a - b)[fin].double()
     assert whole.rel_l2 == pytest.approx((d.norm() / b[fin].double().norm()).item(), rel=1e-9)
     assert whole.max_abs == pytest.approx(d.abs().max().item(), rel=1e-12)
-    ints = compare(Trace.from_tensors({"i": torch.arange(20)}), Trace.from_tensors({"i": torch.arange(20) * (torch.arange(20) != 13)}))
+    ints = compare(
+        Trace.from_tensors({"i": torch.arange(20)}),
+        Trace.from_tensors({"i": torch.arange(20) * (torch.arange(20) != 13)}),
+    )
     assert ints["i"].max_abs == 13.0 and ints["i"].status == STATUS_FAIL
 
 
@@ -352,7 +383,9 @@ def test_trace_writer_from_config(tmp_path):
     from mtlib.config import TraceConfig
 
     assert trace.TraceWriter.from_config(tmp_path / "off", TraceConfig(level="off")) is None
-    tw = trace.TraceWriter.from_config(tmp_path / "t", TraceConfig(level="full", full=("x*",)), {"seed": 3})
+    tw = trace.TraceWriter.from_config(
+        tmp_path / "t", TraceConfig(level="full", full=("x*",)), {"seed": 3}
+    )
     with tw, trace.recording(tw):
         trace.point("x1", torch.ones(2))
         trace.point("y1", torch.ones(2))

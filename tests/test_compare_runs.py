@@ -33,7 +33,9 @@ def tiny_runs(tmp_path_factory):
         if name not in made:
             cfg = base.replace(**{key: value}) if key else base
             d = root / name
-            generate_video(cfg, d / "video.mp4", trace_dir=d / "trace", progress=False, models=models)
+            generate_video(
+                cfg, d / "video.mp4", trace_dir=d / "trace", progress=False, models=models
+            )
             made[name] = d
         return made[name]
 
@@ -89,7 +91,9 @@ def test_cli_compare_two_run_directories_with_report(tiny_runs, tmp_path, capsys
     assert f"report: {report}" in out.err
     page = report.read_text()
     assert page.startswith("<!DOCTYPE html>") and "e2e.clip0.step0.noise_pred" in page
-    assert page.count("data:image/png;base64,") == 2  # pipeline + per-step plots (stats: no heatmap)
+    assert (
+        page.count("data:image/png;base64,") == 2
+    )  # pipeline + per-step plots (stats: no heatmap)
     assert cli.main(["compare", str(ref), str(ref)]) == 0
     assert "No divergence." in capsys.readouterr().out
 

@@ -18,14 +18,24 @@ def test_config_file_equals_preset(name):
 def test_presets_follow_the_reference_cli_defaults():
     cfg = load_config("multitalk-480")
     g = cfg.generation
-    assert (g.sampling_steps, g.text_guide_scale, g.audio_guide_scale, g.seed, g.frame_num, g.motion_frame) == (
-        40, 5.0, 4.0, 42, 81, 25)
+    assert (
+        g.sampling_steps,
+        g.text_guide_scale,
+        g.audio_guide_scale,
+        g.seed,
+        g.frame_num,
+        g.motion_frame,
+    ) == (40, 5.0, 4.0, 42, 81, 25)
     assert g.resolved_shift(cfg.model.size) == 7.0
     assert load_config("multitalk-720").generation.resolved_shift("multitalk-720") == 11.0
     assert g.color_correction_strength == 1.0
     tiny = load_config("tiny")
     assert (tiny.model.name, tiny.model.device, tiny.model.precision, tiny.model.buckets) == (
-        "tiny", "cpu", "fp32", "tiny")
+        "tiny",
+        "cpu",
+        "fp32",
+        "tiny",
+    )
 
 
 def test_dump_then_load_round_trip(tmp_path):
@@ -51,25 +61,38 @@ def test_replace_with_dotted_keys():
 
 
 BAD = [
-    ({"generation": {"framenum": 81}},
-     "config: generation.framenum: unknown key. Did you mean 'frame_num'? Allowed keys here: mode, "
-     "frame_num, short_audio, motion_frame, max_frames_num, sampling_steps, text_guide_scale, "
-     "audio_guide_scale, shift, seed, color_correction_strength, use_apg, apg_momentum, "
-     "apg_norm_threshold, teacache, teacache_thresh, face_scale, fps, noise, noise_trace."),
-    ({"generation": {"frame_num": "abc"}},
-     "config: generation.frame_num: expected an integer or 'auto', got 'abc' (str)."),
-    ({"generation": {"sampling_steps": -3}},
-     "config: generation.sampling_steps: must be >= 1, got -3 (int)."),
-    ({"model": {"buckets": "large"}},
-     "config: model.buckets: expected 'official' or 'tiny', got 'large' (str)."),
-    ({"generation": {"use_apg": "yes"}},
-     "config: generation.use_apg: expected true or false, got 'yes' (str)."),
-    ({"inputs": {"audio": "one.wav"}},
-     "config: inputs.audio: expected a list, got 'one.wav' (str)."),
-    ({"generation": {"color_correction_strength": 2}},
-     "config: generation.color_correction_strength: must be between 0 and 1, got 2 (int)."),
-    ({"trace": "full"},
-     "config: trace: expected a mapping, got 'full' (str)."),
+    (
+        {"generation": {"framenum": 81}},
+        "config: generation.framenum: unknown key. Did you mean 'frame_num'? Allowed keys here: mode, "
+        "frame_num, short_audio, motion_frame, max_frames_num, sampling_steps, text_guide_scale, "
+        "audio_guide_scale, shift, seed, color_correction_strength, use_apg, apg_momentum, "
+        "apg_norm_threshold, teacache, teacache_thresh, face_scale, fps, noise, noise_trace.",
+    ),
+    (
+        {"generation": {"frame_num": "abc"}},
+        "config: generation.frame_num: expected an integer or 'auto', got 'abc' (str).",
+    ),
+    (
+        {"generation": {"sampling_steps": -3}},
+        "config: generation.sampling_steps: must be >= 1, got -3 (int).",
+    ),
+    (
+        {"model": {"buckets": "large"}},
+        "config: model.buckets: expected 'official' or 'tiny', got 'large' (str).",
+    ),
+    (
+        {"generation": {"use_apg": "yes"}},
+        "config: generation.use_apg: expected true or false, got 'yes' (str).",
+    ),
+    (
+        {"inputs": {"audio": "one.wav"}},
+        "config: inputs.audio: expected a list, got 'one.wav' (str).",
+    ),
+    (
+        {"generation": {"color_correction_strength": 2}},
+        "config: generation.color_correction_strength: must be between 0 and 1, got 2 (int).",
+    ),
+    ({"trace": "full"}, "config: trace: expected a mapping, got 'full' (str)."),
 ]
 
 
@@ -83,12 +106,17 @@ def test_bad_config_gives_one_readable_error(data, message):
 def test_bad_yaml_file_names_the_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("base: tiny\ngeneration:\n  sampling_steps: -1\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml: generation\.sampling_steps: must be >= 1, got -1"):
+    with pytest.raises(
+        ConfigError, match=r"bad\.yaml: generation\.sampling_steps: must be >= 1, got -1"
+    ):
         load_config(path)
 
 
 def test_unknown_preset_or_file():
-    with pytest.raises(ConfigError, match="no such file and no preset of that name. Presets: tiny, multitalk-480, multitalk-480-lightx2v, multitalk-480-fusionx, multitalk-720."):
+    with pytest.raises(
+        ConfigError,
+        match="no such file and no preset of that name. Presets: tiny, multitalk-480, multitalk-480-lightx2v, multitalk-480-fusionx, multitalk-720.",
+    ):
         load_config("nope")
 
 
@@ -103,4 +131,7 @@ def test_override_off_is_a_string_not_yaml11_false():
     assert load_config("tiny", ["generation.use_apg=true"]).generation.use_apg is True
     with pytest.raises(ConfigError) as e:
         load_config("tiny", ["generation.use_apg=yes"])
-    assert str(e.value) == "preset 'tiny': generation.use_apg: expected true or false, got 'yes' (str)."
+    assert (
+        str(e.value)
+        == "preset 'tiny': generation.use_apg: expected true or false, got 'yes' (str)."
+    )

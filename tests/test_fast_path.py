@@ -266,5 +266,9 @@ def test_random_clip_has_real_position_ids():
     from mtlib.weights.random import random_networks
 
     _, clip, _, _ = random_networks("tiny", "cpu", "fp32")
-    emb = clip.visual.hf.vision_model.embeddings if hasattr(clip.visual.hf, "vision_model") else clip.visual.hf.embeddings
+    emb = (
+        clip.visual.hf.vision_model.embeddings
+        if hasattr(clip.visual.hf, "vision_model")
+        else clip.visual.hf.embeddings
+    )
     assert torch.equal(emb.position_ids[0], torch.arange(emb.num_positions))

@@ -5,7 +5,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ACCELERATORS = ("xformers", "flash_attn", "flash_attn_interface", "xfuser", "optimum", "sageattention", "decord")
+ACCELERATORS = (
+    "xformers",
+    "flash_attn",
+    "flash_attn_interface",
+    "xfuser",
+    "optimum",
+    "sageattention",
+    "decord",
+)
 
 
 def test_importing_every_mtlib_module_pulls_no_accelerator():
@@ -19,7 +27,9 @@ def test_importing_every_mtlib_module_pulls_no_accelerator():
         f"for m in {modules!r}: importlib.import_module(m)\n"
         f"print(sorted(a for a in {ACCELERATORS!r} if a in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     assert len(modules) > 20
     assert out.stdout.strip() == "[]"
@@ -43,7 +53,9 @@ def test_no_package_name_hides_one_of_its_modules():
             bound = getattr(importlib.import_module(pkg), sub)
             if bound is not module:
                 kind = "module" if isinstance(bound, types.ModuleType) else type(bound).__name__
-                clashes.append(f"{pkg}.{sub} is a {kind} ({bound!r}), not the module {module.__name__}")
+                clashes.append(
+                    f"{pkg}.{sub} is a {kind} ({bound!r}), not the module {module.__name__}"
+                )
     assert not clashes, "\n".join(clashes)
 
 
@@ -62,13 +74,15 @@ def test_old_module_names_warn_and_give_the_new_module():
         "    msgs = [str(x.message) for x in w if x.category is DeprecationWarning]\n"
         "    print(old, mod is importlib.import_module(new), msgs)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     from mtlib._moved import MOVED
 
     lines = out.stdout.strip().splitlines()
     assert len(lines) == len(MOVED) >= 20
-    for line, (old, new) in zip(lines, sorted(MOVED.items())):
+    for line, (old, new) in zip(lines, sorted(MOVED.items()), strict=True):
         assert line == (
             f"{old} True ['{old} moved to {new}; import it from there (the old name will go)']"
         )

@@ -27,11 +27,17 @@ def interpreted():
     pytest.importorskip("triton")  # a dev dependency on Linux x86-64: present in CI
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "kernel_interpreter_check.py")],
-                          capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "kernel_interpreter_check.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def test_flash_kernel_matches_float64_attention(interpreted):
@@ -48,7 +54,9 @@ def test_fp8_kernel_is_close_and_ignores_a_common_key_shift(interpreted):
         assert case["dtype"] == "torch.bfloat16" and case["finite"]
         # e4m3 keeps 3 mantissa bits: a few % on random data (GPU: 5.4%), never more than 15%
         assert 1e-3 < case["rel"] < 0.15, case
-        assert case["shift_invariant"] < 0.05, case  # centred k: the shift is removed before rounding
+        assert case["shift_invariant"] < 0.05, (
+            case
+        )  # centred k: the shift is removed before rounding
 
 
 def test_tma_kernel_variants_equal_the_pointer_kernel(interpreted):
@@ -83,8 +91,10 @@ def test_set_attention_kernel_refuses_unknown_and_cpu():
     if os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available():
         with pytest.raises(ValueError) as err:  # tiny: 4 heads of 16
             set_attention_kernel(model, "triton-fp8")
-        assert str(err.value) == ("attention kernel 'triton-fp8' needs a head dim that is a power of two "
-                                  "in 32..256; this DiT's is 16. Use the default 'sdpa'")
+        assert str(err.value) == (
+            "attention kernel 'triton-fp8' needs a head dim that is a power of two "
+            "in 32..256; this DiT's is 16. Use the default 'sdpa'"
+        )
     assert {b.self_attn.kernel for b in model.blocks} == {"sdpa"}
 
 
@@ -94,15 +104,24 @@ def test_flash_attention_input_errors():
     if not fa.HAVE_TRITON:
         pytest.skip("Triton not installed")
     q = torch.zeros(1, 8, 2, 24)
-    with pytest.raises(ValueError, match=r"^flash attention: head dim must be a power of two in 16..256, got 24$"):
+    with pytest.raises(
+        ValueError, match=r"^flash attention: head dim must be a power of two in 16..256, got 24$"
+    ):
         fa.attention(q, q, q)
     q = torch.zeros(1, 8, 2, 16)
-    with pytest.raises(ValueError, match=r"^flash attention: head dim must be a power of two in 32..256 for fp8, got 16$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^flash attention: head dim must be a power of two in 32..256 for fp8, got 16$",
+    ):
         fa.attention(q, q, q, mode="fp8")
     q = torch.zeros(1, 8, 2, 32)
-    with pytest.raises(ValueError, match=r"^flash attention: mode must be 'bf16' or 'fp8', got 'int8'$"):
+    with pytest.raises(
+        ValueError, match=r"^flash attention: mode must be 'bf16' or 'fp8', got 'int8'$"
+    ):
         fa.attention(q, q, q, mode="int8")
-    with pytest.raises(ValueError, match=r"k and v must be \[B, Lk, H, d\] matching q \[1, 8, 2, 32\]"):
+    with pytest.raises(
+        ValueError, match=r"k and v must be \[B, Lk, H, d\] matching q \[1, 8, 2, 32\]"
+    ):
         fa.attention(q, torch.zeros(1, 8, 3, 32), torch.zeros(1, 8, 3, 32))
 
 

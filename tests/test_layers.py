@@ -20,8 +20,21 @@ PKG = ROOT / "mtlib"
 
 # Bottom to top. A module may import its own layer and the layers below it, never above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("mtlib", "mtlib.io", "mtlib.frames", "mtlib.buckets", "mtlib.spec", "mtlib.extras",
-              "mtlib.filehash", "mtlib.finite", "mtlib.env", "mtlib._moved")),
+    (
+        "base",
+        (
+            "mtlib",
+            "mtlib.io",
+            "mtlib.frames",
+            "mtlib.buckets",
+            "mtlib.spec",
+            "mtlib.extras",
+            "mtlib.filehash",
+            "mtlib.finite",
+            "mtlib.env",
+            "mtlib._moved",
+        ),
+    ),
     ("config", ("mtlib.config",)),
     # reading traces, and the archives of traces made with the official code
     ("trace", ("mtlib.trace", "mtlib.reference.archive")),
@@ -38,7 +51,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("inspect", ("mtlib.inspect",)),
     ("cli", ("mtlib.cli", "mtlib.__main__", "mtlib.reference.__main__")),
     # the old module names, kept as re-exports for users; nothing in mtlib may import them
-    ("shims", ("mtlib.shapes", "mtlib.generation", "mtlib.pipeline", "mtlib.compare", "mtlib.widgets")),
+    (
+        "shims",
+        ("mtlib.shapes", "mtlib.generation", "mtlib.pipeline", "mtlib.compare", "mtlib.widgets"),
+    ),
 ]
 # Modules that count as part of another package in the cycle check: the official code's noise
 # draws are one of the loop's noise sources (generation.noise), kept beside the rest of the
@@ -61,7 +77,9 @@ def layer_of(module: str) -> tuple[str, str]:
         # `mtlib` (the root __init__) is a module of its own, not a prefix of every module
         if module == prefix or (prefix != "mtlib" and module.startswith(prefix + ".")):
             return name, prefix
-    raise AssertionError(f"{module}: no layer in tests/test_layers.py LAYERS names it; add it there")
+    raise AssertionError(
+        f"{module}: no layer in tests/test_layers.py LAYERS names it; add it there"
+    )
 
 
 def unit_of(module: str) -> str:
@@ -71,7 +89,9 @@ def unit_of(module: str) -> str:
     return UNITS.get(prefix, prefix)
 
 
-def imports_of(source: str, module: str, is_package: bool, known: set[str]) -> list[tuple[int, str]]:
+def imports_of(
+    source: str, module: str, is_package: bool, known: set[str]
+) -> list[tuple[int, str]]:
     """(line, imported mtlib module) for every import in `source`, wherever it sits."""
     out = []
     for node in ast.walk(ast.parse(source)):
@@ -166,7 +186,10 @@ def _path_back(start: str, comp: set[str], edges: dict[str, set[str]]) -> list[s
 
 
 def mtlib_sources() -> dict[str, tuple[str, bool]]:
-    return {module_name(p, PKG): (p.read_text(), p.name == "__init__.py") for p in sorted(PKG.rglob("*.py"))}
+    return {
+        module_name(p, PKG): (p.read_text(), p.name == "__init__.py")
+        for p in sorted(PKG.rglob("*.py"))
+    }
 
 
 def test_imports_point_down_and_packages_form_no_cycle():
@@ -187,13 +210,19 @@ def test_argparse_lives_in_the_cli_package_only():
         for line, name in _plain_imports(source)
         if name == "argparse"
     )
-    assert users == [], "argparse outside mtlib/cli/ (move the command to mtlib/cli/<cmd>.py): " + ", ".join(users)
+    assert users == [], (
+        "argparse outside mtlib/cli/ (move the command to mtlib/cli/<cmd>.py): " + ", ".join(users)
+    )
 
 
 def test_every_command_is_a_cli_module():
     from mtlib.cli import COMMANDS
 
-    assert {name: module for name, (module, _) in COMMANDS.items() if not module.startswith("mtlib.cli.")} == {}
+    assert {
+        name: module
+        for name, (module, _) in COMMANDS.items()
+        if not module.startswith("mtlib.cli.")
+    } == {}
 
 
 def _plain_imports(source: str) -> list[tuple[int, str]]:
@@ -238,20 +267,29 @@ def test_checker_flags_a_cycle_within_a_layer_and_resolves_from_imports():
 
 
 def test_checker_flags_a_shim_imported_by_the_library():
-    fake = _fake(mtlib__cli__plan="from mtlib.shapes import plan\n", mtlib__shapes="from mtlib.plan import plan\n",
-                 mtlib__plan="x = 1\n")
+    fake = _fake(
+        mtlib__cli__plan="from mtlib.shapes import plan\n",
+        mtlib__shapes="from mtlib.plan import plan\n",
+        mtlib__plan="x = 1\n",
+    )
     (msg,) = violations(fake)
     assert msg.startswith("mtlib.cli.plan (layer cli) line 1 imports mtlib.shapes (layer shims)")
 
 
 def test_checker_accepts_downward_imports():
-    fake = _fake(mtlib__run__loop="from mtlib.plan import plan\nfrom mtlib import trace\n", mtlib__plan="", mtlib__trace="")
+    fake = _fake(
+        mtlib__run__loop="from mtlib.plan import plan\nfrom mtlib import trace\n",
+        mtlib__plan="",
+        mtlib__trace="",
+    )
     assert violations(fake) == []
 
 
 @pytest.mark.parametrize("module", ["mtlib.nosuch", "mtlib.nosuch.deeper"])
 def test_a_module_without_a_layer_is_named(module):
-    with pytest.raises(AssertionError, match=f"^{module}: no layer in tests/test_layers.py LAYERS names it"):
+    with pytest.raises(
+        AssertionError, match=f"^{module}: no layer in tests/test_layers.py LAYERS names it"
+    ):
         layer_of(module)
 
 
@@ -276,4 +314,6 @@ def test_old_public_names_are_the_new_objects(old, name, new):
     """The old module names users call stay importable, as the very objects of their new home."""
     import importlib
 
-    assert getattr(importlib.import_module(old), name) is getattr(importlib.import_module(new), name)
+    assert getattr(importlib.import_module(old), name) is getattr(
+        importlib.import_module(new), name
+    )

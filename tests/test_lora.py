@@ -484,7 +484,9 @@ def test_fp8_quantises_the_merged_weights(tmp_path, monkeypatch):
         return block
 
     monkeypatch.setattr(mtlib.accel.fp8, "fp8_block", fake_fp8)
-    monkeypatch.setattr(mtlib.accel.options, "effective_precision", lambda device, precision: precision)
+    monkeypatch.setattr(
+        mtlib.accel.options, "effective_precision", lambda device, precision: precision
+    )
     base = generation.load_models(
         load_config("tiny", {"model.device": "cpu"}), precision="reference"
     )

@@ -11,7 +11,9 @@ def test_offload_refuses_a_cpu_device():
     from mtlib.accel.offload import enable_block_offload
 
     model = build_dit(CONFIGS["tiny"], device="cpu")
-    with pytest.raises(ValueError, match="block offload streams weights to a CUDA device, got cpu."):
+    with pytest.raises(
+        ValueError, match="block offload streams weights to a CUDA device, got cpu."
+    ):
         enable_block_offload(model, "cpu")
 
 

@@ -23,7 +23,12 @@ def files(tmp_path_factory):
     Image.new("RGB", (1280, 720), (90, 120, 150)).save(d / "wide.png")
     Image.new("RGB", (110, 80), (90, 120, 150)).save(d / "small.png")
     rng = np.random.default_rng(0)
-    sf.write(d / "speech.wav", (0.1 * rng.standard_normal((78939, 2))).astype(np.float32), 44100, subtype="PCM_16")
+    sf.write(
+        d / "speech.wav",
+        (0.1 * rng.standard_normal((78939, 2))).astype(np.float32),
+        44100,
+        subtype="PCM_16",
+    )
     (d / "broken.wav").write_bytes(b"RIFF....not a wave file")
     return d
 
@@ -36,7 +41,13 @@ def _run(capsys, *argv):
 
 def test_probe_reads_headers(files):
     a = probe_audio(files / "speech.wav")
-    assert (a.sample_rate, a.channels, a.frames, a.samples_16k, a.embedding_frames) == (44100, 2, 78939, 28640, 44)
+    assert (a.sample_rate, a.channels, a.frames, a.samples_16k, a.embedding_frames) == (
+        44100,
+        2,
+        78939,
+        28640,
+        44,
+    )
     assert a.duration_s == pytest.approx(1.79)
     i = probe_image(files / "wide.png")
     assert (i.width, i.height, i.mode, i.format) == (1280, 720, "RGB", "PNG")
@@ -48,33 +59,80 @@ def test_probe_exif_rotation(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees on display
     im.save(tmp_path / "rot.jpg", exif=exif)
     i = probe_image(tmp_path / "rot.jpg")
-    assert (i.width, i.height, i.stored_width, i.stored_height, i.orientation) == (20, 40, 40, 20, 6)
+    assert (i.width, i.height, i.stored_width, i.stored_height, i.orientation) == (
+        20,
+        40,
+        40,
+        20,
+        6,
+    )
 
 
 def test_user_case_exit_2_with_the_reference_error(files, capsys):
-    code, out, _ = _run(capsys, "--config", "multitalk-480", "--image", files / "wide.png",
-                        "--audio", files / "speech.wav", "--frame-num", "43")
+    code, out, _ = _run(
+        capsys,
+        "--config",
+        "multitalk-480",
+        "--image",
+        files / "wide.png",
+        "--audio",
+        files / "speech.wav",
+        "--frame-num",
+        "43",
+    )
     assert code == 2
     assert USER_ERROR in out
     assert "set frame_num to 41" in out and "1.84 s" in out
 
 
 def test_audio_assertion_exit_2(files, capsys):
-    code, out, _ = _run(capsys, "--config", "multitalk-480", "--image", files / "wide.png",
-                        "--audio", files / "speech.wav", "--frame-num", "81", "--short-audio", "error")
+    code, out, _ = _run(
+        capsys,
+        "--config",
+        "multitalk-480",
+        "--image",
+        files / "wide.png",
+        "--audio",
+        files / "speech.wav",
+        "--frame-num",
+        "81",
+        "--short-audio",
+        "error",
+    )
     assert code == 2 and "Aduio file not exists or length not satisfies frame nums." in out
 
 
 def test_auto_is_valid_and_prints_the_table(files, capsys):
-    code, out, _ = _run(capsys, "--config", "multitalk-480", "--image", files / "wide.png",
-                        "--audio", files / "speech.wav", "--frame-num", "auto")
+    code, out, _ = _run(
+        capsys,
+        "--config",
+        "multitalk-480",
+        "--image",
+        files / "wide.png",
+        "--audio",
+        files / "speech.wav",
+        "--frame-num",
+        "auto",
+    )
     assert code == 0
     assert "VALID" in out and "seq_len 18816" in out and "e2e.clip0.mask" in out
 
 
 def test_json_output(files, capsys):
-    code, out, _ = _run(capsys, "--image", files / "small.png", "--audio", files / "speech.wav",
-                        "--buckets", "tiny", "--mode", "streaming", "--frame-num", "auto", "--json")
+    code, out, _ = _run(
+        capsys,
+        "--image",
+        files / "small.png",
+        "--audio",
+        files / "speech.wav",
+        "--buckets",
+        "tiny",
+        "--mode",
+        "streaming",
+        "--frame-num",
+        "auto",
+        "--json",
+    )
     d = json.loads(out)
     assert code == 0 and d["valid"] and d["target_hw"] == [48, 64] and d["frame_num"] == 81
     assert d["pad_to_samples"] == [52480] and d["padded_audio_frames"] == [82]
@@ -83,8 +141,18 @@ def test_json_output(files, capsys):
 
 
 def test_two_speakers_json(files, capsys):
-    code, out, _ = _run(capsys, "--image", files / "small.png", "--audio", files / "speech.wav",
-                        "--audio", files / "speech.wav", "--frame-num", "41", "--json")
+    code, out, _ = _run(
+        capsys,
+        "--image",
+        files / "small.png",
+        "--audio",
+        files / "speech.wav",
+        "--audio",
+        files / "speech.wav",
+        "--frame-num",
+        "41",
+        "--json",
+    )
     d = json.loads(out)
     assert code == 0 and d["persons"] == 2 and d["audio_frames"] == [44, 44]
 
@@ -97,15 +165,32 @@ def test_unreadable_input_exit_2(files, capsys):
 
 
 def test_bad_frame_num_value_exit_2(files, capsys):
-    code, _, err = _run(capsys, "--image", files / "wide.png", "--audio", files / "speech.wav", "--frame-num", "x")
+    code, _, err = _run(
+        capsys, "--image", files / "wide.png", "--audio", files / "speech.wav", "--frame-num", "x"
+    )
     assert code == 2 and "frame_num" in err
 
 
 def test_module_entry_point(files):
     r = subprocess.run(
-        [sys.executable, "-m", "mtlib", "plan", "--config", "multitalk-480", "--image", str(files / "wide.png"),
-         "--audio", str(files / "speech.wav"), "--frame-num", "43", "--json"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "mtlib",
+            "plan",
+            "--config",
+            "multitalk-480",
+            "--image",
+            str(files / "wide.png"),
+            "--audio",
+            str(files / "speech.wav"),
+            "--frame-num",
+            "43",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 2
     assert json.loads(r.stdout)["reference_error"] == USER_ERROR
@@ -130,11 +215,26 @@ def http_root(files):
 def test_urls_are_probed(http_root, capsys):
     a = probe_audio(f"{http_root}/speech.wav")
     assert (a.sample_rate, a.frames, a.samples_16k) == (44100, 78939, 28640)
-    assert (probe_image(f"{http_root}/wide.png").width, probe_image(f"{http_root}/wide.png").height) == (1280, 720)
-    code, out, _ = _run(capsys, "--config", "multitalk-480", "--image", f"{http_root}/wide.png",
-                        "--audio", f"{http_root}/speech.wav", "--frame-num", "43", "--json")
+    assert (
+        probe_image(f"{http_root}/wide.png").width,
+        probe_image(f"{http_root}/wide.png").height,
+    ) == (1280, 720)
+    code, out, _ = _run(
+        capsys,
+        "--config",
+        "multitalk-480",
+        "--image",
+        f"{http_root}/wide.png",
+        "--audio",
+        f"{http_root}/speech.wav",
+        "--frame-num",
+        "43",
+        "--json",
+    )
     assert code == 2 and json.loads(out)["reference_error"] == USER_ERROR
-    code, _, err = _run(capsys, "--image", f"{http_root}/nope.png", "--audio", f"{http_root}/speech.wav")
+    code, _, err = _run(
+        capsys, "--image", f"{http_root}/nope.png", "--audio", f"{http_root}/speech.wav"
+    )
     assert code == 2 and "nope.png" in err
 
 
@@ -148,7 +248,9 @@ def test_compressed_audio_from_container_metadata(tmp_path):
         st.layout = "mono"
         samples = (0.1 * np.sin(np.arange(int(sr * seconds)) * 0.05)).astype(np.float32)
         for i in range(0, len(samples), 1024):
-            frame = av.AudioFrame.from_ndarray(samples[None, i:i + 1024], format="fltp", layout="mono")
+            frame = av.AudioFrame.from_ndarray(
+                samples[None, i : i + 1024], format="fltp", layout="mono"
+            )
             frame.sample_rate = sr
             for pkt in st.encode(frame):
                 out.mux(pkt)

@@ -90,11 +90,17 @@ def test_live_shapes_match_plan(case, tiny_models):
     assert check.never_observed == expected_unoffered
     # left out by design: the T5 context rows, once per clip each
     by_design = [n for n, _ in check.by_design]
-    assert by_design == [f"e2e.clip{c}.{k}" for c in range(len(p.clips)) for k in ("context", "context_null")]
+    assert by_design == [
+        f"e2e.clip{c}.{k}" for c in range(len(p.clips)) for k in ("context", "context_null")
+    ]
     assert check.output_frames == p.output_frames
     # every DiT pass of every step of every clip went through the attention probes
     calls = len(p.clips) * p.sampling_steps * p.passes_per_step
-    for name in ("dit.block*.self_attn.q", "dit.block*.cross_attn.k_img", "dit.block*.audio_cross_attn.kv"):
+    for name in (
+        "dit.block*.self_attn.q",
+        "dit.block*.cross_attn.k_img",
+        "dit.block*.audio_cross_attn.kv",
+    ):
         rows = [r for r in check.rows if r.plan_name == name]
         assert len(rows) == calls * 2  # 2 tiny blocks
     # the audio-dropping pass carries one person: its kv has context_tokens rows, the others P times that
@@ -131,16 +137,23 @@ def test_compare_rules_without_a_run():
     rec.record("audio.embedding", torch.zeros(p.padded_audio_frames[1] + 1, 3, 48))  # wrong
     for persons in (2, 2, 1):  # cond, drop_text, uncond
         rec.record("e2e.clip0.step0.dit.audio_embedding", torch.zeros(1, T, 6 * persons, 40))
-    rec.record("e2e.clip0.step0.dit.audio_embedding", torch.zeros(1, T, 6 * 2, 40))  # 4th call: cond
+    rec.record(
+        "e2e.clip0.step0.dit.audio_embedding", torch.zeros(1, T, 6 * 2, 40)
+    )  # 4th call: cond
     rec.record("e2e.clip0.vae.y", torch.zeros(1, 16, T, h, w, dtype=torch.float64))  # wrong dtype
     rec.record("e2e.clip0.surprise", torch.zeros(1))
     rec.record("e2e.clip0.context", torch.zeros(7, 32))
     check = shapecheck.compare(p, rec)
     by_name = {r.name: r for r in check.rows}
     assert by_name["audio.embedding"].ok and not by_name["audio.embedding#1"].ok
-    assert [by_name[f"e2e.clip0.step0.dit.audio_embedding@pass{j}"].ok for j in range(4)] == [True] * 4
+    assert [by_name[f"e2e.clip0.step0.dit.audio_embedding@pass{j}"].ok for j in range(4)] == [
+        True
+    ] * 4
     assert by_name["e2e.clip0.step0.dit.audio_embedding@pass2"].planned == (1, T, 6, 40)
-    assert not by_name["e2e.clip0.vae.y"].ok and by_name["e2e.clip0.vae.y"].note == "dtype planned float32"
+    assert (
+        not by_name["e2e.clip0.vae.y"].ok
+        and by_name["e2e.clip0.vae.y"].note == "dtype planned float32"
+    )
     assert check.unplanned == ["e2e.clip0.surprise"]
     assert [n for n, _ in check.by_design] == ["e2e.clip0.context"]
 
@@ -221,9 +234,15 @@ def _check_accepts_exactly(tmp_path, models, width, height, seconds, frame_num, 
             run, rec, result = shapecheck.observe(cfg, models=models)
             check = shapecheck.compare(run.plan, rec)
             assert check.passed, check.table()
-            assert check.never_observed == (["audio.embedding1", "audio.embedding2"] if p.persons == 2 else [])
+            assert check.never_observed == (
+                ["audio.embedding1", "audio.embedding2"] if p.persons == 2 else []
+            )
             assert check.output_frames == p.output_frames
-            assert tuple(result.video[:, : run.output_frames].shape) == (3, p.output_frames, *p.target_hw)
+            assert tuple(result.video[:, : run.output_frames].shape) == (
+                3,
+                p.output_frames,
+                *p.target_hw,
+            )
             return "valid"
         with pytest.raises(PlanError):
             generation.prepare_run(cfg, progress=False)
@@ -274,13 +293,25 @@ def test_engine_accepts_exactly_the_plan_hypothesis(tmp_path_factory, tiny_model
     [
         # each rule once, chosen by hand so that the derandomized search cannot miss one
         (dict(seconds=[0.3], frame_num=5), "invalid:audio_min_duration"),
-        (dict(seconds=[0.5], frame_num=13, short_audio="error"), "invalid:audio_longer_than_frame_num"),
+        (
+            dict(seconds=[0.5], frame_num=13, short_audio="error"),
+            "invalid:audio_longer_than_frame_num",
+        ),
         (dict(seconds=[1.0], frame_num=11), "invalid:frame_num_4n_plus_1"),
-        (dict(seconds=[1.0], frame_num=13, mode="streaming", motion=13), "invalid:motion_frame_below_frame_num"),
-        (dict(seconds=[1.0], frame_num=13, mode="streaming", motion=6), "permissive:motion_frame_4n_plus_1"),
+        (
+            dict(seconds=[1.0], frame_num=13, mode="streaming", motion=13),
+            "invalid:motion_frame_below_frame_num",
+        ),
+        (
+            dict(seconds=[1.0], frame_num=13, mode="streaming", motion=6),
+            "permissive:motion_frame_4n_plus_1",
+        ),
         # unequal 'para' tracks: refused by the plan and by mtlib.media.audio.combine_speakers alike
         (dict(seconds=[0.8, 0.9], frame_num=13), "invalid:para_equal_length"),
-        (dict(seconds=[0.8, 0.9], frame_num=13, audio_type="add", mode="streaming", motion=5), "valid"),
+        (
+            dict(seconds=[0.8, 0.9], frame_num=13, audio_type="add", mode="streaming", motion=5),
+            "valid",
+        ),
     ],
 )
 def test_engine_accepts_exactly_the_plan_rules(values, outcome, tmp_path, tiny_models):
@@ -295,12 +326,18 @@ def test_frame_num_one_is_refused_by_plan_and_engine(tmp_path, tiny_models):
     """frame_num 1 is 4n+1 but a single latent frame: the plan refuses it (frame_num_min).
     The engine's own checks let it through; it fails later, in the DiT's audio projection,
     which has no 'later' latent frames to group."""
-    assert _check_accepts_exactly(
-        tmp_path, tiny_models, 64, 48, [1.0], 1, "clip", 5, "pad", "para"
-    ) == "invalid:frame_num_min"
+    assert (
+        _check_accepts_exactly(tmp_path, tiny_models, 64, 48, [1.0], 1, "clip", 5, "pad", "para")
+        == "invalid:frame_num_min"
+    )
     img, wavs = _write_inputs(tmp_path, 64, 48, [1.0], 0)
-    cfg = _cfg(**{"inputs.image": str(img), "inputs.audio": [str(wavs[0])], "generation.frame_num": 1})
-    with warnings.catch_warnings(), pytest.raises(RuntimeError, match="cannot reshape tensor of 0 elements"):
+    cfg = _cfg(
+        **{"inputs.image": str(img), "inputs.audio": [str(wavs[0])], "generation.frame_num": 1}
+    )
+    with (
+        warnings.catch_warnings(),
+        pytest.raises(RuntimeError, match="cannot reshape tensor of 0 elements"),
+    ):
         warnings.simplefilter("ignore")
         _engine(_bypass_run(cfg, plan(cfg)), tiny_models)
 
@@ -311,7 +348,9 @@ def test_more_than_two_speakers_and_bad_sizes_fail_in_the_engine_too(tiny_models
     q = plan(_cfg(), PlanInputs.from_metadata(None, [1.0], target_size=(40, 56)))
     assert [v.rule for v in q.violations] == ["size_multiple_of_16"]
     s = GenerationSettings(frame_num=13, sampling_steps=1, progress=False)
-    models = Models(dit=generation.DiTCall(tiny_models.dit), vae=tiny_models.vae, clip=tiny_models.clip)
+    models = Models(
+        dit=generation.DiTCall(tiny_models.dit), vae=tiny_models.vae, clip=tiny_models.clip
+    )
     ctx = torch.zeros(5, 32)
     with pytest.raises(ValueError, match="1 or 2 persons, got 3"):
         generate(models, torch.zeros(1, 3, 1, 48, 64), [torch.zeros(30, 3, 48)] * 3, ctx, ctx,
@@ -334,7 +373,9 @@ def test_empty_output_quirk_is_refused_and_the_engine_departs(tiny_models):
     assert [v.rule for v in p.violations] == ["empty_output"] and p.miss == (0, 8)
     s = GenerationSettings(mode="streaming", frame_num=13, motion_frame=5, max_frames_num=45,
                            sampling_steps=1, color_correction_strength=0.0, progress=False)  # fmt: skip
-    models = Models(dit=generation.DiTCall(tiny_models.dit), vae=tiny_models.vae, clip=tiny_models.clip)
+    models = Models(
+        dit=generation.DiTCall(tiny_models.dit), vae=tiny_models.vae, clip=tiny_models.clip
+    )
     ctx = torch.zeros(5, 32)
     embs = [torch.zeros(100, 3, 48), torch.zeros(40, 3, 48)]
     result = generate(models, torch.zeros(1, 3, 1, 48, 64), embs, ctx, ctx, torch.ones(3, 6, 8), s)

@@ -72,8 +72,15 @@ def test_prefixed_command_traces_and_archives(golden, tmp_path, capsys):
     assert f"archive: {archive} (" in captured.err
     # the size of each part of the download, then the archive's
     parts = [ln.split("  ")[0] for ln in captured.err.splitlines()]
-    for part in ("random draws", "conditioning image", "audio embeddings", "person masks",
-                 "text (contexts, ids, masks)", "statistics (index.jsonl)", "total"):
+    for part in (
+        "random draws",
+        "conditioning image",
+        "audio embeddings",
+        "person masks",
+        "text (contexts, ids, masks)",
+        "statistics (index.jsonl)",
+        "total",
+    ):
         assert part in parts, captured.err
     (archive_line,) = [ln for ln in captured.err.splitlines() if ln.startswith("archive (.tar.gz)")]
     assert archive_line.split()[-1] == f"{archive.stat().st_size / 1e6:.3f}"

@@ -192,7 +192,9 @@ def test_golden_audio_encoder_replays_an_audio_case(golden, bound_stages, case_n
         return
     res = replay(a, "audio.encoder")
     assert not res.local, res.verdict
-    assert res.comparison.rows[0].max_abs <= 1e-4 * max(1.0, float(a.tensor("audio.embedding").abs().max()))
+    assert res.comparison.rows[0].max_abs <= 1e-4 * max(
+        1.0, float(a.tensor("audio.embedding").abs().max())
+    )
 
 
 def dit_case_call(golden, case):
@@ -248,7 +250,9 @@ def test_replay_in_a_pipeline_trace_names_the_scopes_when_prefix_is_missing(tmp_
     with pytest.raises(InputError) as e:
         replay(tmp_path / "t", "clip", run_stage=lambda x: torch.ones(1, 2, 3))
     assert "ran in these scopes of A: e2e.clip0.; pass one as prefix=." in str(e.value)
-    res = replay(tmp_path / "t", "clip", run_stage=lambda x: torch.ones(1, 2, 3), prefix="e2e.clip0")
+    res = replay(
+        tmp_path / "t", "clip", run_stage=lambda x: torch.ones(1, 2, 3), prefix="e2e.clip0"
+    )
     assert not res.local and res.inputs == ["e2e.clip0.clip_in"]
 
 
@@ -268,7 +272,9 @@ def _run_golden_case(golden, golden_models, case, recorder) -> None:  # noqa: F8
     noise = InjectedNoise({k: v for k, v in case.tensors.items() if ".rand." in k}, seed=kw["seed"])
     with trace.recording(recorder):
         context, context_null = encode_prompts(
-            PromptEncoder(golden_models["text"]), params["input_data"]["prompt"], _negative_prompt(case)
+            PromptEncoder(golden_models["text"]),
+            params["input_data"]["prompt"],
+            _negative_prompt(case),
         )
         generate(models, cond, audio_embs, context, context_null, masks, _settings(case), noise)
 
@@ -276,7 +282,10 @@ def _run_golden_case(golden, golden_models, case, recorder) -> None:  # noqa: F8
 @pytest.mark.golden
 @pytest.mark.parametrize("case_name", golden_cases("e2e"), ids=str)
 def test_golden_pipeline_run_trace_compares_clean_with_the_golden_case(
-    golden, golden_models, tmp_path, case_name  # noqa: F811
+    golden,
+    golden_models,  # noqa: F811
+    tmp_path,
+    case_name,
 ):
     case = get_case(golden, case_name)
     with trace.TraceWriter(tmp_path / "run", level="full") as tw:

@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _mtlib(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "mtlib", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "mtlib", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def _notebook(path: Path, *sources: str, params: str = 'config = "tiny"\nrun_dir = ""'):
@@ -21,18 +22,32 @@ def _notebook(path: Path, *sources: str, params: str = 'config = "tiny"\nrun_dir
     cells[0].metadata["tags"] = ["parameters"]
     cells += [nbformat.v4.new_code_cell(s) for s in sources]
     nb = nbformat.v4.new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"name": "not-installed-kernel", "display_name": "x", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "not-installed-kernel",
+        "display_name": "x",
+        "language": "python",
+    }
     nbformat.write(nb, path)
 
 
 def test_run_injects_parameters_and_writes_artefacts(tmp_path):
     nbs = tmp_path / "nbs"
     nbs.mkdir()
-    _notebook(nbs / "00_write.ipynb",
-              "from pathlib import Path\nfrom mtlib.config import load_config\n"
-              "cfg = load_config(config)\n"
-              "Path(run_dir, 'seed.txt').write_text(str(cfg.generation.seed))")
-    r = _mtlib("run", "--notebooks", str(nbs), "--runs-dir", str(tmp_path / "runs"), "-p", "generation.seed=123")
+    _notebook(
+        nbs / "00_write.ipynb",
+        "from pathlib import Path\nfrom mtlib.config import load_config\n"
+        "cfg = load_config(config)\n"
+        "Path(run_dir, 'seed.txt').write_text(str(cfg.generation.seed))",
+    )
+    r = _mtlib(
+        "run",
+        "--notebooks",
+        str(nbs),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "-p",
+        "generation.seed=123",
+    )
     assert r.returncode == 0, r.stderr
     (run,) = list((tmp_path / "runs").iterdir())
     assert run.name.endswith("-tiny")
@@ -41,8 +56,10 @@ def test_run_injects_parameters_and_writes_artefacts(tmp_path):
     assert json.loads((run / "env.json").read_text())["torch"]
     executed = nbformat.read(run / "00_write.ipynb", as_version=4)
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert injected and f"run_dir = \"{run}\"" in injected[0].source
-    assert not any(c.get("outputs") for c in nbformat.read(nbs / "00_write.ipynb", as_version=4).cells)
+    assert injected and f'run_dir = "{run}"' in injected[0].source
+    assert not any(
+        c.get("outputs") for c in nbformat.read(nbs / "00_write.ipynb", as_version=4).cells
+    )
     assert f"results: {run}" in r.stdout
 
 
@@ -77,7 +94,9 @@ def test_env_command_reports_torch():
     r = _mtlib("env", "--json")
     assert r.returncode == 0
     report = json.loads(r.stdout)
-    assert report["torch"] and "dependencies" in report and report["mtlib_imports_accelerators"] == []
+    assert (
+        report["torch"] and "dependencies" in report and report["mtlib_imports_accelerators"] == []
+    )
 
 
 def test_official_dir_goes_to_notebook_05_only(tmp_path):
@@ -88,11 +107,22 @@ def test_official_dir_goes_to_notebook_05_only(tmp_path):
     (checkout / "generate_multitalk.py").write_text("")
     params = 'config = "tiny"\nrun_dir = ""\nofficial_dir = ""\nofficial_args = ""'
     _notebook(nbs / "00_other.ipynb", "x = 1")
-    _notebook(nbs / "05_reference.ipynb",
-              "from pathlib import Path\nPath(run_dir, 'official.txt').write_text(official_dir + '|' + official_args)",
-              params=params)
-    r = _mtlib("run", "--notebooks", str(nbs), "--runs-dir", str(tmp_path / "runs"),
-               "--official-dir", str(checkout), "--official-args", "--sample_steps 20")
+    _notebook(
+        nbs / "05_reference.ipynb",
+        "from pathlib import Path\nPath(run_dir, 'official.txt').write_text(official_dir + '|' + official_args)",
+        params=params,
+    )
+    r = _mtlib(
+        "run",
+        "--notebooks",
+        str(nbs),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--official-dir",
+        str(checkout),
+        "--official-args",
+        "--sample_steps 20",
+    )
     assert r.returncode == 0, r.stderr
     (run,) = list((tmp_path / "runs").iterdir())
     assert (run / "official.txt").read_text() == f"{checkout.resolve()}|--sample_steps 20"
@@ -104,6 +134,8 @@ def test_official_dir_goes_to_notebook_05_only(tmp_path):
 def test_official_dir_without_script_refused_before_any_run_dir(tmp_path):
     r = _mtlib("run", "--runs-dir", str(tmp_path / "runs"), "--official-dir", str(tmp_path))
     assert r.returncode == 2
-    assert r.stderr == (f"mtlib run: --official-dir {str(tmp_path)!r}: no generate_multitalk.py there. Fix: give "
-                        "the root of the MeiGen-AI/MultiTalk checkout (the folder the Colab runs the command in).\n")
+    assert r.stderr == (
+        f"mtlib run: --official-dir {str(tmp_path)!r}: no generate_multitalk.py there. Fix: give "
+        "the root of the MeiGen-AI/MultiTalk checkout (the folder the Colab runs the command in).\n"
+    )
     assert not (tmp_path / "runs").exists()

@@ -84,9 +84,7 @@ def guided_velocity(case, passes, preds, buffers):
     if passes == ("cond", "drop_text", "uncond"):
         cond, drop_text, uncond = (preds[k] for k in passes)
         if not s.use_apg:
-            return sampling.guide(
-                cond, drop_text, uncond, s.text_guide_scale, s.audio_guide_scale
-            )
+            return sampling.guide(cond, drop_text, uncond, s.text_guide_scale, s.audio_guide_scale)
         return sampling.guide_apg(
             cond, drop_text, uncond, s.text_guide_scale, s.audio_guide_scale,
             buffers[0], buffers[1], s.apg_norm_threshold,

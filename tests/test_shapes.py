@@ -114,11 +114,16 @@ def test_golden_errors(golden, case):
         table = bucket_table(prm["size_buckget"], kind)
         h, w = next(iter(table.values()))  # any image that lands in a valid bucket
         size = (w, h)
-    cfg = load_config("multitalk-480", {
-        "model.size": prm["size_buckget"], "model.buckets": kind,
-        "generation.frame_num": prm["frame_num"], "generation.short_audio": "error",
-        "generation.sampling_steps": prm["generate_kwargs"]["sampling_steps"],
-    })
+    cfg = load_config(
+        "multitalk-480",
+        {
+            "model.size": prm["size_buckget"],
+            "model.buckets": kind,
+            "generation.frame_num": prm["frame_num"],
+            "generation.short_audio": "error",
+            "generation.sampling_steps": prm["generate_kwargs"]["sampling_steps"],
+        },
+    )
     p = plan(cfg, PlanInputs(image_size=size, audio_frames=(prm["audio_frames"],)))
     assert not p.valid
     err = prm["error"]
@@ -136,19 +141,34 @@ def test_golden_audio_lengths(golden, case):
     if src is None:  # the multi-speaker cases: checked through the e2e plan
         inputs = c.params["inputs"]
         a, b = (get_case(golden, inputs[k]).params["n_samples_16k"] for k in ("person1", "person2"))
-        p = plan(load_config("tiny", {"generation.frame_num": 5}),
-                 PlanInputs(image_size=(64, 48), audio_samples_16k=(a, b),
-                                                 audio_type=inputs["audio_type"]))
-        for k in ("audio.person1", "audio.person2", "audio.sum", "audio.embedding1", "audio.embedding2"):
+        p = plan(
+            load_config("tiny", {"generation.frame_num": 5}),
+            PlanInputs(
+                image_size=(64, 48), audio_samples_16k=(a, b), audio_type=inputs["audio_type"]
+            ),
+        )
+        for k in (
+            "audio.person1",
+            "audio.person2",
+            "audio.sum",
+            "audio.embedding1",
+            "audio.embedding2",
+        ):
             assert list(p.shape_of(k)) == c.tensor_index[k]["shape"], k
             assert p.tensor(k).dtype == c.tensor_index[k]["dtype"], k
         return
     info = probe_audio(c.file(src["file"]))
-    assert (info.sample_rate, info.channels, info.frames) == (src["sample_rate"], src["channels"], src["frames"])
+    assert (info.sample_rate, info.channels, info.frames) == (
+        src["sample_rate"],
+        src["channels"],
+        src["frames"],
+    )
     assert info.samples_16k == c.params["n_samples_16k"]
     assert info.embedding_frames == c.params["seq_len"]
-    p = plan(load_config("tiny", {"generation.frame_num": 5}),
-             PlanInputs(image_size=(64, 48), audio_samples_16k=(info.samples_16k,)))
+    p = plan(
+        load_config("tiny", {"generation.frame_num": 5}),
+        PlanInputs(image_size=(64, 48), audio_samples_16k=(info.samples_16k,)),
+    )
     assert p.valid
     for name, meta in c.tensor_index.items():
         assert list(p.shape_of(name)) == meta["shape"], name
@@ -164,19 +184,37 @@ def _e2e_plan(golden, c):
         a = get_case(golden, name).params
         if "inputs" in a:
             audio_type = a["inputs"]["audio_type"]
-            samples += [get_case(golden, a["inputs"][k]).params["n_samples_16k"] for k in ("person1", "person2")]
+            samples += [
+                get_case(golden, a["inputs"][k]).params["n_samples_16k"]
+                for k in ("person1", "person2")
+            ]
         else:
             samples.append(a["n_samples_16k"])
-    cfg = load_config("tiny", {
-        "model.size": gk["size_buckget"], "generation.mode": gk["mode"],
-        "generation.frame_num": gk["frame_num"], "generation.motion_frame": gk["motion_frame"],
-        "generation.sampling_steps": gk["sampling_steps"], "generation.max_frames_num": gk["max_frames_num"],
-        "generation.text_guide_scale": gk["text_guide_scale"], "generation.short_audio": "error",
-        "model.loras": [{"path": str(c.dir / lo["file"]), "scale": lo["scale"]}
-                        for lo in ([prm["lora"]] if "lora" in prm else [])],
-    })
-    return plan(cfg, PlanInputs(image_size=(img["width"], img["height"]), audio_samples_16k=tuple(samples),
-                                audio_type=audio_type))
+    cfg = load_config(
+        "tiny",
+        {
+            "model.size": gk["size_buckget"],
+            "generation.mode": gk["mode"],
+            "generation.frame_num": gk["frame_num"],
+            "generation.motion_frame": gk["motion_frame"],
+            "generation.sampling_steps": gk["sampling_steps"],
+            "generation.max_frames_num": gk["max_frames_num"],
+            "generation.text_guide_scale": gk["text_guide_scale"],
+            "generation.short_audio": "error",
+            "model.loras": [
+                {"path": str(c.dir / lo["file"]), "scale": lo["scale"]}
+                for lo in ([prm["lora"]] if "lora" in prm else [])
+            ],
+        },
+    )
+    return plan(
+        cfg,
+        PlanInputs(
+            image_size=(img["width"], img["height"]),
+            audio_samples_16k=tuple(samples),
+            audio_type=audio_type,
+        ),
+    )
 
 
 @pytest.mark.golden
@@ -188,14 +226,22 @@ def test_golden_e2e_bookkeeping(golden, case):
     clips = c.params["clips"]
     assert len(p.clips) == len(clips)
     for mine, ref in zip(p.clips, clips, strict=True):
-        for key in ("audio_start_idx", "audio_end_idx", "max_seq_len", "lat_h", "lat_w",
-                    "cur_motion_frames_num", "is_first_clip", "frame_num"):
+        for key in (
+            "audio_start_idx",
+            "audio_end_idx",
+            "max_seq_len",
+            "lat_h",
+            "lat_w",
+            "cur_motion_frames_num",
+            "is_first_clip",
+            "frame_num",
+        ):
             assert getattr(mine, key) == ref[key], (ref["clip"], key)
         assert (mine.lat_h * 8, mine.lat_w * 8) == (ref["target_h"], ref["target_w"])
     assert [3, p.video_frames, *p.target_hw] == c.params["video_shape"]
     assert list(p.shape_of("e2e.video")) == c.params["video_shape"]
     # the merged LoRA weights (lora.merged.<param>) are planned as the parameters it touches
-    merged = sorted(n[len("lora.merged."):] for n in c.tensor_index if n.startswith("lora."))
+    merged = sorted(n[len("lora.merged.") :] for n in c.tensor_index if n.startswith("lora."))
     assert [p for lo in p.loras for p in lo["params"]] == merged
     unplanned = []
     for name, meta in c.tensor_index.items():
@@ -234,10 +280,14 @@ def test_golden_real_param_count_matches_manifest(golden):
 # ------------------------------------------------------------------ streaming lengths (facts §9.4)
 
 
-@pytest.mark.parametrize("L_a,clips,frames", [(82, 2, 79), (137, 2, 134), (138, 3, 135), (250, 5, 247)])
+@pytest.mark.parametrize(
+    "L_a,clips,frames", [(82, 2, 79), (137, 2, 134), (138, 3, 135), (250, 5, 247)]
+)
 def test_streaming_lengths(L_a, clips, frames):
-    p = plan(_cfg(mode="streaming", frame_num=81, short_audio="error"),
-             PlanInputs(image_size=(1280, 720), audio_frames=(L_a,)))
+    p = plan(
+        _cfg(mode="streaming", frame_num=81, short_audio="error"),
+        PlanInputs(image_size=(1280, 720), audio_frames=(L_a,)),
+    )
     assert p.valid
     assert len(p.clips) == clips and p.video_frames == frames
     assert [c.audio_start_idx for c in p.clips] == [56 * k for k in range(clips)]
@@ -246,14 +296,19 @@ def test_streaming_lengths(L_a, clips, frames):
 
 
 def test_streaming_1000_cap():
-    p = plan(_cfg(mode="streaming", frame_num=81), PlanInputs(image_size=(1280, 720), audio_frames=(5000,)))
+    p = plan(
+        _cfg(mode="streaming", frame_num=81),
+        PlanInputs(image_size=(1280, 720), audio_frames=(5000,)),
+    )
     assert p.valid and p.video_frames == 1000 and p.miss == (0,)
 
 
 # ------------------------------------------------------------------ real 14B numbers
 
 
-@pytest.mark.parametrize("size,seq", [((1280, 720), 32928), ((800, 400), 32928), ((1024, 1024), 33600)])
+@pytest.mark.parametrize(
+    "size,seq", [((1280, 720), 32928), ((800, 400), 32928), ((1024, 1024), 33600)]
+)
 def test_real_seq_len(size, seq):
     p = plan(_cfg(frame_num=81), PlanInputs.from_metadata(image_size=size, audio_seconds=[5.0]))
     assert p.valid and p.seq_len == seq and p.token_grid[0] == 21
@@ -262,7 +317,9 @@ def test_real_seq_len(size, seq):
 
 
 def test_real_flops_and_memory():
-    p = plan(_cfg(frame_num=81), PlanInputs.from_metadata(image_size=(1280, 720), audio_seconds=[5.0]))
+    p = plan(
+        _cfg(frame_num=81), PlanInputs.from_metadata(image_size=(1280, 720), audio_seconds=[5.0])
+    )
     f = p.flops_per_pass
     # 2·L·D·(8D + 2F) per block, 40 blocks, L = 32928: 0.929 PFLOP; 4·L²·D·40: 0.888 PFLOP
     assert f["linear"] == pytest.approx(0.929e15, rel=0.01)
@@ -284,50 +341,76 @@ def test_two_text_scale_one_means_two_passes():
 
 
 def test_para_lengths_must_match():
-    p = plan(_cfg(frame_num=41), PlanInputs(image_size=(1280, 720), audio_samples_16k=(48000, 50000)))
-    assert p.reference_error == "ValueError: operands could not be broadcast together with shapes (48000,) (50000,) "
+    p = plan(
+        _cfg(frame_num=41), PlanInputs(image_size=(1280, 720), audio_samples_16k=(48000, 50000))
+    )
+    assert (
+        p.reference_error
+        == "ValueError: operands could not be broadcast together with shapes (48000,) (50000,) "
+    )
 
 
 def test_add_concatenates():
-    p = plan(_cfg(frame_num=81), PlanInputs(image_size=(1280, 720), audio_samples_16k=(48000, 50000), audio_type="add"))
+    p = plan(
+        _cfg(frame_num=81),
+        PlanInputs(image_size=(1280, 720), audio_samples_16k=(48000, 50000), audio_type="add"),
+    )
     assert p.valid and p.audio_frames == (153, 153)
 
 
 def test_short_audio_loudness_block():
     p = plan(_cfg(frame_num="auto"), PlanInputs(image_size=(1280, 720), audio_samples_16k=(6399,)))
     assert p.reference_error == "ValueError: Audio must have length greater than the block size."
-    assert plan(_cfg(frame_num="auto"), PlanInputs(image_size=(1280, 720), audio_samples_16k=(6400,))).valid
+    assert plan(
+        _cfg(frame_num="auto"), PlanInputs(image_size=(1280, 720), audio_samples_16k=(6400,))
+    ).valid
 
 
 def test_three_speakers_and_bbox_count():
     p = plan(_cfg(frame_num=41), PlanInputs(image_size=(1280, 720), audio_samples_16k=(48000,) * 3))
     assert [v.rule for v in p.violations] == ["persons_1_or_2"]
-    p = plan(_cfg(frame_num=41), PlanInputs(image_size=(1280, 720), audio_samples_16k=(48000,) * 2,
-                                            bbox=((0, 0, 10, 10),)))
+    p = plan(
+        _cfg(frame_num=41),
+        PlanInputs(image_size=(1280, 720), audio_samples_16k=(48000,) * 2, bbox=((0, 0, 10, 10),)),
+    )
     assert [v.rule for v in p.violations] == ["bbox_count"]
 
 
 def test_explicit_target_not_multiple_of_16():
     p = plan(_cfg(frame_num=81), PlanInputs(target_size=(452, 900), audio_samples_16k=(80000,)))
     assert [v.rule for v in p.violations] == ["size_multiple_of_16"]
-    assert plan(_cfg(frame_num=43), PlanInputs(target_size=(452, 900), audio_frames=(44,))).reference_error == USER_ERROR
+    assert (
+        plan(
+            _cfg(frame_num=43), PlanInputs(target_size=(452, 900), audio_frames=(44,))
+        ).reference_error
+        == USER_ERROR
+    )
 
 
 def test_streaming_motion_rules():
-    p = plan(_cfg(mode="streaming", frame_num=81, motion_frame=24), PlanInputs(image_size=(1280, 720), audio_frames=(300,)))
+    p = plan(
+        _cfg(mode="streaming", frame_num=81, motion_frame=24),
+        PlanInputs(image_size=(1280, 720), audio_frames=(300,)),
+    )
     assert [v.rule for v in p.violations] == ["motion_frame_4n_plus_1"]
-    p = plan(_cfg(mode="streaming", frame_num=21, motion_frame=25), PlanInputs(image_size=(1280, 720), audio_frames=(300,)))
+    p = plan(
+        _cfg(mode="streaming", frame_num=21, motion_frame=25),
+        PlanInputs(image_size=(1280, 720), audio_frames=(300,)),
+    )
     assert [v.rule for v in p.violations] == ["motion_frame_below_frame_num"]
 
 
-@pytest.mark.parametrize("bad", [
-    dict(image_size=(0, 10), audio_samples_16k=(1000,)),
-    dict(image_size=(-3, 10), audio_samples_16k=(1000,)),
-    dict(image_size=(10, 10), audio_samples_16k=(-1,)),
-    dict(image_size=None, audio_samples_16k=(1000,)),
-    dict(image_size=(10, 10), audio_samples_16k=(1000,), audio_type="mix"),
-    dict(image_size=(10.5, 10), audio_samples_16k=(1000,)),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(image_size=(0, 10), audio_samples_16k=(1000,)),
+        dict(image_size=(-3, 10), audio_samples_16k=(1000,)),
+        dict(image_size=(10, 10), audio_samples_16k=(-1,)),
+        dict(image_size=None, audio_samples_16k=(1000,)),
+        dict(image_size=(10, 10), audio_samples_16k=(1000,), audio_type="mix"),
+        dict(image_size=(10.5, 10), audio_samples_16k=(1000,)),
+    ],
+)
 def test_bad_metadata_raises_plan_error(bad):
     with pytest.raises(PlanError):
         plan(load_config("tiny"), PlanInputs(**bad))
@@ -335,15 +418,24 @@ def test_bad_metadata_raises_plan_error(bad):
 
 def test_bad_bbox_and_config_types_raise_plan_error():
     with pytest.raises(PlanError):
-        plan(load_config("tiny"), PlanInputs(image_size=(10, 10), audio_samples_16k=(9000, 9000), bbox=((1, 2, 3),)))
+        plan(
+            load_config("tiny"),
+            PlanInputs(image_size=(10, 10), audio_samples_16k=(9000, 9000), bbox=((1, 2, 3),)),
+        )
     with pytest.raises(PlanError):
         plan(123, PlanInputs(image_size=(10, 10), audio_samples_16k=(9000,)))
     with pytest.raises(PlanError, match="clips"):
-        plan(_cfg(mode="streaming", max_frames_num=10**9), PlanInputs(image_size=(10, 10), audio_frames=(10**8,)))
+        plan(
+            _cfg(mode="streaming", max_frames_num=10**9),
+            PlanInputs(image_size=(10, 10), audio_frames=(10**8,)),
+        )
 
 
 def test_clip_audio_windows():
-    p = plan(_cfg(mode="streaming", frame_num=81), PlanInputs(image_size=(1280, 720), audio_frames=(138,)))
+    p = plan(
+        _cfg(mode="streaming", frame_num=81),
+        PlanInputs(image_size=(1280, 720), audio_frames=(138,)),
+    )
     # windows read audio_start-2 .. audio_end+1, clamped to the (reflection-padded) track
     assert [c.audio_index_range for c in p.clips] == [(0, 82), (54, 137), (110, 194)]
     assert p.clips[-1].audio_len == (138 + 58,)
@@ -351,9 +443,15 @@ def test_clip_audio_windows():
 
 def test_bad_config_raises_plan_error():
     with pytest.raises(PlanError):
-        plan({"generation": {"frame_num": 0}}, PlanInputs(image_size=(10, 10), audio_samples_16k=(1000,)))
+        plan(
+            {"generation": {"frame_num": 0}},
+            PlanInputs(image_size=(10, 10), audio_samples_16k=(1000,)),
+        )
     with pytest.raises(PlanError):
-        plan({"generation": {"short_audio": "stretch"}}, PlanInputs(image_size=(10, 10), audio_samples_16k=(1000,)))
+        plan(
+            {"generation": {"short_audio": "stretch"}},
+            PlanInputs(image_size=(10, 10), audio_samples_16k=(1000,)),
+        )
 
 
 def test_to_dict_is_json():
@@ -406,23 +504,36 @@ def _expected(size, table_kind, samples, audio_type, fn, mode, short, motion):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    w=st.integers(16, 4000), h=st.integers(16, 4000),
-    table_kind=st.sampled_from(["official", "tiny"]), size=st.sampled_from(["multitalk-480", "multitalk-720"]),
+    w=st.integers(16, 4000),
+    h=st.integers(16, 4000),
+    table_kind=st.sampled_from(["official", "tiny"]),
+    size=st.sampled_from(["multitalk-480", "multitalk-720"]),
     secs=st.lists(st.floats(0.0, 12.0), min_size=1, max_size=3),
-    equal=st.booleans(), audio_type=st.sampled_from(["para", "add"]),
+    equal=st.booleans(),
+    audio_type=st.sampled_from(["para", "add"]),
     fn=st.one_of(st.just("auto"), st.integers(1, 130)),
-    mode=st.sampled_from(["clip", "streaming"]), short=st.sampled_from(["pad", "snap", "error"]),
+    mode=st.sampled_from(["clip", "streaming"]),
+    short=st.sampled_from(["pad", "snap", "error"]),
     motion=st.sampled_from([1, 5, 9, 24, 25, 29]),
 )
-def test_plan_accepts_exactly_the_rules(w, h, table_kind, size, secs, equal, audio_type, fn, mode, short, motion):
+def test_plan_accepts_exactly_the_rules(
+    w, h, table_kind, size, secs, equal, audio_type, fn, mode, short, motion
+):
     if equal and len(secs) == 2:
         secs = [secs[0], secs[0]]
     samples = tuple(int(round(s * 16000)) for s in secs)
-    cfg = load_config("tiny", {
-        "model.size": size, "model.buckets": table_kind, "generation.frame_num": fn,
-        "generation.mode": mode, "generation.short_audio": short, "generation.motion_frame": motion,
-        "generation.sampling_steps": 2,
-    })
+    cfg = load_config(
+        "tiny",
+        {
+            "model.size": size,
+            "model.buckets": table_kind,
+            "generation.frame_num": fn,
+            "generation.mode": mode,
+            "generation.short_audio": short,
+            "generation.motion_frame": motion,
+            "generation.sampling_steps": 2,
+        },
+    )
     p = plan(cfg, PlanInputs(image_size=(w, h), audio_samples_16k=samples, audio_type=audio_type))
     ok, F = _expected((w, h), table_kind, samples, audio_type, fn, mode, short, motion)
     assert p.valid == ok, plan_table(p)
@@ -466,11 +577,25 @@ def test_plan_accepts_exactly_the_rules(w, h, table_kind, size, secs, equal, aud
     max_frames=st.integers(-1, 10**9),
     bbox=st.one_of(st.none(), st.just([[0, 0, 5, 5]]), st.just([[0, 0, 5]]), st.just(3)),
 )
-def test_plan_raises_only_plan_error(size, target, samples, frames, fn, mode, motion, max_frames, bbox):
-    cfg = {"model": {"name": "multitalk-14b"},
-           "generation": {"frame_num": fn, "mode": mode, "motion_frame": motion, "max_frames_num": max_frames}}
-    inputs = PlanInputs(image_size=size, target_size=target, audio_samples_16k=tuple(samples),
-                        audio_frames=None if frames is None else tuple(frames), bbox=bbox)
+def test_plan_raises_only_plan_error(
+    size, target, samples, frames, fn, mode, motion, max_frames, bbox
+):
+    cfg = {
+        "model": {"name": "multitalk-14b"},
+        "generation": {
+            "frame_num": fn,
+            "mode": mode,
+            "motion_frame": motion,
+            "max_frames_num": max_frames,
+        },
+    }
+    inputs = PlanInputs(
+        image_size=size,
+        target_size=target,
+        audio_samples_16k=tuple(samples),
+        audio_frames=None if frames is None else tuple(frames),
+        bbox=bbox,
+    )
     try:
         p = plan(cfg, inputs)
     except PlanError:
@@ -494,16 +619,30 @@ def test_audio_padding_helper():
 
 def test_pad_with_embedding_frames_only():
     p = plan(_cfg(frame_num=81), PlanInputs(image_size=(1280, 720), audio_frames=(44,)))
-    assert p.valid and p.padded_audio_frames == (82,) and p.output_frames == 44 and p.video_frames == 81
+    assert (
+        p.valid
+        and p.padded_audio_frames == (82,)
+        and p.output_frames == 44
+        and p.video_frames == 81
+    )
 
 
 def test_reference_error_order():
     # loudness (preprocessing) before the para sum, both before generate()'s assertion
-    p = plan(_cfg(frame_num=81, short_audio="error"),
-             PlanInputs(image_size=(1280, 720), audio_samples_16k=(3000, 5000)))
-    assert [v.rule for v in p.violations][:3] == ["audio_min_duration", "audio_min_duration", "para_equal_length"]
+    p = plan(
+        _cfg(frame_num=81, short_audio="error"),
+        PlanInputs(image_size=(1280, 720), audio_samples_16k=(3000, 5000)),
+    )
+    assert [v.rule for v in p.violations][:3] == [
+        "audio_min_duration",
+        "audio_min_duration",
+        "para_equal_length",
+    ]
     assert p.reference_error == "ValueError: Audio must have length greater than the block size."
     # the frame mask view fails before the per-clip person masks check the boxes
-    p = plan(_cfg(frame_num=43), PlanInputs(image_size=(1280, 720), audio_frames=(44, 44), bbox=((0, 0, 5, 5),)))
+    p = plan(
+        _cfg(frame_num=43),
+        PlanInputs(image_size=(1280, 720), audio_frames=(44, 44), bbox=((0, 0, 5, 5),)),
+    )
     assert [v.rule for v in p.violations] == ["frame_num_4n_plus_1", "bbox_count"]
     assert p.reference_error == USER_ERROR

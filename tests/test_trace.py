@@ -111,7 +111,9 @@ def test_sha1_chunks_and_mix128_device_hash(monkeypatch):
     y = x.clone()
     y[1000] = y[1000].item() + 1e-6
     assert trace.tensor_hash(y, "mix128") != mix
-    assert trace.tensor_hash(x.bfloat16(), "mix128") != trace.tensor_hash(x.bfloat16()[:-1], "mix128")
+    assert trace.tensor_hash(x.bfloat16(), "mix128") != trace.tensor_hash(
+        x.bfloat16()[:-1], "mix128"
+    )
     odd = torch.randn(9).bfloat16()[1:]  # 16 bytes starting 2 bytes into its storage
     assert trace.tensor_hash(odd, "mix128") == trace.tensor_hash(odd.clone(), "mix128")
     assert trace.tensor_hash(odd) == trace.tensor_hash(odd.clone())
@@ -152,9 +154,13 @@ def test_shards_rotate_and_are_atomic(tmp_path):
     pts = [(f"p{i}", torch.full((1024,), float(i))) for i in range(10)]  # 4 KB each
     d = _write(tmp_path, pts, level="full", shard_mb=8 / 1024)  # 8 KB shards
     files = sorted(p.name for p in d.iterdir())
-    assert files == ["index.jsonl", "meta.json"] + [f"tensors-{i:05d}.safetensors" for i in range(5)]
+    assert files == ["index.jsonl", "meta.json"] + [
+        f"tensors-{i:05d}.safetensors" for i in range(5)
+    ]
     t = trace.load_trace(d)
-    assert [t.stats(n)["shard"] for n in t.names] == [f"tensors-{i // 2:05d}.safetensors" for i in range(10)]
+    assert [t.stats(n)["shard"] for n in t.names] == [
+        f"tensors-{i // 2:05d}.safetensors" for i in range(10)
+    ]
     for i, n in enumerate(t.names):
         assert torch.equal(t.tensor(n), pts[i][1])
 
@@ -179,8 +185,11 @@ def test_crashed_run_reads_back_stats_only(tmp_path):
 
 
 def test_repeated_names_get_call_index(tmp_path):
-    d = _write(tmp_path, [("blk", torch.ones(1)), ("blk", torch.ones(1) * 2), ("blk", torch.ones(1) * 3)],
-               full=("blk",))
+    d = _write(
+        tmp_path,
+        [("blk", torch.ones(1)), ("blk", torch.ones(1) * 2), ("blk", torch.ones(1) * 3)],
+        full=("blk",),
+    )
     t = trace.load_trace(d)
     assert t.names == ["blk", "blk#1", "blk#2"]
     assert [t.stats(n)["call"] for n in t.names] == [0, 1, 2]
@@ -229,7 +238,9 @@ def test_run_dir_and_bad_path(tmp_path):
 
 
 @pytest.mark.golden
-@pytest.mark.parametrize("case", golden_cases("e2e") + golden_cases("dit") + golden_cases("audio"), ids=str)
+@pytest.mark.parametrize(
+    "case", golden_cases("e2e") + golden_cases("dit") + golden_cases("audio"), ids=str
+)
 def test_golden_case_as_trace(golden, case):
     c = get_case(golden, case)
     for source in (c.file(f"{c.name}.json"), c.file(f"{c.name}.safetensors"), golden.root / c.name):
@@ -277,13 +288,18 @@ def test_trace_from_memory_recorder():
 @pytest.mark.parametrize("background", [True, False])
 def test_in_place_changes_after_point_do_not_leak_into_the_trace(tmp_path, background):
     x = torch.ones(4)
-    with trace.TraceWriter(tmp_path / "t", level="full", background=background) as tw, trace.recording(tw):
+    with (
+        trace.TraceWriter(tmp_path / "t", level="full", background=background) as tw,
+        trace.recording(tw),
+    ):
         trace.point("x", x)
         x.add_(41)
         trace.point("x", x)
     t = trace.load_trace(tmp_path / "t")
     assert t.stats("x")["mean"] == 1.0 and t.stats("x#1")["mean"] == 42.0
-    assert torch.equal(t.tensor("x"), torch.ones(4)) and torch.equal(t.tensor("x#1"), torch.full((4,), 42.0))
+    assert torch.equal(t.tensor("x"), torch.ones(4)) and torch.equal(
+        t.tensor("x#1"), torch.full((4,), 42.0)
+    )
 
 
 def test_writer_thread_errors_reach_the_caller(tmp_path, monkeypatch):
@@ -299,7 +315,10 @@ def test_writer_thread_errors_reach_the_caller(tmp_path, monkeypatch):
 
 def test_bounded_queue_still_records_everything(tmp_path):
     pts = [(f"p{i}", torch.full((4096,), float(i))) for i in range(20)]  # 16 KB each
-    with trace.TraceWriter(tmp_path / "t", background=True, max_queue_mb=0.02) as tw, trace.recording(tw):
+    with (
+        trace.TraceWriter(tmp_path / "t", background=True, max_queue_mb=0.02) as tw,
+        trace.recording(tw),
+    ):
         for n, x in pts:
             trace.point(n, x)
     t = trace.load_trace(tmp_path / "t")
@@ -319,32 +338,64 @@ def test_include_limits_the_points(tmp_path):
         trace.point("e2e.clip0.x0", torch.ones(1))
         trace.point("e2e.clip0.x0", torch.ones(1))
     t = trace.load_trace(tmp_path / "t")
-    assert t.names == ["e2e.clip0.x0", "e2e.clip0.x0#1"] and [t.stats(n)["i"] for n in t.names] == [0, 1]
+    assert t.names == ["e2e.clip0.x0", "e2e.clip0.x0#1"] and [t.stats(n)["i"] for n in t.names] == [
+        0,
+        1,
+    ]
 
 
 def test_include_exclusions_last_match_decides_and_full_is_always_recorded(tmp_path):
     include = ("e2e.*", "!*.dit.*", "e2e.*.dit.out")
-    with trace.TraceWriter(tmp_path / "t", include=include, full=("*.vae.decode.out",)) as tw, \
-            trace.recording(tw):
-        for name in ("e2e.clip0.step0.dit.block0.out", "e2e.clip0.step0.dit.out",
-                     "e2e.clip0.step0.cond", "e2e.clip0.vae.decode.out", "audio.embedding"):
+    with (
+        trace.TraceWriter(tmp_path / "t", include=include, full=("*.vae.decode.out",)) as tw,
+        trace.recording(tw),
+    ):
+        for name in (
+            "e2e.clip0.step0.dit.block0.out",
+            "e2e.clip0.step0.dit.out",
+            "e2e.clip0.step0.cond",
+            "e2e.clip0.vae.decode.out",
+            "audio.embedding",
+        ):
             trace.point(name, torch.ones(2))
     t = trace.load_trace(tmp_path / "t")
-    assert t.names == ["e2e.clip0.step0.dit.out", "e2e.clip0.step0.cond", "e2e.clip0.vae.decode.out"]
+    assert t.names == [
+        "e2e.clip0.step0.dit.out",
+        "e2e.clip0.step0.cond",
+        "e2e.clip0.vae.decode.out",
+    ]
     assert [n for n in t.names if t.has_tensor(n)] == ["e2e.clip0.vae.decode.out"]
 
 
 def test_from_config_default_include_leaves_network_internals_out(tmp_path):
     from mtlib.config import load_config
 
-    names = ("e2e.clip0.step0.dit.block0.out", "e2e.clip0.vae.encode.in", "e2e.clip0.step0.cond",
-             "e2e.t5.call0.out", "audio.embedding", "image.b480.cond", "output.video", "dit.out")
+    names = (
+        "e2e.clip0.step0.dit.block0.out",
+        "e2e.clip0.vae.encode.in",
+        "e2e.clip0.step0.cond",
+        "e2e.t5.call0.out",
+        "audio.embedding",
+        "image.b480.cond",
+        "output.video",
+        "dit.out",
+    )
     cfg = load_config("tiny")
     for level, full, stored, extra in (
         ("stats", (), [], []),
         ("stats", ("e2e.*.dit.block0.*",), [], ["e2e.clip0.step0.dit.block0.out"]),
-        ("full", (), ["e2e.clip0.step0.cond", "e2e.t5.call0.out", "audio.embedding",
-                      "image.b480.cond", "output.video"], []),
+        (
+            "full",
+            (),
+            [
+                "e2e.clip0.step0.cond",
+                "e2e.t5.call0.out",
+                "audio.embedding",
+                "image.b480.cond",
+                "output.video",
+            ],
+            [],
+        ),
     ):
         c = cfg.replace(**{"trace.level": level, "trace.full": list(full)})
         d = tmp_path / f"{level}{len(full)}"
@@ -352,11 +403,19 @@ def test_from_config_default_include_leaves_network_internals_out(tmp_path):
             for name in names:
                 trace.point(name, torch.ones(2))
         t = trace.load_trace(d)
-        assert t.names == extra + ["e2e.clip0.step0.cond", "e2e.t5.call0.out", "audio.embedding",
-                                   "image.b480.cond", "output.video"]
+        assert t.names == extra + [
+            "e2e.clip0.step0.cond",
+            "e2e.t5.call0.out",
+            "audio.embedding",
+            "image.b480.cond",
+            "output.video",
+        ]
         assert [n for n in t.names if t.has_tensor(n)] == stored
         assert t.meta["config"]["trace"]["level"] == level
-    assert trace.TraceWriter.from_config(tmp_path / "off", cfg.replace(**{"trace.level": "off"}).trace) is None
+    assert (
+        trace.TraceWriter.from_config(tmp_path / "off", cfg.replace(**{"trace.level": "off"}).trace)
+        is None
+    )
 
 
 def test_a_failed_generate_video_leaves_a_readable_trace_marked_failed(tmp_path, monkeypatch):
@@ -372,8 +431,13 @@ def test_a_failed_generate_video_leaves_a_readable_trace_marked_failed(tmp_path,
     monkeypatch.setattr(generation, "preprocess_inputs", broken_preprocess)
     cfg = load_config("tiny", {"generation.frame_num": 13})
     with pytest.raises(RuntimeError, match="disk full"):
-        generation.generate_video(cfg, tmp_path / "v.mp4", trace_dir=tmp_path / "trace",
-                                  progress=False, models=types.SimpleNamespace(audio_encoder=None))
+        generation.generate_video(
+            cfg,
+            tmp_path / "v.mp4",
+            trace_dir=tmp_path / "trace",
+            progress=False,
+            models=types.SimpleNamespace(audio_encoder=None),
+        )
     t = trace.load_trace(tmp_path / "trace")
     assert t.names == ["audio.raw16k"] and t.meta["status"] == "failed: RuntimeError"
     assert not (tmp_path / "v.mp4").exists()

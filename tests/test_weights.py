@@ -127,7 +127,9 @@ def test_pth_header_refuses_code_in_the_pickle(tmp_path):
     with zipfile.ZipFile(good) as zin, zipfile.ZipFile(p, "w") as zout:
         for i in zin.infolist():
             evil = pickle.dumps({"w": Evil()}, protocol=2)
-            zout.writestr(i.filename, evil if i.filename.endswith("data.pkl") else zin.read(i.filename))
+            zout.writestr(
+                i.filename, evil if i.filename.endswith("data.pkl") else zin.read(i.filename)
+            )
     h = W.read_pth_header(p)
     assert h.problem is not None and h.problem.kind == "corrupt"
     assert "posix.system" in h.problem.message or "os.system" in h.problem.message

@@ -62,7 +62,9 @@ def test_is_interactive_follows_the_kernels_stdin(monkeypatch):
 
 
 def test_plan_view_slider_shows_violation_and_fix_button_repairs_it():
-    v = W.plan_view("tiny", image_size=(480, 832), audio_seconds=1.79, frame_num=41, interactive=True)
+    v = W.plan_view(
+        "tiny", image_size=(480, 832), audio_seconds=1.79, frame_num=41, interactive=True
+    )
     assert v.interactive and v.widget is not None
     assert v.rendered.data["valid"] is True
     assert v.rendered.data["violations"] == []
@@ -74,7 +76,10 @@ def test_plan_view_slider_shows_violation_and_fix_button_repairs_it():
     assert r.data["violations"] == ["frame_num_4n_plus_1"]
     assert "<span class='mtl-rule hit'>frame_num_4n_plus_1</span>" in r.html
     assert "<span class='mtl-rule'>audio_longer_than_frame_num</span>" in r.html
-    assert "RuntimeError: shape &#x27;[1, 11, 4, 12, 6]&#x27; is invalid for input of size 3312" in r.html
+    assert (
+        "RuntimeError: shape &#x27;[1, 11, 4, 12, 6]&#x27; is invalid for input of size 3312"
+        in r.html
+    )
     labels = [b.description for b in v.fix_buttons]
     assert labels == ["apply fix: frame_num = 41", "apply fix: frame_num auto + pad audio"]
 
@@ -88,7 +93,9 @@ def test_plan_view_slider_shows_violation_and_fix_button_repairs_it():
 
 
 def test_plan_view_second_fix_switches_to_auto_and_pad():
-    v = W.plan_view("tiny", image_size=(480, 832), audio_seconds=1.79, frame_num=43, interactive=True)
+    v = W.plan_view(
+        "tiny", image_size=(480, 832), audio_seconds=1.79, frame_num=43, interactive=True
+    )
     before = v.renders
     v.fix_buttons[1].click()
     assert v.renders == before + 1  # two controls changed, one render
@@ -99,8 +106,14 @@ def test_plan_view_second_fix_switches_to_auto_and_pad():
 
 
 def test_plan_view_audio_and_motion_rules():
-    v = W.plan_view("tiny", image_size=(480, 832), audio_seconds=1.79, frame_num=45,
-                    short_audio="error", interactive=True)
+    v = W.plan_view(
+        "tiny",
+        image_size=(480, 832),
+        audio_seconds=1.79,
+        frame_num=45,
+        short_audio="error",
+        interactive=True,
+    )
     assert v.rendered.data["violations"] == ["audio_longer_than_frame_num"]
     assert [f.changes for f in v.rendered.data["fixes"]] == [
         {"frame_num": 41, "frame_num_auto": False},
@@ -126,7 +139,9 @@ def test_plan_view_audio_and_motion_rules():
 
 
 def test_plan_view_headless_equals_render_and_builds_no_widget():
-    v = W.plan_view("tiny", image_size=(480, 832), audio_seconds=1.79, frame_num=43, interactive=False)
+    v = W.plan_view(
+        "tiny", image_size=(480, 832), audio_seconds=1.79, frame_num=43, interactive=False
+    )
     assert v.widget is None and v.controls == {}
     again = W.render_plan(v.state)
     assert v.rendered.text == again.text
@@ -143,7 +158,9 @@ def test_plan_view_reads_image_header_and_config_audio():
 
 
 def test_plan_view_audio_files_give_the_durations():
-    v = W.plan_view("tiny", image_size=(640, 360), audio=[str(DATA / "speech_5s.wav")], interactive=False)
+    v = W.plan_view(
+        "tiny", image_size=(640, 360), audio=[str(DATA / "speech_5s.wav")], interactive=False
+    )
     assert v.state["audio_seconds"] == pytest.approx(5.0) and v.state["audio_seconds_b"] == 0.0
     assert v.rendered.data["frame_num"] == 81  # clip mode, auto: capped at one 81-frame clip
 
@@ -151,7 +168,9 @@ def test_plan_view_audio_files_give_the_durations():
 def test_plan_view_headless_shows_static_content(capsys, monkeypatch):
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda obj, **kw: shown.append(obj))
-    v = W.plan_view("tiny", image_size=(480, 832), audio_seconds=1.79, frame_num=41, interactive=False)
+    v = W.plan_view(
+        "tiny", image_size=(480, 832), audio_seconds=1.79, frame_num=41, interactive=False
+    )
     v._ipython_display_()
     # the HTML with the plain-text plan beside it (for logs), then the frame-grouping figure
     assert shown[0] == {"text/html": v.rendered.html, "text/plain": v.rendered.text}
@@ -162,8 +181,9 @@ def test_plan_view_headless_shows_static_content(capsys, monkeypatch):
 
 
 def test_preprocessing_view_redraws_on_bucket_and_speakers():
-    v = W.preprocessing_view(str(DATA / "portrait.png"), str(DATA / "speech_1p79s.wav"),
-                             buckets="tiny", interactive=True)
+    v = W.preprocessing_view(
+        str(DATA / "portrait.png"), str(DATA / "speech_1p79s.wav"), buckets="tiny", interactive=True
+    )
     d = v.rendered.data
     assert d["bucket"] == "2.00" and d["target_hw"] == (96, 48)
     assert d["persons"] == 1 and d["track_samples"] == [28640] and d["embedding_frames"] == [44]
@@ -183,26 +203,39 @@ def test_preprocessing_view_redraws_on_bucket_and_speakers():
 
 
 def test_preprocessing_view_bad_path_shows_the_error_in_place():
-    v = W.preprocessing_view(str(DATA / "portrait.png"), str(DATA / "speech_1p79s.wav"), interactive=True)
+    v = W.preprocessing_view(
+        str(DATA / "portrait.png"), str(DATA / "speech_1p79s.wav"), interactive=True
+    )
     v.controls["image"].value = "no/such/image.png"
     assert v.rendered.data["error"] == (
-        "InputError: image 'no/such/image.png': file not found. Fix: pass an existing path.")
+        "InputError: image 'no/such/image.png': file not found. Fix: pass an existing path."
+    )
     assert v.rendered.figures == []
 
 
 def test_preprocessing_upload_writes_a_file_and_selects_it():
-    v = W.preprocessing_view(str(DATA / "portrait.png"), str(DATA / "speech_1p79s.wav"), interactive=True)
+    v = W.preprocessing_view(
+        str(DATA / "portrait.png"), str(DATA / "speech_1p79s.wav"), interactive=True
+    )
     content = (DATA / "landscape_16x9.png").read_bytes()
     up = v.uploads[0]
-    up.value = ({"name": "mine.png", "type": "image/png", "size": len(content),
-                 "content": memoryview(content),
-                 "last_modified": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)},)
+    up.value = (
+        {
+            "name": "mine.png",
+            "type": "image/png",
+            "size": len(content),
+            "content": memoryview(content),
+            "last_modified": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
+        },
+    )
     assert v.controls["image"].value.endswith("mine.png")
     assert v.rendered.data["src_hw"] == (360, 640)
 
 
 def test_preprocessing_headless_equals_render():
-    v = W.preprocessing_view(str(DATA / "portrait.png"), str(DATA / "speech_1p79s.wav"), interactive=False)
+    v = W.preprocessing_view(
+        str(DATA / "portrait.png"), str(DATA / "speech_1p79s.wav"), interactive=False
+    )
     again = W.render_preprocessing(v.state)
     assert v.widget is None
     assert v.rendered.text == again.text and v.rendered.data == again.data
@@ -218,8 +251,12 @@ def test_preprocessing_embedding_with_an_encoder():
             n = int(len(x) / 16000 * 25)
             return torch.arange(n * 2 * 3, dtype=torch.float32).reshape(n, 2, 3)
 
-    v = W.preprocessing_view(str(DATA / "portrait.png"), str(DATA / "speech_1p79s.wav"),
-                             audio_encoder=FakeEncoder(), interactive=False)
+    v = W.preprocessing_view(
+        str(DATA / "portrait.png"),
+        str(DATA / "speech_1p79s.wav"),
+        audio_encoder=FakeEncoder(),
+        interactive=False,
+    )
     assert v.rendered.data["embedding_shapes"] == [(44, 2, 3)]
     assert len(v.rendered.figures) == 3
 
@@ -245,8 +282,17 @@ def _write_run(tmp_path, steps=3):
         lat = torch.full((1, 4, 3, 2, 2), float(s)) + 10 * torch.arange(3.0).reshape(1, 1, 3, 1, 1)
         name = f"e2e.clip0.step{s}.latent_in"
         tensors[name] = lat
-        lines.append({"i": s, "name": name, "base": name, "call": 0, "shape": list(lat.shape),
-                      "dtype": "float32", "shard": "tensors-00000.safetensors"})
+        lines.append(
+            {
+                "i": s,
+                "name": name,
+                "base": name,
+                "call": 0,
+                "shape": list(lat.shape),
+                "dtype": "float32",
+                "shard": "tensors-00000.safetensors",
+            }
+        )
     save_file(tensors, str(tdir / "tensors-00000.safetensors"))
     (tdir / "index.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     return run
@@ -300,9 +346,11 @@ class FakeComparison:
     def __init__(self, a, b):
         self.a, self.b = a, b
         bad = "b" in str(b)
-        self.rows = [_Row(name="x", mode="tensor", failed=False),
-                     _Row(name="y", mode="tensor", failed=bad),
-                     _Row(name="z", mode="tensor", failed=False)]
+        self.rows = [
+            _Row(name="x", mode="tensor", failed=False),
+            _Row(name="y", mode="tensor", failed=bad),
+            _Row(name="z", mode="tensor", failed=False),
+        ]
         self.plotted = []
 
     @property
@@ -343,7 +391,9 @@ def test_compare_view_with_a_fake_comparison(tmp_path):
         made.append((a, b))
         return FakeComparison(a, b)
 
-    v = W.compare_view(str(tmp_path / "a"), str(tmp_path / "a2"), comparer=comparer, interactive=True)
+    v = W.compare_view(
+        str(tmp_path / "a"), str(tmp_path / "a2"), comparer=comparer, interactive=True
+    )
     assert v.rendered.data["first_divergence"] is None
     assert v.rendered.data["point"] == "z"  # no divergence: the last tensor point
     v.controls["run_b"].value = str(tmp_path / "b")
@@ -353,7 +403,9 @@ def test_compare_view_with_a_fake_comparison(tmp_path):
     v.controls["point"].value = "x"
     assert v.rendered.data["point"] == "x"
     assert len(made) == 2  # a point change re-uses the comparison
-    h = W.compare_view(str(tmp_path / "a"), str(tmp_path / "b"), comparer=comparer, interactive=False)
+    h = W.compare_view(
+        str(tmp_path / "a"), str(tmp_path / "b"), comparer=comparer, interactive=False
+    )
     assert h.rendered.text == W.render_compare(h.state).text
     assert "first divergence y" in h.rendered.text
 
@@ -361,7 +413,9 @@ def test_compare_view_with_a_fake_comparison(tmp_path):
 def test_compare_view_reuses_a_given_comparison():
     made = []
     given = FakeComparison("a", "b")
-    v = W.compare_view("a", "b", comparison=given, comparer=lambda a, b: made.append(1), interactive=False)
+    v = W.compare_view(
+        "a", "b", comparison=given, comparer=lambda a, b: made.append(1), interactive=False
+    )
     assert made == [] and v.rendered.data["first_divergence"] == "y"
 
 
@@ -372,6 +426,7 @@ def test_compare_view_needs_two_runs():
 
 def test_compare_view_with_mtlib_compare(tmp_path):
     from mtlib.inspect import compare
+
     a, b = compare.demo_traces(tmp_path)
     v = W.compare_view(str(a), str(b), interactive=True)
     want = compare.compare(str(a), str(b))

@@ -57,7 +57,9 @@ def install(py: str, *reqs: str) -> None:
 def versions(py: str) -> dict[str, str]:
     out = subprocess.run(
         [py, "-m", "pip", "list", "--format", "json", "--disable-pip-version-check"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return {canon(p["name"]): p["version"] for p in json.loads(out)}
 
@@ -78,8 +80,19 @@ def main(argv: list[str]) -> int:
     print("newest stack:", ", ".join(f"{n} {before[canon(n)]}" for n in ["torch", *NEWEST]))
 
     report_path = VENV / "mtlib-dry-run.json"
-    sh(py, "-m", "pip", "install", "--disable-pip-version-check", "-q", "--dry-run",
-       "--report", str(report_path), "-e", f"{ROOT}[{EXTRAS}]")
+    sh(
+        py,
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "-q",
+        "--dry-run",
+        "--report",
+        str(report_path),
+        "-e",
+        f"{ROOT}[{EXTRAS}]",
+    )
     from packaging.version import Version
 
     report = json.loads(report_path.read_text())
@@ -92,16 +105,20 @@ def main(argv: list[str]) -> int:
             changed.append((name, before[name], ver, Version(ver) < Version(before[name])))
         else:
             added.append(f"{name}=={ver}")
-    print(f"dry run (pip install -e .[{EXTRAS}]): {len(added)} packages added, "
-          f"{len(changed)} already-installed packages changed")
+    print(
+        f"dry run (pip install -e .[{EXTRAS}]): {len(added)} packages added, "
+        f"{len(changed)} already-installed packages changed"
+    )
     for name, old, new, down in changed:
         print(f"  {'DOWNGRADE' if down else 'upgrade'} {name} {old} -> {new}")
     kept = [n for n in ["torch", *NEWEST] if canon(n) not in {c[0] for c in changed}]
     print("  kept as they were:", ", ".join(f"{n} {before[canon(n)]}" for n in kept))
     downgrades = [c for c in changed if c[3]]
     if downgrades:
-        print("FAIL: installing mtlib would downgrade " + ", ".join(
-            f"{n} {o} -> {v}" for n, o, v, _ in downgrades))
+        print(
+            "FAIL: installing mtlib would downgrade "
+            + ", ".join(f"{n} {o} -> {v}" for n, o, v, _ in downgrades)
+        )
         return 1
 
     # what pip's dry run listed, plus the test tools
@@ -114,7 +131,8 @@ def main(argv: list[str]) -> int:
     env = dict(os.environ, MTLIB_VERSIONS_NOTE="newest-stack")
     rc = subprocess.run(
         [py, "-m", "pytest", *TESTS, "-q", "-p", "no:cacheprovider", "-m", "not slow"],
-        cwd=ROOT, env=env,
+        cwd=ROOT,
+        env=env,
     ).returncode
     print(f"newest-stack check: pytest rc {rc}, {time.perf_counter() - t0:.0f} s in all")
     if "--keep" not in argv and rc == 0:

@@ -53,11 +53,15 @@ def dit_flops_per_pass(cfg, shape: DitShape, persons: int | None = None) -> dict
     audio_tokens = cfg.context_tokens * P
     lin = (
         2 * L * D * D * 4  # self-attn q k v o
-        + 2 * L * D * D * 2 + 2 * (ctx_txt + ctx_img) * D * D * 2  # cross-attn q o, k v (+img)
+        + 2 * L * D * D * 2
+        + 2 * (ctx_txt + ctx_img) * D * D * 2  # cross-attn q o, k v (+img)
         + 2 * L * D * F * 2  # FFN
-        + 2 * L * D * D * 2 + 2 * T * audio_tokens * cfg.output_dim * 2 * D  # audio q/proj, kv
+        + 2 * L * D * D * 2
+        + 2 * T * audio_tokens * cfg.output_dim * 2 * D  # audio q/proj, kv
     )
-    attn = 4 * L * L * D + 4 * L * (ctx_txt + ctx_img) * D + 4 * L * audio_tokens * D + 2 * L * S * D
+    attn = (
+        4 * L * L * D + 4 * L * (ctx_txt + ctx_img) * D + 4 * L * audio_tokens * D + 2 * L * S * D
+    )
     n = cfg.num_layers
     return {"linear": lin * n, "attention": attn * n, "total": (lin + attn) * n}
 
@@ -117,17 +121,32 @@ def dit_inputs(cfg, shape: DitShape, device, dtype):
 
 def denoise_step(model, inp) -> object:
     """The three guidance passes of one step, as the reference runs them."""
-    common = dict(clip_fea=inp["clip_fea"], y=inp["y"], ref_target_masks=inp["ref_target_masks"],
-                  seq_len=inp["seq_len"])
+    common = dict(
+        clip_fea=inp["clip_fea"],
+        y=inp["y"],
+        ref_target_masks=inp["ref_target_masks"],
+        seq_len=inp["seq_len"],
+    )
     cond = model(inp["latent"], inp["t"], context=inp["context"], audio=inp["audio"], **common)
-    drop_text = model(inp["latent"], inp["t"], context=inp["context_null"], audio=inp["audio"], **common)
-    uncond = model(inp["latent"], inp["t"], context=inp["context_null"], audio=inp["audio_null"], **common)
+    drop_text = model(
+        inp["latent"], inp["t"], context=inp["context_null"], audio=inp["audio"], **common
+    )
+    uncond = model(
+        inp["latent"], inp["t"], context=inp["context_null"], audio=inp["audio_null"], **common
+    )
     return uncond + 5.0 * (cond - drop_text) + 4.0 * (drop_text - uncond)
 
 
-def bench_dit(shape: DitShape, steps: int = 2, config: str = "multitalk-14b", offload: bool = False,
-              compile_blocks: bool = False, backend: str = "default", fp8: bool = False,
-              attn: str = "sdpa") -> dict:
+def bench_dit(
+    shape: DitShape,
+    steps: int = 2,
+    config: str = "multitalk-14b",
+    offload: bool = False,
+    compile_blocks: bool = False,
+    backend: str = "default",
+    fp8: bool = False,
+    attn: str = "sdpa",
+) -> dict:
     import torch
 
     from mtlib.models.dit import CONFIGS, build_dit
@@ -184,15 +203,24 @@ def bench_dit(shape: DitShape, steps: int = 2, config: str = "multitalk-14b", of
     bound = next((v for k, v in MATMUL_BOUND_TFLOPS.items() if k in name), 776.0)
     tflops = step_flops / step_s / 1e12
     return {
-        "seq_len": shape.seq_len, "build_s": round(build_s, 2), "warmup_step_s": round(warm_s, 3),
-        "step_s": round(step_s, 3), "pass_s": round(step_s / 3, 3),
+        "seq_len": shape.seq_len,
+        "build_s": round(build_s, 2),
+        "warmup_step_s": round(warm_s, 3),
+        "step_s": round(step_s, 3),
+        "pass_s": round(step_s / 3, 3),
         "step_pflop": round(step_flops / 1e15, 3),
         "linear_pflop_per_pass": round(flops["linear"] / 1e15, 3),
         "attention_pflop_per_pass": round(flops["attention"] / 1e15, 3),
-        "achieved_tflops": round(tflops, 1), "matmul_bound_tflops": bound,
+        "achieved_tflops": round(tflops, 1),
+        "matmul_bound_tflops": bound,
         "bound_step_s": round(step_flops / bound / 1e12, 3),
-        "fraction_of_bound": round(tflops / bound, 3), "peak_gb": round(peak, 2),
-        "output_finite": finite, "offload": offload, "compiled": compile_blocks, "sdpa": backend, "fp8": fp8,
+        "fraction_of_bound": round(tflops / bound, 3),
+        "peak_gb": round(peak, 2),
+        "output_finite": finite,
+        "offload": offload,
+        "compiled": compile_blocks,
+        "sdpa": backend,
+        "fp8": fp8,
         "self_attention": attn,
     }
 
@@ -206,8 +234,12 @@ def attention_backend(name: str):
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-             SDPBackend.MATH]
+    order = [
+        SDPBackend.CUDNN_ATTENTION,
+        SDPBackend.FLASH_ATTENTION,
+        SDPBackend.EFFICIENT_ATTENTION,
+        SDPBackend.MATH,
+    ]
     return sdpa_kernel(order, set_priority=True)
 
 
@@ -232,13 +264,23 @@ def bench_deviation(shape: DitShape, config: str = "multitalk-14b", layers: int 
     random_init_(ref)
     ref.eval().requires_grad_(False)
     inp32 = dit_inputs(cfg, shape, dev, torch.float32)
-    inp16 = {k: (v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() and k not in (
-        "latent", "t", "ref_target_masks") else v) for k, v in inp32.items()}
+    inp16 = {
+        k: (
+            v.to(torch.bfloat16)
+            if torch.is_tensor(v)
+            and v.is_floating_point()
+            and k not in ("latent", "t", "ref_target_masks")
+            else v
+        )
+        for k, v in inp32.items()
+    }
 
     def metrics(a, b):
         a, b = a.double().flatten(), b.double().flatten()
-        return {"cosine": round(torch.nn.functional.cosine_similarity(a, b, dim=0).item(), 6),
-                "rel_l2": round(((a - b).norm() / b.norm()).item(), 6)}
+        return {
+            "cosine": round(torch.nn.functional.cosine_similarity(a, b, dim=0).item(), 6),
+            "rel_l2": round(((a - b).norm() / b.norm()).item(), 6),
+        }
 
     with torch.inference_mode(), attention_backend("cudnn"):
         exact = denoise_step(ref, inp32)
@@ -261,15 +303,26 @@ def bench_deviation(shape: DitShape, config: str = "multitalk-14b", layers: int 
             set_attention_kernel(model, "triton-fp8")
             fp8_attn = denoise_step(model, inp16)
     plain_err, fast_err = metrics(plain, exact), metrics(fast, exact)
-    rec = {"layers": layers, "plain_vs_fp32": plain_err, "fast_vs_fp32": fast_err,
-           "fast_vs_plain": metrics(fast, plain), "fp8_vs_fp32": metrics(fp8, exact),
-           "fp8_vs_plain": metrics(fp8, plain),
-           "passed": fast_err["rel_l2"] <= 1.1 * plain_err["rel_l2"] + 1e-4}
+    rec = {
+        "layers": layers,
+        "plain_vs_fp32": plain_err,
+        "fast_vs_fp32": fast_err,
+        "fast_vs_plain": metrics(fast, plain),
+        "fp8_vs_fp32": metrics(fp8, exact),
+        "fp8_vs_plain": metrics(fp8, plain),
+        "passed": fast_err["rel_l2"] <= 1.1 * plain_err["rel_l2"] + 1e-4,
+    }
     if triton_ok:  # the Triton bf16 self-attention must pass the same test as the fast path
         tri_err = metrics(fast_triton, exact)
-        rec.update({"fast_triton_vs_fp32": tri_err, "fast_triton_vs_plain": metrics(fast_triton, plain),
-                    "fp8_attn_vs_fp32": metrics(fp8_attn, exact), "fp8_attn_vs_plain": metrics(fp8_attn, plain),
-                    "triton_passed": tri_err["rel_l2"] <= 1.1 * plain_err["rel_l2"] + 1e-4})
+        rec.update(
+            {
+                "fast_triton_vs_fp32": tri_err,
+                "fast_triton_vs_plain": metrics(fast_triton, plain),
+                "fp8_attn_vs_fp32": metrics(fp8_attn, exact),
+                "fp8_attn_vs_plain": metrics(fp8_attn, plain),
+                "triton_passed": tri_err["rel_l2"] <= 1.1 * plain_err["rel_l2"] + 1e-4,
+            }
+        )
     return rec
 
 
@@ -281,7 +334,9 @@ def _timed_any(cuda: bool, fn):
     return time.perf_counter() - t0, out
 
 
-def bench_vae(frames: int = 81, height: int = 448, width: int = 896, config: str = "multitalk-14b") -> dict:
+def bench_vae(
+    frames: int = 81, height: int = 448, width: int = 896, config: str = "multitalk-14b"
+) -> dict:
     import torch
 
     from mtlib.models.vae import CONFIGS, CausalVAE
@@ -304,7 +359,13 @@ def bench_vae(frames: int = 81, height: int = 448, width: int = 896, config: str
         torch.cuda.reset_peak_memory_stats()
         dec_s, out = _timed(lambda: vae.decode(z))
         dec_peak = torch.cuda.max_memory_allocated() / 1e9
-    return {"frames": frames, "size": [height, width], "latent": list(z.shape),
-            "encode_s": round(enc_s, 3), "decode_s": round(dec_s, 3),
-            "encode_peak_gb": round(enc_peak, 2), "decode_peak_gb": round(dec_peak, 2),
-            "output": list(out.shape)}
+    return {
+        "frames": frames,
+        "size": [height, width],
+        "latent": list(z.shape),
+        "encode_s": round(enc_s, 3),
+        "decode_s": round(dec_s, 3),
+        "encode_peak_gb": round(enc_peak, 2),
+        "decode_peak_gb": round(dec_peak, 2),
+        "output": list(out.shape),
+    }

@@ -32,7 +32,9 @@ def set_attention_kernel(model: MultiTalkDiT, kernel: str, device=None) -> Multi
     `device`: where the blocks compute (default: where the parameters are; give it with
     block offload, whose weights live on the host)."""
     if kernel not in ATTENTION_KERNELS:
-        raise ValueError(f"attention kernel must be one of {', '.join(ATTENTION_KERNELS)}; got {kernel!r}")
+        raise ValueError(
+            f"attention kernel must be one of {', '.join(ATTENTION_KERNELS)}; got {kernel!r}"
+        )
     if kernel != "sdpa":
         from mtlib.kernels.attention import available, head_dim_ok, min_head_dim
 

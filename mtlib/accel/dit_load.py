@@ -192,7 +192,9 @@ def park_on_host(block: nn.Module) -> int:
             m._buffers[n] = host
         off += size
     block._host_buffer = buf  # keep the registration alive with the block
-    block._parked = True  # mtlib.accel.offload streams these tensors as they are (no second pinned copy)
+    block._parked = (
+        True  # mtlib.accel.offload streams these tensors as they are (no second pinned copy)
+    )
     return off
 
 

@@ -28,8 +28,11 @@ class FP8Linear(nn.Module):
         scale = (w.abs().amax(dim=1, keepdim=True) / E4M3_MAX).clamp(min=1e-12)  # [N, 1]
         self.register_buffer("weight_fp8", (w / scale).to(torch.float8_e4m3fn))  # [N, K]
         self.register_buffer("weight_scale", scale.t().contiguous())  # [1, N] fp32
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(torch.bfloat16),
-                                                                  requires_grad=False)
+        self.bias = (
+            None
+            if linear.bias is None
+            else nn.Parameter(linear.bias.detach().to(torch.bfloat16), requires_grad=False)
+        )
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -37,8 +40,14 @@ class FP8Linear(nn.Module):
         x2 = x.reshape(-1, self.in_features)  # [M, K]
         x_scale = (x2.abs().amax(dim=1, keepdim=True).float() / E4M3_MAX).clamp(min=1e-12)  # [M, 1]
         x_fp8 = (x2.float() / x_scale).to(torch.float8_e4m3fn)
-        y = torch._scaled_mm(x_fp8, self.weight_fp8.t(), scale_a=x_scale, scale_b=self.weight_scale,
-                             bias=self.bias, out_dtype=torch.bfloat16)
+        y = torch._scaled_mm(
+            x_fp8,
+            self.weight_fp8.t(),
+            scale_a=x_scale,
+            scale_b=self.weight_scale,
+            bias=self.bias,
+            out_dtype=torch.bfloat16,
+        )
         return y.reshape(*lead, self.out_features)
 
 
@@ -49,8 +58,11 @@ def fp8_block(block: nn.Module) -> nn.Module:
 
     for module in list(block.modules()):
         for child_name, child in list(module.named_children()):
-            if (isinstance(child, nn.Linear | QuantLinear) and child.in_features % 16 == 0
-                    and child.out_features % 16 == 0):
+            if (
+                isinstance(child, nn.Linear | QuantLinear)
+                and child.in_features % 16 == 0
+                and child.out_features % 16 == 0
+            ):
                 setattr(module, child_name, FP8Linear(child))
     return block
 

@@ -53,7 +53,9 @@ class _Streamer:
     copy_stream: torch.cuda.Stream
     ready: list[torch.cuda.Event] = field(default_factory=list)  # slot filled
     free: list[torch.cuda.Event] = field(default_factory=list)  # slot no longer read
-    filled_with: list[int] = field(default_factory=list)  # streamed-block index in each slot (-1: none)
+    filled_with: list[int] = field(
+        default_factory=list
+    )  # streamed-block index in each slot (-1: none)
 
     def prefetch(self, i: int) -> None:
         """Start copying streamed block i's weights into its slot on the copy stream."""
@@ -111,7 +113,9 @@ def enable_block_offload(model: nn.Module, device: torch.device | str = "cuda", 
                 _set(block, name, t)
             pinned[name] = t
         host.append(pinned)
-    slot_bufs = [{n: torch.empty_like(t, device=device) for n, t in host[0].items()} for _ in range(slots)]
+    slot_bufs = [
+        {n: torch.empty_like(t, device=device) for n, t in host[0].items()} for _ in range(slots)
+    ]
     st = _Streamer(blocks, device, host, slot_bufs, torch.cuda.Stream(device))
     st.ready = [torch.cuda.Event() for _ in range(slots)]
     st.free = [torch.cuda.Event() for _ in range(slots)]

@@ -48,7 +48,10 @@ class DiTOptions:
         out = {
             "dit.blocks linears": f"{lin} [{src}]",
             "dit other weights": f"{other} [{src}]",
-            **{c: f"{component_dtype(self.precision, c)} [{src}]" for c in ("t5", "clip", "vae", "wav2vec2")},
+            **{
+                c: f"{component_dtype(self.precision, c)} [{src}]"
+                for c in ("t5", "clip", "vae", "wav2vec2")
+            },
         }
         if self.loras:
             out["loras"] = (

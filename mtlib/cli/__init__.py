@@ -15,15 +15,24 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("mtlib.cli.run", "execute the notebooks headless (papermill) into runs/<id>/"),
-    "env": ("mtlib.cli.env", "print the environment report (python, torch, GPU, attention backend)"),
-    "plan": ("mtlib.cli.plan", "plan every tensor shape of a run from file metadata; diagnose errors"),
+    "env": (
+        "mtlib.cli.env",
+        "print the environment report (python, torch, GPU, attention backend)",
+    ),
+    "plan": (
+        "mtlib.cli.plan",
+        "plan every tensor shape of a run from file metadata; diagnose errors",
+    ),
     "generate": ("mtlib.cli.generate", "generate a talking video (mp4 with sound)"),
     "compare": ("mtlib.cli.compare", "compare two traces / run directories tensor by tensor"),
     "setup": ("mtlib.cli.setup", "download, lay out and verify the checkpoints"),
     "bench": ("mtlib.cli.bench", "GPU benchmark of the real-size model with random weights"),
     "finish": ("mtlib.cli.finish", "write the mp4 of a run whose frames were kept (.rescue)"),
     "batch": ("mtlib.cli.batch", "run a jobs file (local / https / s3 inputs) into a folder or S3"),
-    "config": ("mtlib.cli.config", "make a run config (from-official: from a generate_multitalk.py command)"),
+    "config": (
+        "mtlib.cli.config",
+        "make a run config (from-official: from a generate_multitalk.py command)",
+    ),
 }
 
 

@@ -15,18 +15,34 @@ from mtlib.trace import load_trace
 
 
 def add_arguments_compare(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("a", help="trace dir (or its .tar.gz), run dir (with trace/), golden case .json, golden dir, "
-                                  "or <golden dir>/<case>")
+    parser.add_argument(
+        "a",
+        help="trace dir (or its .tar.gz), run dir (with trace/), golden case .json, golden dir, "
+        "or <golden dir>/<case>",
+    )
     parser.add_argument("b", help="the reference, same kinds as A")
     parser.add_argument("--report", metavar="HTML", help="write a self-contained HTML report here")
-    parser.add_argument("--tol", action="append", default=[], metavar="PATTERN=VALUE",
-                        help="tolerance override for points matching a glob (repeatable; last match wins), "
-                             "e.g. --tol 'e2e.*=1e-3'")
-    parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
-                        help="compare only points matching this glob (repeatable)")
+    parser.add_argument(
+        "--tol",
+        action="append",
+        default=[],
+        metavar="PATTERN=VALUE",
+        help="tolerance override for points matching a glob (repeatable; last match wins), "
+        "e.g. --tol 'e2e.*=1e-3'",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="compare only points matching this glob (repeatable)",
+    )
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
-    parser.add_argument("--allow-incomplete", action="store_true",
-                        help="compare a trace whose run did not complete (killed / failed)")
+    parser.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="compare a trace whose run did not complete (killed / failed)",
+    )
 
 
 def parse_tolerances(items: Iterable[str]) -> dict[str, float]:
@@ -38,8 +54,10 @@ def parse_tolerances(items: Iterable[str]) -> dict[str, float]:
         except ValueError:
             tol = -1.0
         if not sep or not pattern or not (tol >= 0):
-            raise InputError(f"--tol {item!r}: expected PATTERN=VALUE with VALUE a number >= 0, "
-                             "e.g. --tol 'vae.*=1e-3'.")
+            raise InputError(
+                f"--tol {item!r}: expected PATTERN=VALUE with VALUE a number >= 0, "
+                "e.g. --tol 'vae.*=1e-3'."
+            )
         out[pattern] = tol
     return out
 
@@ -70,8 +88,9 @@ def run_compare(args: argparse.Namespace) -> int:
     cmp = compare(a, b, tols, args.only or None)
     if args.json:
         doc = cmp.to_dict()
-        doc["settings_diff"] = [dict(section=s, key=k, a=va, b=vb)
-                                for s, k, va, vb in settings_diff(a.meta, b.meta)]
+        doc["settings_diff"] = [
+            dict(section=s, key=k, a=va, b=vb) for s, k, va, vb in settings_diff(a.meta, b.meta)
+        ]
         print(json.dumps(doc, indent=1, default=str))
     else:
         # what the runs were told to do, and where they ran, before any tensor

@@ -15,7 +15,6 @@ from mtlib.run.generation import generate_video, summary
 from mtlib.run.prepare import PlanError
 
 if TYPE_CHECKING:
-
     pass
 
 

@@ -15,7 +15,9 @@ from mtlib.plan.render import plan_table
 
 def add_arguments_plan(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", help="reference image (path or URL); only its header is read")
-    parser.add_argument("--audio", action="append", default=None, help="speech track (repeat for 2 speakers)")
+    parser.add_argument(
+        "--audio", action="append", default=None, help="speech track (repeat for 2 speakers)"
+    )
     parser.add_argument("--frame-num", default=None, help="frames per clip: 4n+1 or 'auto'")
     parser.add_argument("--size", choices=["multitalk-480", "multitalk-720"], default=None)
     parser.add_argument("--buckets", choices=["official", "tiny"], default=None)
@@ -23,9 +25,14 @@ def add_arguments_plan(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--short-audio", choices=["pad", "snap", "error"], default=None)
     parser.add_argument("--audio-type", choices=["para", "add"], default=None)
     parser.add_argument("--model", choices=sorted(MODEL_SIZES), default=None)
-    parser.add_argument("--config", default=None,
-                        help="preset name or YAML file (default: multitalk-480, the real model; tiny: the test model)")
-    parser.add_argument("--gpus", type=int, default=None, help="ranks of a sequence-parallel run (parallel.gpus)")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="preset name or YAML file (default: multitalk-480, the real model; tiny: the test model)",
+    )
+    parser.add_argument(
+        "--gpus", type=int, default=None, help="ranks of a sequence-parallel run (parallel.gpus)"
+    )
     parser.add_argument("--json", action="store_true", help="print ShapePlan.to_dict() as JSON")
 
 
@@ -39,10 +46,15 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.frame_num is not None:
         fn = args.frame_num
         overrides["generation.frame_num"] = fn if fn == "auto" else _int_arg(fn)
-    for key, val in (("model.size", args.size), ("model.buckets", args.buckets),
-                     ("generation.mode", args.mode), ("generation.short_audio", args.short_audio),
-                     ("inputs.audio_type", args.audio_type), ("model.name", args.model),
-                     ("parallel.gpus", args.gpus)):
+    for key, val in (
+        ("model.size", args.size),
+        ("model.buckets", args.buckets),
+        ("generation.mode", args.mode),
+        ("generation.short_audio", args.short_audio),
+        ("inputs.audio_type", args.audio_type),
+        ("model.name", args.model),
+        ("parallel.gpus", args.gpus),
+    ):
         if val is not None:
             overrides[key] = val
     if args.image is not None:
@@ -88,8 +100,12 @@ def _print_rich(p: ShapePlan) -> None:
             t.add_row(x.name, "[" + ", ".join(map(str, x.shape)) + "]", x.dtype)
         con.print(t)
     if p.valid:
-        con.print(f"VALID: seq_len {p.seq_len}, {len(p.clips)} clip(s), {p.output_frames} frames, "
-                  f"{p.flops_per_step / 1e15:.3f} PFLOP per step", markup=False, style="bold green")
+        con.print(
+            f"VALID: seq_len {p.seq_len}, {len(p.clips)} clip(s), {p.output_frames} frames, "
+            f"{p.flops_per_step / 1e15:.3f} PFLOP per step",
+            markup=False,
+            style="bold green",
+        )
         from mtlib.plan.parallel import parallel_lines
 
         for line in parallel_lines(p):

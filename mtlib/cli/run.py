@@ -11,16 +11,32 @@ from mtlib.run.notebooks import RunError, describe_run, run_notebooks
 
 
 def add_arguments_run(parser) -> None:
-    parser.add_argument("--config", default="configs/tiny.yaml",
-                        help="preset name (tiny, multitalk-480, multitalk-720) or YAML file")
+    parser.add_argument(
+        "--config",
+        default="configs/tiny.yaml",
+        help="preset name (tiny, multitalk-480, multitalk-720) or YAML file",
+    )
     parser.add_argument("--only", help="comma-separated notebook prefixes, e.g. 02,03")
-    parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. -p generation.seed=3 (repeatable)")
-    parser.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's, else this Python)")
-    parser.add_argument("--notebooks", help="notebook directory (default: the project's notebooks/)")
+    parser.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. -p generation.seed=3 (repeatable)",
+    )
+    parser.add_argument(
+        "--kernel", help="Jupyter kernel name (default: the notebook's, else this Python)"
+    )
+    parser.add_argument(
+        "--notebooks", help="notebook directory (default: the project's notebooks/)"
+    )
     parser.add_argument("--runs-dir", help="where run directories go (default: runs/)")
-    parser.add_argument("--official-dir", help="05_reference: an official MultiTalk checkout (with weights) "
-                        "to trace; without it 05 runs its demo reference (said in summary.txt)")
+    parser.add_argument(
+        "--official-dir",
+        help="05_reference: an official MultiTalk checkout (with weights) "
+        "to trace; without it 05 runs its demo reference (said in summary.txt)",
+    )
     parser.add_argument("--official-args", help="05_reference: the generate_multitalk.py arguments")
 
 
@@ -36,8 +52,15 @@ def run_run(args) -> int:
             from mtlib.reference.workflow import notebook_parameters
 
             extra["05_reference"] = notebook_parameters(official_dir, args.official_args)
-        result = run_notebooks(args.config, args.param, args.only, args.kernel, args.notebooks, args.runs_dir,
-                               notebook_parameters=extra)
+        result = run_notebooks(
+            args.config,
+            args.param,
+            args.only,
+            args.kernel,
+            args.notebooks,
+            args.runs_dir,
+            notebook_parameters=extra,
+        )
     except (ConfigError, ValueError) as e:
         print(f"mtlib run: {e}", file=sys.stderr)
         return 2

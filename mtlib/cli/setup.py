@@ -2,7 +2,6 @@
 `mtlib.weights`).
 """
 
-
 from __future__ import annotations
 
 import argparse
@@ -38,7 +37,8 @@ def add_arguments_setup(parser: argparse.ArgumentParser) -> None:
         "--verify", action="store_true", help="check every file (default when not downloading)"
     )
     parser.add_argument(
-        "--full", action="store_true",
+        "--full",
+        action="store_true",
         help="with --verify: also read every tensor and find NaN / inf (one read of all files)",
     )
     parser.add_argument(
@@ -87,7 +87,9 @@ def run_setup(args: argparse.Namespace) -> int:
         except ValueError as e:
             print(f"mtlib setup: {e}", file=sys.stderr)
             return 1
-        print(f"{args.lora} LoRA: {path}\nuse it: mtlib generate --config multitalk-480-{args.lora} --lora {path}:1.0 ...")
+        print(
+            f"{args.lora} LoRA: {path}\nuse it: mtlib generate --config multitalk-480-{args.lora} --lora {path}:1.0 ..."
+        )
         return 0
     try:
         if args.tiny:

@@ -226,7 +226,9 @@ class LiveCheck:
             r = rs[0]
             label = r.plan_name if collapse else r.name
             planned = "-" if r.planned is None else str(list(r.planned))
-            lines.append((label, planned, str(list(r.observed)), "pass" if r.ok else "FAIL", str(len(rs))))
+            lines.append(
+                (label, planned, str(list(r.observed)), "pass" if r.ok else "FAIL", str(len(rs)))
+            )
         for n in self.unplanned:
             lines.append((n, "not planned", "", "FAIL", "1"))
         head = ("tensor", "planned", "observed", "check", "offers")

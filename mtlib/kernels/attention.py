@@ -69,15 +69,25 @@ if HAVE_TRITON:
 
     def _configs():
         out = []
-        for bm, bn, warps, stages in [(128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 4, 3),
-                                      (128, 64, 8, 3), (64, 128, 4, 3), (128, 128, 4, 2),
-                                      (128, 64, 4, 4), (64, 64, 4, 4)]:
-            out.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages))
+        for bm, bn, warps, stages in [
+            (128, 128, 8, 2),
+            (128, 128, 8, 3),
+            (128, 64, 4, 3),
+            (128, 64, 8, 3),
+            (64, 128, 4, 3),
+            (128, 128, 4, 2),
+            (128, 64, 4, 4),
+            (64, 64, 4, 4),
+        ]:
+            out.append(
+                triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
+            )
         return out
 
     @triton.jit
-    def _tile(acc, l_i, m_i, q, s_scale, k_ptrs, v_ptrs, kv_mask, MASKED: tl.constexpr,
-              FP8: tl.constexpr):
+    def _tile(
+        acc, l_i, m_i, q, s_scale, k_ptrs, v_ptrs, kv_mask, MASKED: tl.constexpr, FP8: tl.constexpr
+    ):
         """One key/value tile: update the running max m_i, sum l_i and accumulator acc."""
         if MASKED:
             k = tl.load(k_ptrs, mask=kv_mask[None, :], other=0.0)  # [d, BLOCK_N]
@@ -104,11 +114,36 @@ if HAVE_TRITON:
         return acc, l_i, m_new
 
     @triton.jit
-    def _flash_fwd(Q, K, V, O, QS, KS, VS, sm_scale_log2,
-                   s_qb, s_qm, s_qh, s_kb, s_kn, s_kh, s_vb, s_vn, s_vh, s_vd, s_ob, s_om, s_oh,
-                   H, Lq, Lk,
-                   HEAD_DIM: tl.constexpr, FP8: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    def _flash_fwd(
+        Q,
+        K,
+        V,
+        O,
+        QS,
+        KS,
+        VS,
+        sm_scale_log2,
+        s_qb,
+        s_qm,
+        s_qh,
+        s_kb,
+        s_kn,
+        s_kh,
+        s_vb,
+        s_vn,
+        s_vh,
+        s_vd,
+        s_ob,
+        s_om,
+        s_oh,
+        H,
+        Lq,
+        Lk,
+        HEAD_DIM: tl.constexpr,
+        FP8: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
         pid_m = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
@@ -118,14 +153,19 @@ if HAVE_TRITON:
         offs_d = tl.arange(0, HEAD_DIM)
 
         q_rows = offs_m < Lq
-        q = tl.load(Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qm + offs_d[None, :],
-                    mask=q_rows[:, None], other=0.0)
+        q = tl.load(
+            Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qm + offs_d[None, :],
+            mask=q_rows[:, None],
+            other=0.0,
+        )
         s_scale = sm_scale_log2
         if FP8:  # one scale per (batch, head) for q and k, folded into the score scale
             s_scale = s_scale * tl.load(QS + bh) * tl.load(KS + bh)
 
         k_ptrs = K + b * s_kb + h * s_kh + offs_n[None, :] * s_kn + offs_d[:, None]  # [d, BLOCK_N]
-        v_ptrs = V + b * s_vb + h * s_vh + offs_n[:, None] * s_vn + offs_d[None, :] * s_vd  # [BLOCK_N, d]
+        v_ptrs = (
+            V + b * s_vb + h * s_vh + offs_n[:, None] * s_vn + offs_d[None, :] * s_vd
+        )  # [BLOCK_N, d]
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -146,20 +186,28 @@ if HAVE_TRITON:
         tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=q_rows[:, None])
 
     # autotuned over tile shapes on the GPU; the interpreter (CPU tests) runs one fixed tile
-    _flash_fwd_tuned = triton.autotune(configs=_configs(), key=["Lq", "Lk", "HEAD_DIM", "FP8"])(_flash_fwd)
+    _flash_fwd_tuned = triton.autotune(configs=_configs(), key=["Lq", "Lk", "HEAD_DIM", "FP8"])(
+        _flash_fwd
+    )
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp8: bool = False) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"flash attention: q, k, v must be [B, L, H, d]; got {list(q.shape)}, "
-                         f"{list(k.shape)}, {list(v.shape)}")
+        raise ValueError(
+            f"flash attention: q, k, v must be [B, L, H, d]; got {list(q.shape)}, "
+            f"{list(k.shape)}, {list(v.shape)}"
+        )
     B, _, H, d = q.shape
     if k.shape[0] != B or k.shape[2:] != q.shape[2:] or v.shape != k.shape:
-        raise ValueError(f"flash attention: k and v must be [B, Lk, H, d] matching q {list(q.shape)}; "
-                         f"got k {list(k.shape)}, v {list(v.shape)}")
+        raise ValueError(
+            f"flash attention: k and v must be [B, Lk, H, d] matching q {list(q.shape)}; "
+            f"got k {list(k.shape)}, v {list(v.shape)}"
+        )
     if not head_dim_ok(d, fp8):
-        raise ValueError(f"flash attention: head dim must be a power of two in "
-                         f"{min_head_dim(fp8)}..256{' for fp8' if fp8 else ''}, got {d}")
+        raise ValueError(
+            f"flash attention: head dim must be a power of two in "
+            f"{min_head_dim(fp8)}..256{' for fp8' if fp8 else ''}, got {d}"
+        )
 
 
 def min_head_dim(fp8: bool) -> int:
@@ -188,10 +236,33 @@ def _launch(q, k, v, out, qs, ks, vs, v_transposed: bool, fp8: bool) -> torch.Te
     if _interpreting():
         kernel, fixed = _flash_fwd, {"BLOCK_M": 32, "BLOCK_N": 32}
     kernel[grid](
-        q, k, v, out, qs, ks, vs, _LOG2E / math.sqrt(d),
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        s_vb, s_vn, s_vh, s_vd, out.stride(0), out.stride(1), out.stride(2),
-        H, Lq, Lk, HEAD_DIM=d, FP8=fp8, **fixed,
+        q,
+        k,
+        v,
+        out,
+        qs,
+        ks,
+        vs,
+        _LOG2E / math.sqrt(d),
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        s_vb,
+        s_vn,
+        s_vh,
+        s_vd,
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+        H,
+        Lq,
+        Lk,
+        HEAD_DIM=d,
+        FP8=fp8,
+        **fixed,
     )
     return out
 
@@ -209,8 +280,14 @@ def _(q, k, v):
 
 
 @torch.library.custom_op("mtlib::flash_attention_fp8", mutates_args=())
-def _flash_fp8(q8: torch.Tensor, k8: torch.Tensor, v8t: torch.Tensor, q_scale: torch.Tensor,
-               k_scale: torch.Tensor, v_scale: torch.Tensor) -> torch.Tensor:
+def _flash_fp8(
+    q8: torch.Tensor,
+    k8: torch.Tensor,
+    v8t: torch.Tensor,
+    q_scale: torch.Tensor,
+    k_scale: torch.Tensor,
+    v_scale: torch.Tensor,
+) -> torch.Tensor:
     from mtlib.kernels import fp8_attention
 
     if fp8_attention.supported(q8.device):  # the Hopper kernel (TMA tiles; autotuned)
@@ -260,13 +337,17 @@ def quantize_fp8(q, k, v):
     return q8, k8, v8, qs, ks, vs
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str = "bf16") -> torch.Tensor:
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str = "bf16"
+) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v for [B, L, H, d] inputs -> [B, Lq, H, d] (bf16).
 
     mode "bf16": q and k are cast to v's dtype (as the reference's flash_attention does);
     mode "fp8": all three quantised to e4m3 (see quantize_fp8)."""
     if not HAVE_TRITON:
-        raise RuntimeError("flash attention: Triton is not installed; use the SDPA path (the default)")
+        raise RuntimeError(
+            "flash attention: Triton is not installed; use the SDPA path (the default)"
+        )
     if mode not in ("bf16", "fp8"):
         raise ValueError(f"flash attention: mode must be 'bf16' or 'fp8', got {mode!r}")
     _check(q, k, v, fp8=mode == "fp8")

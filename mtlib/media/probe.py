@@ -176,7 +176,9 @@ def _probe_soundfile(src: str) -> AudioInfo | None:
         except Exception:
             return None  # let PyAV try (e.g. a .wav holding a compressed stream)
     if info.frames <= 0 or info.samplerate <= 0:
-        raise InputError(f"audio {src!r}: no samples (frames={info.frames}). Fix: pass a speech recording.")
+        raise InputError(
+            f"audio {src!r}: no samples (frames={info.frames}). Fix: pass a speech recording."
+        )
     return AudioInfo(
         duration_s=info.frames / info.samplerate,
         sample_rate=int(info.samplerate),

@@ -39,14 +39,19 @@ class StateDiff:
 
     def describe(self, limit: int = 8) -> str:
         parts = []
-        for label, items in (("missing", self.missing), ("unexpected", self.unexpected),
-                             ("mis-shaped", self.misshaped)):
+        for label, items in (
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("mis-shaped", self.misshaped),
+        ):
             if items:
                 parts.append(f"{len(items)} {label}: {name_list(items, limit)}")
         return "; ".join(parts)
 
 
-def state_diff(expected: Mapping[str, Sequence[int]], found: Mapping[str, Sequence[int]]) -> StateDiff:
+def state_diff(
+    expected: Mapping[str, Sequence[int]], found: Mapping[str, Sequence[int]]
+) -> StateDiff:
     """Compare key -> shape maps (model's expectation vs checkpoint), in the model's key order
     (unexpected keys in the checkpoint's order), which reads like the architecture."""
     return StateDiff(
@@ -66,7 +71,9 @@ def shapes_of(state: Mapping) -> dict[str, tuple[int, ...]]:
 
 
 def read_state_dict(
-    path, what: str, keep: Callable[[str], bool] | None = None,
+    path,
+    what: str,
+    keep: Callable[[str], bool] | None = None,
     fix: str = "pass the published .pth or a .safetensors state dict.",
 ) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors file or a torch .pth state dict (weights_only, mmap when
@@ -91,8 +98,7 @@ def read_state_dict(
                 sd = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:
         raise InputError(
-            f"{what} checkpoint {str(p)!r}: cannot be read ({type(e).__name__}: {e}). "
-            f"Fix: {fix}"
+            f"{what} checkpoint {str(p)!r}: cannot be read ({type(e).__name__}: {e}). Fix: {fix}"
         ) from e
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise InputError(f"{what} checkpoint {str(p)!r}: is not a flat state dict of tensors.")
@@ -126,7 +132,9 @@ def check_config_keys(cls, d: Mapping) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
-        raise ConfigError(f"{cls.__name__}.from_official: unknown keys {unknown}; known: {sorted(known)}")
+        raise ConfigError(
+            f"{cls.__name__}.from_official: unknown keys {unknown}; known: {sorted(known)}"
+        )
 
 
 def config_label(cfg, configs: dict) -> str:
@@ -159,7 +167,11 @@ class KeyMap:
         import re
 
         def compile_(pattern: str):
-            rx = re.escape(pattern).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{x\}", r"(?P<x>[^.]+)")
+            rx = (
+                re.escape(pattern)
+                .replace(r"\{i\}", r"(?P<i>\d+)")
+                .replace(r"\{x\}", r"(?P<x>[^.]+)")
+            )
             return re.compile(rx + "$")
 
         self.rules = [(compile_(a), a, compile_(b), b) for a, b in rules]

@@ -52,7 +52,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PRECISIONS = ("fp32", "reference")
 
 
-
 @dataclass(frozen=True)
 class CLIPConfig:
     # vision tower: the only part MultiTalk runs
@@ -224,9 +223,9 @@ class VisionTransformer(nn.Module):
         out, qkv = {}, {}
         for k, v in native.items():
             if k.startswith(self._hf_prefix):
-                k = k[len(self._hf_prefix):]
+                k = k[len(self._hf_prefix) :]
             elif k.startswith("skipped."):
-                k = f"encoder.layers.{last}." + k[len("skipped."):]
+                k = f"encoder.layers.{last}." + k[len("skipped.") :]
             elif k == "head":
                 out[k] = v
                 continue
@@ -240,7 +239,9 @@ class VisionTransformer(nn.Module):
             elif official == "pos_embedding":
                 v = v.unsqueeze(0)
             out[official] = v
-        for (i, kind), parts in sorted(qkv.items()):  # rows [q | k | v], as the reference packs them
+        for (i, kind), parts in sorted(
+            qkv.items()
+        ):  # rows [q | k | v], as the reference packs them
             out[f"transformer.{i}.attn.to_qkv.{kind}"] = torch.cat(
                 [parts["q_proj"], parts["k_proj"], parts["v_proj"]]
             )
@@ -267,7 +268,7 @@ class VisionTransformer(nn.Module):
         native = {}
         for k, v in out.items():
             if k.startswith(f"encoder.layers.{last}."):
-                native["skipped." + k[len(f"encoder.layers.{last}."):]] = v
+                native["skipped." + k[len(f"encoder.layers.{last}.") :]] = v
             elif k == "head":
                 native[k] = v
             else:
@@ -351,7 +352,10 @@ class XLMRobertaCLIP(nn.Module):
     """
 
     def __init__(
-        self, config: CLIPConfig | str | None = None, with_text_tower: bool = True, fast: bool = True
+        self,
+        config: CLIPConfig | str | None = None,
+        with_text_tower: bool = True,
+        fast: bool = True,
     ):
         super().__init__()
         self.config = cfg = get_config(config)
@@ -364,12 +368,12 @@ class XLMRobertaCLIP(nn.Module):
     def state_dict(self, *args, **kwargs):
         """The official XLMRobertaCLIP keys (visual.*, textual.*, log_scale)."""
         native = super().state_dict(*args, **kwargs)
-        visual = {k[len("visual."):]: v for k, v in native.items() if k.startswith("visual.")}
+        visual = {k[len("visual.") :]: v for k, v in native.items() if k.startswith("visual.")}
         rest = {k: v for k, v in native.items() if not k.startswith("visual.")}
         return {**{f"visual.{k}": v for k, v in self.visual.official_state(visual).items()}, **rest}
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        visual = {k[len("visual."):]: v for k, v in state_dict.items() if k.startswith("visual.")}
+        visual = {k[len("visual.") :]: v for k, v in state_dict.items() if k.startswith("visual.")}
         rest = {k: v for k, v in state_dict.items() if not k.startswith("visual.")}
         native = {f"visual.{k}": v for k, v in self.visual.native_state(visual).items()}
         clip_fastpath.release(self.visual.hf)  # assign=True replaces the q/k/v parameters
@@ -389,10 +393,7 @@ class XLMRobertaCLIP(nn.Module):
         return self
 
     def _half(self) -> bool:
-        return (
-            self.precision == "reference"
-            and self.visual.head.device.type == "cuda"
-        )
+        return self.precision == "reference" and self.visual.head.device.type == "cuda"
 
     def preprocess(self, cond: torch.Tensor) -> torch.Tensor:
         """cond [B, 3, F, H, W] in [-1, 1] -> normalised pixels [B, 3, S, S] (fp32) of the

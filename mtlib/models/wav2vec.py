@@ -54,7 +54,9 @@ class Wav2VecGeometry:
 
 
 # what each DiT spec consumes (mtlib.spec): audio_layers x audio_width
-REAL_GEOMETRY = Wav2VecGeometry(SPECS["multitalk-14b"].audio_layers, SPECS["multitalk-14b"].audio_width)
+REAL_GEOMETRY = Wav2VecGeometry(
+    SPECS["multitalk-14b"].audio_layers, SPECS["multitalk-14b"].audio_width
+)
 TINY_GEOMETRY = Wav2VecGeometry(SPECS["tiny"].audio_layers, SPECS["tiny"].audio_width)
 
 

@@ -18,12 +18,20 @@ def _pass_flops(m: ModelSizes, T: int, S: int, persons: int) -> dict[str, float]
     L = T * S
     ctx = m.clip_tokens + m.text_len
     A = m.context_tokens * persons
-    linear_tok = 2 * L * D * (4 * D + 2 * D + 2 * D + 2 * Fd)  # self qkvo, cross q/o, audio q/proj, FFN
-    linear_ctx = 2 * ctx * D * 2 * D + 2 * T * A * m.output_dim * 2 * D  # cross k/v (+img), audio kv
+    linear_tok = (
+        2 * L * D * (4 * D + 2 * D + 2 * D + 2 * Fd)
+    )  # self qkvo, cross q/o, audio q/proj, FFN
+    linear_ctx = (
+        2 * ctx * D * 2 * D + 2 * T * A * m.output_dim * 2 * D
+    )  # cross k/v (+img), audio kv
     self_attn = 4 * L * L * D
     other_attn = 2 * L * S * D + 4 * L * ctx * D + 4 * L * A * D  # ref map, cross, audio
     pv = m.patch[0] * m.patch[1] * m.patch[2]
-    outer = 2 * L * m.in_dim * pv * D + 2 * L * D * pv * m.z_dim + 2 * m.text_len * (m.text_dim * D + D * D)
+    outer = (
+        2 * L * m.in_dim * pv * D
+        + 2 * L * D * pv * m.z_dim
+        + 2 * m.text_len * (m.text_dim * D + D * D)
+    )
     return {
         "linear": float(nl * (linear_tok + linear_ctx)),
         "self_attention": float(nl * self_attn),
@@ -47,7 +55,9 @@ def _costs(p: ShapePlan, m: ModelSizes, P: int) -> None:
     L, D = p.seq_len, m.dim
     a = 2 if p.precision != "fp32" else 4
     p.activation_bytes = int(
-        L * D * (4 * a + 2 * 4 + 2 * 4)  # x, norm out, v, attn out + fp32 q, k + fp32 residual temps
+        L
+        * D
+        * (4 * a + 2 * 4 + 2 * 4)  # x, norm out, v, attn out + fp32 q, k + fp32 residual temps
         + L * m.ffn_dim * a * 2  # FFN hidden + GELU out
         + (m.num_heads // 2) * L * S * a * 2  # x_ref_attn_map chunk: logits + softmax
     )

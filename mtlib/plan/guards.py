@@ -36,7 +36,6 @@ CUT_TOLERANCE_FRAMES = 4  # 4n+1 snapping alone may drop up to 3 frames: not wor
 RUN_HEADROOM_BYTES = 64 * 2**20  # trace meta/index, shards at level stats, temp files
 
 
-
 # ------------------------------------------------------------------------------ outputs
 
 

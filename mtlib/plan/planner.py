@@ -67,7 +67,9 @@ def _config(config: Any):
     if isinstance(config, RunConfig):
         return config
     if config is not None and not isinstance(config, str | dict | PathLike):
-        raise PlanError(f"config: expected a preset name, a YAML path, a dict or a RunConfig, got {type(config).__name__}.")
+        raise PlanError(
+            f"config: expected a preset name, a YAML path, a dict or a RunConfig, got {type(config).__name__}."
+        )
     try:
         return load_config(config if config is not None else "tiny")
     except ConfigError as e:
@@ -83,7 +85,9 @@ def _pos_int(v: Any, what: str, allow_zero: bool = False) -> int:
 
 def _check_inputs(inputs: PlanInputs) -> None:
     if inputs.image_size is None and inputs.target_size is None:
-        raise PlanError("image: no size given. Fix: pass an image file or PlanInputs(image_size=(w, h)).")
+        raise PlanError(
+            "image: no size given. Fix: pass an image file or PlanInputs(image_size=(w, h))."
+        )
     if inputs.image_size is not None:
         if not isinstance(inputs.image_size, tuple | list) or len(inputs.image_size) != 2:
             raise PlanError(f"image_size: expected (width, height), got {inputs.image_size!r}.")
@@ -111,14 +115,20 @@ def _check_bbox(bbox: Any) -> None:
     if bbox is None:
         return
     ok = isinstance(bbox, tuple | list) and all(
-        isinstance(b, tuple | list) and len(b) == 4 and all(isinstance(x, int) and not isinstance(x, bool) for x in b)
+        isinstance(b, tuple | list)
+        and len(b) == 4
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in b)
         for b in bbox
     )
     if not ok:
-        raise PlanError(f"bbox: expected one [row_min, col_min, row_max, col_max] of integers per speaker, got {bbox!r}.")
+        raise PlanError(
+            f"bbox: expected one [row_min, col_min, row_max, col_max] of integers per speaker, got {bbox!r}."
+        )
 
 
-def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | ModelSizes | None = None) -> ShapePlan:
+def plan(
+    config: Any = None, inputs: PlanInputs | None = None, model: str | ModelSizes | None = None
+) -> ShapePlan:
     """The shape plan of one run from metadata only (see module docstring)."""
     cfg = _config(config)
     m = model_sizes(model if model is not None else cfg.model.name)
@@ -149,18 +159,32 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
     _pos_int(g.max_frames_num, "max_frames_num")
 
     loras = _lora_plan(cfg)  # a LoRA file that does not fit the DiT is refused here
-    n_persons = len(inputs.audio_frames) if inputs.audio_frames is not None else len(inputs.audio_samples_16k)
+    n_persons = (
+        len(inputs.audio_frames)
+        if inputs.audio_frames is not None
+        else len(inputs.audio_samples_16k)
+    )
     text_one = math.isclose(g.text_guide_scale, 1.0)
     p = ShapePlan(
-        model=m.name, mode=g.mode, size=cfg.model.size, buckets=cfg.model.buckets,
-        precision=cfg.model.precision, persons=n_persons, audio_type=audio_type,
-        frame_num_requested=req, motion_frame=g.motion_frame, sampling_steps=g.sampling_steps,
-        passes_per_step=2 if text_one else 3, loras=loras,
+        model=m.name,
+        mode=g.mode,
+        size=cfg.model.size,
+        buckets=cfg.model.buckets,
+        precision=cfg.model.precision,
+        persons=n_persons,
+        audio_type=audio_type,
+        frame_num_requested=req,
+        motion_frame=g.motion_frame,
+        sampling_steps=g.sampling_steps,
+        passes_per_step=2 if text_one else 3,
+        loras=loras,
     )
     p.dit_options = _dit_options(cfg)
     if m.name == "tiny":
-        p.notes.append("model tiny: the small random-weight test model, not MultiTalk-14B (for the real "
-                       "shapes: --config multitalk-480)")
+        p.notes.append(
+            "model tiny: the small random-weight test model, not MultiTalk-14B (for the real "
+            "shapes: --config multitalk-480)"
+        )
     v = p.violations
 
     # --- image -> bucket -> latent grid
@@ -170,7 +194,9 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
         p.notes.append(f"target size {H}x{W} given directly (the size buckets are bypassed)")
     else:
         src_w, src_h = inputs.image_size
-        p.bucket_key, (H, W) = choose_bucket(src_h, src_w, bucket_table(cfg.model.size, cfg.model.buckets))
+        p.bucket_key, (H, W) = choose_bucket(
+            src_h, src_w, bucket_table(cfg.model.size, cfg.model.buckets)
+        )
     if inputs.image_size is not None:
         p.src_hw = (int(inputs.image_size[1]), int(inputs.image_size[0]))
     if inputs.image_stored_size is not None and inputs.target_size is None:
@@ -188,12 +214,16 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
     # --- persons and audio tracks
     P = n_persons
     if not 1 <= P <= 2:
-        v.append(Violation(
-            "persons_1_or_2", {"persons": P}, None,
-            f"MultiTalk supports one or two speakers (got {P}): its audio attention hard-codes "
-            "two L-RoPE position ranges and splits the audio tokens in two halves.",
-            ("pass one speech track per visible speaker (1 or 2 files)",),
-        ))
+        v.append(
+            Violation(
+                "persons_1_or_2",
+                {"persons": P},
+                None,
+                f"MultiTalk supports one or two speakers (got {P}): its audio attention hard-codes "
+                "two L-RoPE position ranges and splits the audio tokens in two halves.",
+                ("pass one speech track per visible speaker (1 or 2 files)",),
+            )
+        )
         return p
     if inputs.audio_frames is not None:
         tracks: list[int | None] = [None] * P
@@ -208,22 +238,30 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
         frames = [embedding_frames(n) for n in tracks]
         for i, n in enumerate(raw):
             if n < LOUDNESS_BLOCK_S * AUDIO_SR:
-                v.append(Violation(
-                    "audio_min_duration", {"person": i + 1, "samples_16k": n, "seconds": n / AUDIO_SR},
-                    "ValueError: Audio must have length greater than the block size.",
-                    f"speaker {i + 1}'s audio is {n / AUDIO_SR:.3f} s; loudness normalisation "
-                    f"(BS.1770) needs at least one {LOUDNESS_BLOCK_S} s block.",
-                    (f"use at least {LOUDNESS_BLOCK_S} s of speech",),
-                ))
+                v.append(
+                    Violation(
+                        "audio_min_duration",
+                        {"person": i + 1, "samples_16k": n, "seconds": n / AUDIO_SR},
+                        "ValueError: Audio must have length greater than the block size.",
+                        f"speaker {i + 1}'s audio is {n / AUDIO_SR:.3f} s; loudness normalisation "
+                        f"(BS.1770) needs at least one {LOUDNESS_BLOCK_S} s block.",
+                        (f"use at least {LOUDNESS_BLOCK_S} s of speech",),
+                    )
+                )
         if P == 2 and audio_type == "para" and raw[0] != raw[1]:
-            v.append(Violation(
-                "para_equal_length", {"samples_16k": raw},
-                f"ValueError: operands could not be broadcast together with shapes ({raw[0]},) ({raw[1]},) ",
-                "audio_type 'para' (both speak at once) sums the two tracks sample by sample for the "
-                f"soundtrack, so they must be equally long; they have {raw[0]} and {raw[1]} samples at 16 kHz.",
-                ("trim or pad the two recordings to the same length",
-                 "or use audio_type 'add' if they speak one after the other"),
-            ))
+            v.append(
+                Violation(
+                    "para_equal_length",
+                    {"samples_16k": raw},
+                    f"ValueError: operands could not be broadcast together with shapes ({raw[0]},) ({raw[1]},) ",
+                    "audio_type 'para' (both speak at once) sums the two tracks sample by sample for the "
+                    f"soundtrack, so they must be equally long; they have {raw[0]} and {raw[1]} samples at 16 kHz.",
+                    (
+                        "trim or pad the two recordings to the same length",
+                        "or use audio_type 'add' if they speak one after the other",
+                    ),
+                )
+            )
     p.audio_samples_16k = tuple(n for n in tracks if n is not None)
     p.audio_frames = tuple(frames)
     L_min = min(frames)
@@ -257,21 +295,26 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
                     pad_to[i] = max(n_pad, tracks[i])
                     eff[i] = embedding_frames(pad_to[i])
             secs = n_pad / AUDIO_SR
-            p.policy_actions.append(PolicyAction(
-                "short_audio=pad",
-                f"audio has {L_min} embedding frames, the reference needs more than frame_num {F}: "
-                f"silence appended to {n_pad} samples ({secs:.2f} s, {need} frames); the video is "
-                f"trimmed back to the real audio ({want} frames)",
-                {"pad_to_samples": n_pad, "audio_frames": need},
-                avoided=AUDIO_ASSERT,
-            ))
+            p.policy_actions.append(
+                PolicyAction(
+                    "short_audio=pad",
+                    f"audio has {L_min} embedding frames, the reference needs more than frame_num {F}: "
+                    f"silence appended to {n_pad} samples ({secs:.2f} s, {need} frames); the video is "
+                    f"trimmed back to the real audio ({want} frames)",
+                    {"pad_to_samples": n_pad, "audio_frames": need},
+                    avoided=AUDIO_ASSERT,
+                )
+            )
         elif frame_ok and g.short_audio == "snap" and _snap_ok(snap_frame_num(L_min - 1), g):
             F = snap_frame_num(L_min - 1)
-            p.policy_actions.append(PolicyAction(
-                "short_audio=snap",
-                f"frame_num {F0} -> {F}: the largest 4n+1 below the audio's {L_min} embedding frames",
-                {"frame_num": F}, avoided=AUDIO_ASSERT,
-            ))
+            p.policy_actions.append(
+                PolicyAction(
+                    "short_audio=snap",
+                    f"frame_num {F0} -> {F}: the largest 4n+1 below the audio's {L_min} embedding frames",
+                    {"frame_num": F},
+                    avoided=AUDIO_ASSERT,
+                )
+            )
         else:
             v.append(_audio_violation(F, frames, tracks, g))
     p.frame_num = F
@@ -281,56 +324,86 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
         v.append(_frame_violation(F, lat_h, lat_w, L_min, tracks, want))
     # the person masks (and their bbox assertion) are built per clip, after the frame mask
     if bbox is not None and len(bbox) != P:
-        v.append(Violation(
-            "bbox_count", {"bbox": len(bbox), "persons": P}, "AssertionError",
-            f"{len(bbox)} bounding boxes for {P} speakers: the reference asserts one box per audio track.",
-            (f"give exactly {P} boxes, or none (default: left / right halves of the image)",),
-        ))
+        v.append(
+            Violation(
+                "bbox_count",
+                {"bbox": len(bbox), "persons": P},
+                "AssertionError",
+                f"{len(bbox)} bounding boxes for {P} speakers: the reference asserts one box per audio track.",
+                (f"give exactly {P} boxes, or none (default: left / right halves of the image)",),
+            )
+        )
     if g.mode == "streaming" and frame_ok:
         if g.motion_frame >= F:
-            v.append(Violation(
-                "motion_frame_below_frame_num", {"motion_frame": g.motion_frame, "frame_num": F}, None,
-                f"streaming re-uses the last motion_frame={g.motion_frame} frames of a clip to start the "
-                f"next one; with frame_num {F} no new frames would be generated (the reference loops "
-                "without progress or builds a negative zero-padding).",
-                (f"set motion_frame to {snap_frame_num(min(25, F - 1))} (must be 4n+1 and below frame_num)",),
-            ))
+            v.append(
+                Violation(
+                    "motion_frame_below_frame_num",
+                    {"motion_frame": g.motion_frame, "frame_num": F},
+                    None,
+                    f"streaming re-uses the last motion_frame={g.motion_frame} frames of a clip to start the "
+                    f"next one; with frame_num {F} no new frames would be generated (the reference loops "
+                    "without progress or builds a negative zero-padding).",
+                    (
+                        f"set motion_frame to {snap_frame_num(min(25, F - 1))} (must be 4n+1 and below frame_num)",
+                    ),
+                )
+            )
         if not is_4n_plus_1(g.motion_frame):
             good = snap_frame_num(g.motion_frame)
-            v.append(Violation(
-                "motion_frame_4n_plus_1", {"motion_frame": g.motion_frame}, None,
-                f"motion_frame={g.motion_frame} is not 4n+1: the VAE groups frames 1+4+4+..., so the "
-                "motion frames and the zero frames would share a latent frame; the reference does not "
-                "fail, it silently conditions on a mix.",
-                (f"set motion_frame to {good} or {good + 4}",),
-            ))
+            v.append(
+                Violation(
+                    "motion_frame_4n_plus_1",
+                    {"motion_frame": g.motion_frame},
+                    None,
+                    f"motion_frame={g.motion_frame} is not 4n+1: the VAE groups frames 1+4+4+..., so the "
+                    "motion frames and the zero frames would share a latent frame; the reference does not "
+                    "fail, it silently conditions on a mix.",
+                    (f"set motion_frame to {good} or {good + 4}",),
+                )
+            )
     if H % 16 or W % 16:
-        v.append(Violation(
-            "size_multiple_of_16", {"H": H, "W": W}, None,
-            f"the VAE divides H and W by 8 and the DiT patches by 2, so both must be multiples of 16 "
-            f"(got {H}x{W}); otherwise the latent grid and the patch grid disagree and the Euler update "
-            "fails to broadcast (or the VAE latent size drifts from H//8).",
-            (f"use {H // 16 * 16}x{W // 16 * 16}, or let the size buckets choose (no explicit target size)",),
-        ))
+        v.append(
+            Violation(
+                "size_multiple_of_16",
+                {"H": H, "W": W},
+                None,
+                f"the VAE divides H and W by 8 and the DiT patches by 2, so both must be multiples of 16 "
+                f"(got {H}x{W}); otherwise the latent grid and the patch grid disagree and the Euler update "
+                "fails to broadcast (or the VAE latent size drifts from H//8).",
+                (
+                    f"use {H // 16 * 16}x{W // 16 * 16}, or let the size buckets choose (no explicit target size)",
+                ),
+            )
+        )
     T = latent_frames(F) if F >= 1 else 0
     nh, nw = lat_h // m.patch[1], lat_w // m.patch[2]
     if frame_ok and (T > ROPE_POSITIONS or nh > ROPE_POSITIONS or nw > ROPE_POSITIONS):
-        v.append(Violation(
-            "rope_positions", {"T": T, "N_h": nh, "N_w": nw}, None,
-            f"the 3-D RoPE tables hold {ROPE_POSITIONS} positions per axis; the token grid "
-            f"{T}x{nh}x{nw} exceeds them.",
-            ("use fewer frames per clip (mode streaming) or a smaller image size",),
-        ))
+        v.append(
+            Violation(
+                "rope_positions",
+                {"T": T, "N_h": nh, "N_w": nw},
+                None,
+                f"the 3-D RoPE tables hold {ROPE_POSITIONS} positions per axis; the token grid "
+                f"{T}x{nh}x{nw} exceeds them.",
+                ("use fewer frames per clip (mode streaming) or a smaller image size",),
+            )
+        )
     if g.teacache and text_one:
-        v.append(Violation(
-            "teacache_text_scale_one", {"teacache": True, "text_guide_scale": g.text_guide_scale}, None,
-            "TeaCache assumes 3 DiT calls per step (cond, drop_text, uncond), each with its own cached "
-            "residual; text_guide_scale 1 makes 2 calls per step (cond, drop_audio), and the reference's "
-            "mod-3 bookkeeping then mixes the branches' caches (multitalk-facts §3.10). mtlib refuses it "
-            "rather than silently dropping TeaCache or copying the mix-up.",
-            ("set generation.teacache=false (text_guide_scale 1 already saves a third of the DiT calls)",
-             "or set generation.text_guide_scale to a value other than 1 to keep TeaCache"),
-        ))
+        v.append(
+            Violation(
+                "teacache_text_scale_one",
+                {"teacache": True, "text_guide_scale": g.text_guide_scale},
+                None,
+                "TeaCache assumes 3 DiT calls per step (cond, drop_text, uncond), each with its own cached "
+                "residual; text_guide_scale 1 makes 2 calls per step (cond, drop_audio), and the reference's "
+                "mod-3 bookkeeping then mixes the branches' caches (multitalk-facts §3.10). mtlib refuses it "
+                "rather than silently dropping TeaCache or copying the mix-up.",
+                (
+                    "set generation.teacache=false (text_guide_scale 1 already saves a third of the DiT calls)",
+                    "or set generation.text_guide_scale to a value other than 1 to keep TeaCache",
+                ),
+            )
+        )
     if v:
         return p
 
@@ -341,22 +414,30 @@ def plan(config: Any = None, inputs: PlanInputs | None = None, model: str | Mode
     if p.video_frames == 0 and len(p.miss) == 2 and p.miss[0] == 0:
         # reachable with per-person embedding lengths (PlanInputs.audio_frames) that differ,
         # streaming capped by max_frames_num: person 1 needs no tail padding, person 2 does
-        v.append(Violation(
-            "empty_output", {"miss": list(p.miss), "max_frames_num": g.max_frames_num}, None,
-            f"streaming stops at max_frames_num={g.max_frames_num}; person 2's audio is shorter "
-            f"and gets {p.miss[1]} frames of tail padding, person 1's none, and the reference "
-            "cuts person 1's padding with video[:-0], which is empty: it returns no frames "
-            "(mtlib's engine skips a cut of 0 and would keep them).",
-            ("give both speakers the same audio length (pad the shorter track with silence)",
-             "or raise generation.max_frames_num to cover the longer track"),
-        ))
+        v.append(
+            Violation(
+                "empty_output",
+                {"miss": list(p.miss), "max_frames_num": g.max_frames_num},
+                None,
+                f"streaming stops at max_frames_num={g.max_frames_num}; person 2's audio is shorter "
+                f"and gets {p.miss[1]} frames of tail padding, person 1's none, and the reference "
+                "cuts person 1's padding with video[:-0], which is empty: it returns no frames "
+                "(mtlib's engine skips a cut of 0 and would keep them).",
+                (
+                    "give both speakers the same audio length (pad the shorter track with silence)",
+                    "or raise generation.max_frames_num to cover the longer track",
+                ),
+            )
+        )
         return p
     if any(a.policy == "short_audio=pad" for a in p.policy_actions):
         p.output_frames = min(p.video_frames, want)
     else:
         p.output_frames = p.video_frames
     if p.output_frames != p.video_frames:
-        p.notes.append(f"the video is trimmed from {p.video_frames} to {p.output_frames} frames (real audio length)")
+        p.notes.append(
+            f"the video is trimmed from {p.video_frames} to {p.output_frames} frames (real audio length)"
+        )
     if inputs.text_tokens is None:
         p.notes.append("T5 context lengths depend on the prompt's token count: not planned")
     _tensors(p, m, H, W, F, T, lat_h, lat_w, P, raw, tracks, pad_to, eff, inputs, g)
@@ -387,8 +468,12 @@ def _lora_plan(cfg: Any) -> list[dict]:
     return out
 
 
-def plan_for(config: Any = "tiny", image: str | None = None, audio: list[str] | str | None = None,
-             **generation: Any) -> ShapePlan:
+def plan_for(
+    config: Any = "tiny",
+    image: str | None = None,
+    audio: list[str] | str | None = None,
+    **generation: Any,
+) -> ShapePlan:
     """plan() from file paths / URLs and generation overrides, e.g. in a notebook:
     plan_for("tiny", image="data/portrait.png", audio=["data/a.wav"], frame_num="auto").
     Relative local paths resolve against the project root (notebooks run from notebooks/)."""
@@ -402,7 +487,9 @@ def plan_for(config: Any = "tiny", image: str | None = None, audio: list[str] | 
     if image is not None:
         overrides["inputs.image"] = where(str(image))
     if audio is not None:
-        overrides["inputs.audio"] = [where(str(a)) for a in ([audio] if isinstance(audio, str) else audio)]
+        overrides["inputs.audio"] = [
+            where(str(a)) for a in ([audio] if isinstance(audio, str) else audio)
+        ]
     try:
         cfg = load_config(config, overrides)
     except ConfigError as e:

@@ -61,7 +61,9 @@ class PlanInputs:
     bbox: tuple[tuple[int, int, int, int], ...] | None = None  # None: config.inputs.bbox
     target_size: tuple[int, int] | None = None  # (H, W) bypassing the buckets (wrappers do this)
     text_tokens: tuple[int, int] | None = None  # T5 lengths of (prompt, negative prompt) if known
-    image_stored_size: tuple[int, int] | None = None  # (width, height) before EXIF rotation, if rotated
+    image_stored_size: tuple[int, int] | None = (
+        None  # (width, height) before EXIF rotation, if rotated
+    )
     image_src: str | None = None  # where the metadata came from (display only)
     audio_src: tuple[str, ...] = ()
 
@@ -77,7 +79,9 @@ class PlanInputs:
         return cls(image_size=image_size, audio_samples_16k=samples, **kw)
 
     @classmethod
-    def from_files(cls, image: str | None, audio: list[str] | tuple[str, ...] | str, **kw: Any) -> PlanInputs:
+    def from_files(
+        cls, image: str | None, audio: list[str] | tuple[str, ...] | str, **kw: Any
+    ) -> PlanInputs:
         """From file headers (local paths or URLs); no pixels or samples are decoded."""
         from mtlib.media.probe import probe_audio, probe_image
 
@@ -91,8 +95,12 @@ class PlanInputs:
                 stored = (info.stored_width, info.stored_height)
         samples = tuple(probe_audio(a).samples_16k for a in audio)
         return cls(
-            image_size=size, audio_samples_16k=samples, image_src=image, image_stored_size=stored,
-            audio_src=tuple(str(a) for a in audio), **kw,
+            image_size=size,
+            audio_samples_16k=samples,
+            image_src=image,
+            image_stored_size=stored,
+            audio_src=tuple(str(a) for a in audio),
+            **kw,
         )
 
 
@@ -109,8 +117,11 @@ class Violation:
 
     def to_dict(self) -> dict:
         return {
-            "rule": self.rule, "values": dict(self.values),
-            "reference_message": self.reference_message, "why": self.why, "fixes": list(self.fixes),
+            "rule": self.rule,
+            "values": dict(self.values),
+            "reference_message": self.reference_message,
+            "why": self.why,
+            "fixes": list(self.fixes),
         }
 
 
@@ -122,7 +133,12 @@ class PolicyAction:
     avoided: str | None = None  # the reference error this avoided
 
     def to_dict(self) -> dict:
-        return {"policy": self.policy, "what": self.what, "changes": dict(self.changes), "avoided": self.avoided}
+        return {
+            "policy": self.policy,
+            "what": self.what,
+            "changes": dict(self.changes),
+            "avoided": self.avoided,
+        }
 
 
 @dataclass(frozen=True)
@@ -135,7 +151,12 @@ class PlannedTensor:
     note: str = ""
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "note": self.note}
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "note": self.note,
+        }
 
 
 @dataclass(frozen=True)

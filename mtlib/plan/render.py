@@ -17,10 +17,14 @@ def plan_table(plan: ShapePlan, max_rows: int | None = None) -> str:
     """The plan as a plain-text table (no rich / pandas needed), then the diagnosis."""
     head = [
         f"model {plan.model} | mode {plan.mode} | size {plan.size} ({plan.buckets} buckets) | precision {plan.precision}",
-        f"image {plan.src_hw[1]}x{plan.src_hw[0]} (w x h)" if plan.src_hw else "image: explicit target size",
+        f"image {plan.src_hw[1]}x{plan.src_hw[0]} (w x h)"
+        if plan.src_hw
+        else "image: explicit target size",
     ]
     if plan.target_hw:
-        head[-1] += f" -> bucket {plan.bucket_key} {plan.target_hw[0]}x{plan.target_hw[1]} (H x W), latent {plan.lat_hw[0]}x{plan.lat_hw[1]}"
+        head[-1] += (
+            f" -> bucket {plan.bucket_key} {plan.target_hw[0]}x{plan.target_hw[1]} (H x W), latent {plan.lat_hw[0]}x{plan.lat_hw[1]}"
+        )
     head.append(
         f"persons {plan.persons} ({plan.audio_type}) | audio frames {list(plan.audio_frames)} "
         f"| frame_num {plan.frame_num_requested} -> {plan.frame_num}"
@@ -41,7 +45,9 @@ def plan_table(plan: ShapePlan, max_rows: int | None = None) -> str:
         opts = DiTOptions(**{k: tuple(map(tuple, v)) if k == "loras" else (tuple(v) if k == "notes" else v)
                              for k, v in o.items()})  # fmt: skip
         head.append(opts.line())
-        head.append("weights: " + "; ".join(f"{k} {v}" for k, v in opts.weight_precisions().items()))
+        head.append(
+            "weights: " + "; ".join(f"{k} {v}" for k, v in opts.weight_precisions().items())
+        )
     for a in plan.policy_actions:
         head.append(f"policy {a.policy}: {a.what}")
     for n in plan.notes:
@@ -58,11 +64,15 @@ def plan_table(plan: ShapePlan, max_rows: int | None = None) -> str:
         body += [f"{a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows]
     if plan.clips and plan.mode == "streaming":
         body.append("")
-        body.append(f"{'clip':>4}  {'audio [start, end)':<20}  {'windows read':<14}  {'motion':>6}  {'kept':>4}")
+        body.append(
+            f"{'clip':>4}  {'audio [start, end)':<20}  {'windows read':<14}  {'motion':>6}  {'kept':>4}"
+        )
         for c in plan.clips:
             rng = f"[{c.audio_start_idx}, {c.audio_end_idx})"
             win = f"{c.audio_index_range[0]}..{c.audio_index_range[1]}"
-            body.append(f"{c.clip:>4}  {rng:<20}  {win:<14}  {c.cur_motion_frames_num:>6}  {c.kept_frames:>4}")
+            body.append(
+                f"{c.clip:>4}  {rng:<20}  {win:<14}  {c.cur_motion_frames_num:>6}  {c.kept_frames:>4}"
+            )
         body.append(f"reflection padding (miss) per person: {list(plan.miss)}")
     if plan.valid and plan.flops_per_step:
         body.append("")
@@ -80,7 +90,9 @@ def plan_table(plan: ShapePlan, max_rows: int | None = None) -> str:
     return "\n\n".join("\n".join(x) for x in sections if x)
 
 
-def plot_frame_grouping(frame_num: int = 13, audio_start: int = 0, audio_frames: int | None = None, ax=None):
+def plot_frame_grouping(
+    frame_num: int = 13, audio_start: int = 0, audio_frames: int | None = None, ax=None
+):
     """A matplotlib figure: pixel frames -> latent frames (frame 0 repeated x4, then groups of
     4) and the audio frames feeding each latent frame (latent 0: 5 window slots; latent k >= 1:
     8 slots = audio frames 4k-5 .. 4k+2, clamped to the track)."""
@@ -89,7 +101,9 @@ def plot_frame_grouping(frame_num: int = 13, audio_start: int = 0, audio_frames:
 
     F = int(frame_num)
     if not is_valid_frame_num(F):
-        raise PlanError(f"frame_num {F}: the grouping is defined for 4n+1 >= 5 only (snap: {snap_frame_num_up(F)}).")
+        raise PlanError(
+            f"frame_num {F}: the grouping is defined for 4n+1 >= 5 only (snap: {snap_frame_num_up(F)})."
+        )
     T = latent_frames(F)
     last = audio_frames - 1 if audio_frames else None
     if ax is None:
@@ -112,12 +126,18 @@ def plot_frame_grouping(frame_num: int = 13, audio_start: int = 0, audio_frames:
         idx = [max(0, i if last is None else min(i, last)) for i in idx]
         x0 = 4 * k + 2 - len(idx) * 0.25  # centred under the latent frame's 4 mask slots
         for j, a in enumerate(idx):
-            ax.add_patch(Rectangle((x0 + j * 0.5, 0.6), 0.45, 0.8, color=colors(k % 10), alpha=0.35))
-            ax.text(x0 + j * 0.5 + 0.22, 1.0, str(a), ha="center", va="center", fontsize=6, rotation=90)
+            ax.add_patch(
+                Rectangle((x0 + j * 0.5, 0.6), 0.45, 0.8, color=colors(k % 10), alpha=0.35)
+            )
+            ax.text(
+                x0 + j * 0.5 + 0.22, 1.0, str(a), ha="center", va="center", fontsize=6, rotation=90
+            )
     ax.text(-0.5, 2.4, "pixel frame", ha="right", va="center", fontsize=8)
     ax.text(-0.5, 1.0, "audio frames", ha="right", va="center", fontsize=8)
     ax.set_xlim(-6, F + 4)
     ax.set_ylim(0.3, 3.4)
     ax.axis("off")
-    ax.set_title(f"frame_num {F}: {F}+3 mask frames -> {T} latent frames of 4; audio windows per latent frame")
+    ax.set_title(
+        f"frame_num {F}: {F}+3 mask frames -> {T} latent frames of 4; audio windows per latent frame"
+    )
     return fig

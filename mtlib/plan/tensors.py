@@ -13,7 +13,9 @@ from mtlib.plan.records import MAX_CLIPS, ClipPlan, PlanError, PlannedTensor, Sh
 from mtlib.spec import PRECISION, ModelSpec
 
 
-def _schedule(p: ShapePlan, g, F: int, eff: list[int], lat_h: int, lat_w: int, m: ModelSpec) -> None:
+def _schedule(
+    p: ShapePlan, g, F: int, eff: list[int], lat_h: int, lat_w: int, m: ModelSpec
+) -> None:
     """The clip schedule (mtlib.frames.clip_schedule, the engine's too) as ClipPlan records."""
     max_frames = max_frames_of(g.mode, F, g.max_frames_num)
     motion = g.motion_frame
@@ -39,7 +41,9 @@ def _schedule(p: ShapePlan, g, F: int, eff: list[int], lat_h: int, lat_w: int, m
         out = 0  # the reference cuts person 1's padding with video[:-0]: empty (empty_output rule)
     total = sum(c.kept for c in sched.clips)
     if max_frames > F and sum(miss) > 0 and total > max_frames:
-        p.notes.append("the 1000-frame cap and the tail padding both apply: the reference output is shorter than the audio - 3")
+        p.notes.append(
+            "the 1000-frame cap and the tail padding both apply: the reference output is shorter than the audio - 3"
+        )
     p.miss = miss
     p.video_frames = out
 
@@ -81,13 +85,21 @@ def _tensors(p, m, H, W, F, T, lat_h, lat_w, P, raw, tracks, pad_to, eff, inputs
         w2v = []
         for i in range(P):
             n50 = max(0, (n[i] - 400) // 320 + 1)  # conv feature frames at 50 Hz
-            w2v.append([
-                ("audio.input_values", (n[i],), "aud", "the 16 kHz track given to wav2vec2" + (" (+ silence)" if pad_to[i] else "")),
-                ("audio.w2v.conv_features", (1, m.w2v_conv_dim, n50), "aud", ""),
-                ("audio.w2v.interp_features", (1, eff[i], m.w2v_conv_dim), "aud", ""),
-                ("audio.w2v.hidden0", (1, eff[i], aw), "aud", ""),
-                ("audio.embedding", (eff[i], lay, aw), "aud", ""),
-            ])
+            w2v.append(
+                [
+                    (
+                        "audio.input_values",
+                        (n[i],),
+                        "aud",
+                        "the 16 kHz track given to wav2vec2"
+                        + (" (+ silence)" if pad_to[i] else ""),
+                    ),
+                    ("audio.w2v.conv_features", (1, m.w2v_conv_dim, n50), "aud", ""),
+                    ("audio.w2v.interp_features", (1, eff[i], m.w2v_conv_dim), "aud", ""),
+                    ("audio.w2v.hidden0", (1, eff[i], aw), "aud", ""),
+                    ("audio.embedding", (eff[i], lay, aw), "aud", ""),
+                ]
+            )
         if P == 1:
             add("audio.raw16k", (raw[0],), "aud", "librosa.load(sr=16000)")
             add("audio.loudnorm", (raw[0],), "aud")
@@ -114,7 +126,12 @@ def _tensors(p, m, H, W, F, T, lat_h, lat_w, P, raw, tracks, pad_to, eff, inputs
     add("clip.input", (1, 3, 1, H, W), "img")
     add("clip.pixels", (1, 3, m.clip_image_size, m.clip_image_size), "img")
     add("clip.out", (1, m.clip_tokens, m.clip_dim), "clip", "clip_fea")
-    add("ref_target_masks", (3, lat_h, lat_w), "lat", "person 1, person 2, background on the latent grid")
+    add(
+        "ref_target_masks",
+        (3, lat_h, lat_w),
+        "lat",
+        "person 1, person 2, background on the latent grid",
+    )
     add("t5.out_full", (2, m.text_len, m.text_dim), "t5", "T5 output with the padding rows")
     add("e2e.t5.call0.ids", (2, m.text_len), "int64", "[prompt, negative prompt]")
     add("e2e.t5.call0.mask", (2, m.text_len), "int64")
@@ -130,10 +147,25 @@ def _tensors(p, m, H, W, F, T, lat_h, lat_w, P, raw, tracks, pad_to, eff, inputs
         add(f"{k}.cond_image", (1, 3, ncond, H, W), "img")
         add(f"{k}.clip_in", (1, 3, 1, H, W), "img")
         add(f"{k}.clip_fea", (1, m.clip_tokens, m.clip_dim), "clip")
-        add(f"{k}.vae_latent", (1, m.z_dim, T, lat_h, lat_w), "vae", f"VAE encode of {ncond} cond + {F - ncond} zero frames")
-        add(f"{k}.mask", (1, 4, T, lat_h, lat_w), "dit", f"ones for {ncond} frames, frame 0 x4, view(1, {T}, 4, {lat_h}, {lat_w})")
+        add(
+            f"{k}.vae_latent",
+            (1, m.z_dim, T, lat_h, lat_w),
+            "vae",
+            f"VAE encode of {ncond} cond + {F - ncond} zero frames",
+        )
+        add(
+            f"{k}.mask",
+            (1, 4, T, lat_h, lat_w),
+            "dit",
+            f"ones for {ncond} frames, frame 0 x4, view(1, {T}, 4, {lat_h}, {lat_w})",
+        )
         add(f"{k}.y", (1, 4 + m.z_dim, T, lat_h, lat_w), "dit")
-        add(f"{k}.audio", (P, F, m.audio_window, lay, aw), "dit", f"audio frames {c.audio_start_idx}..{c.audio_end_idx - 1} +-2, clamped")
+        add(
+            f"{k}.audio",
+            (P, F, m.audio_window, lay, aw),
+            "dit",
+            f"audio frames {c.audio_start_idx}..{c.audio_end_idx - 1} +-2, clamped",
+        )
         add(f"{k}.ref_target_masks", (3, lat_h, lat_w), "lat")
         if inputs.text_tokens is not None:
             add(f"{k}.context", (inputs.text_tokens[0], m.text_dim), "t5")
@@ -161,11 +193,21 @@ def _tensors(p, m, H, W, F, T, lat_h, lat_w, P, raw, tracks, pad_to, eff, inputs
             add(f"{k}.color_corrected", (1, 3, F, H, W), "img")
     # the VAE of every clip (inside e2e.clip<k>.): causal chunks of 1, 4, 4, ... frames
     add("vae.encode.in", (1, 3, F, H, W), "vae", "cond frames + zero frames")
-    add("vae.encode.encoder_chunk*", (1, 2 * m.z_dim, 1, lat_h, lat_w), "vae", "mean and log-variance of one latent frame")
+    add(
+        "vae.encode.encoder_chunk*",
+        (1, 2 * m.z_dim, 1, lat_h, lat_w),
+        "vae",
+        "mean and log-variance of one latent frame",
+    )
     add("vae.y", (1, m.z_dim, T, lat_h, lat_w), "vae")
     add("vae.decode.in", (1, m.z_dim, T, lat_h, lat_w), "vae")
     add("vae.decode.decoder_chunk0", (1, 3, 1, H, W), "vae", "latent frame 0 -> 1 pixel frame")
-    add("vae.decode.decoder_chunk*", (1, 3, m.vae_stride[0], H, W), "vae", "later latent frames -> 4 pixel frames each")
+    add(
+        "vae.decode.decoder_chunk*",
+        (1, 3, m.vae_stride[0], H, W),
+        "vae",
+        "later latent frames -> 4 pixel frames each",
+    )
     add("vae.decode.out", (1, 3, F, H, W), "vae")
     add("e2e.video", (3, p.video_frames, H, W), "vae", "generate() output")
     add("output.video", (3, p.output_frames, H, W), "vae", "after trimming to the real audio")
@@ -174,7 +216,12 @@ def _tensors(p, m, H, W, F, T, lat_h, lat_w, P, raw, tracks, pad_to, eff, inputs
     L, S, hd = p.seq_len, nh * nw, m.head_dim
     add("dit.in.x", lat, "lat")
     add("dit.in.t", (1,), "lat")
-    add("dit.in.clip_fea", (1, m.clip_tokens, m.clip_dim), "dit", "CLIP output cast to the DiT dtype")
+    add(
+        "dit.in.clip_fea",
+        (1, m.clip_tokens, m.clip_dim),
+        "dit",
+        "CLIP output cast to the DiT dtype",
+    )
     add("dit.in.y", (1, 4 + m.z_dim, T, lat_h, lat_w), "dit")
     add("dit.in.audio", (P, F, m.audio_window, lay, aw), "dit", "uncond passes: 1 person of zeros")
     add("dit.in.ref_target_masks", (3, lat_h, lat_w), "lat")
@@ -186,17 +233,42 @@ def _tensors(p, m, H, W, F, T, lat_h, lat_w, P, raw, tracks, pad_to, eff, inputs
     add("dit.audio_proj", (P, T, m.context_tokens, m.output_dim), "dit")
     add("dit.audio_embedding", (1, T, m.context_tokens * P, m.output_dim), "dit")
     add("dit.token_ref_target_masks", (3, S), "dit")
-    add("dit.seq_len", (), "int64", f"a Python int, not a tensor: seq_len = T*N_h*N_w = {T}*{nh}*{nw} = {L}")
+    add(
+        "dit.seq_len",
+        (),
+        "int64",
+        f"a Python int, not a tensor: seq_len = T*N_h*N_w = {T}*{nh}*{nw} = {L}",
+    )
     add("dit.block*.self_attn.q", (1, m.num_heads, L, hd), "lat", "q, k after RoPE (fp32); v alike")
     add("dit.block*.self_attn.k", (1, m.num_heads, L, hd), "lat")
     add("dit.block*.self_attn.v", (1, m.num_heads, L, hd), "dit")
     add("dit.block*.self_attn", (1, L, D), "dit")
-    add("dit.block*.self_attn.x_ref_attn_map", (3, L), "dit", f"softmax over the {S} reference-frame keys")
+    add(
+        "dit.block*.self_attn.x_ref_attn_map",
+        (3, L),
+        "dit",
+        f"softmax over the {S} reference-frame keys",
+    )
     add("dit.block*.cross_attn.q", (1, m.num_heads, L, hd), "dit")
-    add("dit.block*.cross_attn.k", (1, m.num_heads, m.text_len, hd), "dit", "text keys (v alike); summed with the image attention")
-    add("dit.block*.cross_attn.k_img", (1, m.num_heads, m.clip_tokens, hd), "dit", "CLIP image keys (v_img alike)")
+    add(
+        "dit.block*.cross_attn.k",
+        (1, m.num_heads, m.text_len, hd),
+        "dit",
+        "text keys (v alike); summed with the image attention",
+    )
+    add(
+        "dit.block*.cross_attn.k_img",
+        (1, m.num_heads, m.clip_tokens, hd),
+        "dit",
+        "CLIP image keys (v_img alike)",
+    )
     add("dit.block*.cross_attn", (1, L, D), "dit")
-    add("dit.block*.audio_cross_attn.q", (T, m.num_heads, S, hd), "dit", "one batch item per latent frame")
+    add(
+        "dit.block*.audio_cross_attn.q",
+        (T, m.num_heads, S, hd),
+        "dit",
+        "one batch item per latent frame",
+    )
     add("dit.block*.audio_cross_attn.kv", (T, m.num_heads, m.context_tokens * P, hd), "dit")
     add("dit.block*.audio_cross_attn", (1, L, D), "dit")
     add("dit.block*.out", (1, L, D), "dit")

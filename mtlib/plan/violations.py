@@ -29,7 +29,9 @@ def _audio_violation(F: int, frames: list[int], tracks: list, g) -> Violation:
     fixes = []
     snapped = snap_frame_num(L - 1) if L >= 2 else 0
     if _snap_ok(snapped, g):
-        fixes.append(f"set frame_num to {snapped} (snap: the largest 4n+1 below the audio's {L} frames)")
+        fixes.append(
+            f"set frame_num to {snapped} (snap: the largest 4n+1 below the audio's {L} frames)"
+        )
     fixes.append(
         f"pad the audio to >= {math.ceil(n_pad / AUDIO_SR * 100) / 100:.2f} s ({n_pad} samples at 16 kHz) and "
         f"generate {F} frames, trimmed back to {real} (short_audio=pad)"
@@ -83,7 +85,9 @@ def _frame_violation(F: int, lat_h: int, lat_w: int, L: int, tracks: list, want:
         fixes.append(f"set frame_num to {down} (snap: the largest 4n+1 <= {F} the audio can feed)")
     up = snap_frame_num_up(F)
     need = samples_for_frames(frames_needed(up))
-    real = f"{tracks[0] / AUDIO_SR:.2f} s" if tracks and tracks[0] is not None else "the real length"
+    real = (
+        f"{tracks[0] / AUDIO_SR:.2f} s" if tracks and tracks[0] is not None else "the real length"
+    )
     if L <= up:
         fixes.append(
             f"pad the audio to >= {math.ceil(need / AUDIO_SR * 100) / 100:.2f} s and generate {up} frames, "
@@ -91,4 +95,10 @@ def _frame_violation(F: int, lat_h: int, lat_w: int, L: int, tracks: list, want:
         )
     else:
         fixes.append(f"set frame_num to {up}")
-    return Violation(rule, {"frame_num": F, "lat_h": lat_h, "lat_w": lat_w, "audio_frames": L}, msg, why, tuple(fixes))
+    return Violation(
+        rule,
+        {"frame_num": F, "lat_h": lat_h, "lat_w": lat_w, "audio_frames": L},
+        msg,
+        why,
+        tuple(fixes),
+    )

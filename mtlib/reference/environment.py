@@ -161,7 +161,9 @@ def reference_environment() -> dict[str, Any]:
         "gpu": None,
         "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
         "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
-        "nvidia_tf32_override": os.environ.get("NVIDIA_TF32_OVERRIDE"),  # "0": TF32 off in cuBLAS/cuDNN
+        "nvidia_tf32_override": os.environ.get(
+            "NVIDIA_TF32_OVERRIDE"
+        ),  # "0": TF32 off in cuBLAS/cuDNN
         "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
         "matmul_precision": torch.get_float32_matmul_precision(),
     }

@@ -425,7 +425,9 @@ def full_patterns(
     (without the random draws when `draws` is False)."""
     if level == "full":
         if not draws:
-            raise ValueError("tracing draws=False: only at level 'stats' (level 'full' stores every tensor).")
+            raise ValueError(
+                "tracing draws=False: only at level 'stats' (level 'full' stores every tensor)."
+            )
         return ("*",)
     if level != "stats":
         raise ValueError(f"tracing level {level!r}: must be 'stats' or 'full'.")

@@ -24,20 +24,37 @@ from typing import Any
 from mtlib.io import InputError
 
 
-def capture(official_dir: str | os.PathLike, official_args: str | list[str], trace_dir: str | os.PathLike,
-            level: str = "stats", keep: list[str] | tuple[str, ...] = (), script: str = "generate_multitalk.py",
-            python: str = sys.executable) -> Path:
+def capture(
+    official_dir: str | os.PathLike,
+    official_args: str | list[str],
+    trace_dir: str | os.PathLike,
+    level: str = "stats",
+    keep: list[str] | tuple[str, ...] = (),
+    script: str = "generate_multitalk.py",
+    python: str = sys.executable,
+) -> Path:
     """Run `python -m mtlib.reference --trace trace_dir -- script ARGS` in `official_dir` (the
     official checkout: its script, weights and input.json paths are relative to it) and return
     the archive it wrote. The script's output streams through; a failure raises InputError
     with its exit code (the partial trace stays in trace_dir)."""
     root = Path(official_dir).expanduser().resolve()
     if not (root / script).is_file():
-        raise InputError(f"official_dir {str(root)!r}: no {script} there. Fix: give the root of the "
-                         "MeiGen-AI/MultiTalk checkout (the folder the Colab runs the command in).")
+        raise InputError(
+            f"official_dir {str(root)!r}: no {script} there. Fix: give the root of the "
+            "MeiGen-AI/MultiTalk checkout (the folder the Colab runs the command in)."
+        )
     args = shlex.split(official_args) if isinstance(official_args, str) else list(official_args)
     trace_dir = Path(trace_dir).expanduser().resolve()
-    cmd = [python, "-m", "mtlib.reference", "--trace", str(trace_dir), "--level", level, "--overwrite"]
+    cmd = [
+        python,
+        "-m",
+        "mtlib.reference",
+        "--trace",
+        str(trace_dir),
+        "--level",
+        level,
+        "--overwrite",
+    ]
     for k in keep:
         cmd += ["--keep", k]
     cmd += ["--", script, *args]
@@ -49,8 +66,10 @@ def capture(official_dir: str | os.PathLike, official_args: str | list[str], tra
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
     r = subprocess.run(cmd, cwd=root, env=env)
     if r.returncode != 0:
-        raise InputError(f"the traced official command failed with exit code {r.returncode}: "
-                         f"{shlex.join(cmd)} (in {root}); its output above says why.")
+        raise InputError(
+            f"the traced official command failed with exit code {r.returncode}: "
+            f"{shlex.join(cmd)} (in {root}); its output above says why."
+        )
     return trace_dir.with_name(trace_dir.name + ".tar.gz")
 
 
@@ -58,11 +77,15 @@ def notebook_parameters(official_dir: str | None, official_args: str | None) -> 
     """`mtlib run --official-dir DIR [--official-args ARGS]` -> notebook 05's parameters;
     refused before any notebook runs when DIR is no official checkout (ValueError: exit 2)."""
     if not official_dir:
-        raise ValueError("--official-args: needs --official-dir (the checkout whose script it runs).")
+        raise ValueError(
+            "--official-args: needs --official-dir (the checkout whose script it runs)."
+        )
     root = Path(official_dir).expanduser().resolve()
     if not (root / "generate_multitalk.py").is_file():
-        raise ValueError(f"--official-dir {official_dir!r}: no generate_multitalk.py there. Fix: give the root "
-                         "of the MeiGen-AI/MultiTalk checkout (the folder the Colab runs the command in).")
+        raise ValueError(
+            f"--official-dir {official_dir!r}: no generate_multitalk.py there. Fix: give the root "
+            "of the MeiGen-AI/MultiTalk checkout (the folder the Colab runs the command in)."
+        )
     out = {"official_dir": str(root)}
     if official_args:
         out["official_args"] = official_args
@@ -77,16 +100,26 @@ def demo_reference(workdir: str | os.PathLike, config: Any = "tiny", seed: int =
     from mtlib.run.generation import generate_video
 
     cfg = config if isinstance(config, RunConfig) else load_config(config)
-    cfg = cfg.replace(**{"generation.frame_num": 13, "generation.sampling_steps": 3, "generation.seed": seed,
-                         "trace.level": "full", "trace.full": ["e2e.*.rand.*", "e2e.*.context*",
-                                                               "e2e.clip0.cond_image"]})
+    cfg = cfg.replace(
+        **{
+            "generation.frame_num": 13,
+            "generation.sampling_steps": 3,
+            "generation.seed": seed,
+            "trace.level": "full",
+            "trace.full": ["e2e.*.rand.*", "e2e.*.context*", "e2e.clip0.cond_image"],
+        }
+    )
     out = Path(workdir) / "demo_reference"
     generate_video(cfg, out / "video.mp4", trace_dir=out / "trace", progress=False)
     return out / "trace"
 
 
-def reproduce(reference: str | os.PathLike, config: Any, run_dir: str | os.PathLike,
-              overrides: dict[str, Any] | None = None) -> Path:
+def reproduce(
+    reference: str | os.PathLike,
+    config: Any,
+    run_dir: str | os.PathLike,
+    overrides: dict[str, Any] | None = None,
+) -> Path:
     """mtlib's run of `config` with the reference's draws injected (generation.noise trace,
     any device), traced into run_dir/trace; returns run_dir. `overrides`: dotted config keys."""
     from mtlib.config import RunConfig, load_config
@@ -95,7 +128,9 @@ def reproduce(reference: str | os.PathLike, config: Any, run_dir: str | os.PathL
 
     ref = resolve(reference)
     cfg = config if isinstance(config, RunConfig) else load_config(config)
-    cfg = cfg.replace(**{"generation.noise": "trace", "generation.noise_trace": str(ref), **(overrides or {})})
+    cfg = cfg.replace(
+        **{"generation.noise": "trace", "generation.noise_trace": str(ref), **(overrides or {})}
+    )
     run_dir = Path(run_dir)
     generate_video(cfg, run_dir / "video.mp4", trace_dir=run_dir / "trace", progress=False)
     return run_dir

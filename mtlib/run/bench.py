@@ -10,8 +10,13 @@ from mtlib.accel.bench import DitShape, _timed_any, attention_backend
 from mtlib.weights.random import random_init_
 
 
-def bench_clip(shape: DitShape, steps: int = 40, config: str = "multitalk-14b", device: str = "cuda",
-               fp8: bool = False) -> dict:
+def bench_clip(
+    shape: DitShape,
+    steps: int = 40,
+    config: str = "multitalk-14b",
+    device: str = "cuda",
+    fp8: bool = False,
+) -> dict:
     """One whole clip through mtlib.run.loop.generate at real size with random weights: umT5
     (bf16) on prompt + negative prompt, CLIP (fp16), VAE encode, `steps` denoising steps of 3
     compiled DiT passes, VAE decode, colour correction. Wall time per stage and in total.
@@ -45,7 +50,9 @@ def bench_clip(shape: DitShape, steps: int = 40, config: str = "multitalk-14b", 
     if cuda:
         clip.set_precision("reference")
     vae = materialise(vae, torch.float32)
-    dit = materialise(build_dit(CONFIGS[config], device="meta"), torch.bfloat16 if cuda else torch.float32)
+    dit = materialise(
+        build_dit(CONFIGS[config], device="meta"), torch.bfloat16 if cuda else torch.float32
+    )
     if fp8:
         from mtlib.accel.fp8 import enable_fp8_dit
 
@@ -55,17 +62,36 @@ def bench_clip(shape: DitShape, steps: int = 40, config: str = "multitalk-14b", 
     build_s = time.perf_counter() - t0
     text = t5_mod.T5TextEncoder(t5, t5_mod.StandInTokenizer(t5.config.vocab_size))
     g = torch.Generator("cpu").manual_seed(0)
-    cond = (torch.rand(1, 3, 1, shape.height, shape.width, generator=g) * 2 - 1)
+    cond = torch.rand(1, 3, 1, shape.height, shape.width, generator=g) * 2 - 1
     dcfg = dit.config
     audio = [torch.randn(shape.frames + 10, dcfg.audio_layers, dcfg.audio_width, generator=g)]
     masks = torch.ones(3, shape.height // 8, shape.width // 8)
     settings = GenerationSettings(frame_num=shape.frames, sampling_steps=steps, progress=False)
     with torch.inference_mode(), attention_backend("cudnn" if cuda else "default"):
-        t_text, (context, context_null) = _timed_any(cuda, lambda: text(["a person talks", t5_mod.DEFAULT_NEGATIVE_PROMPT]))
-        t_gen, result = _timed_any(cuda, lambda: generate(
-            Models(dit, vae, clip), cond, audio, context.to(torch.bfloat16 if cuda else torch.float32),
-            context_null.to(torch.bfloat16 if cuda else torch.float32), masks, settings))
-    return {"steps": steps, "frames": shape.frames, "size": [shape.height, shape.width],
-            "build_s": round(build_s, 1), "text_encoder_s": round(t_text, 2),
-            "generate_s": round(t_gen, 1), "total_s": round(t_text + t_gen, 1),
-            "total_min": round((t_text + t_gen) / 60, 2), "video": list(result.video.shape), "fp8": fp8}
+        t_text, (context, context_null) = _timed_any(
+            cuda, lambda: text(["a person talks", t5_mod.DEFAULT_NEGATIVE_PROMPT])
+        )
+        t_gen, result = _timed_any(
+            cuda,
+            lambda: generate(
+                Models(dit, vae, clip),
+                cond,
+                audio,
+                context.to(torch.bfloat16 if cuda else torch.float32),
+                context_null.to(torch.bfloat16 if cuda else torch.float32),
+                masks,
+                settings,
+            ),
+        )
+    return {
+        "steps": steps,
+        "frames": shape.frames,
+        "size": [shape.height, shape.width],
+        "build_s": round(build_s, 1),
+        "text_encoder_s": round(t_text, 2),
+        "generate_s": round(t_gen, 1),
+        "total_s": round(t_text + t_gen, 1),
+        "total_min": round((t_text + t_gen) / 60, 2),
+        "video": list(result.video.shape),
+        "fp8": fp8,
+    }

@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     import torch
 
 
-
 def open_trace(
     trace_dir: str | os.PathLike | None, cfg: RunConfig, **kw: Any
 ) -> trace.TraceWriter | None:
@@ -91,10 +90,16 @@ class GenerationOutput:
     teacache_skipped: int | None = None  # of those, calls TeaCache answered from its cache
     # TeaCache's decisions: (call in the clip, rel change of e0 or None, accumulator, computed)
     teacache_decisions: list | None = None
-    parallel: str | None = None  # the layout over several devices, e.g. "sequence parallel: 2 ranks"
+    parallel: str | None = (
+        None  # the layout over several devices, e.g. "sequence parallel: 2 ranks"
+    )
     rank: int = 0  # which rank returned this (only rank 0 writes the video and the trace)
-    dit_options: dict | None = None  # mtlib.accel.options.DiTOptions.to_dict(): what ran in which precision
-    stage_timings: dict[str, float] = field(default_factory=dict)  # inside "generate" (mtlib.run.stagetimer)
+    dit_options: dict | None = (
+        None  # mtlib.accel.options.DiTOptions.to_dict(): what ran in which precision
+    )
+    stage_timings: dict[str, float] = field(
+        default_factory=dict
+    )  # inside "generate" (mtlib.run.stagetimer)
 
 
 def summary(out: GenerationOutput) -> str:
@@ -194,7 +199,13 @@ def generate_video(
     t = _timed(timings, "plan", t_start)
     if models is None:
         models = parallel.agree(
-            rank, load_models, cfg, run.device, run.precision, compile=compile, progress=progress and main
+            rank,
+            load_models,
+            cfg,
+            run.device,
+            run.precision,
+            compile=compile,
+            progress=progress and main,
         )
     if rank is not None:
         parallel.enable_sequence_parallel(models.dit)
@@ -258,7 +269,9 @@ def generate_video(
                  "policies": [a.policy for a in run.plan.policy_actions]},
         "dit": dit_options,
     }  # fmt: skip
-    if getattr(models, "loras", None):  # the merged LoRA files, by content: path, scale, sha256, params touched
+    if getattr(
+        models, "loras", None
+    ):  # the merged LoRA files, by content: path, scale, sha256, params touched
         from mtlib.weights.lora import record as lora_record
 
         meta["loras"] = lora_record(models.loras)
@@ -270,7 +283,9 @@ def generate_video(
         meta["WARNING"] = RANDOM_WEIGHTS_NOTE
     if writer is not None:
         # the trace's meta.json gets the video's metadata too (rewritten at close)
-        writer.meta.update(seed=meta["seed"], frames=meta["frames"], plan=meta["plan"], dit=dit_options)
+        writer.meta.update(
+            seed=meta["seed"], frames=meta["frames"], plan=meta["plan"], dit=dit_options
+        )
         for key in ("loras", "parallel", "WARNING"):
             if key in meta:
                 writer.meta[key] = meta[key]

@@ -14,7 +14,6 @@ from mtlib.config import ConfigError, RunConfig
 from mtlib.run.prepare import _config, resolve_device
 
 if TYPE_CHECKING:
-
     pass
 
 
@@ -201,7 +200,9 @@ def _lora_hook(cfg: RunConfig, dit_config):
     try:
         from mtlib.weights.lora import check_loras, dit_param_shapes, merge_checked
     except ImportError:  # the LoRA loader lives on the golden branch (#14)
-        raise ConfigError("model.loras: this mtlib has no LoRA loader (mtlib.weights.lora).") from None
+        raise ConfigError(
+            "model.loras: this mtlib has no LoRA loader (mtlib.weights.lora)."
+        ) from None
     checks = check_loras(cfg.model.loras, dit_param_shapes(dit_config))
 
     def hook(i: int | None, module) -> None:  # i None: the model, its blocks not loaded yet

@@ -22,7 +22,6 @@ either drawn from one seeded CPU generator in the reference's order (`SeededNois
 from a recorded trace (`InjectedNoise`).
 """
 
-
 from __future__ import annotations
 
 import math
@@ -148,7 +147,9 @@ def generate(
     device, dit_dtype = _device_dtype(models.dit)
     H, W = cond_image.shape[-2:]
     lengths = [int(e.shape[0]) for e in audio_embs]
-    lp = LoopPlan.from_plan(plan) if plan is not None else LoopPlan.from_settings(s, (H, W), lengths)
+    lp = (
+        LoopPlan.from_plan(plan) if plan is not None else LoopPlan.from_settings(s, (H, W), lengths)
+    )
     lp.check("settings.frame_num", s.frame_num, lp.frame_num)
     lp.check("cond_image [H, W]", (H, W), lp.target_hw)
     if lp.audio_frames is not None:
@@ -283,9 +284,7 @@ def generate(
                         latent_in = trace.point("latent_in", latent)
                         x = latent_in.to(device, torch.float32)
 
-                        noise_pred_cond = models.dit(
-                            x, t, context=context, audio=audio, **shared
-                        )
+                        noise_pred_cond = models.dit(x, t, context=context, audio=audio, **shared)
                         noise_pred_cond = trace.point("cond", noise_pred_cond.float())
                         lp.check(f"e2e.clip{c}.step{i}.cond", noise_pred_cond.shape, latent.shape)
                         if not text_scale_one:
@@ -332,12 +331,16 @@ def generate(
                         latent = sampling.euler_step(
                             latent, noise_pred, timesteps[i : i + 1], timesteps[i + 1 : i + 2]
                         )
-                        finite.check_step(f"clip {c} step {i}", latent, {
-                            "cond": noise_pred_cond,
-                            "drop_text": None if text_scale_one else noise_pred_drop_text,
-                            "uncond": None if text_scale_one else noise_pred_uncond,
-                            "drop_audio": noise_pred_drop_audio if text_scale_one else None,
-                        })  # one isfinite per step; NonFiniteError names the first bad tensor
+                        finite.check_step(
+                            f"clip {c} step {i}",
+                            latent,
+                            {
+                                "cond": noise_pred_cond,
+                                "drop_text": None if text_scale_one else noise_pred_drop_text,
+                                "uncond": None if text_scale_one else noise_pred_uncond,
+                                "drop_audio": noise_pred_drop_audio if text_scale_one else None,
+                            },
+                        )  # one isfinite per step; NonFiniteError names the first bad tensor
                         if not is_first_clip:
                             trace.point("latent_updated", latent)
                         trace.point("noise_pred", noise_pred)

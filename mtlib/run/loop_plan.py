@@ -4,7 +4,6 @@ plan's sizes, clips, tail reflection and video length, or the same arithmetic fr
 plan), the input checks, and the loop's results (`ClipInfo`, `GenerationResult`).
 """
 
-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -182,10 +181,14 @@ class LoopPlan:
     target_hw: tuple[int, int]  # (H, W) of the conditioning image
     lat: tuple[int, int, int]  # (T, lat_h, lat_w)
     seq_len: int
-    clips: tuple[Any, ...]  # per clip: index, is_first, n_cond, audio_start, audio_end, kept, audio_len
+    clips: tuple[
+        Any, ...
+    ]  # per clip: index, is_first, n_cond, audio_start, audio_end, kept, audio_len
     miss: tuple[int, ...]  # per person: reflection frames before the last clip
     video_frames: int  # frames generate() returns
-    audio_frames: tuple[int, ...] | None  # per person embedding frames the loop is given (None: any)
+    audio_frames: (
+        tuple[int, ...] | None
+    )  # per person embedding frames the loop is given (None: any)
     source: str  # "plan" or "settings": named in drift errors
 
     @classmethod

@@ -2,7 +2,6 @@
 reference's order (`SeededNoise`), or a recorded trace (`InjectedNoise`).
 """
 
-
 from __future__ import annotations
 
 from typing import Protocol

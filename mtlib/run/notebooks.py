@@ -31,8 +31,15 @@ from mtlib.config import dump_config, load_config
 from mtlib.extras import require
 from mtlib.io import atomic_write, project_root
 
-NOTEBOOKS = ("00_setup", "01_preprocessing", "02_shape_inspection", "03_inference", "04_compare",
-             "05_reference", "06_batch")
+NOTEBOOKS = (
+    "00_setup",
+    "01_preprocessing",
+    "02_shape_inspection",
+    "03_inference",
+    "04_compare",
+    "05_reference",
+    "06_batch",
+)
 # 05_reference captures the official run only with an official checkout (--official-dir);
 # without one it runs its demo reference and says so in summary.txt
 
@@ -71,8 +78,11 @@ def _describe_cell(executed: Path, index: int) -> str:
 
     added = ("injected-parameters", "papermill-error-cell-tag")
     try:
-        cells = [c for c in nbformat.read(executed, as_version=4).cells
-                 if not any(t in c.metadata.get("tags", []) for t in added)]
+        cells = [
+            c
+            for c in nbformat.read(executed, as_version=4).cells
+            if not any(t in c.metadata.get("tags", []) for t in added)
+        ]
         for n, cell in enumerate(cells, 1):
             if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
                 first = (cell.source.strip().splitlines() or [""])[0]
@@ -111,7 +121,9 @@ def select_notebooks(notebook_dir: Path, only: str | None) -> list[Path]:
         unknown = [w for w in wanted if not any(p.name.startswith(w) for p in found)]
         if unknown:
             names = ", ".join(p.stem for p in found)
-            raise ValueError(f"--only {only!r}: no notebook starts with {', '.join(unknown)}; have {names}.")
+            raise ValueError(
+                f"--only {only!r}: no notebook starts with {', '.join(unknown)}; have {names}."
+            )
         found = [p for p in found if any(p.name.startswith(w) for w in wanted)]
     return found
 
@@ -123,7 +135,9 @@ def resolve_kernel(requested: str | None, notebook: Path) -> str:
     from jupyter_client.kernelspec import KernelSpecManager
 
     installed = set(KernelSpecManager().find_kernel_specs())
-    name = requested or nbformat.read(notebook, as_version=4).metadata.get("kernelspec", {}).get("name")
+    name = requested or nbformat.read(notebook, as_version=4).metadata.get("kernelspec", {}).get(
+        "name"
+    )
     if name and name in installed:
         return name
     return "python3"
@@ -166,12 +180,17 @@ def run_notebooks(
             try:
                 with _stderr_to(run_dir / "kernel.log"):  # kernel chatter off the console
                     pm.execute_notebook(
-                        str(nb), str(out),
-                        parameters={"config": str(run_dir / "config.yaml"), "run_dir": str(run_dir),
-                                    **(notebook_parameters or {}).get(nb.stem, {})},
+                        str(nb),
+                        str(out),
+                        parameters={
+                            "config": str(run_dir / "config.yaml"),
+                            "run_dir": str(run_dir),
+                            **(notebook_parameters or {}).get(nb.stem, {}),
+                        },
                         kernel_name=resolve_kernel(kernel, nb),
                         cwd=str(project_root()),
-                        progress_bar=False, log_output=True,
+                        progress_bar=False,
+                        log_output=True,
                     )
             except pm.PapermillExecutionError as e:
                 result.failed = nb.stem
@@ -214,7 +233,9 @@ class NotebookContext:
     headless: bool
 
 
-def notebook_context(config: str = "tiny", run_dir: str = "", notebook: str = "notebook") -> NotebookContext:
+def notebook_context(
+    config: str = "tiny", run_dir: str = "", notebook: str = "notebook"
+) -> NotebookContext:
     """Resolve a notebook's `config` / `run_dir` parameters.
 
     Under `mtlib run` both are injected (the run's config.yaml and directory). Run by hand or
@@ -222,7 +243,9 @@ def notebook_context(config: str = "tiny", run_dir: str = "", notebook: str = "n
     """
     import os
 
-    cfg = load_config(config)  # a preset name or a YAML path (relative paths: cwd, else project root)
+    cfg = load_config(
+        config
+    )  # a preset name or a YAML path (relative paths: cwd, else project root)
     path = Path(run_dir) if run_dir else project_root() / "runs" / "_scratch" / notebook
     path.mkdir(parents=True, exist_ok=True)
     headless = "PAPERMILL_EXECUTION" in os.environ or not sys.stdout.isatty()

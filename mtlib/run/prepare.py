@@ -13,7 +13,6 @@ from mtlib import plan as planning  # the plan package (formerly mtlib.plan)
 from mtlib.config import ConfigError, RunConfig, load_config
 
 if TYPE_CHECKING:
-
     from mtlib.run.loop_plan import GenerationSettings
 
 

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     import torch
 
 
-
 @dataclass
 class PreprocessedInputs:
     """Everything generate() takes from the user's files, plus what the notebook plots."""

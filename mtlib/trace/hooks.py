@@ -27,7 +27,9 @@ class ModuleHooks:
         self.remove()
 
 
-def hook_modules(model: Any, prefix: str, patterns: tuple[str, ...] | list[str] = ("*",)) -> ModuleHooks:
+def hook_modules(
+    model: Any, prefix: str, patterns: tuple[str, ...] | list[str] = ("*",)
+) -> ModuleHooks:
     """Record the output of every submodule of `model` whose qualified name matches a glob.
 
     The point name is `prefix + qualified name` (`hook_modules(dit, "dit.", ["blocks.*"])`

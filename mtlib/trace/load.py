@@ -50,8 +50,14 @@ class Trace:
     def from_tensors(cls, tensors: dict[str, Any], meta: dict | None = None) -> Trace:
         """An in-memory trace (all points full), e.g. the outputs of a replayed stage."""
         tensors = dict(tensors)
-        return cls(list(tensors), {n: {} for n in tensors}, tensors.__getitem__, set(tensors),
-                   meta or {}, "memory")
+        return cls(
+            list(tensors),
+            {n: {} for n in tensors},
+            tensors.__getitem__,
+            set(tensors),
+            meta or {},
+            "memory",
+        )
 
     @classmethod
     def from_recorder(cls, recorder: MemoryRecorder, meta: dict | None = None) -> Trace:
@@ -78,8 +84,10 @@ class Trace:
         if name not in self.entries:
             raise KeyError(f"{name!r}: no such point in {self!r}")
         if name not in self._full or self._load is None:
-            raise KeyError(f"{name!r}: only statistics were recorded (trace level 'stats'); "
-                           "record it with TraceWriter(full=[...]) to get the tensor.")
+            raise KeyError(
+                f"{name!r}: only statistics were recorded (trace level 'stats'); "
+                "record it with TraceWriter(full=[...]) to get the tensor."
+            )
         return self._load(name)
 
     def stats(self, name: str) -> dict[str, Any]:
@@ -112,11 +120,15 @@ def _mtlib_trace(directory: Path) -> Trace:
                 # a run that died mid-write leaves at most one torn last line: skip it
                 continue
             if not isinstance(e, dict) or "name" not in e:
-                raise InputError(f"trace {str(directory)!r}: {INDEX_FILE} line {line_no} is not a point entry.")
+                raise InputError(
+                    f"trace {str(directory)!r}: {INDEX_FILE} line {line_no} is not a point entry."
+                )
             names.append(e["name"])
             entries[e["name"]] = e
     # tensors whose shard never reached the disk (crash before flush) count as stats-only
-    shard_ok = {n: (directory / n).exists() for n in {e.get("shard") for e in entries.values()} if n}
+    shard_ok = {
+        n: (directory / n).exists() for n in {e.get("shard") for e in entries.values()} if n
+    }
     full = {n for n, e in entries.items() if e.get("shard") and shard_ok.get(e["shard"])}
     full |= {n for n, e in entries.items() if e.get("same_as") in full}  # compact: stored once
     handles: dict[str, Any] = {}
@@ -141,7 +153,11 @@ def _mtlib_trace(directory: Path) -> Trace:
 def _golden_case_order(case_meta: dict) -> list[str]:
     """Execution order of a golden case: params.trace_order (e2e) first, then index order."""
     index = list(case_meta.get("tensors", {}))
-    order = [n for n in case_meta.get("params", {}).get("trace_order", []) if n in case_meta.get("tensors", {})]
+    order = [
+        n
+        for n in case_meta.get("params", {}).get("trace_order", [])
+        if n in case_meta.get("tensors", {})
+    ]
     return order + [n for n in index if n not in set(order)]
 
 
@@ -160,8 +176,15 @@ def _golden_case(json_path: Path) -> Trace:
         return handle[0].get_tensor(name)
 
     meta = {k: v for k, v in case_meta.items() if k != "tensors"}
-    return Trace(names, entries, load if tf else None, set(names) if tf else set(), meta,
-                 "golden-case", json_path)
+    return Trace(
+        names,
+        entries,
+        load if tf else None,
+        set(names) if tf else set(),
+        meta,
+        "golden-case",
+        json_path,
+    )
 
 
 def _golden_dir(root: Path, case: str | None = None) -> Trace:
@@ -190,8 +213,9 @@ def _golden_dir(root: Path, case: str | None = None) -> Trace:
     full = {q for q, (sub, n) in owner.items() if sub.has_tensor(n)}
     meta = {k: v for k, v in index.items() if k != "cases"}
     meta["cases"] = [c["case"] for c in cases]
-    return Trace(names, entries, lambda q: owner[q][0].tensor(owner[q][1]), full, meta,
-                 "golden-dir", root)
+    return Trace(
+        names, entries, lambda q: owner[q][0].tensor(owner[q][1]), full, meta, "golden-dir", root
+    )
 
 
 def _safetensors_file(path: Path) -> Trace:

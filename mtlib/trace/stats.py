@@ -9,8 +9,10 @@ _STATS_CHUNK = 1 << 24  # elements per reduction chunk: bounds the float64 tempo
 _HASH_CHUNK_BYTES = 64 << 20  # bytes hashed per piece (bounds temporaries on any device)
 
 # 64-bit odd constants (splitmix64 / murmur3 finalisers) as signed int64 for torch
-_MIX = [c - (1 << 64) if c >= 1 << 63 else c for c in (
-    0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0xD6E8FEB86659FD93)]
+_MIX = [
+    c - (1 << 64) if c >= 1 << 63 else c
+    for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0xD6E8FEB86659FD93)
+]
 
 
 def _mix128(flat_bytes: Any) -> str:
@@ -120,8 +122,14 @@ def tensor_stats(tensor: Any, with_hash: bool = True) -> dict[str, Any]:
                     count = total
                     lo, hi = torch.minimum(lo, lo_k), torch.maximum(hi, hi_k)
             mean_v, m2_v, lo_v, hi_v = torch.stack([mean, m2, lo, hi]).tolist()
-        std_v = math.sqrt(m2_v / (count - 1)) if count > 1 and m2_v >= 0 else (0.0 if count == 1 else math.nan)
-        amax_v = max(abs(lo_v), abs(hi_v)) if not (math.isnan(lo_v) or math.isnan(hi_v)) else math.nan
+        std_v = (
+            math.sqrt(m2_v / (count - 1))
+            if count > 1 and m2_v >= 0
+            else (0.0 if count == 1 else math.nan)
+        )
+        amax_v = (
+            max(abs(lo_v), abs(hi_v)) if not (math.isnan(lo_v) or math.isnan(hi_v)) else math.nan
+        )
         nan = inf = 0
         if not math.isfinite(mean_v):  # a finite sum proves there is no NaN / Inf: skip counting
             nan = int(torch.isnan(t).sum())

@@ -157,14 +157,18 @@ class TraceWriter:
         if level not in ("stats", "full"):
             raise ValueError(f"TraceWriter level {level!r}: must be 'stats' or 'full'.")
         if shard_mb <= 0 or max_queue_mb <= 0:
-            raise ValueError(f"TraceWriter shard_mb={shard_mb}, max_queue_mb={max_queue_mb}: must be > 0.")
+            raise ValueError(
+                f"TraceWriter shard_mb={shard_mb}, max_queue_mb={max_queue_mb}: must be > 0."
+            )
         self.directory = Path(directory)
         self.level = level
         self.full = tuple(full) if (full or level == "stats") else ("*",)
         self.include = tuple(include)
         self._include_all = self.include == ("*",)
         # explicitly stored points are recorded whatever `include` says: they match last
-        self._rules = tuple((p[1:], False) if p.startswith("!") else (p, True) for p in self.include)
+        self._rules = tuple(
+            (p[1:], False) if p.startswith("!") else (p, True) for p in self.include
+        )
         self._rules += tuple((p, True) for p in full)
         self._seen: dict[str, bool] = {}  # name -> recorded? (glob matching once per name)
         self.shard_bytes = int(shard_mb * (1 << 20))
@@ -211,7 +215,9 @@ class TraceWriter:
         self._queue: queue.Queue | None = None
         if background:
             self._queue = queue.Queue()
-            self._worker = threading.Thread(target=self._drain, name="mtlib-trace-writer", daemon=True)
+            self._worker = threading.Thread(
+                target=self._drain, name="mtlib-trace-writer", daemon=True
+            )
             self._worker.start()
 
     @classmethod
@@ -249,7 +255,9 @@ class TraceWriter:
 
     def record(self, name: str, value: Any) -> None:
         if self._closed:
-            raise RuntimeError(f"TraceWriter({str(self.directory)!r}) is closed; point {name!r} lost.")
+            raise RuntimeError(
+                f"TraceWriter({str(self.directory)!r}) is closed; point {name!r} lost."
+            )
         self._raise_worker_error()
         if not self.wants(name):
             return
@@ -327,8 +335,10 @@ class TraceWriter:
 
     def _raise_worker_error(self) -> None:
         if self._error is not None:
-            raise RuntimeError(f"TraceWriter({str(self.directory)!r}): writing the trace failed: "
-                               f"{type(self._error).__name__}: {self._error}") from self._error
+            raise RuntimeError(
+                f"TraceWriter({str(self.directory)!r}): writing the trace failed: "
+                f"{type(self._error).__name__}: {self._error}"
+            ) from self._error
 
     def wait(self) -> None:
         """Block until every point offered so far has its index line on disk."""

@@ -3,7 +3,6 @@
 disagree (`EXPECTED`, `expected_map`, `expected_digest`).
 """
 
-
 from __future__ import annotations
 
 import json

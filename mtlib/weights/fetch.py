@@ -2,7 +2,6 @@
 space it needs) and `download` (huggingface_hub, pinned revisions).
 """
 
-
 from __future__ import annotations
 
 import fnmatch

@@ -1,6 +1,5 @@
 """The published repositories, their pinned revisions and file names; `WeightsError`, `Problem`."""
 
-
 from __future__ import annotations
 
 import os

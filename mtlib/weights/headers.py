@@ -3,7 +3,6 @@
 and dtype (`read_header`).
 """
 
-
 from __future__ import annotations
 
 import json
@@ -209,8 +208,13 @@ def read_pth_header(path: str | os.PathLike) -> FileHeader:
                     f"{path}: tensor {key!r}: storage {info.filename!r} holds {info.file_size} "
                     f"bytes, expected {storage.nbytes()} ({numel} x {dtype}). {fix}"))  # fmt: skip
             else:
-                extent = 0 if t.numel() == 0 else t.storage_offset() + 1 + sum(
-                    (n - 1) * st for n, st in zip(t.shape, t.stride(), strict=True))
+                extent = (
+                    0
+                    if t.numel() == 0
+                    else t.storage_offset()
+                    + 1
+                    + sum((n - 1) * st for n, st in zip(t.shape, t.stride(), strict=True))
+                )
                 if extent > numel:
                     problem = Problem("corrupt", str(path), (
                         f"{path}: tensor {key!r} {list(t.shape)} reaches element {extent} of a "

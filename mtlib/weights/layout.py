@@ -7,7 +7,6 @@ does none of that: it reads the three directories where they are, writes nothing
 them, and also accepts a directory that was already linked the official way.
 """
 
-
 from __future__ import annotations
 
 import json

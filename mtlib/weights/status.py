@@ -2,7 +2,6 @@
 the layout a run config uses (`layout_for_config`).
 """
 
-
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,7 +3,6 @@ expected maps, file sizes against what the headers promise, the wrong model name
 (`verify_layout` -> `VerifyReport`).
 """
 
-
 from __future__ import annotations
 
 import fnmatch

@@ -19,7 +19,7 @@ def _demo_run(matmul_dtype: str, steps: int = 4) -> None:
     import torch
 
     g = torch.Generator().manual_seed(0)
-    w_enc = torch.randn(32, 64, generator=g) / 32 ** 0.5
+    w_enc = torch.randn(32, 64, generator=g) / 32**0.5
     w_den = torch.randn(64, 64, generator=g) / 8
     w_dec = torch.randn(64, 16, generator=g) / 8
     cond = torch.randn(8, 32, generator=g)
@@ -49,8 +49,10 @@ def demo_traces(directory: str | Path, steps: int = 4) -> tuple[Path, Path]:
     paths = []
     for label, dtype in (("bf16", "bfloat16"), ("fp32", "float32")):
         p = directory / f"demo_{label}"
-        with trace.TraceWriter(p, level="full", meta={"demo": label}, overwrite=True) as tw, \
-                trace.recording(tw):
+        with (
+            trace.TraceWriter(p, level="full", meta={"demo": label}, overwrite=True) as tw,
+            trace.recording(tw),
+        ):
             _demo_run(dtype, steps)
         paths.append(p)
     return paths[0], paths[1]
@@ -62,8 +64,13 @@ def demo_traces(directory: str | Path, steps: int = 4) -> tuple[Path, Path]:
 TINY_PAIR_CHANGE: dict[str, Any] = {"generation.audio_guide_scale": 3.5}
 
 
-def tiny_pair(directory: str | Path, change: dict[str, Any] | None = None, base: Any = "tiny",
-              frame_num: int = 13, models: Any = None) -> tuple[Path, Path]:
+def tiny_pair(
+    directory: str | Path,
+    change: dict[str, Any] | None = None,
+    base: Any = "tiny",
+    frame_num: int = 13,
+    models: Any = None,
+) -> tuple[Path, Path]:
     """Two tiny runs made on the spot with generation.generate_video, traced at level full:
     A with `change` applied (default TINY_PAIR_CHANGE), B the unchanged reference.
 
@@ -77,11 +84,15 @@ def tiny_pair(directory: str | Path, change: dict[str, Any] | None = None, base:
     cfg = base if isinstance(base, RunConfig) else load_config(base)
     if cfg.model.name != "tiny":
         cfg = load_config("tiny")
-    cfg = cfg.replace(**{"generation.frame_num": frame_num, "trace.level": "full", "trace.full": []})
+    cfg = cfg.replace(
+        **{"generation.frame_num": frame_num, "trace.level": "full", "trace.full": []}
+    )
     change = dict(TINY_PAIR_CHANGE if change is None else change)
     if not change:
-        raise InputError("tiny_pair: `change` is empty; the two runs would be identical. "
-                         "Fix: give one setting to change, e.g. {'generation.seed': 43}.")
+        raise InputError(
+            "tiny_pair: `change` is empty; the two runs would be identical. "
+            "Fix: give one setting to change, e.g. {'generation.seed': 43}."
+        )
     changed = cfg.replace(**change)
     if models is None:
         models = generation.load_models(cfg)
@@ -90,14 +101,16 @@ def tiny_pair(directory: str | Path, change: dict[str, Any] | None = None, base:
     paths = []
     for name, c in ((f"run_a_{label}", changed), ("run_b_reference", cfg)):
         d = directory / re.sub(r"[^A-Za-z0-9_.,=-]", "_", name)
-        generation.generate_video(c, d / "video.mp4", trace_dir=d / "trace", progress=False,
-                                  models=models)
+        generation.generate_video(
+            c, d / "video.mp4", trace_dir=d / "trace", progress=False, models=models
+        )
         paths.append(d)
     return paths[0], paths[1]
 
 
-def resolve_pair(run_a: str, run_b: str, workdir: str | Path, base: Any = "tiny",
-                 demo: str = "tiny") -> tuple[Path | str, Path | str]:
+def resolve_pair(
+    run_a: str, run_b: str, workdir: str | Path, base: Any = "tiny", demo: str = "tiny"
+) -> tuple[Path | str, Path | str]:
     """The two traces a notebook compares: `run_a` / `run_b` as given, or when both are
     empty a pair made in `workdir`: demo "tiny" = two tiny generate_video runs (`tiny_pair`,
     from config `base`), "synthetic" = the stand-in computation of `demo_traces`."""
@@ -108,7 +121,9 @@ def resolve_pair(run_a: str, run_b: str, workdir: str | Path, base: Any = "tiny"
             raise InputError(f"demo {demo!r}: use 'tiny' or 'synthetic'.")
         return tiny_pair(Path(workdir) / "tiny_pair", base=base)
     if not run_a or not run_b:
-        raise InputError(f"run_a={run_a!r}, run_b={run_b!r}: give both traces (or neither, for the demo).")
+        raise InputError(
+            f"run_a={run_a!r}, run_b={run_b!r}: give both traces (or neither, for the demo)."
+        )
     from mtlib.reference.archive import resolve  # a reference trace archive (.tar.gz) is unpacked
 
     return resolve(run_a), resolve(run_b)
@@ -119,7 +134,9 @@ def heatmap_point(cmp: Comparison, point: str = "") -> str | None:
     compared as tensors on both sides (None if there is none)."""
     if point:
         if point not in cmp.a or point not in cmp.b:
-            raise InputError(f"point {point!r}: not in both traces. Fix: pick a name from the table.")
+            raise InputError(
+                f"point {point!r}: not in both traces. Fix: pick a name from the table."
+            )
         return point
     if cmp.first_divergence and cmp[cmp.first_divergence].mode == "tensor":
         return cmp.first_divergence

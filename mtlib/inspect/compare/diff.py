@@ -175,13 +175,19 @@ def _join(note: str, more: str) -> str:
     return f"{note}; {more}" if note else more
 
 
-def compare_point(name: str, a: Trace, b: Trace, overrides: dict[str, float] | None = None,
-                  name_b: str | None = None) -> PointResult:
+def compare_point(
+    name: str,
+    a: Trace,
+    b: Trace,
+    overrides: dict[str, float] | None = None,
+    name_b: str | None = None,
+) -> PointResult:
     """Compare point `name` of A with point `name_b` (default the same name) of B."""
     name_b = name if name_b is None else name_b
     sa, sb = a.stats(name), b.stats(name_b)
-    row = PointResult(name, STATUS_FAIL, "-", sa.get("shape"), sb.get("shape"), sa.get("dtype"),
-                      sb.get("dtype"))
+    row = PointResult(
+        name, STATUS_FAIL, "-", sa.get("shape"), sb.get("shape"), sa.get("dtype"), sb.get("dtype")
+    )
     row.nan_a, row.nan_b = int(sa.get("nan") or 0), int(sb.get("nan") or 0)
     row.inf_a, row.inf_b = int(sa.get("inf") or 0), int(sb.get("inf") or 0)
     if row.shape_a is None or row.shape_b is None:  # non-tensor values: compare their repr

@@ -46,28 +46,50 @@ def plot_error_along_pipeline(cmp: Comparison, ax=None):
     """rel L2 per point in execution order (log scale); failing points red, the first
     divergence marked; stats-only points hollow (their value is the stats difference)."""
     plt = _pyplot()
-    fig = ax.figure if ax is not None else plt.figure(figsize=(max(6.0, min(18.0, 0.25 * len(cmp.compared) + 4)), 4))
+    fig = (
+        ax.figure
+        if ax is not None
+        else plt.figure(figsize=(max(6.0, min(18.0, 0.25 * len(cmp.compared) + 4)), 4))
+    )
     ax = ax if ax is not None else fig.add_subplot(1, 1, 1)
     rows = cmp.compared
     xs = list(range(len(rows)))
-    ys = [max(_FLOOR, r.error) if r.error is not None and math.isfinite(r.error) else None for r in rows]
+    ys = [
+        max(_FLOOR, r.error) if r.error is not None and math.isfinite(r.error) else None
+        for r in rows
+    ]
     top = max([y for y in ys if y is not None] + [1.0])
     ys = [y if y is not None else top * 10 for y in ys]  # NaN / Inf / mismatches: pinned on top
     colors = ["tab:red" if r.failed else "tab:blue" for r in rows]
     solid = [i for i, r in enumerate(rows) if r.mode not in ("stats",)]
     hollow = [i for i, r in enumerate(rows) if r.mode == "stats"]
     ax.plot(xs, ys, color="0.7", lw=0.8, zorder=1)
-    ax.scatter([xs[i] for i in solid], [ys[i] for i in solid], c=[colors[i] for i in solid], s=18, zorder=2)
+    ax.scatter(
+        [xs[i] for i in solid], [ys[i] for i in solid], c=[colors[i] for i in solid], s=18, zorder=2
+    )
     if hollow:
-        ax.scatter([xs[i] for i in hollow], [ys[i] for i in hollow], facecolors="none",
-                   edgecolors=[colors[i] for i in hollow], s=24, zorder=2, label="stats only")
+        ax.scatter(
+            [xs[i] for i in hollow],
+            [ys[i] for i in hollow],
+            facecolors="none",
+            edgecolors=[colors[i] for i in hollow],
+            s=24,
+            zorder=2,
+            label="stats only",
+        )
         ax.legend(loc="upper left", fontsize=8)
     fd = cmp.first_divergence
     if fd is not None:
         i = [r.name for r in rows].index(fd)
         ax.axvline(i, color="tab:red", ls="--", lw=1)
-        ax.annotate(f"first divergence: {fd}", (i, ys[i]), textcoords="offset points", xytext=(4, 6),
-                    fontsize=8, color="tab:red")
+        ax.annotate(
+            f"first divergence: {fd}",
+            (i, ys[i]),
+            textcoords="offset points",
+            xytext=(4, 6),
+            fontsize=8,
+            color="tab:red",
+        )
     ax.set_yscale("log")
     ax.set_ylabel(f"rel L2  ||a-b|| / ||b||  (exact: {_FLOOR:g})")
     ax.set_xlabel("trace point (execution order)")
@@ -100,8 +122,11 @@ def plot_error_per_step(cmp: Comparison, ax=None):
         xs = [i for i, s in enumerate(steps) if s in vals]
         ax.plot(xs, [vals[steps[i]] for i in xs], marker="o", label=kind)
     ax.set_xticks(range(len(steps)))
-    ax.set_xticklabels([s.rsplit(".", 1)[-1] if s.count("clip") == 0 else s.split(".", 1)[-1] for s in steps],
-                       rotation=45, fontsize=7)
+    ax.set_xticklabels(
+        [s.rsplit(".", 1)[-1] if s.count("clip") == 0 else s.split(".", 1)[-1] for s in steps],
+        rotation=45,
+        fontsize=7,
+    )
     ax.set_yscale("log")
     ax.set_ylabel("rel L2")
     ax.set_title("Error per denoising step")
@@ -126,8 +151,9 @@ def reduce_to_2d(tensor: Any, index: tuple | None = None) -> Any:
     return t
 
 
-def plot_difference_heatmap(a: Trace, b: Trace, name: str, index: tuple | None = None,
-                            name_b: str | None = None):
+def plot_difference_heatmap(
+    a: Trace, b: Trace, name: str, index: tuple | None = None, name_b: str | None = None
+):
     """A, B and A - B of one point side by side (reduced to 2-D by `reduce_to_2d`)."""
     plt = _pyplot()
     ta = reduce_to_2d(a.tensor(name), index)
@@ -136,9 +162,14 @@ def plot_difference_heatmap(a: Trace, b: Trace, name: str, index: tuple | None =
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     lim = max(float(ta.abs().max()), float(tb.abs().max()), 1e-12)
     dlim = max(float(d.abs().max()), 1e-12)
-    for ax, img, title, vmax, cmap in ((axes[0], ta, "A", lim, "viridis"), (axes[1], tb, "B (reference)", lim, "viridis"),
-                                       (axes[2], d, f"A - B (max {dlim:.3g})", dlim, "RdBu_r")):
-        im = ax.imshow(img.numpy(), aspect="auto", cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest")
+    for ax, img, title, vmax, cmap in (
+        (axes[0], ta, "A", lim, "viridis"),
+        (axes[1], tb, "B (reference)", lim, "viridis"),
+        (axes[2], d, f"A - B (max {dlim:.3g})", dlim, "RdBu_r"),
+    ):
+        im = ax.imshow(
+            img.numpy(), aspect="auto", cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest"
+        )
         ax.set_title(title, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046)
     shape = list(a.stats(name)["shape"])

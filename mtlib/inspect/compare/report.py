@@ -161,8 +161,11 @@ class Comparison:
             "first_divergence": self.first_divergence,
             "only_in_a": self.only_in_a,
             "only_in_b": self.only_in_b,
-            "counts": {"compared": len(self.compared), "failed": len(self.failures),
-                       "unverified": len(self.unverified)},
+            "counts": {
+                "compared": len(self.compared),
+                "failed": len(self.failures),
+                "unverified": len(self.unverified),
+            },
             "incomplete": self.incomplete,
             "tolerances": dict(self.tolerances),
             "points": [{k: clean(v) for k, v in asdict(r).items()} for r in self.rows],
@@ -171,12 +174,23 @@ class Comparison:
     def rich_table(self, rows: Iterable[PointResult] | None = None):
         from rich.table import Table
 
-        table = Table(title=f"A = {self.a.path or self.a.kind}\nB = {self.b.path or self.b.kind}",
-                      title_justify="left")
-        for col, just in (("#", "right"), ("point", "left"), ("status", "left"), ("mode", "left"),
-                          ("shape", "left"), ("dtype", "left"), ("max|a-b|", "right"),
-                          ("bound", "right"), ("rel L2", "right"), ("cosine", "right"),
-                          ("note", "left")):
+        table = Table(
+            title=f"A = {self.a.path or self.a.kind}\nB = {self.b.path or self.b.kind}",
+            title_justify="left",
+        )
+        for col, just in (
+            ("#", "right"),
+            ("point", "left"),
+            ("status", "left"),
+            ("mode", "left"),
+            ("shape", "left"),
+            ("dtype", "left"),
+            ("max|a-b|", "right"),
+            ("bound", "right"),
+            ("rel L2", "right"),
+            ("cosine", "right"),
+            ("note", "left"),
+        ):
             table.add_column(col, justify=just, overflow="fold")
         fd = self.first_divergence
         for i, r in enumerate(self.rows if rows is None else rows):
@@ -184,19 +198,35 @@ class Comparison:
             status = f"[{style}]{r.status}[/{style}]"
             if r.name == fd:
                 status = f"[bold red]>> {r.status}[/bold red]"
-            dtype = r.dtype_a if r.dtype_a == r.dtype_b or r.dtype_b is None else f"{r.dtype_a}/{r.dtype_b}"
+            dtype = (
+                r.dtype_a
+                if r.dtype_a == r.dtype_b or r.dtype_b is None
+                else f"{r.dtype_a}/{r.dtype_b}"
+            )
             shape = r.shape_a if r.shape_a is not None else r.shape_b
             err = r.max_abs if r.max_abs is not None else r.stat_diff
-            table.add_row(str(i), r.name, status, r.mode, _fmt_shape(shape), dtype or "",
-                          _fmt(err), _fmt(r.bound), _fmt(r.rel_l2), _fmt(r.cosine, cos=True), r.note)
+            table.add_row(
+                str(i),
+                r.name,
+                status,
+                r.mode,
+                _fmt_shape(shape),
+                dtype or "",
+                _fmt(err),
+                _fmt(r.bound),
+                _fmt(r.rel_l2),
+                _fmt(r.cosine, cos=True),
+                r.note,
+            )
         return table
 
     def table(self, width: int = 160) -> str:
         """The table as plain text (rich layout, no colour codes)."""
         from rich.console import Console
 
-        console = Console(width=width, record=True, file=io.StringIO(), color_system=None,
-                          force_jupyter=False)
+        console = Console(
+            width=width, record=True, file=io.StringIO(), color_system=None, force_jupyter=False
+        )
         console.print(self.rich_table())
         return console.export_text()
 
@@ -221,12 +251,19 @@ class Comparison:
         if any(_STEP_RE.search(r.name) for r in self.compared):
             figs.append(("Error per denoising step", self.plot_steps()))
         target = heatmap or self.first_divergence
-        if target and target in self.a and target in self.b and self.a.has_tensor(target) \
-                and self.b.has_tensor(target) and self[target].mode == "tensor":
+        if (
+            target
+            and target in self.a
+            and target in self.b
+            and self.a.has_tensor(target)
+            and self.b.has_tensor(target)
+            and self[target].mode == "tensor"
+        ):
             figs.append((f"Difference heatmap: {target}", self.plot_heatmap(target)))
         images = "".join(
             f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' "
-            f"src='data:image/png;base64,{_png_b64(fig)}'/>" for title, fig in figs
+            f"src='data:image/png;base64,{_png_b64(fig)}'/>"
+            for title, fig in figs
         )
         page = (
             "<!DOCTYPE html><html><head><meta charset='utf-8'><title>mtlib compare</title>"
@@ -255,16 +292,26 @@ def _describe(r: PointResult) -> str:
     if r.status in (STATUS_SHAPE, STATUS_DTYPE) or r.mode == "value":
         return f"{r.status}: {r.note}"
     if r.mode == "exact":
-        return f"exact values differ (max|a-b| {_fmt(r.max_abs)}; integer / bool points must be equal)"
+        return (
+            f"exact values differ (max|a-b| {_fmt(r.max_abs)}; integer / bool points must be equal)"
+        )
     if r.status == STATUS_UNVERIFIED:
-        return (f"unverified (stats only): max stat diff {_fmt(r.stat_diff)} <= bound "
-                f"{_fmt(r.bound)}, which does not prove the tensors close; {r.note}")
+        return (
+            f"unverified (stats only): max stat diff {_fmt(r.stat_diff)} <= bound "
+            f"{_fmt(r.bound)}, which does not prove the tensors close; {r.note}"
+        )
     if r.mode == "stats":
-        return (f"differs (stats only): max stat diff {_fmt(r.stat_diff)} > bound {_fmt(r.bound)}"
-                + (f"; NaN {r.nan_a}/{r.nan_b}, Inf {r.inf_a}/{r.inf_b}"
-                   if (r.nan_a, r.inf_a) != (r.nan_b, r.inf_b) else ""))
+        return (
+            f"differs (stats only): max stat diff {_fmt(r.stat_diff)} > bound {_fmt(r.bound)}"
+            + (
+                f"; NaN {r.nan_a}/{r.nan_b}, Inf {r.inf_a}/{r.inf_b}"
+                if (r.nan_a, r.inf_a) != (r.nan_b, r.inf_b)
+                else ""
+            )
+        )
     return f"max|a-b| {_fmt(r.max_abs)} > bound {_fmt(r.bound)}, rel L2 {_fmt(r.rel_l2)}" + (
-        f"; {r.note}" if r.note else "")
+        f"; {r.note}" if r.note else ""
+    )
 
 
 def _fmt(v: float | None, cos: bool = False) -> str:
@@ -283,23 +330,36 @@ def _fmt_shape(shape) -> str:
 
 def _html_table(cmp: Comparison) -> str:
     fd = cmp.first_divergence
-    head = ("<table><tr><th>#</th><th>point</th><th>status</th><th>mode</th><th>shape</th>"
-            "<th>dtype</th><th>max|a-b|</th><th>bound</th><th>rel L2</th><th>cosine</th>"
-            "<th>NaN a/b</th><th>Inf a/b</th><th>note</th></tr>")
+    head = (
+        "<table><tr><th>#</th><th>point</th><th>status</th><th>mode</th><th>shape</th>"
+        "<th>dtype</th><th>max|a-b|</th><th>bound</th><th>rel L2</th><th>cosine</th>"
+        "<th>NaN a/b</th><th>Inf a/b</th><th>note</th></tr>"
+    )
     out = [head]
     for i, r in enumerate(cmp.rows):
         cls = "pass" if r.passed else ("fail" if r.failed else "only")
         if r.name == fd:
             cls += " first"
         shape = r.shape_a if r.shape_a is not None else r.shape_b
-        dtype = r.dtype_a if r.dtype_a == r.dtype_b or r.dtype_b is None else f"{r.dtype_a}/{r.dtype_b}"
+        dtype = (
+            r.dtype_a if r.dtype_a == r.dtype_b or r.dtype_b is None else f"{r.dtype_a}/{r.dtype_b}"
+        )
         err = r.max_abs if r.max_abs is not None else r.stat_diff
         cells = [str(i), r.name, r.status, r.mode, _fmt_shape(shape), dtype or ""]
-        nums = [_fmt(err), _fmt(r.bound), _fmt(r.rel_l2), _fmt(r.cosine, cos=True),
-                f"{r.nan_a}/{r.nan_b}", f"{r.inf_a}/{r.inf_b}"]
-        out.append(f"<tr class='{cls}'>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
-                   + "".join(f"<td class='num'>{html.escape(c)}</td>" for c in nums)
-                   + f"<td>{html.escape(r.note)}</td></tr>")
+        nums = [
+            _fmt(err),
+            _fmt(r.bound),
+            _fmt(r.rel_l2),
+            _fmt(r.cosine, cos=True),
+            f"{r.nan_a}/{r.nan_b}",
+            f"{r.inf_a}/{r.inf_b}",
+        ]
+        out.append(
+            f"<tr class='{cls}'>"
+            + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+            + "".join(f"<td class='num'>{html.escape(c)}</td>" for c in nums)
+            + f"<td>{html.escape(r.note)}</td></tr>"
+        )
     out.append("</table>")
     return "".join(out)
 
@@ -314,8 +374,12 @@ def trace_incomplete(t: Trace) -> bool:
     return trace_status(t) != "complete"
 
 
-def compare(a: Trace | str | Path, b: Trace | str | Path, tolerances: dict[str, float] | None = None,
-            points: Iterable[str] | str | None = None) -> Comparison:
+def compare(
+    a: Trace | str | Path,
+    b: Trace | str | Path,
+    tolerances: dict[str, float] | None = None,
+    points: Iterable[str] | str | None = None,
+) -> Comparison:
     """Compare trace A with the reference B point by point (see the module docstring).
 
     `tolerances`: {glob: tol} overrides; `points`: globs selecting the points to look at."""
@@ -334,9 +398,17 @@ def compare(a: Trace | str | Path, b: Trace | str | Path, tolerances: dict[str, 
             rows.append(compare_point(name, a, b, tolerances))
         else:
             sa = a.stats(name)
-            rows.append(PointResult(name, STATUS_ONLY_A, "-", shape_a=sa.get("shape"), dtype_a=sa.get("dtype")))
+            rows.append(
+                PointResult(
+                    name, STATUS_ONLY_A, "-", shape_a=sa.get("shape"), dtype_a=sa.get("dtype")
+                )
+            )
     for name in b.names:
         if selected(name) and name not in a:
             sb = b.stats(name)
-            rows.append(PointResult(name, STATUS_ONLY_B, "-", shape_b=sb.get("shape"), dtype_b=sb.get("dtype")))
+            rows.append(
+                PointResult(
+                    name, STATUS_ONLY_B, "-", shape_b=sb.get("shape"), dtype_b=sb.get("dtype")
+                )
+            )
     return Comparison(a, b, rows, dict(tolerances or {}))

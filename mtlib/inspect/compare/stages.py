@@ -42,18 +42,32 @@ class Stage:
 STAGES: dict[str, Stage] = {}
 
 
-def register_stage(name: str, inputs: Iterable[str], outputs: Iterable[str],
-                   run: Callable[..., Any] | None = None, e2e_inputs: Iterable[str] = (),
-                   e2e_outputs: Iterable[str] = (), e2e_run: Callable[..., Any] | None = None) -> Stage:
+def register_stage(
+    name: str,
+    inputs: Iterable[str],
+    outputs: Iterable[str],
+    run: Callable[..., Any] | None = None,
+    e2e_inputs: Iterable[str] = (),
+    e2e_outputs: Iterable[str] = (),
+    e2e_run: Callable[..., Any] | None = None,
+) -> Stage:
     """Add or replace a stage in STAGES (networks call this with their forward)."""
-    stage = Stage(name, tuple(inputs), tuple(outputs), run, tuple(e2e_inputs), tuple(e2e_outputs),
-                  e2e_run)
+    stage = Stage(
+        name, tuple(inputs), tuple(outputs), run, tuple(e2e_inputs), tuple(e2e_outputs), e2e_run
+    )
     STAGES[name] = stage
     return stage
 
 
-_DIT_IN = ["dit.in.x", "dit.in.t", "dit.in.context", "dit.in.clip_fea", "dit.in.y", "dit.in.audio",
-           "dit.in.ref_target_masks"]
+_DIT_IN = [
+    "dit.in.x",
+    "dit.in.t",
+    "dit.in.context",
+    "dit.in.clip_fea",
+    "dit.in.y",
+    "dit.in.audio",
+    "dit.in.ref_target_masks",
+]
 
 
 def _dit_e2e_inputs(context: str) -> list[str]:
@@ -63,22 +77,56 @@ def _dit_e2e_inputs(context: str) -> list[str]:
 def _register_boundaries() -> None:
     """The stages with their names only (callables: `register_model_stages`)."""
     register_stage("audio.encoder", ["audio.input_values"], ["audio.embedding"])
-    register_stage("clip", ["clip.input"], ["clip.out"], e2e_inputs=["clip_in"], e2e_outputs=["clip_fea"])
-    register_stage("t5", ["t5.ids", "t5.mask"], ["t5.out_full"], e2e_inputs=["ids", "mask"],
-                   e2e_outputs=["out"])  # e2e scope: e2e.t5.call0.
-    register_stage("vae.encode", ["vae.encode.in"], ["vae.y"], e2e_inputs=["cond_image", "mask"],
-                   e2e_outputs=["vae_latent"])
-    register_stage("vae.decode", ["vae.decode.in"], ["vae.decode.out"], e2e_inputs=["x0"],
-                   e2e_outputs=["decoded"])
+    register_stage(
+        "clip", ["clip.input"], ["clip.out"], e2e_inputs=["clip_in"], e2e_outputs=["clip_fea"]
+    )
+    register_stage(
+        "t5",
+        ["t5.ids", "t5.mask"],
+        ["t5.out_full"],
+        e2e_inputs=["ids", "mask"],
+        e2e_outputs=["out"],
+    )  # e2e scope: e2e.t5.call0.
+    register_stage(
+        "vae.encode",
+        ["vae.encode.in"],
+        ["vae.y"],
+        e2e_inputs=["cond_image", "mask"],
+        e2e_outputs=["vae_latent"],
+    )
+    register_stage(
+        "vae.decode",
+        ["vae.decode.in"],
+        ["vae.decode.out"],
+        e2e_inputs=["x0"],
+        e2e_outputs=["decoded"],
+    )
     # the DiT passes of one denoising step (e2e scope: e2e.clip<c>.step<i>.); alone, each
     # golden dit case records its call's own inputs as dit.in.*
-    register_stage("dit", _DIT_IN, ["dit.out"], e2e_inputs=_dit_e2e_inputs("context"), e2e_outputs=["cond"])
-    register_stage("dit.drop_text", _DIT_IN, ["dit.out"], e2e_inputs=_dit_e2e_inputs("context_null"),
-                   e2e_outputs=["drop_text"])
-    register_stage("dit.uncond", _DIT_IN, ["dit.out"], e2e_inputs=_dit_e2e_inputs("context_null"),
-                   e2e_outputs=["uncond"])
-    register_stage("dit.drop_audio", _DIT_IN, ["dit.out"], e2e_inputs=_dit_e2e_inputs("context"),
-                   e2e_outputs=["drop_audio"])
+    register_stage(
+        "dit", _DIT_IN, ["dit.out"], e2e_inputs=_dit_e2e_inputs("context"), e2e_outputs=["cond"]
+    )
+    register_stage(
+        "dit.drop_text",
+        _DIT_IN,
+        ["dit.out"],
+        e2e_inputs=_dit_e2e_inputs("context_null"),
+        e2e_outputs=["drop_text"],
+    )
+    register_stage(
+        "dit.uncond",
+        _DIT_IN,
+        ["dit.out"],
+        e2e_inputs=_dit_e2e_inputs("context_null"),
+        e2e_outputs=["uncond"],
+    )
+    register_stage(
+        "dit.drop_audio",
+        _DIT_IN,
+        ["dit.out"],
+        e2e_inputs=_dit_e2e_inputs("context"),
+        e2e_outputs=["drop_audio"],
+    )
 
 
 _register_boundaries()
@@ -117,25 +165,31 @@ def register_model_stages(models: Any) -> dict[str, Stage]:
 
     def bind(name: str, run: Callable[..., Any], e2e_run: Callable[..., Any] | None = None) -> None:
         st = STAGES[name]
-        bound[name] = register_stage(name, st.inputs, st.outputs, run, st.e2e_inputs,
-                                     st.e2e_outputs, e2e_run)
+        bound[name] = register_stage(
+            name, st.inputs, st.outputs, run, st.e2e_inputs, st.e2e_outputs, e2e_run
+        )
 
-    clip, vae, dit, text, audio = (get(n) for n in ("clip", "vae", "dit", "text_encoder", "audio_encoder"))
+    clip, vae, dit, text, audio = (
+        get(n) for n in ("clip", "vae", "dit", "text_encoder", "audio_encoder")
+    )
     if clip is not None:
         bind("clip", lambda cond: clip.encode_image(cond))  # [1, 3, F, H, W] -> [1, 257, C]
     if vae is not None:
+
         def encode_clip(cond_image, mask):
             # the pipeline encodes the cond frames followed by zeros up to the clip's frames
             from mtlib.frames import pixel_frames
 
             frames = pixel_frames(mask.shape[2])  # mask [1, 4, T, h, w]
-            zeros = cond_image.new_zeros(*cond_image.shape[:2], frames - cond_image.shape[2],
-                                         *cond_image.shape[3:])
+            zeros = cond_image.new_zeros(
+                *cond_image.shape[:2], frames - cond_image.shape[2], *cond_image.shape[3:]
+            )
             return vae.encode(torch.cat([cond_image, zeros], dim=2))
 
         bind("vae.encode", lambda video: vae.encode(video), encode_clip)
         bind("vae.decode", lambda latent: vae.decode(latent).float())
     if dit is not None:
+
         def dit_pass(silent_audio: bool):
             def run(latent, t, context, clip_fea, y, audio, ref_target_masks):
                 p = next(dit.parameters())
@@ -143,10 +197,16 @@ def register_model_stages(models: Any) -> dict[str, Stage]:
                     audio = torch.zeros_like(audio)[-1:]
                 # [16, T, h, w] -> tokens after the 1x2x2 patching
                 seq_len = latent.shape[1] * latent.shape[2] * latent.shape[3] // 4
-                out = dit(latent.to(p.device, torch.float32), t.to(p.device),
-                          context.to(p.device, p.dtype), clip_fea.to(p.device, p.dtype),
-                          y.to(p.device, p.dtype), audio.to(p.device, p.dtype),
-                          ref_target_masks.to(p.device, torch.float32), seq_len)
+                out = dit(
+                    latent.to(p.device, torch.float32),
+                    t.to(p.device),
+                    context.to(p.device, p.dtype),
+                    clip_fea.to(p.device, p.dtype),
+                    y.to(p.device, p.dtype),
+                    audio.to(p.device, p.dtype),
+                    ref_target_masks.to(p.device, torch.float32),
+                    seq_len,
+                )
                 return out.float()
 
             return run
@@ -156,18 +216,22 @@ def register_model_stages(models: Any) -> dict[str, Stage]:
         bind("dit.uncond", dit_pass(True))
         bind("dit.drop_audio", dit_pass(True))
     if text is not None:
+
         def t5(ids, mask):
             device = next(text.model.parameters()).device
             return text.model(ids.to(device), mask.to(device))  # [B, text_len, dim]
 
         bind("t5", t5)
     if audio is not None:
+
         def embed(input_values):
             from mtlib.frames import embedding_frames
 
             seq_len = embedding_frames(input_values.shape[-1])  # int(N / 16000 * 25)
             hidden = audio.forward(input_values.reshape(1, -1), seq_len)
-            return torch.stack(hidden[1:], dim=1)[0].transpose(0, 1).float().cpu()  # [T, layers, hidden]
+            return (
+                torch.stack(hidden[1:], dim=1)[0].transpose(0, 1).float().cpu()
+            )  # [T, layers, hidden]
 
         bind("audio.encoder", embed)
     return bound
@@ -203,12 +267,20 @@ def stage_points(a: Trace, stage: Stage, prefix: str = "") -> tuple[list[str], l
     missing += [n for n in outs if n not in a]
     if missing:
         suffix = "." + stage.e2e_outputs[0]
-        scopes = [n[: -len(stage.e2e_outputs[0])] for n in a.names if n.endswith(suffix) and "#" not in n]
-        hint = (f" Stage {stage.name!r} ran in these scopes of A: {', '.join(scopes[:8])}"
-                f"{' ...' if len(scopes) > 8 else ''}; pass one as prefix=." if scopes else "")
-        raise InputError(f"replay: trace A has no point {missing[0]!r} (stage {stage.name!r}, "
-                         f"prefix {prefix!r}): neither {plain_out[0]!r} (the stage alone) nor the "
-                         f"pipeline's names.{hint}")
+        scopes = [
+            n[: -len(stage.e2e_outputs[0])] for n in a.names if n.endswith(suffix) and "#" not in n
+        ]
+        hint = (
+            f" Stage {stage.name!r} ran in these scopes of A: {', '.join(scopes[:8])}"
+            f"{' ...' if len(scopes) > 8 else ''}; pass one as prefix=."
+            if scopes
+            else ""
+        )
+        raise InputError(
+            f"replay: trace A has no point {missing[0]!r} (stage {stage.name!r}, "
+            f"prefix {prefix!r}): neither {plain_out[0]!r} (the stage alone) nor the "
+            f"pipeline's names.{hint}"
+        )
     return [n for n in ins if n is not None], outs, True
 
 
@@ -235,24 +307,37 @@ class ReplayResult:
             fd = self.comparison.first_divergence
             r = self.comparison[fd] if fd else None
             how = f" ({_describe(r)})" if r is not None else ""
-            return (f"stage {name!r}: LOCAL DIFFERENCE IN THIS STAGE: on A's recorded inputs it does "
-                    f"not reproduce A's outputs (first: {fd}{how}). Look inside this stage.")
+            return (
+                f"stage {name!r}: LOCAL DIFFERENCE IN THIS STAGE: on A's recorded inputs it does "
+                f"not reproduce A's outputs (first: {fd}{how}). Look inside this stage."
+            )
         upstream = ""
         if self.inputs_differ:
-            upstream = (f" Its INPUTS DIFFER between the runs ({', '.join(self.inputs_differ)}): the "
-                        "difference is CARRIED FROM UPSTREAM.")
+            upstream = (
+                f" Its INPUTS DIFFER between the runs ({', '.join(self.inputs_differ)}): the "
+                "difference is CARRIED FROM UPSTREAM."
+            )
         elif self.inputs_differ == [] and self.outputs_differ:
-            upstream = (" Its inputs agree between the runs but its outputs do not: the other run "
-                        "computes this stage differently (replay it on B's side).")
+            upstream = (
+                " Its inputs agree between the runs but its outputs do not: the other run "
+                "computes this stage differently (replay it on B's side)."
+            )
         elif self.inputs_differ == []:
             upstream = " Its inputs agree between the runs too."
-        return (f"stage {name!r} reproduces A's outputs from A's inputs (no local difference): any "
-                f"difference at its outputs is carried in from upstream.{upstream}")
+        return (
+            f"stage {name!r} reproduces A's outputs from A's inputs (no local difference): any "
+            f"difference at its outputs is carried in from upstream.{upstream}"
+        )
 
 
-def replay(trace_a: Trace | str | Path, stage: str | Stage, run_stage: Callable[..., Any] | None = None,
-           tolerances: dict[str, float] | None = None, prefix: str = "",
-           trace_b: Trace | str | Path | None = None) -> ReplayResult:
+def replay(
+    trace_a: Trace | str | Path,
+    stage: str | Stage,
+    run_stage: Callable[..., Any] | None = None,
+    tolerances: dict[str, float] | None = None,
+    prefix: str = "",
+    trace_b: Trace | str | Path | None = None,
+) -> ReplayResult:
     """Re-run `stage` here on the inputs recorded in trace A; compare with A's outputs.
 
     `stage`: a STAGES name (bound to networks by `register_model_stages`) or a Stage;
@@ -266,25 +351,31 @@ def replay(trace_a: Trace | str | Path, stage: str | Stage, run_stage: Callable[
         if stage.startswith("dit.") and stage[4:] in DIT_PASSES:
             stage = DIT_PASSES[stage[4:]]  # "dit.cond" names the cond pass too
         if stage not in STAGES:
-            raise InputError(f"replay: unknown stage {stage!r}. Known: {', '.join(STAGES)}; "
-                             "or pass a Stage(name, inputs, outputs, run).")
+            raise InputError(
+                f"replay: unknown stage {stage!r}. Known: {', '.join(STAGES)}; "
+                "or pass a Stage(name, inputs, outputs, run)."
+            )
         stage = STAGES[stage]
     if prefix and not prefix.endswith("."):
         prefix += "."
     if run_stage is None and stage.run is None and stage.e2e_run is None:
-        raise InputError(f"replay: stage {stage.name!r} has no callable yet. Fix: pass run_stage=, "
-                         "or bind the networks with register_model_stages(models).")
+        raise InputError(
+            f"replay: stage {stage.name!r} has no callable yet. Fix: pass run_stage=, "
+            "or bind the networks with register_model_stages(models)."
+        )
     in_names, out_names, pipeline_names = stage_points(a, stage, prefix)
     fn = run_stage or (stage.e2e_run if pipeline_names and stage.e2e_run else None) or stage.run
     for n in in_names + out_names:
         if not a.has_tensor(n):
-            raise InputError(f"replay: trace A stored only statistics of {n!r}. Fix: record it in "
-                             f"full (TraceWriter(full=[{n!r}]) or trace level 'full').")
+            raise InputError(
+                f"replay: trace A stored only statistics of {n!r}. Fix: record it in "
+                f"full (TraceWriter(full=[{n!r}]) or trace level 'full')."
+            )
     import torch
 
     with torch.no_grad():
         produced = fn(*[a.tensor(n) for n in in_names])
-    rel_out = [n[len(prefix):] for n in out_names]
+    rel_out = [n[len(prefix) :] for n in out_names]
     if isinstance(produced, dict):
         outs = {}
         for k, v in produced.items():
@@ -311,7 +402,9 @@ def replay(trace_a: Trace | str | Path, stage: str | Stage, run_stage: Callable[
         def failing(names: list[str]) -> list[str]:
             present = [n for n in names if n in b]
             sub = compare(a, b, tolerances, points=present) if present else None
-            return ([r.name for r in sub.rows if r.failed] if sub else []) + [n for n in names if n not in b]
+            return ([r.name for r in sub.rows if r.failed] if sub else []) + [
+                n for n in names if n not in b
+            ]
 
         differ, out_differ = failing(in_names), failing(out_names)
     return ReplayResult(stage, cmp, differ, out_differ, in_names)

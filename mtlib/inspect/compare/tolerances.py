@@ -43,8 +43,9 @@ def _dtype_kind(dtype: str | None) -> str:
     return "int"
 
 
-def tolerance_for(name: str, dtype_a: str | None, dtype_b: str | None,
-                  overrides: dict[str, float] | None = None) -> float:
+def tolerance_for(
+    name: str, dtype_a: str | None, dtype_b: str | None, overrides: dict[str, float] | None = None
+) -> float:
     """The tol of one point: user glob override (last match wins), else the looser dtype
     default raised to the pattern floors (e2e.* >= 1e-3); 0 for integer / bool points."""
     kinds = {_dtype_kind(dtype_a), _dtype_kind(dtype_b)}

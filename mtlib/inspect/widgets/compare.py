@@ -18,7 +18,11 @@ def _run_dirs(root: str | os.PathLike = "runs") -> list[str]:
     base = Path(_local(str(root)))
     if not base.is_dir():
         return []
-    return sorted(str(p) for p in base.iterdir() if p.is_dir() and ((p / "trace").is_dir() or (p / "index.jsonl").exists()))
+    return sorted(
+        str(p)
+        for p in base.iterdir()
+        if p.is_dir() and ((p / "trace").is_dir() or (p / "index.jsonl").exists())
+    )
 
 
 def _comparison(state: dict):
@@ -58,24 +62,43 @@ def render_compare(state: dict) -> RenderedView:
     html_table = cmp._repr_html_() if hasattr(cmp, "_repr_html_") else None
     page = None
     if html_table:
-        page = (f"<div style='font-family:sans-serif'><b>{html.escape(cmp.summary())}</b>"
-                f"{'<br>' + html.escape(note) if note else ''}"
-                f"<div style='max-height:320px;overflow:auto'>{html_table}</div></div>")
-    data = {"summary": cmp.summary(), "first_divergence": cmp.first_divergence, "point": point,
-            "points": names, "failures": [r.name for r in cmp.failures]}
+        page = (
+            f"<div style='font-family:sans-serif'><b>{html.escape(cmp.summary())}</b>"
+            f"{'<br>' + html.escape(note) if note else ''}"
+            f"<div style='max-height:320px;overflow:auto'>{html_table}</div></div>"
+        )
+    data = {
+        "summary": cmp.summary(),
+        "first_divergence": cmp.first_divergence,
+        "point": point,
+        "points": names,
+        "failures": [r.name for r in cmp.failures],
+    }
     return RenderedView("04 compare", text=text, html=page, figures=figures, data=data)
 
 
-def compare_view(run_a: str | os.PathLike = "", run_b: str | os.PathLike = "", point: str | None = None,
-                 runs_dir: str | os.PathLike = "runs", comparer: Callable | None = None,
-                 comparison: Any = None, interactive: bool | None = None) -> View:
+def compare_view(
+    run_a: str | os.PathLike = "",
+    run_b: str | os.PathLike = "",
+    point: str | None = None,
+    runs_dir: str | os.PathLike = "runs",
+    comparer: Callable | None = None,
+    comparison: Any = None,
+    interactive: bool | None = None,
+) -> View:
     """04: compare trace A with the reference B (run dirs, trace dirs or golden cases, as
     mtlib.inspect.compare.load_trace reads them). `comparison`: an mtlib.inspect.compare.Comparison of this
     very pair already computed (not computed again). `comparer(a, b)` replaces
     mtlib.inspect.compare.compare. Interactive: two combo boxes listing run dirs under `runs_dir`
     (free text allowed) and a dropdown of the compared points."""
     # "_cache" is shared by the shallow state copies each render gets: one compare per pair
-    state = {"run_a": str(run_a), "run_b": str(run_b), "point": point or "", "comparer": comparer, "_cache": {}}
+    state = {
+        "run_a": str(run_a),
+        "run_b": str(run_b),
+        "point": point or "",
+        "comparer": comparer,
+        "_cache": {},
+    }
     if comparison is not None:
         state["_cache"][(state["run_a"], state["run_b"])] = comparison
     choices = _run_dirs(runs_dir)
@@ -85,10 +108,20 @@ def compare_view(run_a: str | os.PathLike = "", run_b: str | os.PathLike = "", p
 
         lay = {"style": {"description_width": "90px"}, "layout": w.Layout(width="720px")}
         return {
-            "run_a": lambda: w.Combobox(options=choices, description="run A", ensure_option=False,
-                                        continuous_update=False, **lay),
-            "run_b": lambda: w.Combobox(options=choices, description="run B (ref)", ensure_option=False,
-                                        continuous_update=False, **lay),
+            "run_a": lambda: w.Combobox(
+                options=choices,
+                description="run A",
+                ensure_option=False,
+                continuous_update=False,
+                **lay,
+            ),
+            "run_b": lambda: w.Combobox(
+                options=choices,
+                description="run B (ref)",
+                ensure_option=False,
+                continuous_update=False,
+                **lay,
+            ),
         }
 
     def point_picker(view: View) -> None:
@@ -97,8 +130,13 @@ def compare_view(run_a: str | os.PathLike = "", run_b: str | os.PathLike = "", p
         names = view.rendered.data.get("points", [])
         opts = [("(first divergence)", "")] + [(n, n) for n in names]
         if not view.extra_box.children:
-            dd = w.Dropdown(options=opts, value="", description="point", layout=w.Layout(width="720px"),
-                            style={"description_width": "90px"})
+            dd = w.Dropdown(
+                options=opts,
+                value="",
+                description="point",
+                layout=w.Layout(width="720px"),
+                style={"description_width": "90px"},
+            )
             dd.observe(view._changed("point"), names="value")
             view.controls["point"] = dd
             view.extra_box.children = (dd,)
@@ -109,5 +147,11 @@ def compare_view(run_a: str | os.PathLike = "", run_b: str | os.PathLike = "", p
                 dd.options = opts
                 dd.value = keep if keep in names else ""
 
-    return View("04 compare", render_compare, state, controls() if is_interactive(interactive) else None,
-                interactive, after_render=point_picker)
+    return View(
+        "04 compare",
+        render_compare,
+        state,
+        controls() if is_interactive(interactive) else None,
+        interactive,
+        after_render=point_picker,
+    )

@@ -60,14 +60,19 @@ def render_preprocessing(state: dict) -> RenderedView:
     else:
         person_tracks = [normed[0]]
     plt = _pyplot()
-    fig, axes = plt.subplots(len(person_tracks), 1, figsize=(10, 1.8 * len(person_tracks) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(
+        len(person_tracks), 1, figsize=(10, 1.8 * len(person_tracks) + 0.6), squeeze=False
+    )
     for i, (ax, t) in enumerate(zip(axes[:, 0], person_tracks, strict=True)):
         t = np.asarray(t, dtype=np.float32)
         ax.plot(np.arange(len(t)) / A.SAMPLE_RATE, t, lw=0.5, color=("tab:red", "tab:blue")[i])
         ax.set_ylabel(f"person {i + 1}")
-        ax.set_title(f"person {i + 1}: {len(t)} samples ({len(t) / A.SAMPLE_RATE:.2f} s), "
-                     f"{A.audio_frames(len(t))} embedding frames; speaker {i + 1} loudness "
-                     f"{lufs_raw[i]:.1f} -> {lufs[i]:.1f} LUFS", fontsize=9)
+        ax.set_title(
+            f"person {i + 1}: {len(t)} samples ({len(t) / A.SAMPLE_RATE:.2f} s), "
+            f"{A.audio_frames(len(t))} embedding frames; speaker {i + 1} loudness "
+            f"{lufs_raw[i]:.1f} -> {lufs[i]:.1f} LUFS",
+            fontsize=9,
+        )
     axes[-1, 0].set_xlabel(f"s ({state['audio_type']})" if persons == 2 else "s")
     fig.tight_layout()
     figures = [crop_fig, fig]
@@ -85,18 +90,28 @@ def render_preprocessing(state: dict) -> RenderedView:
         f"background {int(masks[2].sum())}",
     ]
     for i, t in enumerate(person_tracks):
-        lines.append(f"person {i + 1} track: {len(t)} samples at 16 kHz = {len(t) / A.SAMPLE_RATE:.3f} s, "
-                     f"{A.audio_frames(len(t))} embedding frames")
+        lines.append(
+            f"person {i + 1} track: {len(t)} samples at 16 kHz = {len(t) / A.SAMPLE_RATE:.3f} s, "
+            f"{A.audio_frames(len(t))} embedding frames"
+        )
     if encoder is None:
-        lines.append("audio_embedding: no audio_encoder given (pass audio_encoder=load_wav2vec(...) to draw it)")
+        lines.append(
+            "audio_embedding: no audio_encoder given (pass audio_encoder=load_wav2vec(...) to draw it)"
+        )
     else:
         lines += [f"person {i + 1} audio_embedding {list(s)}" for i, s in enumerate(emb_shapes)]
     data = {
-        "bucket": prepared.bucket, "target_hw": (H, W), "src_hw": (g.src_h, g.src_w),
-        "mask_shape": tuple(masks.shape), "mask_pixels": [int(m.sum()) for m in masks],
-        "persons": persons, "track_samples": [len(t) for t in person_tracks],
+        "bucket": prepared.bucket,
+        "target_hw": (H, W),
+        "src_hw": (g.src_h, g.src_w),
+        "mask_shape": tuple(masks.shape),
+        "mask_pixels": [int(m.sum()) for m in masks],
+        "persons": persons,
+        "track_samples": [len(t) for t in person_tracks],
         "embedding_frames": [A.audio_frames(len(t)) for t in person_tracks],
-        "lufs_raw": lufs_raw, "lufs": lufs, "embedding_shapes": emb_shapes,
+        "lufs_raw": lufs_raw,
+        "lufs": lufs,
+        "embedding_shapes": emb_shapes,
     }
     return RenderedView("01 preprocessing", text="\n".join(lines), figures=figures, data=data)
 
@@ -133,8 +148,13 @@ def preprocessing_view(
     if len(files) > 2:
         raise InputError(f"audio: {len(files)} files; MultiTalk takes one or two speakers.")
     state = {
-        "image": str(image), "audio": files[0] if files else "", "audio_b": files[1] if len(files) > 1 else "",
-        "size": size, "buckets": buckets, "audio_type": audio_type, "audio_encoder": audio_encoder,
+        "image": str(image),
+        "audio": files[0] if files else "",
+        "audio_b": files[1] if len(files) > 1 else "",
+        "size": size,
+        "buckets": buckets,
+        "audio_type": audio_type,
+        "audio_encoder": audio_encoder,
     }
 
     def controls() -> dict:
@@ -144,11 +164,19 @@ def preprocessing_view(
         return {
             "image": lambda: w.Text(description="image", continuous_update=False, **lay),
             "audio": lambda: w.Text(description="speaker 1 audio", continuous_update=False, **lay),
-            "audio_b": lambda: w.Text(description="speaker 2 audio", placeholder="(empty: one speaker)",
-                                      continuous_update=False, **lay),
-            "size": lambda: w.Dropdown(options=["multitalk-480", "multitalk-720"], description="size"),
+            "audio_b": lambda: w.Text(
+                description="speaker 2 audio",
+                placeholder="(empty: one speaker)",
+                continuous_update=False,
+                **lay,
+            ),
+            "size": lambda: w.Dropdown(
+                options=["multitalk-480", "multitalk-720"], description="size"
+            ),
             "buckets": lambda: w.ToggleButtons(options=["official", "tiny"], description="buckets"),
-            "audio_type": lambda: w.ToggleButtons(options=["para", "add"], description="two speakers"),
+            "audio_type": lambda: w.ToggleButtons(
+                options=["para", "add"], description="two speakers"
+            ),
         }
 
     def uploads(view: View) -> None:
@@ -157,13 +185,27 @@ def preprocessing_view(
         if view.extra_box.children:
             return
         ups = []
-        for key, accept in (("image", "image/*"), ("audio", "audio/*,video/*"), ("audio_b", "audio/*,video/*")):
-            up = w.FileUpload(accept=accept, multiple=False, description=f"upload {key.replace('_b', ' 2')}",
-                              layout=w.Layout(width="auto"))
+        for key, accept in (
+            ("image", "image/*"),
+            ("audio", "audio/*,video/*"),
+            ("audio_b", "audio/*,video/*"),
+        ):
+            up = w.FileUpload(
+                accept=accept,
+                multiple=False,
+                description=f"upload {key.replace('_b', ' 2')}",
+                layout=w.Layout(width="auto"),
+            )
             _upload_into(view.controls[key], up)
             ups.append(up)
         view.uploads = ups
         view.extra_box.children = (w.HBox(ups),)
 
-    return View("01 preprocessing", render_preprocessing, state,
-                controls() if is_interactive(interactive) else None, interactive, after_render=uploads)
+    return View(
+        "01 preprocessing",
+        render_preprocessing,
+        state,
+        controls() if is_interactive(interactive) else None,
+        interactive,
+        after_render=uploads,
+    )

@@ -19,11 +19,15 @@ def _find_mp4(source: str | os.PathLike) -> Path:
         found = sorted(p.glob("*.mp4")) or sorted(p.glob("**/*.mp4"))
         preferred = [f for f in found if f.name == "video.mp4"]
         if not found:
-            raise InputError(f"video: no .mp4 in {str(p)!r}. Fix: pass the run directory of a finished "
-                             "03_inference run, or the mp4 path.")
+            raise InputError(
+                f"video: no .mp4 in {str(p)!r}. Fix: pass the run directory of a finished "
+                "03_inference run, or the mp4 path."
+            )
         return (preferred or found)[0]
     if not p.exists():
-        raise InputError(f"video {str(source)!r}: not found. Fix: pass a run directory or an mp4 path.")
+        raise InputError(
+            f"video {str(source)!r}: not found. Fix: pass a run directory or an mp4 path."
+        )
     return p
 
 
@@ -79,11 +83,17 @@ def latent_image(latent) -> Any:
     """[.., C, T, h, w] latent -> [T, h, w] numpy: the mean over channels per latent frame."""
     import numpy as np
 
-    x = latent.detach().float().cpu().numpy() if hasattr(latent, "detach") else np.asarray(latent, np.float32)
+    x = (
+        latent.detach().float().cpu().numpy()
+        if hasattr(latent, "detach")
+        else np.asarray(latent, np.float32)
+    )
     while x.ndim > 4:
         x = x[0]
     if x.ndim != 4:
-        raise InputError(f"latent of shape {list(x.shape)}: expected [C, T, h, w] (or with a batch dim).")
+        raise InputError(
+            f"latent of shape {list(x.shape)}: expected [C, T, h, w] (or with a batch dim)."
+        )
     return x.mean(axis=0)
 
 
@@ -109,12 +119,22 @@ def render_video(state: dict) -> RenderedView:
     ncols = 2 if steps else 1
     fig, axes = plt.subplots(1, ncols, figsize=(4.2 * ncols, 4.2), squeeze=False)
     axes[0, 0].imshow(frames[i])
-    axes[0, 0].set_title(f"frame {i} / {n - 1}  (t = {i / (info.get('fps') or 25):.2f} s)", fontsize=9)
+    axes[0, 0].set_title(
+        f"frame {i} / {n - 1}  (t = {i / (info.get('fps') or 25):.2f} s)", fontsize=9
+    )
     axes[0, 0].axis("off")
-    data = {"frame": i, "n_frames": n, "frame_mean": float(frames[i].mean()), "fps": info.get("fps"),
-            "mp4": str(mp4), "steps": list(steps)}
-    lines = [f"{mp4}: {n} frames {info.get('width')}x{info.get('height')} at {info.get('fps')} fps, "
-             f"audio {info.get('audio_codec') or 'none'}; showing frame {i}"]
+    data = {
+        "frame": i,
+        "n_frames": n,
+        "frame_mean": float(frames[i].mean()),
+        "fps": info.get("fps"),
+        "mp4": str(mp4),
+        "steps": list(steps),
+    }
+    lines = [
+        f"{mp4}: {n} frames {info.get('width')}x{info.get('height')} at {info.get('fps')} fps, "
+        f"audio {info.get('audio_codec') or 'none'}; showing frame {i}"
+    ]
     if steps:
         s = min(max(int(state.get("step", 0)), 0), len(steps) - 1)
         lat = latent_image(state["_trace"].tensor(steps[s]))  # [T, h, w]
@@ -122,12 +142,21 @@ def render_video(state: dict) -> RenderedView:
         img = lat[t]
         lim = float(np.abs(lat).max()) or 1.0
         im = axes[0, 1].imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
-        axes[0, 1].set_title(f"{steps[s]}\nchannel mean, latent frame {t} / {lat.shape[0] - 1}", fontsize=8)
+        axes[0, 1].set_title(
+            f"{steps[s]}\nchannel mean, latent frame {t} / {lat.shape[0] - 1}", fontsize=8
+        )
         axes[0, 1].axis("off")
         fig.colorbar(im, ax=axes[0, 1], fraction=0.046)
-        data.update(step=s, step_point=steps[s], latent_frame=t, latent_frames=int(lat.shape[0]),
-                    latent_mean=float(img.mean()))
-        lines.append(f"latent {steps[s]}: latent frame {t} of {lat.shape[0]}, channel mean {img.mean():.4f}")
+        data.update(
+            step=s,
+            step_point=steps[s],
+            latent_frame=t,
+            latent_frames=int(lat.shape[0]),
+            latent_mean=float(img.mean()),
+        )
+        lines.append(
+            f"latent {steps[s]}: latent frame {t} of {lat.shape[0]}, channel mean {img.mean():.4f}"
+        )
     elif state.get("_trace_note"):
         lines.append(state["_trace_note"])
     fig.tight_layout()
@@ -136,31 +165,52 @@ def render_video(state: dict) -> RenderedView:
         from IPython.display import Video
 
         src = Path(mp4).resolve()
-        with contextlib.suppress(ValueError):  # a path below the cwd stays valid beside the notebook
+        with contextlib.suppress(
+            ValueError
+        ):  # a path below the cwd stays valid beside the notebook
             src = src.relative_to(Path.cwd().resolve())
-        media.append(Video(str(src), embed=bool(state.get("embed", False)), html_attributes="controls"))
+        media.append(
+            Video(str(src), embed=bool(state.get("embed", False)), html_attributes="controls")
+        )
     return RenderedView("03 video", text="\n".join(lines), figures=[fig], data=data, media=media)
 
 
-def video_view(source: str | os.PathLike, trace_dir: str | os.PathLike | None = None, frame: int = 0,
-               step: int = 0, point: str = "latent_in", embed: bool = False,
-               interactive: bool | None = None) -> View:
+def video_view(
+    source: str | os.PathLike,
+    trace_dir: str | os.PathLike | None = None,
+    frame: int = 0,
+    step: int = 0,
+    point: str = "latent_in",
+    embed: bool = False,
+    interactive: bool | None = None,
+) -> View:
     """03: scrub the frames of a generated video (a run directory or an mp4) and, when a
     trace with full per-step latents exists (`trace_dir`, or `<run_dir>/trace`), the
     channel mean of `e2e.clip<c>.step<i>.<point>`; plus the player with sound.
     embed=True inlines the mp4 in the notebook (large); default links the file."""
     mp4 = _find_mp4(source)
-    state: dict[str, Any] = {"_mp4": mp4, "frame": int(frame), "step": int(step), "latent_frame": 0,
-                             "embed": embed}
+    state: dict[str, Any] = {
+        "_mp4": mp4,
+        "frame": int(frame),
+        "step": int(step),
+        "latent_frame": 0,
+        "embed": embed,
+    }
     tdir = Path(_local(str(trace_dir))) if trace_dir else None
-    if tdir is None and Path(_local(str(source))).is_dir() and (Path(_local(str(source))) / "trace").is_dir():
+    if (
+        tdir is None
+        and Path(_local(str(source))).is_dir()
+        and (Path(_local(str(source))) / "trace").is_dir()
+    ):
         tdir = Path(_local(str(source))) / "trace"
     if tdir is not None:
         tr = _open_trace(tdir)
         state["_trace"], state["_steps"] = tr, latent_steps(tr, point)
         if not state["_steps"]:
-            state["_trace_note"] = (f"trace {tdir}: no full '{point}' latents (record them with "
-                                    f"trace.full: ['e2e.*.{point}'] or level full)")
+            state["_trace_note"] = (
+                f"trace {tdir}: no full '{point}' latents (record them with "
+                f"trace.full: ['e2e.*.{point}'] or level full)"
+            )
     # decode once so the sliders know their ranges
     from mtlib.media.video import read_mp4
 
@@ -171,11 +221,17 @@ def video_view(source: str | os.PathLike, trace_dir: str | os.PathLike | None = 
 
         n = int(state["_frames"].shape[0])
         lay = {"style": {"description_width": "90px"}, "layout": w.Layout(width="520px")}
-        out = {"frame": lambda: w.IntSlider(min=0, max=max(0, n - 1), description="video frame", **lay)}
+        out = {
+            "frame": lambda: w.IntSlider(min=0, max=max(0, n - 1), description="video frame", **lay)
+        }
         if state.get("_steps"):
             T = latent_image(state["_trace"].tensor(state["_steps"][0])).shape[0]
-            out["step"] = lambda: w.IntSlider(min=0, max=len(state["_steps"]) - 1, description="step", **lay)
-            out["latent_frame"] = lambda: w.IntSlider(min=0, max=T - 1, description="latent frame", **lay)
+            out["step"] = lambda: w.IntSlider(
+                min=0, max=len(state["_steps"]) - 1, description="step", **lay
+            )
+            out["latent_frame"] = lambda: w.IntSlider(
+                min=0, max=T - 1, description="latent frame", **lay
+            )
         return out
 
     def player(view: View) -> None:
@@ -184,12 +240,19 @@ def video_view(source: str | os.PathLike, trace_dir: str | os.PathLike | None = 
 
         if view.extra_box.children:
             return
-        view.player = w.Video.from_file(str(mp4), autoplay=False, loop=False, controls=True,
-                                        layout=w.Layout(width="360px"))
+        view.player = w.Video.from_file(
+            str(mp4), autoplay=False, loop=False, controls=True, layout=w.Layout(width="360px")
+        )
         view.extra_box.children = (view.player,)
 
     interactive_now = is_interactive(interactive)
     if interactive_now:
         state["player"] = False
-    return View("03 video", render_video, state, controls() if interactive_now else None, interactive,
-                after_render=player)
+    return View(
+        "03 video",
+        render_video,
+        state,
+        controls() if interactive_now else None,
+        interactive,
+        after_render=player,
+    )

@@ -45,7 +45,11 @@ def _pyplot():
 
     matplotlib = require("matplotlib", "notebooks", "mtlib.inspect.widgets plots")
 
-    if "ipykernel" not in sys.modules and not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND"):
+    if (
+        "ipykernel" not in sys.modules
+        and not os.environ.get("DISPLAY")
+        and not os.environ.get("MPLBACKEND")
+    ):
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -93,7 +97,8 @@ def close_figures(view: RenderedView) -> None:
 def _error_view(title: str, err: Exception) -> RenderedView:
     msg = f"{type(err).__name__}: {err}"
     return RenderedView(
-        title, text=msg,
+        title,
+        text=msg,
         html=f"<div style='color:#b00;font-family:monospace;white-space:pre-wrap'>{html.escape(msg)}</div>",
         data={"error": msg},
     )
@@ -161,7 +166,9 @@ class View:
         header = w.HTML(f"<b>{html.escape(self.title)}</b>")
         if self._rows:
             placed = {k for row in self._rows for k in row}
-            lines = [w.HBox([self.controls[k] for k in row if k in self.controls]) for row in self._rows]
+            lines = [
+                w.HBox([self.controls[k] for k in row if k in self.controls]) for row in self._rows
+            ]
             lines += [c for k, c in self.controls.items() if k not in placed]
         else:
             lines = list(self.controls.values())

@@ -174,4 +174,6 @@ class DiTConfig:
 
 # From the spec registry (mtlib.spec; library code never reads the golden directory). The
 # multitalk-14b entry equals DiTConfig()'s defaults (tests/test_spec.py).
-CONFIGS: dict[str, DiTConfig] = {name: DiTConfig(**spec.dit_kwargs()) for name, spec in SPECS.items()}
+CONFIGS: dict[str, DiTConfig] = {
+    name: DiTConfig(**spec.dit_kwargs()) for name, spec in SPECS.items()
+}
