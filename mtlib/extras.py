@@ -28,3 +28,22 @@ def require(module: str, extra: str, what: str) -> ModuleType:
             f"pip install 'mtlib[{extra}]' (or pip install {top}).",
             name=top,
         ) from e
+
+
+def pyplot(what: str) -> ModuleType:
+    """matplotlib.pyplot (the `notebooks` extra; `what` names the caller in the error), on the
+    Agg backend when nothing can show a figure: no notebook kernel, no DISPLAY and no
+    MPLBACKEND chosen by the user."""
+    import os
+    import sys
+
+    matplotlib = require("matplotlib", "notebooks", what)
+    if (
+        "ipykernel" not in sys.modules
+        and not os.environ.get("DISPLAY")
+        and not os.environ.get("MPLBACKEND")
+    ):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from mtlib import io, trace
-from mtlib.extras import require
+from mtlib.extras import pyplot
 
 # 16 kHz (wav2vec2's rate, every waveform in mtlib) and 25 video frames per second: mtlib.frames
 from mtlib.frames import SAMPLE_RATE, VIDEO_FPS, embedding_frames
@@ -479,27 +479,10 @@ def _as_tensor(x: Any):
 # plots (for notebook 01)
 
 
-def _pyplot():
-    """matplotlib.pyplot, on the Agg backend when there is no display and no notebook."""
-    import sys
-
-    matplotlib = require("matplotlib", "notebooks", "the audio plot")
-
-    if (
-        "ipykernel" not in sys.modules
-        and not os.environ.get("DISPLAY")
-        and not os.environ.get("MPLBACKEND")
-    ):
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_loudness(raw: np.ndarray, normed: np.ndarray, sr: int = SAMPLE_RATE):
     """Figure: waveform and spectrogram before / after loudness normalisation (2x2),
     titled with the integrated loudness of each. Returns a matplotlib Figure."""
-    plt = _pyplot()
+    plt = pyplot("the audio plot")
     fig, axes = plt.subplots(2, 2, figsize=(12, 6), sharex="col")
     for col, (x, label) in enumerate(((raw, "raw 16 kHz"), (normed, "loudness-normalised"))):
         x = np.asarray(x, dtype=np.float32)
@@ -525,7 +508,7 @@ def plot_loudness(raw: np.ndarray, normed: np.ndarray, sr: int = SAMPLE_RATE):
 def plot_embedding(audio_embedding, title: str = "audio_embedding"):
     """Figure: L2 norm over channels of audio_embedding [T, layers, hidden] as a layers x
     frames heatmap, plus the channels of the last layer over time. Returns a Figure."""
-    plt = _pyplot()
+    plt = pyplot("the audio plot")
     emb = np.asarray(
         audio_embedding.detach().cpu() if hasattr(audio_embedding, "detach") else audio_embedding,
         dtype=np.float32,

@@ -24,14 +24,13 @@ from __future__ import annotations
 import hashlib
 import io as _stdio
 import math
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mtlib import buckets, io, trace
-from mtlib.extras import require
+from mtlib.extras import pyplot
 
 if TYPE_CHECKING:
     import torch
@@ -324,17 +323,7 @@ def ref_target_masks(
 def plot_crop(src: Any, prepared: PreparedImage, masks: torch.Tensor | None = None):
     """Figure: the source with the crop rectangle (in source pixels), the conditioning crop,
     and optionally the person masks [3, H, W] over the crop. Returns a matplotlib Figure."""
-    import sys
-
-    matplotlib = require("matplotlib", "notebooks", "the image plot")
-
-    if (
-        "ipykernel" not in sys.modules
-        and not os.environ.get("DISPLAY")
-        and not os.environ.get("MPLBACKEND")
-    ):
-        matplotlib.use("Agg")  # headless
-    import matplotlib.pyplot as plt
+    plt = pyplot("the image plot")
     from matplotlib.patches import Rectangle
 
     im = load_image(src)

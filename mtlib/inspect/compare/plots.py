@@ -8,10 +8,9 @@ import base64
 import io
 import math
 import re
-import sys
 from typing import TYPE_CHECKING, Any
 
-from mtlib.extras import require
+from mtlib.extras import pyplot
 from mtlib.trace import Trace
 
 if TYPE_CHECKING:
@@ -20,22 +19,10 @@ if TYPE_CHECKING:
 _STEP_RE = re.compile(r"^(.*?step(\d+))\.(.+)$")
 
 
-def _pyplot():
-    import os
-
-    matplotlib = require("matplotlib", "notebooks", "the comparison plot")
-
-    if not os.environ.get("DISPLAY") and "ipykernel" not in sys.modules:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _png_b64(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot("the comparison plot").close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -45,7 +32,7 @@ _FLOOR = 1e-12  # where log-scale plots put exact agreement
 def plot_error_along_pipeline(cmp: Comparison, ax=None):
     """rel L2 per point in execution order (log scale); failing points red, the first
     divergence marked; stats-only points hollow (their value is the stats difference)."""
-    plt = _pyplot()
+    plt = pyplot("the comparison plot")
     fig = (
         ax.figure
         if ax is not None
@@ -104,7 +91,7 @@ def plot_error_along_pipeline(cmp: Comparison, ax=None):
 def plot_error_per_step(cmp: Comparison, ax=None):
     """rel L2 of each kind of per-step point (`...step<i>.<kind>`) against the step, one line
     per kind; clips in streaming runs follow each other on the x axis."""
-    plt = _pyplot()
+    plt = pyplot("the comparison plot")
     fig = ax.figure if ax is not None else plt.figure(figsize=(7, 4))
     ax = ax if ax is not None else fig.add_subplot(1, 1, 1)
     steps: list[str] = []
@@ -155,7 +142,7 @@ def plot_difference_heatmap(
     a: Trace, b: Trace, name: str, index: tuple | None = None, name_b: str | None = None
 ):
     """A, B and A - B of one point side by side (reduced to 2-D by `reduce_to_2d`)."""
-    plt = _pyplot()
+    plt = pyplot("the comparison plot")
     ta = reduce_to_2d(a.tensor(name), index)
     tb = reduce_to_2d(b.tensor(name_b or name), index)
     d = ta - tb

@@ -11,9 +11,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from mtlib.extras import require
+from mtlib.extras import pyplot, require
 
 _TRUE_OFF = ("", "0", "false", "no")
+
+
+def _pyplot():
+    """pyplot for the widgets (headless: Agg; see mtlib.extras.pyplot)."""
+    return pyplot("mtlib.inspect.widgets plots")
 
 
 def _env_flag(name: str) -> bool:
@@ -37,23 +42,6 @@ def is_interactive(interactive: bool | None = None) -> bool:
     if kernel is None:
         return False
     return bool(getattr(kernel, "_allow_stdin", False))
-
-
-def _pyplot():
-    """pyplot, on Agg when nothing can show a window or an inline figure."""
-    import sys
-
-    matplotlib = require("matplotlib", "notebooks", "mtlib.inspect.widgets plots")
-
-    if (
-        "ipykernel" not in sys.modules
-        and not os.environ.get("DISPLAY")
-        and not os.environ.get("MPLBACKEND")
-    ):
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 # ------------------------------------------------------------------------------ the pattern
