@@ -44,6 +44,7 @@ from mtlib.models.checkpoint import (
     pick_config,
     read_state_dict,
 )
+from mtlib.spec import torch_dtype
 
 # ImageNet-style statistics the open-clip ViT-H/14 was trained with.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -386,7 +387,7 @@ class XLMRobertaCLIP(nn.Module):
         if precision not in PRECISIONS:
             raise ValueError(f"CLIP precision {precision!r}: expected one of {PRECISIONS}")
         self.precision = precision
-        dtype = torch.float16 if self._half() else torch.float32
+        dtype = torch_dtype(precision, "clip") if self._half() else torch.float32
         clip_fastpath.release(self.visual.hf)
         for p in self.parameters():
             p.data = p.data.to(dtype)
@@ -465,7 +466,9 @@ def load_clip(
     sd = read_state_dict(path, "CLIP", keep)
     assign_state_dict(model, sd, "CLIP", repr(str(path)), config_label(cfg, CONFIGS))
     dev = torch.device(device)
-    dtype = torch.float16 if precision == "reference" and dev.type == "cuda" else torch.float32
+    # spec.PRECISION's CLIP dtype where the reference's fp16 autocast runs (CUDA); float32 on
+    # the CPU, which has no fp16 autocast
+    dtype = torch_dtype(precision, "clip") if dev.type == "cuda" else torch.float32
     model = (
         model.to(device=dev, dtype=dtype).eval().requires_grad_(False)
     )  # one cast, no fp32 detour

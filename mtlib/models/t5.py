@@ -39,6 +39,7 @@ from mtlib.models.checkpoint import (
     pick_config,
     read_state_dict,
 )
+from mtlib.spec import torch_dtype
 
 PRECISIONS = ("fp32", "reference")
 
@@ -335,7 +336,7 @@ def load_t5(
         model = T5Encoder(cfg)
     sd = read_state_dict(path, "T5")
     assign_state_dict(model, sd, "T5", repr(str(path)), config_label(cfg, CONFIGS))
-    dtype = torch.bfloat16 if precision == "reference" else torch.float32
+    dtype = torch_dtype(precision, "t5")  # spec.PRECISION: the one precision table
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
