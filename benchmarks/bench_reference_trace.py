@@ -108,9 +108,8 @@ def part_a(official: Path, golden: Path, work: Path) -> dict:
     from mtlib.reference.noise import CudaNoise
     from mtlib.run.load import DiTCall
     from mtlib.run.loop import Models, generate
-    from mtlib.run.loop_plan import GenerationSettings
     from mtlib.trace import load_trace
-    from tests.golden import GoldenSet
+    from tests.golden import GoldenSet, case_settings
     from tests.official_ref import generate_kwargs, input_data
 
     oc = load_official(official)
@@ -154,20 +153,7 @@ def part_a(official: Path, golden: Path, work: Path) -> dict:
         config=CLIPConfig.from_official(tc["clip"]["tiny"]),
         device=dev,
     )
-    settings = GenerationSettings(
-        mode=kw["mode"],
-        frame_num=kw["frame_num"],
-        motion_frame=kw["motion_frame"],
-        max_frames_num=kw["max_frames_num"],
-        sampling_steps=kw["sampling_steps"],
-        shift=float(kw["shift"]),
-        text_guide_scale=kw["text_guide_scale"],
-        audio_guide_scale=kw["audio_guide_scale"],
-        color_correction_strength=kw["color_correction_strength"],
-        use_apg=kw["use_apg"],
-        seed=kw["seed"],
-        progress=False,
-    )
+    settings = case_settings(case)  # the golden suite's settings of this case (APG included)
     run_dir = work / "mtlib_cuda_trace"
     t0 = time.perf_counter()
     with trace.TraceWriter(run_dir, "full", overwrite=True) as w, trace.recording(w):

@@ -150,6 +150,11 @@ class InputsConfig:
     negative_prompt: str | None = None  # None: the reference's default negative prompt
 
 
+def auto_shift(size: str) -> float:
+    """generation.shift "auto": the reference's sample_shift per size (7 at 480p, 11 at 720p)."""
+    return 11.0 if size == "multitalk-720" else 7.0
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
     mode: Literal["clip", "streaming"] = "clip"
@@ -194,9 +199,7 @@ class GenerationConfig:
             )
 
     def resolved_shift(self, size: str) -> float:
-        if self.shift != "auto":
-            return float(self.shift)
-        return 11.0 if size == "multitalk-720" else 7.0
+        return float(self.shift) if self.shift != "auto" else auto_shift(size)
 
 
 @dataclass(frozen=True)

@@ -64,12 +64,19 @@ def read_bytes(path: str | os.PathLike, what: str = "input") -> bytes:
                 "Fix: check the URL and your network / credentials, or download the file and "
                 "pass a local path."
             ) from None
+    return local_file(src, what).read_bytes()
+
+
+def local_file(src: str | os.PathLike, what: str = "") -> Path:
+    """The existing local file `src` names (resolve_local), else one InputError naming it
+    (`what`, e.g. "input", prefixes the message when given)."""
     p = resolve_local(src)
+    label = f"{what} {str(src)!r}" if what else repr(str(src))
     if not p.exists():
-        raise InputError(f"{what} {src!r}: file not found. Fix: pass an existing path.")
+        raise InputError(f"{label}: file not found. Fix: pass an existing path.")
     if p.is_dir():
-        raise InputError(f"{what} {src!r}: is a directory, not a file.")
-    return p.read_bytes()
+        raise InputError(f"{label}: is a directory, not a file.")
+    return p
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from pathlib import Path
 # the numbers and the embedding length live in mtlib.frames
 from mtlib.frames import SAMPLE_RATE as AUDIO_SR
 from mtlib.frames import VIDEO_FPS, embedding_frames  # noqa: F401 (probe's public names)
-from mtlib.io import InputError, is_remote, resolve_local
+from mtlib.io import InputError, is_remote, local_file
 
 # EXIF orientations 5..8 are rotations by 90 degrees: the displayed image has w and h swapped.
 _EXIF_ORIENTATION = 0x0112
@@ -91,12 +91,7 @@ def _open_binary(src: str):
                 f"{src!r}: cannot be opened ({type(e).__name__}: {e}). Fix: check the URL and "
                 "your network / credentials, or pass a local path."
             ) from None
-    p = resolve_local(src)
-    if not p.exists():
-        raise InputError(f"{src!r}: file not found. Fix: pass an existing path.")
-    if p.is_dir():
-        raise InputError(f"{src!r}: is a directory, not a file.")
-    return open(p, "rb")
+    return open(local_file(src), "rb")
 
 
 def _http_bytes(url: str) -> _io.BytesIO:

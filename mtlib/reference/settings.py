@@ -75,7 +75,9 @@ def _mtlib(meta: dict) -> dict[str, Any]:
     size = m.get("size")
     shift = g.get("shift")
     if shift == "auto" and size:
-        shift = 11.0 if size == "multitalk-720" else 7.0
+        from mtlib.config import auto_shift
+
+        shift = auto_shift(size)
     out = {
         k: g.get(k)
         for k in (
