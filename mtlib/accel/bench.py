@@ -299,6 +299,12 @@ def bench_deviation(shape: DitShape, config: str = "multitalk-14b", layers: int 
         set_attention_kernel(model, "sdpa")
         enable_fp8(model)
         fp8 = denoise_step(model, inp16)
+        fp8_linears = [m for m in model.modules() if hasattr(m, "fast_accum")]
+        for m in fp8_linears:  # the same fp8 GEMMs with fp32-promoted accumulation
+            m.fast_accum = False
+        fp8_precise = denoise_step(model, inp16)
+        for m in fp8_linears:
+            m.fast_accum = True
         if triton_ok:
             set_attention_kernel(model, "triton-fp8")
             fp8_attn = denoise_step(model, inp16)
@@ -310,6 +316,8 @@ def bench_deviation(shape: DitShape, config: str = "multitalk-14b", layers: int 
         "fast_vs_plain": metrics(fast, plain),
         "fp8_vs_fp32": metrics(fp8, exact),
         "fp8_vs_plain": metrics(fp8, plain),
+        "fp8_precise_accum_vs_fp32": metrics(fp8_precise, exact),
+        "fp8_fast_vs_precise_accum": metrics(fp8, fp8_precise),
         "passed": fast_err["rel_l2"] <= 1.1 * plain_err["rel_l2"] + 1e-4,
     }
     if triton_ok:  # the Triton bf16 self-attention must pass the same test as the fast path

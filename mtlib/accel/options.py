@@ -41,8 +41,9 @@ class DiTOptions:
         if self.quant == "int8":
             lin = "int8 (per-output-channel scale, dequantised to bfloat16 per layer)"
         if self.precision == "fp8":
-            lin = "float8 e4m3 (per-output-channel scale; activations per token)" + (
-                ", from the int8 checkpoint" if self.quant == "int8" else ""
+            lin = (
+                "float8 e4m3 (per-output-channel scale; activations per token; fast accumulation)"
+                + (", from the int8 checkpoint" if self.quant == "int8" else "")
             )
         src = "RANDOM (no checkpoint)" if self.random else "checkpoint"
         out = {

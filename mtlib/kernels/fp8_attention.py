@@ -44,6 +44,10 @@ except ImportError:  # pragma: no cover - depends on the install
 # 128-row tiles), two or three pipeline stages (four: 550), without PIPELINE and SPLIT_D (both
 # hold more live registers); the search keeps the winners and the best 128-row tile, so that
 # other GPUs and shapes still find theirs.
+# How the softmax exponentials run (the kernel's EXP): 0 tl.math.exp2, 1 MUFU.EX2 flush-to-zero,
+# 2 / 3: one of every 2 / 4 as a polynomial on the FMA pipe (see _exp2_asm)
+EXP_FORM = 0
+
 TUNE_SPACE = [
     (64, 128, 4, 2, 0, 0),
     (64, 128, 4, 3, 0, 0),
@@ -52,7 +56,49 @@ TUNE_SPACE = [
 ]
 
 
+def _hexf(v: float) -> str:
+    """A float32 constant as PTX writes it (0fXXXXXXXX)."""
+    import struct
+
+    return "0f" + struct.pack(">f", v).hex().upper()
+
+
+# 2^f on [-0.5, 0.5] to 7.7e-5 relative (a least-squares fit in relative error; the result is
+# rounded to e4m3, 3 mantissa bits, next)
+_POLY = (0.99992894, 0.69327624, 0.24260405, 0.05508868)
+
+
+def _exp2_asm(n: int, n_poly: int) -> str:
+    """PTX for `n` exp2s of x <= 0 ($n.. in, $0.. out): the first n - n_poly on MUFU.EX2
+    (flush-to-zero), the last n_poly as Cody-Waite + a cubic on the FMA and integer pipes
+    (FlashAttention-4's split of the exponentials between the two units). The polynomial's
+    x is clamped at -125 so its exponent stays normal: 2^-125 where MUFU gives 0, both 0 in e4m3."""
+    c0, c1, c2, c3 = (_hexf(c) for c in _POLY)
+    lines = ["{", ".reg .f32 pt, pj, pf, pp;", ".reg .b32 pe, pb;"]
+    for i in range(n - n_poly):
+        lines.append(f"ex2.approx.ftz.f32 ${i}, ${n + i};")
+    for i in range(n - n_poly, n):
+        lines += [
+            f"max.ftz.f32 pf, ${n + i}, {_hexf(-125.0)};",
+            f"add.rn.ftz.f32 pt, pf, {_hexf(12582912.0)};",  # 1.5 * 2^23: round(pf) in the low bits
+            f"sub.rn.ftz.f32 pj, pt, {_hexf(12582912.0)};",
+            "sub.rn.ftz.f32 pf, pf, pj;",  # in [-0.5, 0.5]
+            f"fma.rn.ftz.f32 pp, pf, {c3}, {c2};",
+            f"fma.rn.ftz.f32 pp, pp, pf, {c1};",
+            f"fma.rn.ftz.f32 pp, pp, pf, {c0};",
+            "mov.b32 pe, pt;",
+            "shl.b32 pe, pe, 23;",  # round(pf) moved into the exponent field
+            "mov.b32 pb, pp;",
+            "add.s32 pb, pb, pe;",
+            f"mov.b32 ${i}, pb;",
+        ]
+    lines.append("}")
+    return "\n".join(lines)
+
+
 if HAVE_TMA:
+    _EXP2_ASM_1OF2 = tl.constexpr(_exp2_asm(2, 1))  # kernels read globals only as constexprs
+    _EXP2_ASM_1OF4 = tl.constexpr(_exp2_asm(4, 1))
 
     def _set_blocks(nargs):
         """Autotune pre-hook: the descriptors' block shapes follow the config's tile sizes."""
@@ -63,10 +109,11 @@ if HAVE_TMA:
         nargs["desc_k"].block_shape = [1, bn, d]
         nargs["desc_v"].block_shape = [1, dv, bn]
 
-    def _configs(space=None):
+    def _configs(space=None, exp=None):
+        exp = EXP_FORM if exp is None else exp
         return [
             triton.Config(
-                {"BLOCK_M": bm, "BLOCK_N": bn, "PIPELINE": pipe, "SPLIT_D": split},
+                {"BLOCK_M": bm, "BLOCK_N": bn, "PIPELINE": pipe, "SPLIT_D": split, "EXP": exp},
                 num_warps=w,
                 num_stages=s,
                 pre_hook=_set_blocks,
@@ -96,12 +143,29 @@ if HAVE_TMA:
         DV: tl.constexpr,
         SPLIT_D: tl.constexpr,
         CHAIN: tl.constexpr,
+        EXP: tl.constexpr,
     ):
         """One key tile's online-softmax update from raw scores s [BLOCK_M, BLOCK_N] (fp32):
         running max m_i, sum l_i, accumulators acc0 (and acc1: channels DV.. when split)."""
         m_new = tl.maximum(m_i, tl.max(s, 1) * s_scale)
-        p = tl.math.exp2(s * s_scale - m_new[:, None])  # one FMA + one exp2 per score
+        x = s * s_scale - m_new[:, None]  # one FMA per score; <= 0
         alpha = tl.math.exp2(m_i - m_new)
+        if EXP == 0:  # fp32 exp2
+            p = tl.math.exp2(x)
+        elif EXP == 1:  # fp32 exp2, flush-to-zero form (no subnormal fix-up around MUFU.EX2)
+            p = tl.inline_asm_elementwise(
+                "ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
+            )
+        elif (
+            EXP == 2
+        ):  # of every 2 scores, one exp2 on MUFU and one as a polynomial on the FMA pipe
+            p = tl.inline_asm_elementwise(
+                _EXP2_ASM_1OF2, "=f,=f,f,f", [x], dtype=tl.float32, is_pure=True, pack=2
+            )
+        else:  # of every 4 scores, three on MUFU and one polynomial
+            p = tl.inline_asm_elementwise(
+                _EXP2_ASM_1OF4, "=f,=f,=f,=f,f,f,f,f", [x], dtype=tl.float32, is_pure=True, pack=4
+            )
         l_i = l_i * alpha + tl.sum(p, 1)
         p8 = p.to(tl.float8e4nv)
         v = desc_v.load([bh, 0, n0]).reshape([DV, BLOCK_N]).T
@@ -130,6 +194,7 @@ if HAVE_TMA:
         PIPELINE: tl.constexpr,
         SPLIT_D: tl.constexpr = 0,
         CHAIN: tl.constexpr = False,
+        EXP: tl.constexpr = 0,
     ):
         DV: tl.constexpr = HEAD_DIM // (1 + SPLIT_D)  # channels per p @ v product
         pid_m = tl.program_id(0)
@@ -154,23 +219,23 @@ if HAVE_TMA:
                     k = desc_k.load([b, (j + 1) * BLOCK_N, col]).reshape([BLOCK_N, HEAD_DIM])
                     s_next = tl.dot(q, k.T)  # in flight during this tile's softmax
                     acc0, acc1, l_i, m_i = _tile(acc0, acc1, l_i, m_i, s, desc_v, bh, j * BLOCK_N,
-                                                 s_scale, BLOCK_N, DV, SPLIT_D, CHAIN)  # fmt: skip
+                                                 s_scale, BLOCK_N, DV, SPLIT_D, CHAIN, EXP)  # fmt: skip
                     s = s_next
                 acc0, acc1, l_i, m_i = _tile(acc0, acc1, l_i, m_i, s, desc_v, bh, (n_full - 1) * BLOCK_N,
-                                             s_scale, BLOCK_N, DV, SPLIT_D, CHAIN)  # fmt: skip
+                                             s_scale, BLOCK_N, DV, SPLIT_D, CHAIN, EXP)  # fmt: skip
         else:
             for j in range(0, n_full):
                 k = desc_k.load([b, j * BLOCK_N, col]).reshape([BLOCK_N, HEAD_DIM])
                 s = tl.dot(q, k.T)
                 acc0, acc1, l_i, m_i = _tile(acc0, acc1, l_i, m_i, s, desc_v, bh, j * BLOCK_N,
-                                             s_scale, BLOCK_N, DV, SPLIT_D, CHAIN)  # fmt: skip
+                                             s_scale, BLOCK_N, DV, SPLIT_D, CHAIN, EXP)  # fmt: skip
         n0 = n_full * BLOCK_N
         if n0 < Lk:  # the last, partial tile: keys past the end (read as zeros) get no weight
             k = desc_k.load([b, n0, col]).reshape([BLOCK_N, HEAD_DIM])
             s = tl.dot(q, k.T)
             s = tl.where((tl.arange(0, BLOCK_N) < Lk - n0)[None, :], s, float("-inf"))
             acc0, acc1, l_i, m_i = _tile(acc0, acc1, l_i, m_i, s, desc_v, bh, n0, s_scale,
-                                         BLOCK_N, DV, SPLIT_D, CHAIN)  # fmt: skip
+                                         BLOCK_N, DV, SPLIT_D, CHAIN, EXP)  # fmt: skip
 
         vs = VS + bh * HEAD_DIM + tl.arange(0, DV)  # v's scale per channel
         out = acc0 / l_i[:, None] * tl.load(vs)[None, :]
@@ -184,9 +249,13 @@ if HAVE_TMA:
         # 100 ms timing of a 30 ms kernel: time each for ~0.5 s instead (once per shape)
         return triton.testing.do_bench(fn, warmup=100, rep=500, quantiles=quantiles)
 
-    _fp8_fwd_tuned = triton.autotune(
-        configs=_configs(), key=["Lq", "Lk", "HEAD_DIM"], do_bench=_bench
-    )(_fp8_fwd)
+    def tuned(exp=None):
+        """The autotuned kernel over TUNE_SPACE with exponential form `exp` (default EXP_FORM)."""
+        return triton.autotune(
+            configs=_configs(exp=exp), key=["Lq", "Lk", "HEAD_DIM"], do_bench=_bench
+        )(_fp8_fwd)
+
+    _fp8_fwd_tuned = tuned()
 
 
 def supported(device: torch.device) -> bool:
