@@ -202,6 +202,7 @@ def random_lightx2v_lora(path: Path, rank: int = 32) -> Path:
             sd[f"{k}.lora_up.weight"] = (torch.randn(m.out_features, rank, generator=g) * 0.01).to(
                 torch.bfloat16
             )
+    path.parent.mkdir(parents=True, exist_ok=True)  # a fresh machine has no --dir yet
     save_file(sd, str(path))
     return path
 
