@@ -158,3 +158,57 @@ def test_tiny_generation_in_fp8_on_cuda(tmp_path):
     ref = generate_video(ref_cfg, tmp_path / "ref.mp4", progress=False)
     assert fp8.video.shape == ref.video.shape and torch.isfinite(fp8.video).all()
     assert (tmp_path / "fp8.mp4").stat().st_size > 0
+
+
+def test_fp8_kernel_exponential_forms_assemble_for_hopper_and_approximate_exp2():
+    """The benchmark-only exponential forms of mtlib.kernels.fp8_attention (EXP 1-3: inline PTX,
+    which Triton's interpreter cannot run) assemble for sm_90 through Triton and ptxas here, with
+    the MUFU / polynomial split they name; the polynomial, evaluated the way the PTX does
+    (float32 steps, integer exponent add), is exp2 to 1e-4 over the softmax's range."""
+    import numpy as np
+
+    triton = pytest.importorskip("triton")
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+
+    from mtlib.kernels import fp8_attention as f8
+
+    @triton.jit
+    def probe(X, Y, EXP: tl.constexpr):
+        r = tl.arange(0, 64)[:, None] * 128 + tl.arange(0, 128)[None, :]
+        x = tl.load(X + r)
+        if EXP == 1:
+            p = tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x],
+                                          dtype=tl.float32, is_pure=True, pack=1)  # fmt: skip
+        elif EXP == 2:
+            p = tl.inline_asm_elementwise(f8._EXP2_ASM_1OF2, "=f,=f,f,f", [x],
+                                          dtype=tl.float32, is_pure=True, pack=2)  # fmt: skip
+        else:
+            p = tl.inline_asm_elementwise(f8._EXP2_ASM_1OF4, "=f,=f,=f,=f,f,f,f,f", [x],
+                                          dtype=tl.float32, is_pure=True, pack=4)  # fmt: skip
+        tl.store(Y + r, p)
+
+    n_threads = 128  # 4 warps: 64 of the 8192 scores per thread
+    for exp, mufu_share in ((1, 1.0), (2, 0.5), (3, 0.75)):
+        src = triton.compiler.ASTSource(
+            fn=probe,
+            signature={"X": "*fp32", "Y": "*fp32", "EXP": "constexpr"},
+            constexprs={"EXP": exp},
+        )
+        ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+        per_thread = 64 * 128 // n_threads
+        assert ptx.count("ex2.approx.ftz.f32") == per_thread * mufu_share, exp
+        assert ptx.count("shl.b32 pe, pe, 23;") == per_thread * (1 - mufu_share), exp
+
+    c0, c1, c2, c3 = (np.float32(c) for c in f8._POLY)
+    x = np.concatenate([-np.linspace(0, 130, 200_001, dtype=np.float32), [-np.inf]]).astype(
+        np.float32
+    )
+    f = np.maximum(x, np.float32(-125.0))
+    t = f + np.float32(12582912.0)
+    f = f - (t - np.float32(12582912.0))
+    p = ((f * c3 + c2) * f + c1) * f + c0
+    e = ((t.view(np.int32).astype(np.int64) << 23) & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+    r = (p.view(np.int32) + e).view(np.float32)
+    exact = np.exp2(np.maximum(x, -125.0).astype(np.float64))
+    assert np.abs(r / exact - 1).max() < 1e-4
