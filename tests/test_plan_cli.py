@@ -260,3 +260,31 @@ def test_compressed_audio_from_container_metadata(tmp_path):
     assert a.sample_rate == sr and a.channels == 1 and not a.exact
     assert a.duration_s == pytest.approx(seconds, abs=0.05)
     assert a.embedding_frames in (49, 50, 51)
+
+
+def test_plan_takes_config_overrides_like_generate(files, capsys):
+    """-p KEY=VALUE as in generate: a preset's plan in fp8 names the DiT's options and the
+    precision of every weight group; the explicit flags win over -p; a malformed one exits 2."""
+    code, out, err = _run(
+        capsys, "--config", "multitalk-480-fusionx", "--image", files / "wide.png",
+        "--audio", files / "speech.wav", "--frame-num", "45", "-p", "model.precision=fp8",
+        "-p", "model.device=cuda", "-p", "model.compile=true", "-p", "generation.frame_num=81",
+    )  # fmt: skip
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].endswith("| precision fp8")
+    assert "frame_num 45 -> 45" in lines[2]  # --frame-num beats -p generation.frame_num
+    assert lines[3].endswith("| 8 steps x 2 DiT passes")
+    assert lines[4] == (
+        "DiT: precision fp8 | weights all on the GPU | self-attention triton-fp8 | compile on | "
+        "RoPE float32 | recipe fusionx"
+    )
+    assert lines[5].startswith(
+        "weights: dit.blocks linears float8 e4m3 (per-output-channel scale; activations per "
+        "token; fast accumulation) [checkpoint]; dit other weights bfloat16 [checkpoint]"
+    )
+    code, out, err = _run(capsys, "-p", "model.precision")
+    assert code == 2 and out == ""
+    assert err == (
+        "mtlib plan: override 'model.precision': expected key.path=value, e.g. generation.seed=3.\n"
+    )

@@ -33,6 +33,11 @@ def add_arguments_plan(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gpus", type=int, default=None, help="ranks of a sequence-parallel run (parallel.gpus)"
     )
+    parser.add_argument(
+        "-p", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="config override as in generate, e.g. -p model.precision=fp8 (repeatable; the "
+        "flags above win)",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print ShapePlan.to_dict() as JSON")
 
 
@@ -40,9 +45,14 @@ def run_plan(args: argparse.Namespace) -> int:
     """Exit 0 for a valid plan, 2 (with the diagnosis) for an invalid one or bad input."""
     import sys
 
-    from mtlib.config import ConfigError, load_config
+    from mtlib.cli.generate import _flatten
+    from mtlib.config import ConfigError, apply_overrides, load_config
 
-    overrides: dict[str, Any] = {}
+    try:  # key=value syntax checked here, values against the schema by load_config
+        overrides: dict[str, Any] = _flatten(apply_overrides({}, list(args.overrides)))
+    except ConfigError as e:
+        print(f"mtlib plan: {e}", file=sys.stderr)
+        return 2
     if args.frame_num is not None:
         fn = args.frame_num
         overrides["generation.frame_num"] = fn if fn == "auto" else _int_arg(fn)
