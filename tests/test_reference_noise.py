@@ -134,6 +134,9 @@ OFFICIAL_META = {
         "packages": {"torch": "2.6.0+cu124"},
         "cuda": "12.4",
         "gpu": {"name": "NVIDIA A100-SXM4-40GB"},
+        "tf32_matmul": False,  # torch's defaults
+        "tf32_cudnn": True,
+        "nvidia_tf32_override": None,
         "official": {"matches_golden_commit": True},
     },
 }
@@ -167,6 +170,9 @@ MTLIB_META = {
         "torch": "2.11.0+cu128",
         "cuda": "12.8",
         "device": "cuda: NVIDIA H200",
+        "tf32_matmul": False,
+        "tf32_cudnn": True,
+        "nvidia_tf32_override": "0",
     },
 }
 
@@ -179,6 +185,7 @@ def test_settings_diff_names_what_differs():
         ("environment", "torch", "2.6.0+cu124", "2.11.0+cu128"),
         ("environment", "cuda", "12.4", "12.8"),
         ("environment", "gpu", "NVIDIA A100-SXM4-40GB", "NVIDIA H200"),
+        ("environment", "tf32", "matmul off, cudnn on", "off (NVIDIA_TF32_OVERRIDE=0)"),
     ]
     text = format_settings_diff(OFFICIAL_META, MTLIB_META)
     assert text.splitlines() == [
@@ -189,4 +196,12 @@ def test_settings_diff_names_what_differs():
         "  torch                      2.6.0+cu124 | 2.11.0+cu128",
         "  cuda                       12.4 | 12.8",
         "  gpu                        NVIDIA A100-SXM4-40GB | NVIDIA H200",
+        "  tf32                       matmul off, cudnn on | off (NVIDIA_TF32_OVERRIDE=0)",
     ]
+    # a trace written before the TF32 fields existed, or a CPU run: TF32 is not compared
+    old = {**MTLIB_META, "environment": {k: v for k, v in MTLIB_META["environment"].items()
+                                         if not k.startswith(("tf32", "nvidia"))}}  # fmt: skip
+    assert ("environment", "tf32") not in [d[:2] for d in settings_diff(OFFICIAL_META, old)]
+    cpu = {**MTLIB_META, "config": {**MTLIB_META["config"],
+                                    "model": {**MTLIB_META["config"]["model"], "device": "cpu"}}}  # fmt: skip
+    assert ("environment", "tf32") not in [d[:2] for d in settings_diff(OFFICIAL_META, cpu)]

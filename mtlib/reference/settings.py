@@ -8,7 +8,7 @@ Every trace kind is brought to one vocabulary (`run_settings(meta)`):
                  text_guide_scale, audio_guide_scale, color_correction_strength, face_scale,
                  use_apg, apg_momentum, apg_norm_threshold, teacache, teacache_thresh,
                  dit_dtype, device, noise, loras, offload, quant
-    environment  python, torch, cuda, gpu, attention, official (the checkout's version)
+    environment  python, torch, cuda, gpu, tf32, attention, official (the checkout's version)
 
 from a reference trace (meta "official_runs" + "reference", written by
 mtlib.reference.tracing), an mtlib run trace (meta "config" + "environment") or a golden
@@ -25,8 +25,20 @@ SETTINGS = (
     "use_apg", "apg_momentum", "apg_norm_threshold", "teacache", "teacache_thresh",
     "dit_dtype", "device", "noise", "loras", "offload", "quant",
 )  # fmt: skip
-ENVIRONMENT = ("python", "torch", "cuda", "gpu", "attention", "official")
+ENVIRONMENT = ("python", "torch", "cuda", "gpu", "tf32", "attention", "official")
 _PRECISION_DTYPE = {"fp32": "float32", "reference": "bfloat16", "fp8": "float8_e4m3fn"}
+
+
+def _tf32(env: dict, on_gpu: bool) -> str | None:
+    """Where TF32 may replace float32 math on a GPU: "matmul on/off, cudnn on/off", or "off" when
+    NVIDIA_TF32_OVERRIDE=0 turns it off in the libraries. None on a CPU or when not recorded
+    (older traces): not compared."""
+    if not on_gpu or env.get("tf32_matmul") is None or env.get("tf32_cudnn") is None:
+        return None
+    if env.get("nvidia_tf32_override") == "0":
+        return "off (NVIDIA_TF32_OVERRIDE=0)"
+    onoff = {True: "on", False: "off"}
+    return f"matmul {onoff[bool(env['tf32_matmul'])]}, cudnn {onoff[bool(env['tf32_cudnn'])]}"
 
 
 def _official(meta: dict) -> dict[str, Any]:
@@ -62,6 +74,7 @@ def _official(meta: dict) -> dict[str, Any]:
     env = {
         "python": ref.get("python"), "torch": (ref.get("packages") or {}).get("torch"),
         "cuda": ref.get("cuda"), "gpu": gpu.get("name") if gpu else "cpu",
+        "tf32": _tf32(ref, on_gpu=bool(gpu) and str(device or "cuda").startswith("cuda")),
         "attention": att.get("flash_attention_fn"),
         "official": None if not official else (
             "c1ad840" if official.get("matches_golden_commit") else official.get("version")),
@@ -124,6 +137,7 @@ def _mtlib(meta: dict) -> dict[str, Any]:
         "torch": env.get("torch"),
         "cuda": env.get("cuda"),
         "gpu": dev.split(": ", 1)[1] if isinstance(dev, str) and ": " in dev else dev,
+        "tf32": _tf32(env, on_gpu=str(device or "").startswith("cuda")),
         "attention": m.get("attention"),
         "official": None,
     }
