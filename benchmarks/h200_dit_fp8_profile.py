@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,15 +31,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def _commit() -> str:
-    c = ROOT / "COMMIT"  # a copied tree carries its commit here
-    if c.exists():
-        return c.read_text().strip()
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
-    except Exception:  # noqa: BLE001
-        return "unknown"
+from _record import commit  # noqa: E402
 
 
 def attention_rows(exps=(0, 1, 2, 3), L=32928, H=40, d=128, rounds=3) -> dict:
@@ -242,7 +233,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     rec = {
         "what": "fp8 DiT pass breakdown and fp8 attention softmax variants (480p, 81 frames)",
-        "commit": _commit(),
+        "commit": commit(),
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "triton": __import__("triton").__version__,

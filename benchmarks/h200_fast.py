@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _record import commit  # noqa: E402
 
 # 448x896 bucket (the benchmark shape), 5 s of speech: one 81-frame clip, no padding
 INPUTS = [
@@ -38,20 +39,11 @@ INPUTS = [
 VIDEOS = Path("/tmp/h200_fast_videos")  # the noise videos stay on the device
 
 
-def _commit() -> str:
-    if (ROOT / "COMMIT").exists():  # a copied tree (no .git) carries its commit here
-        return (ROOT / "COMMIT").read_text().strip()
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
-    except Exception:  # noqa: BLE001 - a tree without .git still measures
-        return "unknown"
-
-
 def _save(name: str, rec: dict) -> None:
     import torch
 
     rec = {
-        "commit": _commit(),
+        "commit": commit(),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__,
         **rec,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,15 +25,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def _commit() -> str:
-    c = ROOT / "COMMIT"  # a copied tree carries its commit here
-    if c.exists():
-        return c.read_text().strip()
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
-    except Exception:  # noqa: BLE001
-        return "unknown"
+from _record import commit  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -129,7 +120,7 @@ def main(argv=None) -> int:
     )
     rec = {
         "what": "fp8 self-attention kernels, [1, L, H, d] non-causal, median do_bench",
-        "commit": _commit(),
+        "commit": commit(),
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "triton": __import__("triton").__version__,
