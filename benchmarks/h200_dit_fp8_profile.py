@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -31,7 +30,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _record import commit  # noqa: E402
+from _record import header  # noqa: E402
+from _record import save as save_record  # noqa: E402
 
 
 def attention_rows(exps=(0, 1, 2, 3), L=32928, H=40, d=128, rounds=3) -> dict:
@@ -231,20 +231,10 @@ def main(argv=None) -> int:
         "--fast-accum", action="store_true", help="DiT pass, default vs fast accumulation"
     )
     args = ap.parse_args(argv)
-    rec = {
-        "what": "fp8 DiT pass breakdown and fp8 attention softmax variants (480p, 81 frames)",
-        "commit": commit(),
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": __import__("triton").__version__,
-    }
+    rec = header("fp8 DiT pass breakdown and fp8 attention softmax variants (480p, 81 frames)")
 
     def save():
-        text = json.dumps(rec, indent=1)
-        for dst in (os.environ.get("OUT"), ROOT / "benchmarks" / "results"):
-            if dst:
-                Path(dst).mkdir(parents=True, exist_ok=True)
-                (Path(dst) / "h200_dit_fp8_profile.json").write_text(text)
+        save_record("h200_dit_fp8_profile.json", rec)
 
     if args.gemm:
         rec["gemm"] = gemm_rows()

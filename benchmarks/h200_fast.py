@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _record import commit  # noqa: E402
+from _record import header, save  # noqa: E402
 
 # 448x896 bucket (the benchmark shape), 5 s of speech: one 81-frame clip, no padding
 INPUTS = [
@@ -40,19 +40,8 @@ VIDEOS = Path("/tmp/h200_fast_videos")  # the noise videos stay on the device
 
 
 def _save(name: str, rec: dict) -> None:
-    import torch
-
-    rec = {
-        "commit": commit(),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "torch": torch.__version__,
-        **rec,
-    }
-    text = json.dumps(rec, indent=1)
-    for d in (os.environ.get("OUT"), ROOT / "benchmarks" / "results"):
-        if d:
-            Path(d).mkdir(parents=True, exist_ok=True)
-            (Path(d) / f"h200_{name}.json").write_text(text)
+    what = rec.pop("what", name)
+    text = save(f"h200_{name}.json", {**header(what), **rec})
     print(text, flush=True)
 
 

@@ -14,8 +14,6 @@ relative L2 distance from the cuDNN output on the same inputs; every output elem
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _record import commit  # noqa: E402
+from _record import header, save  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -119,21 +117,13 @@ def main(argv=None) -> int:
         lambda: fa.attention(q, k, v, "fp8"),
     )
     rec = {
-        "what": "fp8 self-attention kernels, [1, L, H, d] non-causal, median do_bench",
-        "commit": commit(),
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": __import__("triton").__version__,
+        **header("fp8 self-attention kernels, [1, L, H, d] non-causal, median do_bench"),
         "shape": {"B": 1, "L": L, "H": H, "d": d},
         "tflop_per_call": round(flops / 1e12, 3),
         "autotuned_choice": str(best),
         "rows": rows,
     }
-    text = json.dumps(rec, indent=1)
-    for dst in (os.environ.get("OUT"), ROOT / "benchmarks" / "results"):
-        if dst:
-            Path(dst).mkdir(parents=True, exist_ok=True)
-            (Path(dst) / "h200_fp8_attention.json").write_text(text)
+    save("h200_fp8_attention.json", rec)
     print(f"\n{'variant':75s} {'ms':>9s} {'TFLOP/s':>8s} {'rel':>8s}")
     for name, r in rows.items():
         ms, tf, rel = (str(r.get(k, "-")) for k in ("ms", "tflops", "rel_l2_vs_cudnn"))
