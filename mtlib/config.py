@@ -372,17 +372,23 @@ def _override_value(text: str) -> Any:
     return value
 
 
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """["generation.seed=3", ...] -> {"generation.seed": 3, ...}: values parsed as YAML; an item
+    without "=" is refused naming it."""
+    parsed = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(
+                f"override {item!r}: expected key.path=value, e.g. generation.seed=3."
+            )
+        key, value = item.split("=", 1)
+        parsed[key.strip()] = _override_value(value)
+    return parsed
+
+
 def apply_overrides(data: dict, overrides: dict[str, Any] | list[str]) -> dict:
     if isinstance(overrides, list | tuple):
-        parsed = {}
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(
-                    f"override {item!r}: expected key.path=value, e.g. generation.seed=3."
-                )
-            key, value = item.split("=", 1)
-            parsed[key.strip()] = _override_value(value)
-        overrides = parsed
+        overrides = parse_overrides(overrides)
     out = _merge({}, data)
     for key, value in overrides.items():
         node = out

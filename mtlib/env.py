@@ -96,10 +96,27 @@ def attention_backend(device: str = "cuda") -> str:
     return ", ".join(enabled) or "none enabled"
 
 
+def tf32_state() -> dict[str, Any]:
+    """Where TF32 may stand in for float32 math on a GPU (it moves results at the 1e-3 level,
+    the VAE's convolutions first): torch's two flags and NVIDIA_TF32_OVERRIDE ("0" turns TF32
+    off in cuBLAS / cuDNN whatever torch asks). Both trace kinds record it in their meta; the
+    Colab bridge's settings diff compares it (mtlib.reference.settings)."""
+    import os
+
+    import torch
+
+    return {
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+        "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
+        "nvidia_tf32_override": os.environ.get("NVIDIA_TF32_OVERRIDE"),
+    }
+
+
 def environment_report() -> dict[str, Any]:
     import torch
 
     cuda = torch.cuda.is_available()
+    tf32 = tf32_state()
     report: dict[str, Any] = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -114,8 +131,8 @@ def environment_report() -> dict[str, Any]:
         "gpus": [],
         "driver": None,
         "attention_backend": attention_backend("cuda" if cuda else "cpu"),
-        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "tf32_matmul": tf32["tf32_matmul"],
+        "tf32_cudnn": tf32["tf32_cudnn"],
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "cudnn_deterministic": torch.backends.cudnn.deterministic,
         "dependencies": {d: _version(d) for d in DEPENDENCIES},

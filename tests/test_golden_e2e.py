@@ -75,6 +75,29 @@ def _settings(case) -> GenerationSettings:
     return case_settings(case)
 
 
+def replay_trace(golden_models, case, ref, draws, seed):
+    """mtlib's loop on the golden tiny networks fed ONLY from an official trace: `ref`'s
+    conditioning tensors and its random draws (mtlib.reference.noise.trace_draws). Record
+    around the call."""
+    from mtlib.run.load import DiTCall
+    from mtlib.run.loop import Models, generate
+    from mtlib.run.noise import InjectedNoise
+
+    models = Models(
+        dit=DiTCall(golden_models["dit"]), vae=golden_models["vae"], clip=golden_models["clip"]
+    )
+    return generate(
+        models,
+        ref.tensor("e2e.clip0.cond_image"),
+        [ref.tensor("e2e.input.audio_embedding.person1")],
+        ref.tensor("e2e.clip0.context"),
+        ref.tensor("e2e.clip0.context_null"),
+        ref.tensor("e2e.clip0.ref_target_masks"),
+        _settings(case),
+        InjectedNoise(draws, seed),
+    )
+
+
 def _negative_prompt(case) -> str:
     return negative_prompt(case)
 

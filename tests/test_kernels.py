@@ -161,9 +161,9 @@ def test_tiny_generation_in_fp8_on_cuda(tmp_path):
 
 
 def test_fp8_kernel_exponential_forms_assemble_for_hopper_and_approximate_exp2():
-    """The benchmark-only exponential forms of mtlib.kernels.fp8_attention (EXP 1-3: inline PTX,
-    which Triton's interpreter cannot run) assemble for sm_90 through Triton and ptxas here, with
-    the MUFU / polynomial split they name; the polynomial, evaluated the way the PTX does
+    """The benchmark-only exponential forms of mtlib.kernels.fp8_attention (_exp2_form, EXP
+    1-3: inline PTX, which Triton's interpreter cannot run) assemble for sm_90 through Triton
+    and ptxas here, with the MUFU / polynomial split they name; the polynomial, evaluated the way the PTX does
     (float32 steps, integer exponent add), is exp2 to 1e-4 over the softmax's range."""
     import numpy as np
 
@@ -177,15 +177,7 @@ def test_fp8_kernel_exponential_forms_assemble_for_hopper_and_approximate_exp2()
     def probe(X, Y, EXP: tl.constexpr):
         r = tl.arange(0, 64)[:, None] * 128 + tl.arange(0, 128)[None, :]
         x = tl.load(X + r)
-        if EXP == 1:
-            p = tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x],
-                                          dtype=tl.float32, is_pure=True, pack=1)  # fmt: skip
-        elif EXP == 2:
-            p = tl.inline_asm_elementwise(f8._EXP2_ASM_1OF2, "=f,=f,f,f", [x],
-                                          dtype=tl.float32, is_pure=True, pack=2)  # fmt: skip
-        else:
-            p = tl.inline_asm_elementwise(f8._EXP2_ASM_1OF4, "=f,=f,=f,=f,f,f,f,f", [x],
-                                          dtype=tl.float32, is_pure=True, pack=4)  # fmt: skip
+        p = f8._exp2_form(x, EXP)
         tl.store(Y + r, p)
 
     n_threads = 128  # 4 warps: 64 of the 8192 scores per thread

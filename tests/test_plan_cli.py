@@ -39,6 +39,12 @@ def _run(capsys, *argv):
     return code, out.out, out.err
 
 
+def _run_user(capsys, files, frame_num, *extra):
+    """`mtlib plan` on the user's case: the real model, a 1280x720 image, 1.79 s of speech."""
+    return _run(capsys, "--config", "multitalk-480", "--image", files / "wide.png",
+                "--audio", files / "speech.wav", "--frame-num", frame_num, *extra)  # fmt: skip
+
+
 def test_probe_reads_headers(files):
     a = probe_audio(files / "speech.wav")
     assert (a.sample_rate, a.channels, a.frames, a.samples_16k, a.embedding_frames) == (
@@ -69,51 +75,19 @@ def test_probe_exif_rotation(tmp_path):
 
 
 def test_user_case_exit_2_with_the_reference_error(files, capsys):
-    code, out, _ = _run(
-        capsys,
-        "--config",
-        "multitalk-480",
-        "--image",
-        files / "wide.png",
-        "--audio",
-        files / "speech.wav",
-        "--frame-num",
-        "43",
-    )
+    code, out, _ = _run_user(capsys, files, "43")
     assert code == 2
     assert USER_ERROR in out
     assert "set frame_num to 41" in out and "1.84 s" in out
 
 
 def test_audio_assertion_exit_2(files, capsys):
-    code, out, _ = _run(
-        capsys,
-        "--config",
-        "multitalk-480",
-        "--image",
-        files / "wide.png",
-        "--audio",
-        files / "speech.wav",
-        "--frame-num",
-        "81",
-        "--short-audio",
-        "error",
-    )
+    code, out, _ = _run_user(capsys, files, "81", "--short-audio", "error")
     assert code == 2 and "Aduio file not exists or length not satisfies frame nums." in out
 
 
 def test_auto_is_valid_and_prints_the_table(files, capsys):
-    code, out, _ = _run(
-        capsys,
-        "--config",
-        "multitalk-480",
-        "--image",
-        files / "wide.png",
-        "--audio",
-        files / "speech.wav",
-        "--frame-num",
-        "auto",
-    )
+    code, out, _ = _run_user(capsys, files, "auto")
     assert code == 0
     assert "VALID" in out and "seq_len 18816" in out and "e2e.clip0.mask" in out
 

@@ -24,7 +24,7 @@ from mtlib.reference import tracing
 from mtlib.trace import TraceWriter, load_trace
 from tests import official_ref as R
 from tests.golden import assert_close
-from tests.test_golden_e2e import _settings, golden_models  # noqa: F401  (fixture)
+from tests.test_golden_e2e import golden_models, replay_trace  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.golden, pytest.mark.slow]
 
@@ -99,9 +99,6 @@ def test_official_dit_block_points_equal_mtlib(golden, golden_models, tmp_path):
     """keep patterns naming DiT internals hook the official blocks; mtlib's loop fed from the
     trace records the same names (three passes: plain, #1, #2) with equal tensors."""
     from mtlib.reference.noise import trace_draws
-    from mtlib.run.load import DiTCall
-    from mtlib.run.loop import Models, generate
-    from mtlib.run.noise import InjectedNoise
 
     oc = R.official_cpu()
     pipe = oc.tiny_pipeline(str(golden.weights), str(tmp_path))
@@ -117,24 +114,12 @@ def test_official_dit_block_points_equal_mtlib(golden, golden_models, tmp_path):
     assert [n for n in ref.names if ".dit." in n] == want
     assert all(ref.has_tensor(n) for n in want)
     draws, seed = trace_draws(out)
-    models = Models(
-        dit=DiTCall(golden_models["dit"]), vae=golden_models["vae"], clip=golden_models["clip"]
-    )
     run_dir = tmp_path / "mtlib"
     with (
         TraceWriter(run_dir, "full", include=("e2e.clip0.step1.dit.block0.*",)) as w,
         trace.recording(w),
     ):
-        generate(
-            models,
-            ref.tensor("e2e.clip0.cond_image"),
-            [ref.tensor("e2e.input.audio_embedding.person1")],
-            ref.tensor("e2e.clip0.context"),
-            ref.tensor("e2e.clip0.context_null"),
-            ref.tensor("e2e.clip0.ref_target_masks"),
-            _settings(case),
-            InjectedNoise(draws, seed),
-        )
+        replay_trace(golden_models, case, ref, draws, seed)
     cmp = compare(run_dir, out, points="*.dit.*")
     assert [r.name for r in cmp.compared] == want, cmp.summary()
     assert cmp.passed, cmp.summary()

@@ -23,7 +23,7 @@ from mtlib.reference.noise import trace_draws
 from mtlib.trace import load_trace
 from tests import official_ref as R
 from tests.golden import E2E_TOL, assert_close, get_case, golden_cases
-from tests.test_golden_e2e import _settings, golden_models  # noqa: F401  (fixture)
+from tests.test_golden_e2e import golden_models, replay_trace  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.golden, pytest.mark.slow]
 
@@ -124,31 +124,16 @@ def test_mtlib_replays_the_reference_trace(golden, official, golden_models, tmp_
     reproduces the official run at every point; `mtlib compare` passes. Both traces hold full
     tensors: a comparison passes only what it checked (statistics alone prove nothing)."""
     from mtlib.cli import main
-    from mtlib.run.load import DiTCall
-    from mtlib.run.loop import Models, generate
-    from mtlib.run.noise import InjectedNoise
 
     out, _ = traced_run(golden, official, "e2e_stream_1p", level="full")
     ref = load_trace(out)
     draws, seed = trace_draws(out)
     assert seed == 7
     case = golden.case("e2e_stream_1p")
-    models = Models(
-        dit=DiTCall(golden_models["dit"]), vae=golden_models["vae"], clip=golden_models["clip"]
-    )
     run_dir = tmp_path / "mtlib_trace"
     with trace.TraceWriter(run_dir, "full", meta={"config": {"generation": {"seed": seed}}}) as w:
         with trace.recording(w):
-            generate(
-                models,
-                ref.tensor("e2e.clip0.cond_image"),
-                [ref.tensor("e2e.input.audio_embedding.person1")],
-                ref.tensor("e2e.clip0.context"),
-                ref.tensor("e2e.clip0.context_null"),
-                ref.tensor("e2e.clip0.ref_target_masks"),
-                _settings(case),
-                InjectedNoise(draws, seed),
-            )
+            replay_trace(golden_models, case, ref, draws, seed)
     cmp = compare(run_dir, out)
     assert cmp.passed, cmp.summary()
     assert len(cmp.compared) >= 80

@@ -294,12 +294,12 @@ def bench_deviation(shape: DitShape, config: str = "multitalk-14b", layers: int 
         if triton_ok:
             set_attention_kernel(model, "triton")
             fast_triton = denoise_step(model, inp16)
-        from mtlib.accel.fp8 import enable_fp8
+        from mtlib.accel.fp8 import FP8Linear, enable_fp8
 
         set_attention_kernel(model, "sdpa")
         enable_fp8(model)
         fp8 = denoise_step(model, inp16)
-        fp8_linears = [m for m in model.modules() if hasattr(m, "fast_accum")]
+        fp8_linears = [m for m in model.modules() if isinstance(m, FP8Linear)]
         for m in fp8_linears:  # the same fp8 GEMMs with fp32-promoted accumulation
             m.fast_accum = False
         fp8_precise = denoise_step(model, inp16)

@@ -3,12 +3,14 @@
 `enable_fp8(model)` replaces every nn.Linear inside `model.blocks` by `FP8Linear`: the weight is
 stored once as float8 e4m3 with one scale per output channel, and each call quantises its input
 per token (one scale per row) and multiplies with `torch._scaled_mm` (fp8 tensor cores, bf16
-output, bias fused, fast accumulation: the partial sums stay in the tensor cores' accumulator
-instead of being promoted to fp32 every few k-steps, as fp8 inference stacks run their forward
-GEMMs; on the H200 it takes 4.5% off a 480p DiT pass, and its error against the exact product
-of the same e4m3 inputs, 0.2-0.3% relative, is a tenth of the quantisation's own 3.7%:
-benchmarks/results/h200_dit_fp8_profile.json). Norms and the fp32 islands are unchanged (bf16 / fp32); `enable_fp8_dit`
+output, bias fused). Norms and the fp32 islands are unchanged (bf16 / fp32); `enable_fp8_dit`
 also moves the self-attention to the Triton fp8 flash kernel (mtlib.kernels.attention).
+
+The GEMMs use fast accumulation: the partial sums stay in the tensor cores' accumulator instead
+of being promoted to fp32 every few k-steps, as fp8 inference stacks run their forward GEMMs. On
+the H200 it takes 4.5% off a 480p DiT pass; its error against the exact product of the same
+e4m3 inputs, 0.2-0.3% relative, is a tenth of the quantisation's own 3.7%
+(benchmarks/results/h200_dit_fp8_profile.json).
 
 This changes the numbers beyond bf16 noise: `mtlib bench --what deviation` measures how far
 (against an fp32 reference, next to the plain bf16 path's own error). Use it for drafts and

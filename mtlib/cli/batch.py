@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mtlib.cli.overrides import add_override_argument
+
 
 def add_arguments_batch(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("jobs", help="jobs file: YAML list or CSV (local path, https:// or s3://)")
@@ -16,10 +18,10 @@ def add_arguments_batch(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", default="tiny", help="preset (tiny, multitalk-480, ...) or YAML file"
     )
-    parser.add_argument(
-        "-p", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="config override for every job, e.g. -p generation.sampling_steps=8 (repeatable)",
-    )  # fmt: skip
+    add_override_argument(
+        parser,
+        "config override for every job, e.g. -p generation.sampling_steps=8 (repeatable)",
+    )
     parser.add_argument(
         "--force", action="store_true", help="rerun jobs even when their results are up to date"
     )

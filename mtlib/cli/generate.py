@@ -9,6 +9,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from mtlib.cli.overrides import add_override_argument, cli_overrides
 from mtlib.config import ConfigError, load_config
 from mtlib.io import InputError
 from mtlib.run.generation import generate_video, summary
@@ -27,10 +28,9 @@ def add_arguments_generate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", default="tiny", help="preset (tiny, multitalk-480, ...) or YAML file"
     )
-    parser.add_argument(
-        "-p", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="config override, e.g. -p generation.sampling_steps=8 (repeatable)",
-    )  # fmt: skip
+    add_override_argument(
+        parser, "config override, e.g. -p generation.sampling_steps=8 (repeatable)"
+    )
     parser.add_argument("--frame-num", help="frames per clip (4n+1) or 'auto'")
     parser.add_argument("--seed", type=int, help="noise seed")
     parser.add_argument("--out", required=True, help="output .mp4")
@@ -56,11 +56,7 @@ def add_arguments_generate(parser: argparse.ArgumentParser) -> None:
 
 
 def _cli_overrides(args: argparse.Namespace) -> list[str] | dict:
-    over: dict[str, Any] = {}
-    from mtlib.config import apply_overrides
-
-    base = apply_overrides({}, list(args.overrides))  # validates key=value syntax
-    over.update(_flatten(base))
+    over: dict[str, Any] = cli_overrides(args.overrides)  # validates key=value syntax
     if args.image:
         over["inputs.image"] = args.image
     if args.audio:
@@ -81,16 +77,6 @@ def _cli_overrides(args: argparse.Namespace) -> list[str] | dict:
             for sp in specs
         ]
     return over
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _int(s: str, what: str) -> int:

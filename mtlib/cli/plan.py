@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from mtlib.cli.overrides import add_override_argument, cli_overrides
 from mtlib.io import InputError
 from mtlib.plan.planner import plan
 from mtlib.plan.records import MODEL_SIZES, PLAN_DEFAULT_CONFIG, PlanError, ShapePlan, explain
@@ -33,11 +34,11 @@ def add_arguments_plan(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gpus", type=int, default=None, help="ranks of a sequence-parallel run (parallel.gpus)"
     )
-    parser.add_argument(
-        "-p", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="config override as in generate, e.g. -p model.precision=fp8 (repeatable; the "
-        "flags above win)",
-    )  # fmt: skip
+    add_override_argument(
+        parser,
+        "config override as in generate, e.g. -p model.precision=fp8 (repeatable; the flags "
+        "above win)",
+    )
     parser.add_argument("--json", action="store_true", help="print ShapePlan.to_dict() as JSON")
 
 
@@ -45,11 +46,10 @@ def run_plan(args: argparse.Namespace) -> int:
     """Exit 0 for a valid plan, 2 (with the diagnosis) for an invalid one or bad input."""
     import sys
 
-    from mtlib.cli.generate import _flatten
-    from mtlib.config import ConfigError, apply_overrides, load_config
+    from mtlib.config import ConfigError, load_config
 
     try:  # key=value syntax checked here, values against the schema by load_config
-        overrides: dict[str, Any] = _flatten(apply_overrides({}, list(args.overrides)))
+        overrides: dict[str, Any] = cli_overrides(args.overrides)
     except ConfigError as e:
         print(f"mtlib plan: {e}", file=sys.stderr)
         return 2

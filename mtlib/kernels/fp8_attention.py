@@ -125,6 +125,24 @@ if HAVE_TMA:
         ]
 
     @triton.jit
+    def _exp2_form(x, EXP: tl.constexpr):
+        """exp2(x) of the softmax scores x <= 0 in the form EXP names (see EXP_FORM)."""
+        if EXP == 0:  # fp32 exp2
+            return tl.math.exp2(x)
+        if EXP == 1:  # flush-to-zero MUFU.EX2 (no subnormal fix-up around it)
+            return tl.inline_asm_elementwise(
+                "ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
+            )
+        if EXP == 2:  # of every 2 scores: one on MUFU, one polynomial on the FMA pipe
+            return tl.inline_asm_elementwise(
+                _EXP2_ASM_1OF2, "=f,=f,f,f", [x], dtype=tl.float32, is_pure=True, pack=2
+            )
+        # of every 4 scores: three on MUFU, one polynomial
+        return tl.inline_asm_elementwise(
+            _EXP2_ASM_1OF4, "=f,=f,=f,=f,f,f,f,f", [x], dtype=tl.float32, is_pure=True, pack=4
+        )
+
+    @triton.jit
     def _pv(acc, alpha, p8, v, CHAIN: tl.constexpr):
         """acc [BLOCK_M, dv] rescaled by alpha plus p8 @ v ([BLOCK_N, dv] e4m3)."""
         if CHAIN:  # through the MMA accumulator (benchmarks only: fp8 MMA accumulates coarsely)
@@ -153,22 +171,7 @@ if HAVE_TMA:
         m_new = tl.maximum(m_i, tl.max(s, 1) * s_scale)
         x = s * s_scale - m_new[:, None]  # one FMA per score; <= 0
         alpha = tl.math.exp2(m_i - m_new)
-        if EXP == 0:  # fp32 exp2
-            p = tl.math.exp2(x)
-        elif EXP == 1:  # fp32 exp2, flush-to-zero form (no subnormal fix-up around MUFU.EX2)
-            p = tl.inline_asm_elementwise(
-                "ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
-            )
-        elif (
-            EXP == 2
-        ):  # of every 2 scores, one exp2 on MUFU and one as a polynomial on the FMA pipe
-            p = tl.inline_asm_elementwise(
-                _EXP2_ASM_1OF2, "=f,=f,f,f", [x], dtype=tl.float32, is_pure=True, pack=2
-            )
-        else:  # of every 4 scores, three on MUFU and one polynomial
-            p = tl.inline_asm_elementwise(
-                _EXP2_ASM_1OF4, "=f,=f,=f,=f,f,f,f,f", [x], dtype=tl.float32, is_pure=True, pack=4
-            )
+        p = _exp2_form(x, EXP)
         l_i = l_i * alpha + tl.sum(p, 1)
         p8 = p.to(tl.float8e4nv)
         v = desc_v.load([bh, 0, n0]).reshape([DV, BLOCK_N]).T

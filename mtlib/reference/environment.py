@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mtlib.env import tf32_state
 from mtlib.io import InputError
 
 GOLDEN_COMMIT = "c1ad84009b99ed36c97ab18e4517ca5f98692438"
@@ -159,11 +160,7 @@ def reference_environment() -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "gpu": None,
-        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
-        "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
-        "nvidia_tf32_override": os.environ.get(
-            "NVIDIA_TF32_OVERRIDE"
-        ),  # "0": TF32 off in cuBLAS/cuDNN
+        **tf32_state(),  # torch's two flags and NVIDIA_TF32_OVERRIDE
         "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
         "matmul_precision": torch.get_float32_matmul_precision(),
     }

@@ -11,6 +11,8 @@ reductions in another order): tests/test_color_gpu.py bounds them.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 # sRGB -> XYZ (skimage.color.colorconv.xyz_from_rgb) and the D65 / 2-degree white point
@@ -20,7 +22,10 @@ _XYZ_FROM_RGB = [[0.412453, 0.357580, 0.180423],
 _WHITE = [0.95047, 1.0, 1.08883]
 
 
-def _mats(device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+@functools.lru_cache(maxsize=8)
+def _mats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The colour matrices and white point on `device`, built once per device (each chunk of
+    frames converts twice)."""
     m = torch.tensor(_XYZ_FROM_RGB, dtype=torch.float64)
     # skimage inverts in float64 and casts to the image's dtype
     return (m.float().to(device), torch.linalg.inv(m).float().to(device),

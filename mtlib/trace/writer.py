@@ -75,12 +75,12 @@ def _git_commit() -> str | None:
 
 def environment_meta() -> dict[str, Any]:
     """python, torch, device, TF32 state, mtlib version and git commit, for meta.json."""
-    import os
     import platform
 
     import torch
 
     import mtlib
+    from mtlib.env import tf32_state
 
     device = "cpu"
     if torch.cuda.is_available():
@@ -91,11 +91,7 @@ def environment_meta() -> dict[str, Any]:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "device": device,
-        # TF32 moves GPU results at the 1e-3 level (the VAE's convolutions): what the bridge's
-        # settings diff compares with the reference trace's same three fields
-        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
-        "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
-        "nvidia_tf32_override": os.environ.get("NVIDIA_TF32_OVERRIDE"),
+        **tf32_state(),  # the same three fields as the reference trace's meta
         "mtlib": mtlib.__version__,
         "git_commit": _git_commit(),
     }
