@@ -48,7 +48,7 @@ except ImportError:  # pragma: no cover - depends on the install
 # 2 / 3: one of every 2 / 4 as a polynomial on the FMA pipe (see _exp2_asm). On the H200 at the
 # 480p shape none beat 0 (benchmarks/results/h200_dit_fp8_profile.json: 1 within the ~3% spread
 # between runs, as it must be: tl.math.exp2 already lowers to ex2.approx.ftz.f32 on sm_90, the
-# PTX differs by a handful of moves; 2 -14%, 3 -8%: the FMA pipe is already busy with the online
+# PTX differs by 4 instructions of 1900; 2 -14%, 3 -8%: the FMA pipe is already busy with the online
 # softmax); kept for benchmarks and other GPUs.
 EXP_FORM = 0
 
